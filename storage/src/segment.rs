@@ -1,0 +1,397 @@
+//! One segment of a partition log: its files, its in-memory metadata, and the
+//! streaming scanner that walks and validates the batches in its `.log` file.
+//!
+//! Files of the segment whose first offset is `B` (20 digits, Kafka naming):
+//! `B.log` (the batches), `B.index` and `B.timeindex` (see `index.rs`).
+//! A segment's `.log` is written only through its `DmaFile` (`O_DIRECT`);
+//! `plain` is a buffered read-only descriptor of the same file, handed to the
+//! network layer for `sendfile`/`splice` of sealed data.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use bytes::BytesMut;
+use glommio::io::{DmaFile, OpenOptions};
+
+use crate::batch::{validate_stored_batch, BatchHeader, BATCH_HEADER_BYTES, CRC_START};
+use crate::error::{glommio_io, LogError, LogResult};
+use crate::index::SegmentIndex;
+
+/// Direct-I/O alignment used for every write position and length.
+pub const BLOCK_BYTES: u64 = 4096;
+
+/// How much of a segment file the scanner reads at a time.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+pub fn log_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.log")
+}
+
+pub fn offset_index_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.index")
+}
+
+pub fn time_index_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.timeindex")
+}
+
+/// Parses `00000000000000000042.log` into 42.
+pub fn parse_log_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub fn align_down(value: u64) -> u64 {
+    value & !(BLOCK_BYTES - 1)
+}
+
+pub fn align_up(value: u64) -> u64 {
+    align_down(value + BLOCK_BYTES - 1)
+}
+
+/// The open files of one segment.
+pub struct SegmentFile {
+    pub path: PathBuf,
+    pub dma: DmaFile,
+    pub plain: std::fs::File,
+}
+
+impl SegmentFile {
+    pub async fn open(path: PathBuf, create: bool) -> LogResult<Self> {
+        let dma = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(&path)
+            .await
+            .map_err(|error| LogError::io("open segment", &path, glommio_io(error)))?;
+        let plain = std::fs::File::open(&path)
+            .map_err(|source| LogError::io("open segment", &path, source))?;
+        Ok(Self { path, dma, plain })
+    }
+
+    /// Raw descriptor for zero-copy sends (`sendfile`, `splice`).
+    pub fn raw_fd(&self) -> RawFd {
+        self.plain.as_raw_fd()
+    }
+
+    /// Size of the file on disk (may include preallocated space).
+    pub async fn file_bytes(&self) -> LogResult<u64> {
+        self.dma
+            .file_size()
+            .await
+            .map_err(|error| LogError::io("stat segment", &self.path, glommio_io(error)))
+    }
+
+    /// Reads `len` bytes at `position` into memory.
+    pub async fn read_bytes(&self, position: u64, len: usize) -> LogResult<Vec<u8>> {
+        let result = self
+            .dma
+            .read_at(position, len)
+            .await
+            .map_err(|error| LogError::io("read segment", &self.path, glommio_io(error)))?;
+        if result.len() != len {
+            return Err(LogError::Damaged {
+                path: self.path.clone(),
+                reason: format!("short read at {position}: {} of {len} bytes", result.len()),
+            });
+        }
+        Ok(result.to_vec())
+    }
+}
+
+/// Metadata of one segment, kept in memory on the partition's shard.
+pub struct Segment {
+    pub base_offset: u64,
+    /// `None` only for a freshly rolled active segment whose file the flusher
+    /// has not created yet.
+    pub file: Option<std::rc::Rc<SegmentFile>>,
+    /// Logical size: every appended batch, written or not.
+    pub size_bytes: u64,
+    /// Bytes handed to the device (a prefix of `size_bytes`).
+    pub written_bytes: u64,
+    /// One past the last offset in the segment.
+    pub next_offset: u64,
+    /// Largest batch max-timestamp, and the last offset of that batch.
+    pub max_timestamp: i64,
+    pub offset_of_max_timestamp: u64,
+    pub index: SegmentIndex,
+    pub bytes_since_index: u64,
+    /// Wall-clock ms when the segment got its first batch (roll by age).
+    pub created_ms: i64,
+    /// Sealed segments are immutable, truncated to their logical size, with
+    /// their index files written.
+    pub sealed: bool,
+    /// Bytes of the last partially filled block, already written once and to
+    /// be rewritten (with more data after it) by the next flush.
+    pub tail_block: Vec<u8>,
+    /// File bytes reserved with `fallocate`.
+    pub allocated_bytes: u64,
+    /// A prefix of the file whose batches passed their CRC check since open
+    /// (scanned at recovery, written by us, or checked by a read). Reads
+    /// check the rest before serving it, so a damaged batch is never served.
+    pub verified_bytes: u64,
+    /// Where a read found damage in a segment trusted at open, if it did.
+    pub damaged_at: Option<u64>,
+}
+
+impl Segment {
+    pub fn new(base_offset: u64, created_ms: i64) -> Self {
+        Self {
+            base_offset,
+            file: None,
+            size_bytes: 0,
+            written_bytes: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offset_of_max_timestamp: base_offset,
+            index: SegmentIndex::default(),
+            bytes_since_index: 0,
+            created_ms,
+            sealed: false,
+            tail_block: Vec::new(),
+            allocated_bytes: 0,
+            verified_bytes: 0,
+            damaged_at: None,
+        }
+    }
+
+    pub fn relative(&self, offset: u64) -> u32 {
+        let relative = offset.saturating_sub(self.base_offset);
+        u32::try_from(relative).unwrap_or(u32::MAX)
+    }
+
+    /// Records a batch placed at `position` in the in-memory indexes and
+    /// counters. Called for appends and for batches found by a scan.
+    pub fn note_batch(&mut self, header: &BatchHeader, position: u64, index_interval_bytes: u64) {
+        let last_offset = header.last_offset() as u64;
+        let total = header.total_bytes() as u64;
+        if header.max_timestamp > self.max_timestamp {
+            self.max_timestamp = header.max_timestamp;
+            self.offset_of_max_timestamp = last_offset;
+        }
+        if self.bytes_since_index >= index_interval_bytes {
+            self.index
+                .push_offset(self.relative(last_offset), position as u32);
+            self.index.push_time(
+                self.max_timestamp,
+                self.relative(self.offset_of_max_timestamp),
+            );
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += total;
+        self.size_bytes = position + total;
+        self.next_offset = last_offset + 1;
+    }
+
+    /// Adds the final time-index entry a sealed segment carries, so the
+    /// segment's max timestamp survives a clean restart.
+    pub fn finish_time_index(&mut self) {
+        if self.max_timestamp >= 0 && self.next_offset > self.base_offset {
+            self.index.push_time(
+                self.max_timestamp,
+                self.relative(self.offset_of_max_timestamp),
+            );
+        }
+    }
+
+    pub fn path_in(&self, dir: &Path) -> PathBuf {
+        dir.join(log_file_name(self.base_offset))
+    }
+}
+
+/// What a scan of a segment file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// Position just after the last valid batch.
+    pub valid_end: u64,
+    /// One past the last offset of the last valid batch.
+    pub next_offset: u64,
+    /// Why the scan stopped before `scan_end`, if it did. `None` also when it
+    /// stopped at an all-zero tail (preallocated or never-written space).
+    pub damage: Option<String>,
+}
+
+/// Whether the scan checks CRCs (recovery) or only walks headers (lookups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanMode {
+    VerifyCrc,
+    HeadersOnly,
+}
+
+/// Walks the batches of `file` from `position` up to `scan_end`, calling
+/// `visit(position, header)` for each valid one; `visit` returns `false` to
+/// stop early. Checks length bounds, magic, offset continuity (each batch
+/// starts right after the previous one's last offset, the first at or after
+/// `expected_offset`) and, in `VerifyCrc` mode, the CRC32C. Memory stays
+/// bounded by the scan chunk size whatever lengths the file claims.
+pub async fn scan_batches(
+    file: &SegmentFile,
+    mut position: u64,
+    scan_end: u64,
+    expected_offset: u64,
+    mode: ScanMode,
+    mut visit: impl FnMut(u64, &BatchHeader) -> bool,
+) -> LogResult<ScanOutcome> {
+    let mut next_offset = expected_offset;
+    let mut first = true;
+    // `window` holds file bytes starting at `position`.
+    let mut window = BytesMut::new();
+    let outcome = |valid_end, next_offset, damage: Option<String>| ScanOutcome {
+        valid_end,
+        next_offset,
+        damage,
+    };
+    loop {
+        let remaining = scan_end.saturating_sub(position);
+        if remaining == 0 {
+            return Ok(outcome(position, next_offset, None));
+        }
+        if (window.len() as u64) < (BATCH_HEADER_BYTES as u64).min(remaining) {
+            fill(file, &mut window, position, scan_end).await?;
+        }
+        if (window.len() as u64) < BATCH_HEADER_BYTES as u64 {
+            return Ok(outcome(
+                position,
+                next_offset,
+                tail_damage(&window, "partial batch header"),
+            ));
+        }
+        let header = match BatchHeader::parse(&window) {
+            Ok(header) => header,
+            Err(error) => return Ok(outcome(position, next_offset, Some(error.to_string()))),
+        };
+        if let Err(error) = header.check_shape(remaining as usize) {
+            return Ok(outcome(
+                position,
+                next_offset,
+                tail_damage(&window, &error.to_string()),
+            ));
+        }
+        let offset_ok = if first {
+            header.base_offset >= 0 && header.base_offset as u64 >= expected_offset
+        } else {
+            header.base_offset >= 0 && header.base_offset as u64 == next_offset
+        };
+        if !offset_ok {
+            let reason = format!(
+                "batch base offset {} where {} was expected",
+                header.base_offset, next_offset
+            );
+            return Ok(outcome(position, next_offset, Some(reason)));
+        }
+        let total = header.total_bytes();
+        if mode == ScanMode::VerifyCrc {
+            if let Some(reason) =
+                verify_crc(file, &mut window, position, total, scan_end, &header).await?
+            {
+                return Ok(outcome(position, next_offset, Some(reason)));
+            }
+        } else if window.len() >= total {
+            let _ = window.split_to(total);
+        } else {
+            window.clear();
+        }
+        if !visit(position, &header) {
+            return Ok(outcome(
+                position + total as u64,
+                header.last_offset() as u64 + 1,
+                None,
+            ));
+        }
+        first = false;
+        position += total as u64;
+        next_offset = header.last_offset() as u64 + 1;
+    }
+}
+
+/// A stop at bytes that are all zero is the normal end of written data
+/// (preallocated space), not damage.
+fn tail_damage(window: &[u8], reason: &str) -> Option<String> {
+    if window.iter().all(|byte| *byte == 0) {
+        None
+    } else {
+        Some(reason.to_string())
+    }
+}
+
+/// Appends the next chunk of the file (from `position + window.len()`) to
+/// `window`, never past `scan_end`.
+async fn fill(
+    file: &SegmentFile,
+    window: &mut BytesMut,
+    position: u64,
+    scan_end: u64,
+) -> LogResult<()> {
+    let from = position + window.len() as u64;
+    let len = scan_end.saturating_sub(from).min(SCAN_CHUNK_BYTES as u64) as usize;
+    if len == 0 {
+        return Ok(());
+    }
+    let bytes = file.read_bytes(from, len).await?;
+    window.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// Checks the CRC of the batch at the start of `window`, streaming the parts
+/// of the batch that are not in memory yet. Consumes the batch from `window`.
+async fn verify_crc(
+    file: &SegmentFile,
+    window: &mut BytesMut,
+    position: u64,
+    total: usize,
+    scan_end: u64,
+    header: &BatchHeader,
+) -> LogResult<Option<String>> {
+    if window.len() < total && total <= SCAN_CHUNK_BYTES {
+        fill(file, window, position, scan_end).await?;
+    }
+    if window.len() >= total {
+        let batch = window.split_to(total);
+        return Ok(validate_stored_batch(&batch)
+            .err()
+            .map(|error| error.to_string()));
+    }
+    // A batch larger than the scan chunk: fold the CRC over streamed chunks.
+    let mut crc = crc32c::crc32c(&window[CRC_START..]);
+    let mut consumed = window.len() as u64;
+    window.clear();
+    while consumed < total as u64 {
+        let len = (total as u64 - consumed).min(SCAN_CHUNK_BYTES as u64) as usize;
+        let chunk = file.read_bytes(position + consumed, len).await?;
+        crc = crc32c::crc32c_append(crc, &chunk);
+        consumed += len as u64;
+    }
+    if crc != header.crc {
+        return Ok(Some(format!(
+            "CRC32C mismatch: stored {:#010x}, computed {crc:#010x}",
+            header.crc
+        )));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names() {
+        assert_eq!(log_file_name(42), "00000000000000000042.log");
+        assert_eq!(parse_log_file_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_log_file_name("0042.log"), None);
+        assert_eq!(parse_log_file_name("00000000000000000042.index"), None);
+        assert_eq!(parse_log_file_name("0000000000000000004x.log"), None);
+    }
+
+    #[test]
+    fn alignment() {
+        assert_eq!(align_down(4097), 4096);
+        assert_eq!(align_up(4097), 8192);
+        assert_eq!(align_up(4096), 4096);
+        assert_eq!(align_up(0), 0);
+    }
+}
