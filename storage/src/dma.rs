@@ -23,6 +23,13 @@ thread_local! {
     static PRIMED_DEVICES: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
 }
 
+/// Whether `dir` is on tmpfs, where `O_DIRECT` is silently ignored (no
+/// device, no durability): benchmarks and durability claims mean nothing there.
+pub fn is_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|stat| stat.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
 /// Primes glommio's polled-I/O probe for the device holding `dir` on this
 /// thread. Cheap after the first call per device.
 pub async fn prime_device(dir: &Path) -> LogResult<()> {

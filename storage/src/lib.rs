@@ -15,7 +15,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
-mod dma;
+pub mod dma;
 pub mod error;
 pub mod index;
 pub mod log;

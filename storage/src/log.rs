@@ -309,6 +309,9 @@ impl PartitionLog {
             .filter(|parent| !parent.as_os_str().is_empty())
             .unwrap_or(&dir);
         prime_device(probe_dir).await?;
+        if crate::dma::is_tmpfs(&dir) {
+            tracing::warn!(dir = %dir.display(), "log directory is on tmpfs: O_DIRECT and fdatasync do nothing there, nothing is durable");
+        }
         let state = recover(&dir, &config).await?;
         let shared = Rc::new(Shared {
             dir,
@@ -758,18 +761,21 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Test and tool hook: stops like a crashed process. Waits for the write
+    /// Test and tool hook: stops like a crashed process. Waits for the flush
     /// in flight (if any) to complete, as the device would, then stops the
-    /// flusher without writing, syncing or marking anything.
-    pub async fn abandon(mut self) {
+    /// flusher without writing, syncing or marking anything. Returns the
+    /// offsets at the moment of the "crash".
+    pub async fn abandon(mut self) -> LogOffsets {
         if let Ok(permit) = self.shared.lock().await {
             self.shared.state.borrow_mut().closing = true;
             drop(permit);
         }
+        let offsets = self.offsets();
         self.shared.wake_flusher();
         if let Some(flusher) = self.flusher.take() {
             flusher.await;
         }
+        offsets
     }
 }
 
@@ -1601,6 +1607,7 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
     state.written_offset = state.written_offset.min(new_end);
     state.durable_offset = state.durable_offset.min(new_end);
     state.sync_requested_until = state.sync_requested_until.min(new_end);
+    let log_start_moved = state.log_start_offset > new_end;
     state.log_start_offset = state.log_start_offset.min(new_end);
     state.hot.retain(|cached| cached.last_offset < new_end);
     state.hot_bytes = state.hot.iter().map(CachedBatch::total_bytes).sum();
@@ -1609,6 +1616,9 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
     let epochs = state.epochs.clone();
     drop(state);
     epochs.store(&shared.dir)?;
+    if log_start_moved {
+        checkpoint::write_offset(&shared.dir, checkpoint::LOG_START_FILE, new_end)?;
+    }
     let recovery_point =
         checkpoint::read_offset(&shared.dir, checkpoint::RECOVERY_POINT_FILE)?.unwrap_or(0);
     if recovery_point > new_end {
@@ -1744,6 +1754,11 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
         .unwrap_or(first_base)
         .max(first_base)
         .min(next_offset);
+    if saved_log_start.is_some_and(|saved| saved != log_start_offset) {
+        // Recovery lost offsets the saved start pointed past (or retention
+        // deleted segments before the start was saved): store the truth.
+        checkpoint::write_offset(dir, checkpoint::LOG_START_FILE, log_start_offset)?;
+    }
     if epochs.truncate_from(next_offset) {
         epochs.store(dir)?;
     }

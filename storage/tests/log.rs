@@ -664,7 +664,7 @@ fn recovery_handles_torn_tail_garbage_and_bad_indexes() {
     reopen_and_check(path.clone(), move |next| next == cut_at);
     // The index was rebuilt: sane, non-empty, strictly increasing.
     let rebuilt = std::fs::read(&index).expect("index");
-    assert!(!rebuilt.is_empty() && rebuilt.len() % 8 == 0);
+    assert!(!rebuilt.is_empty() && rebuilt.len().is_multiple_of(8));
 }
 
 #[test]

@@ -1,1 +1,62 @@
-fn main() {}
+//! The `kafki` command: one binary for the broker, the benchmarks and the
+//! operator tools. This file only parses arguments and dispatches.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kafki",
+    version,
+    about = "Kafki: a Kafka-compatible streaming broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Append record batches to a partition log directly (no network) and
+    /// report throughput, fsyncs and append latency as one JSON line.
+    Storage(kafki_bench::storage::StorageBenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Bench {
+            bench: BenchCommand::Storage(args),
+        } => run_storage_bench(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kafki: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_storage_bench(args: kafki_bench::storage::StorageBenchArgs) -> anyhow::Result<()> {
+    let report = kafki_bench::storage::run(args)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
