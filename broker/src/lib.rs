@@ -1,1 +1,14 @@
-//! placeholder
+//! Kafki's broker runtime: one pinned glommio executor per core (a *shard*),
+//! each accepting connections and owning the partitions the pure function
+//! in [`placement`] gives it; Kafka API handlers; cluster metadata.
+
+pub mod config;
+pub mod connection;
+pub mod errors;
+pub mod group;
+pub mod handlers;
+pub mod metadata;
+pub mod placement;
+pub mod records;
+pub mod server;
+pub mod shard;

@@ -507,6 +507,30 @@ impl PartitionLog {
         .await
     }
 
+    /// Waits until the written or durable offset moves past `since` (or the
+    /// log fails or closes). Fetch long polls wait on this.
+    pub async fn wait_for_progress(&self, since: LogOffsets) {
+        poll_fn(|context| {
+            let state = self.shared.state.borrow();
+            let moved = state.written_offset != since.written_offset
+                || state.durable_offset != since.durable_offset
+                || state.next_offset < since.next_offset;
+            if moved || state.failed.is_some() || state.closing {
+                return Poll::Ready(());
+            }
+            self.shared.progress.register(context.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// False once the log failed (a write error) or is closing: it will not
+    /// make progress any more.
+    pub fn is_healthy(&self) -> bool {
+        let state = self.shared.state.borrow();
+        state.failed.is_none() && !state.closing
+    }
+
     /// Writes everything appended so far and syncs it.
     pub async fn flush(&self) -> LogResult<()> {
         let end = self.shared.state.borrow().next_offset;

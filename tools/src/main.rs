@@ -2,6 +2,8 @@
 //! operator tools. This file only parses arguments and dispatches.
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker (defaults: 127.0.0.1:9092, ./kafki-data, all online CPUs).
+    Serve(kafki_broker::config::ServeArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Bench {
             bench: BenchCommand::Storage(args),
         } => run_storage_bench(args),
@@ -53,6 +58,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(args: kafki_broker::config::ServeArgs) -> anyhow::Result<()> {
+    let config = kafki_broker::config::BrokerConfig::from_args(&args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    kafki_broker::server::run(config, stop)
 }
 
 fn run_storage_bench(args: kafki_bench::storage::StorageBenchArgs) -> anyhow::Result<()> {

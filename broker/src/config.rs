@@ -1,0 +1,559 @@
+//! Broker configuration: command-line flags, an optional TOML file, and the
+//! Kafka-named settings (broker-wide and per topic) with their defaults.
+//!
+//! Precedence: flag > TOML file > default. Kafka settings use Kafka's names
+//! (`log.segment.bytes`, `message.max.bytes`, ...); per-topic settings use
+//! Kafka's topic names (`segment.bytes`, `max.message.bytes`, ...) and fall
+//! back to the broker-wide value, then to the default.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use kafki_storage::{LogConfig, SyncPolicy, TimestampType};
+
+/// `kafki serve` flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below and Kafka-named settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address for Kafka clients [default: 127.0.0.1:9092].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address advertised to clients in metadata [default: the listen address].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Data directory [default: ./kafki-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// CPUs to run shards on, e.g. `0,1` or `0-3` [default: all online CPUs].
+    #[arg(long)]
+    pub cores: Option<String>,
+    /// Address of the admin HTTP listener (/metrics, /health) [default: 127.0.0.1:9644].
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// A Kafka-named setting, `name=value` (repeatable), e.g. `--set num.partitions=4`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub settings: Vec<String>,
+}
+
+/// How a setting's value is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingKind {
+    Int,
+    Long,
+    Bool,
+    String,
+}
+
+/// One Kafka setting this broker understands.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Topic-level name, if the setting exists per topic.
+    pub topic_name: Option<&'static str>,
+    /// Broker-level name.
+    pub broker_name: &'static str,
+    /// Default as Kafka shows it (`None`: no value, e.g. flush.messages).
+    pub default: Option<&'static str>,
+    pub kind: SettingKind,
+}
+
+const fn setting(
+    topic_name: Option<&'static str>,
+    broker_name: &'static str,
+    default: Option<&'static str>,
+    kind: SettingKind,
+) -> Setting {
+    Setting {
+        topic_name,
+        broker_name,
+        default,
+        kind,
+    }
+}
+
+/// Every setting the broker knows, with Kafka's defaults.
+pub const SETTINGS: &[Setting] = &[
+    setting(
+        Some("segment.bytes"),
+        "log.segment.bytes",
+        Some("1073741824"),
+        SettingKind::Int,
+    ),
+    setting(
+        Some("segment.ms"),
+        "log.roll.ms",
+        Some("604800000"),
+        SettingKind::Long,
+    ),
+    setting(
+        Some("retention.ms"),
+        "log.retention.ms",
+        Some("604800000"),
+        SettingKind::Long,
+    ),
+    setting(
+        Some("retention.bytes"),
+        "log.retention.bytes",
+        Some("-1"),
+        SettingKind::Long,
+    ),
+    setting(
+        Some("max.message.bytes"),
+        "message.max.bytes",
+        Some("1048588"),
+        SettingKind::Int,
+    ),
+    setting(
+        Some("index.interval.bytes"),
+        "log.index.interval.bytes",
+        Some("4096"),
+        SettingKind::Int,
+    ),
+    setting(
+        Some("flush.messages"),
+        "log.flush.interval.messages",
+        None,
+        SettingKind::Long,
+    ),
+    setting(
+        Some("flush.ms"),
+        "log.flush.interval.ms",
+        None,
+        SettingKind::Long,
+    ),
+    setting(
+        Some("message.timestamp.type"),
+        "log.message.timestamp.type",
+        Some("CreateTime"),
+        SettingKind::String,
+    ),
+    setting(
+        Some("cleanup.policy"),
+        "log.cleanup.policy",
+        Some("delete"),
+        SettingKind::String,
+    ),
+    setting(
+        None,
+        "socket.request.max.bytes",
+        Some("104857600"),
+        SettingKind::Int,
+    ),
+    setting(None, "num.partitions", Some("1"), SettingKind::Int),
+    setting(
+        None,
+        "auto.create.topics.enable",
+        Some("true"),
+        SettingKind::Bool,
+    ),
+    setting(
+        None,
+        "default.replication.factor",
+        Some("1"),
+        SettingKind::Int,
+    ),
+    setting(None, "max.connections", Some("10000"), SettingKind::Int),
+    setting(
+        None,
+        "queued.max.request.bytes",
+        Some("104857600"),
+        SettingKind::Long,
+    ),
+    setting(None, "queued.max.requests", Some("32"), SettingKind::Int),
+    setting(
+        None,
+        "group.initial.rebalance.delay.ms",
+        Some("3000"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "offsets.topic.num.partitions",
+        Some("50"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "log.retention.check.interval.ms",
+        Some("300000"),
+        SettingKind::Long,
+    ),
+];
+
+/// Looks a setting up by its broker or topic name.
+pub fn find_setting(name: &str) -> Option<&'static Setting> {
+    // Kafka's own aliases for the flush settings, as the issue and users write them.
+    let name = match name {
+        "flush.messages.broker" => "log.flush.interval.messages",
+        other => other,
+    };
+    SETTINGS
+        .iter()
+        .find(|setting| setting.broker_name == name || setting.topic_name == Some(name))
+}
+
+/// Checks a value against its setting's kind.
+pub fn check_value(setting: &Setting, value: &str) -> anyhow::Result<()> {
+    let ok = match setting.kind {
+        SettingKind::Int => value.parse::<i32>().is_ok(),
+        SettingKind::Long => value.parse::<i64>().is_ok(),
+        SettingKind::Bool => matches!(value, "true" | "false"),
+        SettingKind::String => match setting.broker_name {
+            "log.message.timestamp.type" => matches!(value, "CreateTime" | "LogAppendTime"),
+            "log.cleanup.policy" => matches!(
+                value,
+                "delete" | "compact" | "compact,delete" | "delete,compact"
+            ),
+            _ => true,
+        },
+    };
+    if !ok {
+        bail!("invalid value {value:?} for {}", setting.broker_name);
+    }
+    Ok(())
+}
+
+/// Broker-wide Kafka settings (explicitly set ones; defaults come from [`SETTINGS`]).
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSettings {
+    values: BTreeMap<&'static str, String>,
+}
+
+impl KafkaSettings {
+    /// Sets a setting by broker or topic name (a topic name sets the broker default).
+    pub fn set(&mut self, name: &str, value: &str) -> anyhow::Result<()> {
+        let Some(setting) = find_setting(name) else {
+            bail!("unknown setting {name:?}");
+        };
+        check_value(setting, value)?;
+        self.values.insert(setting.broker_name, value.to_string());
+        Ok(())
+    }
+
+    /// The explicitly set value of a broker-level name, if any.
+    pub fn explicit(&self, broker_name: &str) -> Option<&str> {
+        self.values.get(broker_name).map(String::as_str)
+    }
+
+    /// The value in force (explicit or default) of a broker-level name.
+    pub fn get(&self, broker_name: &str) -> Option<&str> {
+        self.explicit(broker_name).or_else(|| {
+            SETTINGS
+                .iter()
+                .find(|setting| setting.broker_name == broker_name)
+                .and_then(|setting| setting.default)
+        })
+    }
+
+    pub fn get_i64(&self, broker_name: &str) -> Option<i64> {
+        self.get(broker_name).and_then(|value| value.parse().ok())
+    }
+
+    pub fn get_bool(&self, broker_name: &str) -> bool {
+        self.get(broker_name) == Some("true")
+    }
+}
+
+/// Where a topic setting's value came from (DescribeConfigs `config_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueSource {
+    Topic,
+    StaticBroker,
+    Default,
+}
+
+/// Resolves a topic setting: topic override, then broker value, then default.
+pub fn resolve_topic_setting<'a>(
+    setting: &'a Setting,
+    overrides: &'a BTreeMap<String, String>,
+    broker: &'a KafkaSettings,
+) -> (Option<&'a str>, ValueSource) {
+    if let Some(value) = setting.topic_name.and_then(|name| overrides.get(name)) {
+        return (Some(value.as_str()), ValueSource::Topic);
+    }
+    if let Some(value) = broker.explicit(setting.broker_name) {
+        return (Some(value), ValueSource::StaticBroker);
+    }
+    (setting.default, ValueSource::Default)
+}
+
+/// The partition-log configuration for a topic.
+pub fn log_config_for(overrides: &BTreeMap<String, String>, broker: &KafkaSettings) -> LogConfig {
+    let value = |topic_name: &str| -> Option<String> {
+        let setting = find_setting(topic_name)?;
+        resolve_topic_setting(setting, overrides, broker)
+            .0
+            .map(str::to_string)
+    };
+    let number = |topic_name: &str| value(topic_name).and_then(|text| text.parse::<i64>().ok());
+    let defaults = LogConfig::default();
+    let positive = |raw: Option<i64>| raw.filter(|number| *number > 0).map(|number| number as u64);
+    let flush_messages = positive(number("flush.messages"));
+    let flush_ms = positive(number("flush.ms"));
+    let sync_policy = match (flush_messages, flush_ms) {
+        (None, None) | (Some(1), _) => SyncPolicy::EveryAppend,
+        (messages, interval) => SyncPolicy::Interval {
+            messages: messages.unwrap_or(u64::MAX),
+            interval: Duration::from_millis(interval.unwrap_or(u64::MAX / 4)),
+        },
+    };
+    LogConfig {
+        segment_bytes: positive(number("segment.bytes"))
+            .unwrap_or(defaults.segment_bytes)
+            .clamp(1 << 14, i32::MAX as u64),
+        segment_age: Duration::from_millis(positive(number("segment.ms")).unwrap_or(604_800_000)),
+        index_interval_bytes: positive(number("index.interval.bytes")).unwrap_or(4096),
+        retention_bytes: positive(number("retention.bytes")),
+        retention_age: positive(number("retention.ms")).map(Duration::from_millis),
+        max_batch_bytes: positive(number("max.message.bytes"))
+            .map_or(defaults.max_batch_bytes, |bytes| bytes as usize),
+        sync_policy,
+        timestamp_type: if value("message.timestamp.type").as_deref() == Some("LogAppendTime") {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        },
+        ..defaults
+    }
+}
+
+/// The broker's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub advertise_host: String,
+    pub advertise_port: u16,
+    pub data_dir: PathBuf,
+    pub cores: Vec<usize>,
+    pub admin_listen: SocketAddr,
+    pub kafka: KafkaSettings,
+    pub node_id: i32,
+    pub cluster_id: String,
+}
+
+/// The TOML file's shape: the flags' names plus any Kafka-named keys.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    cores: Option<String>,
+    admin_listen: Option<String>,
+    #[serde(flatten)]
+    kafka: BTreeMap<String, toml::Value>,
+}
+
+fn resolve_address(text: &str, what: &str) -> anyhow::Result<SocketAddr> {
+    text.to_socket_addrs()
+        .with_context(|| format!("{what} {text:?} is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("{what} {text:?} resolves to no address"))
+}
+
+/// Parses a core list such as `0,2-3`.
+pub fn parse_cores(text: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cores = Vec::new();
+    for part in text
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let first: usize = first
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad core {part:?}"))?;
+                let last: usize = last
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad core {part:?}"))?;
+                if last < first || last - first > 4096 {
+                    bail!("bad core range {part:?}");
+                }
+                cores.extend(first..=last);
+            }
+            None => cores.push(part.parse().with_context(|| format!("bad core {part:?}"))?),
+        }
+    }
+    cores.sort_unstable();
+    cores.dedup();
+    if cores.is_empty() {
+        bail!("the core list {text:?} names no core");
+    }
+    Ok(cores)
+}
+
+fn online_cores() -> Vec<usize> {
+    let ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|core| core.id)
+        .collect();
+    if ids.is_empty() {
+        vec![0]
+    } else {
+        ids
+    }
+}
+
+impl BrokerConfig {
+    /// Flags over the TOML file over defaults.
+    pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen_text = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        let listen = resolve_address(&listen_text, "--listen")?;
+        let advertise_text = args
+            .advertise
+            .clone()
+            .or(file.advertise)
+            .unwrap_or(listen_text);
+        let (advertise_host, advertise_port) = advertise_text
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_string(), port.parse::<u16>().ok()?)))
+            .with_context(|| format!("--advertise {advertise_text:?} is not HOST:PORT"))?;
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("kafki-data"));
+        let cores = match args.cores.clone().or(file.cores) {
+            Some(text) => parse_cores(&text)?,
+            None => online_cores(),
+        };
+        let admin_text = args
+            .admin_listen
+            .clone()
+            .or(file.admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:9644".into());
+        let admin_listen = resolve_address(&admin_text, "--admin-listen")?;
+        let mut kafka = KafkaSettings::default();
+        for (name, value) in &file.kafka {
+            let text = match value {
+                toml::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            kafka
+                .set(name, &text)
+                .with_context(|| format!("in config file: {name}"))?;
+        }
+        for pair in &args.settings {
+            let Some((name, value)) = pair.split_once('=') else {
+                bail!("--set {pair:?} is not NAME=VALUE");
+            };
+            kafka.set(name.trim(), value.trim())?;
+        }
+        Ok(Self {
+            listen,
+            advertise_host,
+            advertise_port,
+            data_dir,
+            cores,
+            admin_listen,
+            kafka,
+            node_id: 1,
+            cluster_id: String::new(),
+        })
+    }
+
+    pub fn frame_bytes_max(&self) -> usize {
+        self.kafka
+            .get_i64("socket.request.max.bytes")
+            .filter(|bytes| *bytes > 0)
+            .map_or(kafki_net::SOCKET_REQUEST_MAX_BYTES_DEFAULT, |bytes| {
+                bytes as usize
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_cores("0,1").expect("list"), vec![0, 1]);
+        assert_eq!(parse_cores("0-3").expect("range"), vec![0, 1, 2, 3]);
+        assert_eq!(parse_cores("3, 1-2,1").expect("mixed"), vec![1, 2, 3]);
+        assert!(parse_cores("").is_err());
+        assert!(parse_cores("2-1").is_err());
+        assert!(parse_cores("x").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kafki.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:19092\"\ndata-dir = \"/tmp/x\"\n\"num.partitions\" = 3\n\"log.segment.bytes\" = 1048576\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path),
+            data_dir: Some("/tmp/y".into()),
+            cores: Some("0".into()),
+            settings: vec!["retention.ms=1000".into()],
+            ..ServeArgs::default()
+        };
+        let config = BrokerConfig::from_args(&args).expect("config");
+        assert_eq!(config.listen.port(), 19092);
+        assert_eq!(config.advertise_port, 19092);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/y"));
+        assert_eq!(config.kafka.get_i64("num.partitions"), Some(3));
+        assert_eq!(config.kafka.get_i64("log.retention.ms"), Some(1000));
+        assert_eq!(config.kafka.get_i64("message.max.bytes"), Some(1_048_588));
+        let log = log_config_for(&BTreeMap::new(), &config.kafka);
+        assert_eq!(log.segment_bytes, 1 << 20);
+        assert_eq!(log.retention_age, Some(Duration::from_millis(1000)));
+        assert_eq!(log.sync_policy, SyncPolicy::EveryAppend);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let mut settings = KafkaSettings::default();
+        assert!(settings.set("no.such.setting", "1").is_err());
+        assert!(settings.set("num.partitions", "many").is_err());
+        assert!(settings.set("auto.create.topics.enable", "yes").is_err());
+        assert!(settings.set("message.timestamp.type", "Wallclock").is_err());
+    }
+
+    #[test]
+    fn topic_overrides_and_flush_policy() {
+        let broker = KafkaSettings::default();
+        let mut overrides = BTreeMap::new();
+        overrides.insert("flush.messages".to_string(), "100".to_string());
+        overrides.insert(
+            "message.timestamp.type".to_string(),
+            "LogAppendTime".to_string(),
+        );
+        let log = log_config_for(&overrides, &broker);
+        assert!(matches!(
+            log.sync_policy,
+            SyncPolicy::Interval { messages: 100, .. }
+        ));
+        assert_eq!(log.timestamp_type, TimestampType::LogAppendTime);
+        let setting = find_setting("retention.ms").expect("known");
+        assert_eq!(
+            resolve_topic_setting(setting, &overrides, &broker).1,
+            ValueSource::Default
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! Fetch: read each partition on its owning shard, up to the high
+//! watermark and the byte budgets; long-poll (`max_wait_ms`, `min_bytes`)
+//! woken by the owners' log progress.
+//!
+//! A read starts with the whole batch holding the fetch offset (Kafka
+//! returns whole batches; clients skip records before their offset). Budgets:
+//! `partition_max_bytes` per partition and `max_bytes` for the response;
+//! the first batch of the response is returned whole even if larger
+//! (KIP-74). This increment copies file data into the response (the copy
+//! path); the zero-copy writer comes next.
+//!
+//! Fetch sessions (KIP-227) are not kept yet: every answer carries session
+//! id 0, which tells clients to keep sending full fetch requests.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafki_net::kafka_protocol::error::ResponseError;
+use kafki_net::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafki_net::kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+
+use crate::errors::code_for_log_error;
+use crate::shard::Shard;
+
+/// Longest long poll we honour.
+const MAX_WAIT_MS_MAX: i32 = 30_000;
+
+#[derive(Clone)]
+struct PartitionRead {
+    slot: usize,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: i32,
+}
+
+#[derive(Clone)]
+struct ReadOutcome {
+    slot: usize,
+    error_code: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records: Option<Bytes>,
+}
+
+pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, _version: i16) -> FetchResponse {
+    let started = Instant::now();
+    let max_wait = Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
+    let min_bytes = request.min_bytes.max(0) as u64;
+    let max_bytes = if request.max_bytes <= 0 {
+        i32::MAX
+    } else {
+        request.max_bytes
+    } as u64;
+    let mut layout: Vec<(TopicName, Vec<i32>)> = Vec::new();
+    let mut reads: Vec<PartitionRead> = Vec::new();
+    for topic in &request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for wanted in &topic.partitions {
+            partitions.push(wanted.partition);
+            reads.push(PartitionRead {
+                slot: reads.len(),
+                topic: topic.topic.to_string(),
+                partition: wanted.partition,
+                offset: wanted.fetch_offset,
+                max_bytes: wanted.partition_max_bytes,
+            });
+        }
+        layout.push((topic.topic.clone(), partitions));
+    }
+    let mut outcomes = read_all(shard, &reads, max_bytes).await;
+    loop {
+        let bytes: u64 = outcomes
+            .iter()
+            .map(|outcome| {
+                outcome
+                    .records
+                    .as_ref()
+                    .map_or(0, |records| records.len() as u64)
+            })
+            .sum();
+        let errors = outcomes.iter().any(|outcome| outcome.error_code != 0);
+        let elapsed = started.elapsed();
+        if bytes >= min_bytes.max(1) || errors || elapsed >= max_wait || shard.shutting_down.get() {
+            break;
+        }
+        let seen: Vec<i64> = outcomes
+            .iter()
+            .map(|outcome| outcome.high_watermark)
+            .collect();
+        wait_for_data(shard, &reads, &seen, max_wait - elapsed).await;
+        outcomes = read_all(shard, &reads, max_bytes).await;
+    }
+    let mut slot = 0;
+    let responses = layout
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|index| {
+                    let outcome = outcomes.get(slot).cloned();
+                    slot += 1;
+                    let outcome = outcome.unwrap_or(ReadOutcome {
+                        slot,
+                        error_code: ResponseError::UnknownServerError.code(),
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                        records: None,
+                    });
+                    PartitionData::default()
+                        .with_partition_index(index)
+                        .with_error_code(outcome.error_code)
+                        .with_high_watermark(outcome.high_watermark)
+                        .with_last_stable_offset(outcome.high_watermark)
+                        .with_log_start_offset(outcome.log_start_offset)
+                        .with_records(Some(outcome.records.unwrap_or_default()))
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(responses)
+}
+
+/// Reads every partition on its owner, shards in turn, sharing the
+/// response byte budget.
+async fn read_all(shard: &Rc<Shard>, reads: &[PartitionRead], max_bytes: u64) -> Vec<ReadOutcome> {
+    let mut by_shard: BTreeMap<usize, Vec<PartitionRead>> = BTreeMap::new();
+    for read in reads {
+        by_shard
+            .entry(shard.owner_of(&read.topic, read.partition))
+            .or_default()
+            .push(read.clone());
+    }
+    let mut outcomes: Vec<Option<ReadOutcome>> = vec![None; reads.len()];
+    let mut budget = max_bytes;
+    for (owner, batch) in by_shard {
+        let slots: Vec<usize> = batch.iter().map(|read| read.slot).collect();
+        let remaining = budget;
+        let first_in_response = budget == max_bytes;
+        let results = shard
+            .invoke_on(owner, move |owner| async move {
+                read_on_owner(owner, batch, remaining, first_in_response).await
+            })
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "fetch: owner shard unreachable");
+                slots
+                    .into_iter()
+                    .map(|slot| ReadOutcome {
+                        slot,
+                        error_code: ResponseError::UnknownServerError.code(),
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                        records: None,
+                    })
+                    .collect()
+            });
+        for outcome in results {
+            budget = budget.saturating_sub(
+                outcome
+                    .records
+                    .as_ref()
+                    .map_or(0, |records| records.len() as u64),
+            );
+            let slot = outcome.slot;
+            if let Some(entry) = outcomes.get_mut(slot) {
+                *entry = Some(outcome);
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(slot, outcome)| {
+            outcome.unwrap_or(ReadOutcome {
+                slot,
+                error_code: ResponseError::UnknownServerError.code(),
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: None,
+            })
+        })
+        .collect()
+}
+
+async fn read_on_owner(
+    shard: Rc<Shard>,
+    reads: Vec<PartitionRead>,
+    mut budget: u64,
+    mut first_in_response: bool,
+) -> Vec<ReadOutcome> {
+    let mut outcomes = Vec::with_capacity(reads.len());
+    for read in reads {
+        let outcome = read_partition(&shard, &read, budget, first_in_response).await;
+        let taken = outcome
+            .records
+            .as_ref()
+            .map_or(0, |records| records.len() as u64);
+        if taken > 0 {
+            first_in_response = false;
+        }
+        budget = budget.saturating_sub(taken);
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+async fn read_partition(
+    shard: &Shard,
+    read: &PartitionRead,
+    budget: u64,
+    first_in_response: bool,
+) -> ReadOutcome {
+    let mut outcome = ReadOutcome {
+        slot: read.slot,
+        error_code: 0,
+        high_watermark: -1,
+        log_start_offset: -1,
+        records: None,
+    };
+    let partition = match shard.partition(&read.topic, read.partition).await {
+        Ok(partition) => partition,
+        Err(code) => {
+            outcome.error_code = code;
+            return outcome;
+        }
+    };
+    let offsets = partition.log.offsets();
+    let high_watermark = partition.high_watermark_of(&offsets);
+    outcome.high_watermark = high_watermark as i64;
+    outcome.log_start_offset = offsets.log_start_offset as i64;
+    if read.offset < 0
+        || (read.offset as u64) < offsets.log_start_offset
+        || read.offset as u64 > offsets.next_offset
+    {
+        outcome.error_code = ResponseError::OffsetOutOfRange.code();
+        return outcome;
+    }
+    let partition_budget = read.max_bytes.max(0) as u64;
+    // After the first batch of the response, nothing may exceed the budget.
+    let limit = if first_in_response {
+        partition_budget
+    } else {
+        partition_budget.min(budget)
+    };
+    if limit == 0 || read.offset as u64 >= high_watermark {
+        return outcome;
+    }
+    match partition
+        .log
+        .read(read.offset as u64, limit, high_watermark)
+        .await
+    {
+        Ok(result) => {
+            if !first_in_response && result.bytes > budget {
+                return outcome;
+            }
+            match result.load().await {
+                Ok(bytes) => outcome.records = Some(bytes),
+                Err(error) => outcome.error_code = code_for_log_error(&error),
+            }
+        }
+        Err(error) => outcome.error_code = code_for_log_error(&error),
+    }
+    outcome
+}
+
+/// Waits (up to `timeout`) until any of the partitions' logs makes progress.
+async fn wait_for_data(
+    shard: &Rc<Shard>,
+    reads: &[PartitionRead],
+    seen: &[i64],
+    timeout: Duration,
+) {
+    let mut by_shard: BTreeMap<usize, Vec<(String, i32, i64)>> = BTreeMap::new();
+    for (read, seen) in reads.iter().zip(seen) {
+        by_shard
+            .entry(shard.owner_of(&read.topic, read.partition))
+            .or_default()
+            .push((read.topic.clone(), read.partition, *seen));
+    }
+    let waits: Vec<_> = by_shard
+        .into_iter()
+        .map(|(owner, partitions)| {
+            Box::pin(shard.invoke_on(owner, move |owner| async move {
+                wait_on_owner(owner, partitions, timeout).await;
+            }))
+        })
+        .collect();
+    if waits.is_empty() {
+        glommio::timer::sleep(timeout).await;
+        return;
+    }
+    let _ = futures::future::select_all(waits).await;
+}
+
+/// Waits until one partition's high watermark passes what the last read
+/// saw (no wake-up is lost between that read and this wait).
+async fn wait_on_owner(shard: Rc<Shard>, partitions: Vec<(String, i32, i64)>, timeout: Duration) {
+    let mut waits = Vec::new();
+    for (topic, index, seen) in partitions {
+        if let Ok(partition) = shard.partition(&topic, index).await {
+            waits.push(Box::pin(async move {
+                loop {
+                    let since = partition.log.offsets();
+                    if partition.high_watermark_of(&since) as i64 > seen
+                        || !partition.log.is_healthy()
+                    {
+                        return;
+                    }
+                    partition.log.wait_for_progress(since).await;
+                }
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>);
+        }
+    }
+    let timer = Box::pin(glommio::timer::sleep(timeout));
+    if waits.is_empty() {
+        timer.await;
+        return;
+    }
+    futures::future::select(futures::future::select_all(waits), timer).await;
+}

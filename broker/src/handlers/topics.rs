@@ -1,0 +1,356 @@
+//! Metadata, CreateTopics and DeleteTopics.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafki_net::kafka_protocol::error::ResponseError;
+use kafki_net::kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafki_net::kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafki_net::kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafki_net::kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    MetadataRequest, MetadataResponse, TopicName,
+};
+use kafki_net::kafka_protocol::protocol::StrBytes;
+
+use super::str_bytes;
+use crate::config::{check_value, find_setting, resolve_topic_setting, BrokerConfig, ValueSource};
+use crate::metadata::{check_topic_name, ClusterMetadata, TopicMeta, PARTITIONS_MAX};
+use crate::shard::Shard;
+
+/// Checks a CreateTopics entry against Kafka's rules and builds the topic.
+pub fn validate_new_topic(
+    current: &ClusterMetadata,
+    config: &BrokerConfig,
+    name: &str,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<TopicMeta, (i16, String)> {
+    check_topic_name(name)
+        .map_err(|reason| (ResponseError::InvalidTopicException.code(), reason))?;
+    if current.topic(name).is_some() {
+        return Err((
+            ResponseError::TopicAlreadyExists.code(),
+            format!("Topic '{name}' already exists."),
+        ));
+    }
+    let partitions = if partitions == -1 {
+        config.kafka.get_i64("num.partitions").unwrap_or(1) as i32
+    } else {
+        partitions
+    };
+    if !(1..=PARTITIONS_MAX).contains(&partitions) {
+        return Err((
+            ResponseError::InvalidPartitions.code(),
+            format!("Number of partitions must be between 1 and {PARTITIONS_MAX}."),
+        ));
+    }
+    for (key, value) in configs {
+        let setting = find_setting(key)
+            .filter(|setting| setting.topic_name == Some(key.as_str()))
+            .ok_or_else(|| {
+                (
+                    ResponseError::InvalidConfig.code(),
+                    format!("Unknown topic config name: {key}"),
+                )
+            })?;
+        check_value(setting, value)
+            .map_err(|error| (ResponseError::InvalidConfig.code(), error.to_string()))?;
+    }
+    Ok(TopicMeta {
+        name: name.to_string(),
+        id: uuid::Uuid::new_v4(),
+        partitions,
+        configs: configs.clone(),
+        internal: name.starts_with("__"),
+    })
+}
+
+fn broker_entry(shard: &Shard) -> MetadataResponseBroker {
+    MetadataResponseBroker::default()
+        .with_node_id(BrokerId(shard.config.node_id))
+        .with_host(str_bytes(&shard.config.advertise_host))
+        .with_port(i32::from(shard.config.advertise_port))
+}
+
+fn topic_entry(topic: &TopicMeta, node_id: i32, version: i16) -> MetadataResponseTopic {
+    let partitions = (0..topic.partitions)
+        .map(|index| {
+            MetadataResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(BrokerId(node_id))
+                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                .with_replica_nodes(vec![BrokerId(node_id)])
+                .with_isr_nodes(vec![BrokerId(node_id)])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(&topic.name))))
+        .with_topic_id(if version >= 10 {
+            topic.id
+        } else {
+            uuid::Uuid::nil()
+        })
+        .with_is_internal(version >= 1 && topic.internal)
+        .with_partitions(partitions)
+}
+
+fn topic_error(name: Option<TopicName>, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(name)
+        .with_error_code(code)
+}
+
+/// Metadata: brokers, and the requested topics (all when `topics` is null),
+/// auto-creating unknown ones when the client and the broker allow it.
+pub async fn metadata(
+    shard: &Rc<Shard>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let node_id = shard.config.node_id;
+    let metadata = shard.metadata();
+    let mut topics = Vec::new();
+    match request.topics {
+        None => topics.extend(
+            metadata
+                .topics
+                .values()
+                .map(|topic| topic_entry(topic, node_id, version)),
+        ),
+        // v0 has no null: an empty list means "all topics".
+        Some(requested) if requested.is_empty() && version == 0 => topics.extend(
+            metadata
+                .topics
+                .values()
+                .map(|topic| topic_entry(topic, node_id, version)),
+        ),
+        Some(requested) => {
+            let auto_create = shard.config.kafka.get_bool("auto.create.topics.enable")
+                && (version < 4 || request.allow_auto_topic_creation);
+            for wanted in requested {
+                let found = match &wanted.name {
+                    Some(name) => shard.metadata().topic(name).cloned(),
+                    None => shard.metadata().topic_by_id(wanted.topic_id).cloned(),
+                };
+                match (found, wanted.name) {
+                    (Some(topic), _) => topics.push(topic_entry(&topic, node_id, version)),
+                    (None, Some(name)) if auto_create => {
+                        match shard
+                            .create_topic(name.to_string(), -1, BTreeMap::new(), false)
+                            .await
+                        {
+                            Ok(topic) => topics.push(topic_entry(&topic, node_id, version)),
+                            // Another request created it meanwhile.
+                            Err((code, _)) if code == ResponseError::TopicAlreadyExists.code() => {
+                                match shard.metadata().topic(&name).cloned() {
+                                    Some(topic) => {
+                                        topics.push(topic_entry(&topic, node_id, version))
+                                    }
+                                    None => topics.push(topic_error(
+                                        Some(name),
+                                        ResponseError::LeaderNotAvailable.code(),
+                                    )),
+                                }
+                            }
+                            Err((code, _)) => topics.push(topic_error(Some(name), code)),
+                        }
+                    }
+                    (None, name) => {
+                        let code = match &name {
+                            Some(text) if check_topic_name(text).is_err() => {
+                                ResponseError::InvalidTopicException
+                            }
+                            _ => ResponseError::UnknownTopicOrPartition,
+                        };
+                        topics.push(topic_error(name, code.code()))
+                    }
+                }
+            }
+        }
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![broker_entry(shard)])
+        .with_cluster_id((version >= 2).then(|| str_bytes(&metadata.cluster_id)))
+        .with_controller_id(BrokerId(if version >= 1 { node_id } else { -1 }))
+        .with_topics(topics)
+}
+
+/// CreateTopics with configs and validate-only.
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    let mut seen = std::collections::HashSet::new();
+    for topic in request.topics {
+        let name = topic.name.to_string();
+        let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
+        if !seen.insert(name.clone()) {
+            results.push(
+                result
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(str_bytes("Duplicate topic name in request."))),
+            );
+            continue;
+        }
+        if topic.replication_factor != -1 && topic.replication_factor != 1 {
+            results.push(
+                result
+                    .with_error_code(ResponseError::InvalidReplicationFactor.code())
+                    .with_error_message(Some(str_bytes(
+                        "Replication factor must be 1 on a single-node Kafki.",
+                    ))),
+            );
+            continue;
+        }
+        if !topic.assignments.is_empty() {
+            results.push(
+                result
+                    .with_error_code(ResponseError::InvalidReplicaAssignment.code())
+                    .with_error_message(Some(str_bytes(
+                        "Manual replica assignment is not supported yet.",
+                    ))),
+            );
+            continue;
+        }
+        let mut configs = BTreeMap::new();
+        for entry in &topic.configs {
+            if let Some(value) = &entry.value {
+                configs.insert(entry.name.to_string(), value.to_string());
+            }
+        }
+        match shard
+            .create_topic(name, topic.num_partitions, configs, request.validate_only)
+            .await
+        {
+            Ok(created) => {
+                if version >= 7 && !request.validate_only {
+                    result = result.with_topic_id(created.id);
+                }
+                if version >= 5 {
+                    result = result
+                        .with_num_partitions(created.partitions)
+                        .with_replication_factor(1)
+                        .with_configs(Some(describe_topic_configs(&created, &shard.config)));
+                }
+            }
+            Err((code, message)) => {
+                result = result
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(&message)));
+            }
+        }
+        results.push(result);
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+fn describe_topic_configs(topic: &TopicMeta, config: &BrokerConfig) -> Vec<CreatableTopicConfigs> {
+    crate::config::SETTINGS
+        .iter()
+        .filter_map(|setting| {
+            let name = setting.topic_name?;
+            let (value, source) = resolve_topic_setting(setting, &topic.configs, &config.kafka);
+            // DescribeConfigs sources: 1 topic, 4 static broker, 5 default.
+            let source_code = match source {
+                ValueSource::Topic => 1,
+                ValueSource::StaticBroker => 4,
+                ValueSource::Default => 5,
+            };
+            Some(
+                CreatableTopicConfigs::default()
+                    .with_name(str_bytes(name))
+                    .with_value(value.map(str_bytes))
+                    .with_config_source(source_code),
+            )
+        })
+        .collect()
+}
+
+/// DeleteTopics by name (v1–5) or by name/id (v6).
+pub async fn delete_topics(
+    shard: &Rc<Shard>,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let mut wanted: Vec<(Option<String>, uuid::Uuid)> = request
+        .topic_names
+        .iter()
+        .map(|name| (Some(name.to_string()), uuid::Uuid::nil()))
+        .collect();
+    if version >= 6 {
+        wanted = request
+            .topics
+            .iter()
+            .map(|topic| {
+                (
+                    topic.name.as_ref().map(|name| name.to_string()),
+                    topic.topic_id,
+                )
+            })
+            .collect();
+    }
+    let mut responses = Vec::with_capacity(wanted.len());
+    for (name, id) in wanted {
+        let metadata = shard.metadata();
+        let found = match &name {
+            Some(name) => metadata.topic(name).cloned(),
+            None => metadata.topic_by_id(id).cloned(),
+        };
+        let mut result = DeletableTopicResult::default()
+            .with_name(name.as_deref().map(|name| TopicName(str_bytes(name))))
+            .with_topic_id(id);
+        let Some(topic) = found else {
+            let code = if name.is_some() {
+                ResponseError::UnknownTopicOrPartition
+            } else {
+                ResponseError::UnknownTopicId
+            };
+            responses.push(result.with_error_code(code.code()));
+            continue;
+        };
+        result = result.with_name(Some(TopicName(str_bytes(&topic.name))));
+        if version >= 6 {
+            result = result.with_topic_id(topic.id);
+        }
+        let doomed = topic.name.clone();
+        let outcome = shard
+            .invoke_on(0, move |controller| async move {
+                controller
+                    .controller_change(|current| {
+                        if current.topic(&doomed).is_none() {
+                            return Err((
+                                ResponseError::UnknownTopicOrPartition.code(),
+                                String::new(),
+                            ));
+                        }
+                        Ok(Some(current.without_topic(&doomed)))
+                    })
+                    .await
+                    .map(|_| ())
+            })
+            .await;
+        match outcome {
+            Ok(Ok(())) => responses.push(result),
+            Ok(Err((code, message))) => {
+                let message = (version >= 5).then(|| StrBytes::from_string(message));
+                responses.push(result.with_error_code(code).with_error_message(message))
+            }
+            Err(error) => {
+                let message = (version >= 5).then(|| str_bytes(&error.to_string()));
+                responses.push(
+                    result
+                        .with_error_code(ResponseError::UnknownServerError.code())
+                        .with_error_message(message),
+                )
+            }
+        }
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}

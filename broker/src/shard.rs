@@ -1,0 +1,369 @@
+//! One shard: the per-core state of the broker. A `Shard` exists once per
+//! executor thread and is never shared across threads (`Rc`, `RefCell`).
+//!
+//! It owns the partition logs that [`crate::placement::shard_for`] assigns
+//! to it, holds its copy of the cluster-metadata snapshot, and talks to the
+//! other shards through a bounded glommio channel mesh: a cross-shard call
+//! is a `Send` closure run on the target shard ([`Shard::invoke_on`]), whose
+//! result comes back over a oneshot channel. Shard 0 is the controller: it
+//! alone changes cluster metadata.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use futures::future::LocalBoxFuture;
+use futures::StreamExt;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::sync::Semaphore;
+use kafki_net::kafka_protocol::error::ResponseError;
+use kafki_storage::{LogOffsets, PartitionLog, SyncPolicy};
+
+use crate::config::{log_config_for, BrokerConfig};
+use crate::metadata::{ClusterMetadata, TopicMeta};
+use crate::placement::shard_for;
+
+/// A unit of work sent to another shard.
+pub type ShardTask = Box<dyn FnOnce(Rc<Shard>) -> LocalBoxFuture<'static, ()> + Send>;
+
+/// A partition owned by this shard.
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    pub log: PartitionLog,
+    /// Whether the topic's commit stage is *durable* (fsync per append) or
+    /// *written* (relaxed flush policy). `acks=all` waits for this stage,
+    /// and consumers see data up to it (the high watermark).
+    pub commit_durable: bool,
+    pub leader_epoch: i32,
+}
+
+impl Partition {
+    /// The high watermark: on one node, the offset up to which the commit
+    /// stage is reached.
+    pub fn high_watermark(&self) -> u64 {
+        let offsets = self.log.offsets();
+        self.high_watermark_of(&offsets)
+    }
+
+    pub fn high_watermark_of(&self, offsets: &LogOffsets) -> u64 {
+        if self.commit_durable {
+            offsets.durable_offset
+        } else {
+            offsets.written_offset
+        }
+    }
+
+    /// Waits until the commit stage covers every offset below `end_offset`.
+    pub async fn wait_committed(&self, end_offset: u64) -> kafki_storage::LogResult<()> {
+        if self.commit_durable {
+            self.log.wait_durable(end_offset).await
+        } else {
+            self.log.wait_written(end_offset).await
+        }
+    }
+}
+
+/// Per-core broker state.
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub config: Arc<BrokerConfig>,
+    senders: Senders<ShardTask>,
+    metadata: RefCell<Arc<ClusterMetadata>>,
+    partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
+    /// Serialises opening and closing partitions on this shard.
+    open_lock: Semaphore,
+    /// Controller only: serialises metadata changes.
+    controller_lock: Semaphore,
+    pub shutting_down: Cell<bool>,
+    /// Consumer groups coordinated on this shard.
+    pub groups: crate::handlers::groups::GroupShard,
+}
+
+/// Why a partition is not available here, as a Kafka error.
+pub fn unknown_partition() -> i16 {
+    ResponseError::UnknownTopicOrPartition.code()
+}
+
+impl Shard {
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        senders: Senders<ShardTask>,
+        metadata: Arc<ClusterMetadata>,
+    ) -> Rc<Self> {
+        let id = senders.peer_id();
+        let groups = crate::handlers::groups::GroupShard::new(&config, id);
+        Rc::new(Self {
+            id,
+            groups,
+            count: senders.nr_consumers(),
+            config,
+            senders,
+            metadata: RefCell::new(metadata),
+            partitions: RefCell::new(HashMap::new()),
+            open_lock: Semaphore::new(1),
+            controller_lock: Semaphore::new(1),
+            shutting_down: Cell::new(false),
+        })
+    }
+
+    /// Runs tasks that other shards send here, each as its own local task so
+    /// a long poll never blocks the inbox.
+    pub fn start_inbox(self: &Rc<Self>, mut receivers: Receivers<ShardTask>) {
+        for (_, mut stream) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(task) = stream.next().await {
+                    glommio::spawn_local(task(shard.clone())).detach();
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Runs `work` on shard `target` and returns its result. Captures only
+    /// what the closure captures; the result crosses threads, so it is `Send`.
+    pub async fn invoke_on<R, F, Fut>(self: &Rc<Self>, target: usize, work: F) -> anyhow::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        if target == self.id {
+            return Ok(work(self.clone()).await);
+        }
+        let (reply, answer) = futures::channel::oneshot::channel();
+        let task: ShardTask = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = reply.send(work(shard).await);
+            })
+        });
+        self.senders
+            .send_to(target, task)
+            .await
+            .map_err(|_| anyhow!("shard {target} is not accepting work"))?;
+        answer
+            .await
+            .map_err(|_| anyhow!("shard {target} dropped a call"))
+    }
+
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+        self.metadata.borrow().clone()
+    }
+
+    pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
+        shard_for(topic, partition, self.count)
+    }
+
+    fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.config.data_dir.join(format!("{topic}-{partition}"))
+    }
+
+    /// The local partition, opening its log on first use. Errors are Kafka
+    /// codes: unknown topic/partition, not owned here, or a storage error.
+    pub async fn partition(&self, topic: &str, index: i32) -> Result<Rc<Partition>, i16> {
+        if let Some(found) = self.partitions.borrow().get(&(topic.to_string(), index)) {
+            return Ok(found.clone());
+        }
+        let Some(meta) = self.metadata().topic(topic).cloned() else {
+            return Err(unknown_partition());
+        };
+        if index < 0 || index >= meta.partitions {
+            return Err(unknown_partition());
+        }
+        if self.owner_of(topic, index) != self.id {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        }
+        let _permit = self
+            .open_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ResponseError::KafkaStorageError.code())?;
+        if let Some(found) = self.partitions.borrow().get(&(topic.to_string(), index)) {
+            return Ok(found.clone());
+        }
+        let log_config = log_config_for(&meta.configs, &self.config.kafka);
+        let commit_durable = log_config.sync_policy == SyncPolicy::EveryAppend;
+        let dir = self.partition_dir(topic, index);
+        let log = PartitionLog::open(&dir, log_config).await.map_err(|error| {
+            tracing::error!(shard = self.id, dir = %dir.display(), %error, "cannot open partition log");
+            crate::errors::code_for_log_error(&error)
+        })?;
+        let partition = Rc::new(Partition {
+            topic: topic.to_string(),
+            index,
+            log,
+            commit_durable,
+            leader_epoch: 0,
+        });
+        self.partitions
+            .borrow_mut()
+            .insert((topic.to_string(), index), partition.clone());
+        Ok(partition)
+    }
+
+    /// Opens every partition this shard owns (recovering their logs).
+    pub async fn open_owned_partitions(&self) {
+        let metadata = self.metadata();
+        for topic in metadata.topics.values() {
+            for index in 0..topic.partitions {
+                if self.owner_of(&topic.name, index) == self.id {
+                    if let Err(code) = self.partition(&topic.name, index).await {
+                        tracing::error!(shard = self.id, topic = %topic.name, partition = index, code, "partition unavailable");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs a new metadata snapshot; closes and deletes the logs of
+    /// topics that disappeared (or whose id changed).
+    pub async fn install_metadata(&self, next: Arc<ClusterMetadata>) {
+        let previous = self.metadata.replace(next.clone());
+        let doomed: Vec<(String, i32)> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(
+                |(topic, _)| match (next.topic(topic), previous.topic(topic)) {
+                    (Some(now), Some(before)) => now.id != before.id,
+                    (None, _) => true,
+                    _ => false,
+                },
+            )
+            .cloned()
+            .collect();
+        for key in doomed {
+            let removed = self.partitions.borrow_mut().remove(&key);
+            if let Some(partition) = removed {
+                let dir = self.partition_dir(&key.0, key.1);
+                match Rc::try_unwrap(partition) {
+                    Ok(partition) => {
+                        if let Err(error) = partition.log.close().await {
+                            tracing::warn!(dir = %dir.display(), %error, "closing a deleted partition");
+                        }
+                    }
+                    Err(_) => {
+                        tracing::debug!(dir = %dir.display(), "deleted partition still in use; its files go now")
+                    }
+                }
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), %error, "removing a deleted partition");
+                }
+            }
+        }
+        self.open_owned_partitions().await;
+    }
+
+    /// Controller only: applies a metadata change, stores it, and installs it
+    /// on every shard before returning.
+    pub async fn controller_change(
+        self: &Rc<Self>,
+        change: impl FnOnce(&ClusterMetadata) -> Result<Option<ClusterMetadata>, (i16, String)>,
+    ) -> Result<Arc<ClusterMetadata>, (i16, String)> {
+        debug_assert_eq!(self.id, 0, "metadata changes run on the controller shard");
+        let _permit = self.controller_lock.acquire_permit(1).await.map_err(|_| {
+            (
+                ResponseError::UnknownServerError.code(),
+                "shutting down".to_string(),
+            )
+        })?;
+        let current = self.metadata();
+        let Some(next) = change(&current)? else {
+            return Ok(current);
+        };
+        next.store(&self.config.data_dir).map_err(|error| {
+            tracing::error!(%error, "cannot store cluster metadata");
+            (ResponseError::KafkaStorageError.code(), error.to_string())
+        })?;
+        let next = Arc::new(next);
+        for target in 0..self.count {
+            let snapshot = next.clone();
+            let installed = self
+                .invoke_on(target, move |shard| async move {
+                    shard.install_metadata(snapshot).await
+                })
+                .await;
+            if let Err(error) = installed {
+                tracing::error!(target, %error, "metadata not installed on a shard");
+            }
+        }
+        Ok(next)
+    }
+
+    /// Creates a topic through the controller. `Ok` carries the topic.
+    pub async fn create_topic(
+        self: &Rc<Self>,
+        name: String,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<TopicMeta, (i16, String)> {
+        let outcome = self
+            .invoke_on(0, move |controller| async move {
+                let mut created = None;
+                let result = controller
+                    .controller_change(|current| {
+                        let topic = crate::handlers::topics::validate_new_topic(
+                            current,
+                            &controller.config,
+                            &name,
+                            partitions,
+                            &configs,
+                        )?;
+                        created = Some(topic.clone());
+                        Ok((!validate_only).then(|| current.with_topic(topic)))
+                    })
+                    .await;
+                result.and_then(|_| {
+                    created.ok_or((ResponseError::UnknownServerError.code(), String::new()))
+                })
+            })
+            .await;
+        outcome.unwrap_or_else(|error| {
+            Err((ResponseError::UnknownServerError.code(), error.to_string()))
+        })
+    }
+
+    /// Closes every partition cleanly (flush, clean-shutdown marker).
+    pub async fn close_partitions(&self) {
+        let partitions: Vec<_> = self.partitions.borrow_mut().drain().collect();
+        for ((topic, index), partition) in partitions {
+            match Rc::try_unwrap(partition) {
+                Ok(partition) => {
+                    if let Err(error) = partition.log.close().await {
+                        tracing::error!(shard = self.id, topic, partition = index, %error, "unclean close");
+                    }
+                }
+                Err(partition) => {
+                    // A request still holds it: make its data durable anyway.
+                    if let Err(error) = partition.log.flush().await {
+                        tracing::error!(shard = self.id, topic, partition = index, %error, "flush at shutdown failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Partitions this shard owns, for metrics and the admin API.
+    pub fn owned_partitions(&self) -> Vec<(String, i32)> {
+        let mut owned: Vec<_> = self.partitions.borrow().keys().cloned().collect();
+        owned.sort();
+        owned
+    }
+
+    /// Applies retention to every owned partition.
+    pub async fn enforce_retention(&self, now_ms: i64) {
+        let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for partition in partitions {
+            if let Err(error) = partition.log.enforce_retention(now_ms).await {
+                tracing::warn!(topic = %partition.topic, partition = partition.index, %error, "retention failed");
+            }
+        }
+    }
+}
