@@ -138,6 +138,25 @@ pub const SETTINGS: &[Setting] = &[
         SettingKind::String,
     ),
     setting(
+        Some("min.insync.replicas"),
+        "min.insync.replicas",
+        Some("1"),
+        SettingKind::Int,
+    ),
+    setting(
+        Some("compression.type"),
+        "compression.type",
+        Some("producer"),
+        SettingKind::String,
+    ),
+    setting(
+        Some("unclean.leader.election.enable"),
+        "unclean.leader.election.enable",
+        Some("false"),
+        SettingKind::Bool,
+    ),
+    setting(None, "log.retention.hours", Some("168"), SettingKind::Int),
+    setting(
         None,
         "socket.request.max.bytes",
         Some("104857600"),
@@ -208,6 +227,9 @@ pub fn check_value(setting: &Setting, value: &str) -> anyhow::Result<()> {
                 value,
                 "delete" | "compact" | "compact,delete" | "delete,compact"
             ),
+            // Batches are stored as producers compressed them; recompression
+            // is not implemented, so only "producer" is honest.
+            "compression.type" => value == "producer",
             _ => true,
         },
     };
@@ -308,7 +330,7 @@ pub fn log_config_for(overrides: &BTreeMap<String, String>, broker: &KafkaSettin
         segment_age: Duration::from_millis(positive(number("segment.ms")).unwrap_or(604_800_000)),
         index_interval_bytes: positive(number("index.interval.bytes")).unwrap_or(4096),
         retention_bytes: positive(number("retention.bytes")),
-        retention_age: positive(number("retention.ms")).map(Duration::from_millis),
+        retention_age: retention_ms(overrides, broker).map(Duration::from_millis),
         max_batch_bytes: positive(number("max.message.bytes"))
             .map_or(defaults.max_batch_bytes, |bytes| bytes as usize),
         sync_policy,
@@ -319,6 +341,27 @@ pub fn log_config_for(overrides: &BTreeMap<String, String>, broker: &KafkaSettin
         },
         ..defaults
     }
+}
+
+/// `retention.ms` as Kafka resolves it: topic override, then
+/// `log.retention.ms`, then `log.retention.hours`, then 7 days. `None` for -1.
+fn retention_ms(overrides: &BTreeMap<String, String>, broker: &KafkaSettings) -> Option<u64> {
+    let parsed = overrides
+        .get("retention.ms")
+        .and_then(|value| value.parse::<i64>().ok())
+        .or_else(|| {
+            broker
+                .explicit("log.retention.ms")
+                .and_then(|value| value.parse().ok())
+        })
+        .or_else(|| {
+            broker
+                .explicit("log.retention.hours")
+                .and_then(|value| value.parse::<i64>().ok())
+                .map(|hours| hours.saturating_mul(3_600_000))
+        })
+        .unwrap_or(604_800_000);
+    (parsed > 0).then_some(parsed as u64)
 }
 
 /// The broker's resolved configuration.

@@ -27,6 +27,9 @@ use crate::config::{log_config_for, BrokerConfig};
 use crate::metadata::{ClusterMetadata, TopicMeta};
 use crate::placement::shard_for;
 
+/// How long a reconfiguration waits for requests to release a partition.
+const REOPEN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A unit of work sent to another shard.
 pub type ShardTask = Box<dyn FnOnce(Rc<Shard>) -> LocalBoxFuture<'static, ()> + Send>;
 
@@ -40,6 +43,8 @@ pub struct Partition {
     /// and consumers see data up to it (the high watermark).
     pub commit_durable: bool,
     pub leader_epoch: i32,
+    /// Idempotent producers' sequence state.
+    pub producers: RefCell<crate::handlers::producer::ProducerStates>,
 }
 
 impl Partition {
@@ -83,6 +88,8 @@ pub struct Shard {
     pub shutting_down: Cell<bool>,
     /// Consumer groups coordinated on this shard.
     pub groups: crate::handlers::groups::GroupShard,
+    /// Producer ids (used on the controller shard only).
+    pub producer_ids: crate::handlers::producer::ProducerIdAllocator,
 }
 
 /// Why a partition is not available here, as a Kafka error.
@@ -101,6 +108,7 @@ impl Shard {
         Rc::new(Self {
             id,
             groups,
+            producer_ids: Default::default(),
             count: senders.nr_consumers(),
             config,
             senders,
@@ -194,12 +202,14 @@ impl Shard {
             tracing::error!(shard = self.id, dir = %dir.display(), %error, "cannot open partition log");
             crate::errors::code_for_log_error(&error)
         })?;
+        let producers = crate::handlers::producer::rebuild(&log).await;
         let partition = Rc::new(Partition {
             topic: topic.to_string(),
             index,
             log,
             commit_durable,
             leader_epoch: 0,
+            producers: RefCell::new(producers),
         });
         self.partitions
             .borrow_mut()
@@ -257,7 +267,57 @@ impl Shard {
                 }
             }
         }
+        self.reopen_reconfigured(&previous, &next).await;
         self.open_owned_partitions().await;
+    }
+
+    /// Reopens partitions whose topic settings changed, so the new log
+    /// settings apply. Waits (bounded) for requests still holding the old
+    /// log; if they do not let go, the change applies at the next restart.
+    async fn reopen_reconfigured(&self, previous: &ClusterMetadata, next: &ClusterMetadata) {
+        let changed: Vec<(String, i32)> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(
+                |(topic, _)| match (previous.topic(topic), next.topic(topic)) {
+                    (Some(before), Some(now)) => {
+                        before.id == now.id && before.configs != now.configs
+                    }
+                    _ => false,
+                },
+            )
+            .cloned()
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let Ok(_permit) = self.open_lock.acquire_permit(1).await else {
+            return;
+        };
+        for key in changed {
+            let Some(partition) = self.partitions.borrow().get(&key).cloned() else {
+                continue;
+            };
+            let mut waited = std::time::Duration::ZERO;
+            while Rc::strong_count(&partition) > 2 && waited < REOPEN_WAIT_MAX {
+                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+                waited += std::time::Duration::from_millis(20);
+            }
+            if Rc::strong_count(&partition) > 2 {
+                tracing::warn!(topic = %key.0, partition = key.1, "partition busy; new settings apply at the next restart");
+                continue;
+            }
+            drop(partition);
+            let Some(partition) = self.partitions.borrow_mut().remove(&key) else {
+                continue;
+            };
+            if let Ok(partition) = Rc::try_unwrap(partition) {
+                if let Err(error) = partition.log.close().await {
+                    tracing::error!(topic = %key.0, partition = key.1, %error, "closing for reconfiguration");
+                }
+            }
+        }
     }
 
     /// Controller only: applies a metadata change, stores it, and installs it

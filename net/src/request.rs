@@ -34,6 +34,10 @@ pub struct Request {
     pub api_key: ApiKey,
     pub header: RequestHeader,
     pub body: RequestKind,
+    /// Bytes after the body. Kafka ignores them, and real clients send some
+    /// (librdkafka 2.16's Metadata v12 carries 3), so they are accepted and
+    /// only counted here.
+    pub trailing_bytes: usize,
 }
 
 impl Request {
@@ -79,12 +83,6 @@ pub enum RequestError {
         prefix: RequestPrefix,
         reason: Box<str>,
     },
-    #[error("{api_key:?} v{} has {trailing_bytes} bytes after its body (correlation id {})", prefix.api_version, prefix.correlation_id)]
-    TrailingBytes {
-        api_key: ApiKey,
-        prefix: RequestPrefix,
-        trailing_bytes: usize,
-    },
 }
 
 impl RequestError {
@@ -96,8 +94,7 @@ impl RequestError {
             | RequestError::UnknownApiKey { prefix }
             | RequestError::UnsupportedVersion { prefix, .. }
             | RequestError::TruncatedBody { prefix, .. }
-            | RequestError::MalformedBody { prefix, .. }
-            | RequestError::TrailingBytes { prefix, .. } => Some(prefix.correlation_id),
+            | RequestError::MalformedBody { prefix, .. } => Some(prefix.correlation_id),
         }
     }
 }
@@ -152,15 +149,9 @@ pub fn decode_request(frame: Bytes, supported: &SupportedApis) -> Result<Request
             }
         }
     })?;
-    if buffer.has_remaining() {
-        return Err(RequestError::TrailingBytes {
-            api_key,
-            prefix,
-            trailing_bytes: buffer.remaining(),
-        });
-    }
     Ok(Request {
         api_key,
+        trailing_bytes: buffer.remaining(),
         header,
         body,
     })

@@ -452,7 +452,10 @@ impl PartitionLog {
         })
     }
 
-    async fn wait_for_buffer_room(&self) -> LogResult<()> {
+    /// Waits while the write buffer is full. A caller that must check
+    /// something and append atomically (sequence numbers) waits here first,
+    /// then checks and calls [`PartitionLog::append_now`] with no await between.
+    pub async fn wait_for_buffer_room(&self) -> LogResult<()> {
         let limit = self.shared.config.write_buffer_bytes_max;
         poll_fn(|context| {
             let state = self.shared.state.borrow();

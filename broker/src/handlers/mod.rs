@@ -15,10 +15,12 @@ use kafki_net::{CorrelationId, Request, RequestError, SupportedApi, SupportedApi
 
 use crate::shard::Shard;
 
+pub mod configs;
 pub mod fetch;
 pub mod groups;
 pub mod offsets;
 pub mod produce;
+pub mod producer;
 pub mod topics;
 
 /// The APIs and versions Kafki answers. Produce is advertised from v0
@@ -36,6 +38,11 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::CreateTopics, 2, 7),
             SupportedApi::new(ApiKey::DeleteTopics, 1, 6),
             SupportedApi::new(ApiKey::FindCoordinator, 0, 4),
+            SupportedApi::new(ApiKey::InitProducerId, 0, 5),
+            SupportedApi::new(ApiKey::DescribeConfigs, 1, 4),
+            SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
+            SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
+            SupportedApi::new(ApiKey::DescribeCluster, 0, 1),
             SupportedApi::new(ApiKey::JoinGroup, 0, 9),
             SupportedApi::new(ApiKey::SyncGroup, 0, 5),
             SupportedApi::new(ApiKey::Heartbeat, 0, 4),
@@ -102,6 +109,21 @@ pub async fn handle(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Rep
         }
         RequestKind::DeleteTopics(body) => {
             ResponseKind::DeleteTopics(topics::delete_topics(&shard, body, version).await)
+        }
+        RequestKind::DescribeConfigs(body) => {
+            ResponseKind::DescribeConfigs(configs::describe_configs(&shard, body, version).await)
+        }
+        RequestKind::AlterConfigs(body) => {
+            ResponseKind::AlterConfigs(configs::alter_configs(&shard, body, version).await)
+        }
+        RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
+            configs::incremental_alter_configs(&shard, body, version).await,
+        ),
+        RequestKind::DescribeCluster(body) => {
+            ResponseKind::DescribeCluster(configs::describe_cluster(&shard, body, version).await)
+        }
+        RequestKind::InitProducerId(body) => {
+            ResponseKind::InitProducerId(producer::init_producer_id(&shard, body, version).await)
         }
         RequestKind::FindCoordinator(body) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(&shard, body, version).await)

@@ -17,8 +17,9 @@ use kafki_net::kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, TopicProduceResponse,
 };
 use kafki_net::kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use kafki_storage::batch::LENGTH_FIELD_END;
+use kafki_storage::batch::{BatchHeader, LENGTH_FIELD_END};
 
+use super::producer::SequenceCheck;
 use super::str_bytes;
 use crate::errors::code_for_log_error;
 use crate::shard::Shard;
@@ -230,12 +231,33 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
             );
         }
     }
-    let mut first = None;
+    let mut first: Option<(u64, Option<i64>)> = None;
     let mut last_offset = 0;
     for batch in batches {
-        match partition.log.append(batch, partition.leader_epoch).await {
+        // Wait for room first, so the sequence check and the append happen
+        // with no await between them (no other append can interleave).
+        if let Err(error) = partition.log.wait_for_buffer_room().await {
+            return PartitionOutcome::failed(slot, code_for_log_error(&error));
+        }
+        let Ok(header) = BatchHeader::parse(&batch) else {
+            return PartitionOutcome::failed(slot, ResponseError::CorruptMessage.code());
+        };
+        match partition.producers.borrow().check(&header) {
+            SequenceCheck::Accept => {}
+            SequenceCheck::Duplicate { base_offset } => {
+                first.get_or_insert((base_offset, None));
+                last_offset = base_offset + header.last_offset_delta as u64;
+                continue;
+            }
+            SequenceCheck::Refuse(code) => return PartitionOutcome::failed(slot, code),
+        }
+        match partition.log.append_now(batch, partition.leader_epoch) {
             Ok(info) => {
-                first.get_or_insert(info);
+                partition
+                    .producers
+                    .borrow_mut()
+                    .record(&header, info.base_offset);
+                first.get_or_insert((info.base_offset, info.log_append_time_ms));
                 last_offset = info.last_offset;
             }
             Err(error) => {
@@ -244,7 +266,7 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
             }
         }
     }
-    let Some(first) = first else {
+    let Some((first_offset, log_append_time_ms)) = first else {
         return PartitionOutcome::failed(slot, ResponseError::CorruptMessage.code());
     };
     let waited = match acks {
@@ -258,8 +280,8 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
     PartitionOutcome {
         slot,
         error_code: 0,
-        base_offset: first.base_offset as i64,
-        log_append_time_ms: first.log_append_time_ms.unwrap_or(-1),
+        base_offset: first_offset as i64,
+        log_append_time_ms: log_append_time_ms.unwrap_or(-1),
         log_start_offset: partition.log.offsets().log_start_offset as i64,
     }
 }

@@ -1,0 +1,319 @@
+//! DescribeConfigs (every known setting with its value, default and source),
+//! AlterConfigs / IncrementalAlterConfigs (topic overrides, through the
+//! controller; broker settings are static), and DescribeCluster.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafki_net::kafka_protocol::error::ResponseError;
+use kafki_net::kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse as AlterResult;
+use kafki_net::kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafki_net::kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafki_net::kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
+use kafki_net::kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, BrokerId, DescribeClusterRequest,
+    DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+};
+
+use super::str_bytes;
+use crate::config::{
+    check_value, find_setting, resolve_topic_setting, SettingKind, ValueSource, SETTINGS,
+};
+use crate::shard::Shard;
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// DescribeConfigs `config_source` values.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+fn config_type(kind: SettingKind) -> i8 {
+    match kind {
+        SettingKind::Bool => 1,
+        SettingKind::String => 2,
+        SettingKind::Int => 3,
+        SettingKind::Long => 5,
+    }
+}
+
+fn entry(
+    name: &str,
+    value: Option<&str>,
+    source: i8,
+    kind: SettingKind,
+    version: i16,
+) -> DescribeConfigsResourceResult {
+    let mut result = DescribeConfigsResourceResult::default()
+        .with_name(str_bytes(name))
+        .with_value(value.map(str_bytes))
+        .with_config_source(source);
+    if version >= 3 {
+        result = result.with_config_type(config_type(kind));
+    }
+    result
+}
+
+pub async fn describe_configs(
+    shard: &Rc<Shard>,
+    request: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
+    let metadata = shard.metadata();
+    let results = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let name = resource.resource_name.to_string();
+            let wanted = |key: &str| {
+                resource
+                    .configuration_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.iter().any(|wanted| wanted.as_str() == key))
+            };
+            let mut result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            match resource.resource_type {
+                RESOURCE_TOPIC => match metadata.topic(&name) {
+                    Some(topic) => {
+                        let configs = SETTINGS
+                            .iter()
+                            .filter_map(|setting| {
+                                let key = setting.topic_name?;
+                                if !wanted(key) {
+                                    return None;
+                                }
+                                let (value, source) = resolve_topic_setting(
+                                    setting,
+                                    &topic.configs,
+                                    &shard.config.kafka,
+                                );
+                                let source = match source {
+                                    ValueSource::Topic => SOURCE_TOPIC,
+                                    ValueSource::StaticBroker => SOURCE_STATIC_BROKER,
+                                    ValueSource::Default => SOURCE_DEFAULT,
+                                };
+                                Some(entry(key, value, source, setting.kind, version))
+                            })
+                            .collect();
+                        result = result.with_configs(configs);
+                    }
+                    None => {
+                        result = result
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_error_message(Some(str_bytes(&format!(
+                                "Topic {name} does not exist"
+                            ))));
+                    }
+                },
+                RESOURCE_BROKER => {
+                    let configs = SETTINGS
+                        .iter()
+                        .filter(|setting| wanted(setting.broker_name))
+                        .map(|setting| {
+                            let explicit = shard.config.kafka.explicit(setting.broker_name);
+                            let (value, source) = match explicit {
+                                Some(value) => (Some(value), SOURCE_STATIC_BROKER),
+                                None => (setting.default, SOURCE_DEFAULT),
+                            };
+                            entry(setting.broker_name, value, source, setting.kind, version)
+                                .with_read_only(true)
+                        })
+                        .collect();
+                    result = result.with_configs(configs);
+                }
+                _ => {
+                    result = result
+                        .with_error_code(ResponseError::InvalidRequest.code())
+                        .with_error_message(Some(str_bytes("Unsupported resource type")));
+                }
+            }
+            result
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// Validates and applies a topic's new override set through the controller.
+async fn replace_topic_configs(
+    shard: &Rc<Shard>,
+    topic: String,
+    change: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, (i16, String)>
+        + Send
+        + 'static,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    let outcome = shard
+        .invoke_on(0, move |controller| async move {
+            controller
+                .controller_change(|current| {
+                    let Some(meta) = current.topic(&topic) else {
+                        return Err((
+                            ResponseError::UnknownTopicOrPartition.code(),
+                            format!("Topic {topic} does not exist"),
+                        ));
+                    };
+                    let configs = change(&meta.configs)?;
+                    for (key, value) in &configs {
+                        let setting = find_setting(key)
+                            .filter(|setting| setting.topic_name == Some(key.as_str()))
+                            .ok_or((
+                                ResponseError::InvalidConfig.code(),
+                                format!("Unknown topic config name: {key}"),
+                            ))?;
+                        check_value(setting, value).map_err(|error| {
+                            (ResponseError::InvalidConfig.code(), error.to_string())
+                        })?;
+                    }
+                    if validate_only {
+                        return Ok(None);
+                    }
+                    let mut updated = meta.clone();
+                    updated.configs = configs;
+                    Ok(Some(current.with_topic(updated)))
+                })
+                .await
+                .map(|_| ())
+        })
+        .await;
+    outcome
+        .unwrap_or_else(|error| Err((ResponseError::UnknownServerError.code(), error.to_string())))
+}
+
+fn broker_static() -> (i16, String) {
+    (
+        ResponseError::InvalidRequest.code(),
+        "Broker settings are static in Kafki: set them in the config file or with --set".into(),
+    )
+}
+
+pub async fn alter_configs(
+    shard: &Rc<Shard>,
+    request: AlterConfigsRequest,
+    _version: i16,
+) -> AlterConfigsResponse {
+    let mut responses = Vec::new();
+    for resource in request.resources {
+        let result = AlterResult::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        let outcome = match resource.resource_type {
+            RESOURCE_TOPIC => {
+                let replacement: BTreeMap<String, String> = resource
+                    .configs
+                    .iter()
+                    .filter_map(|config| {
+                        config
+                            .value
+                            .as_ref()
+                            .map(|value| (config.name.to_string(), value.to_string()))
+                    })
+                    .collect();
+                replace_topic_configs(
+                    shard,
+                    resource.resource_name.to_string(),
+                    move |_| Ok(replacement),
+                    request.validate_only,
+                )
+                .await
+            }
+            RESOURCE_BROKER => Err(broker_static()),
+            _ => Err((
+                ResponseError::InvalidRequest.code(),
+                "Unsupported resource type".into(),
+            )),
+        };
+        responses.push(match outcome {
+            Ok(()) => result,
+            Err((code, message)) => result
+                .with_error_code(code)
+                .with_error_message(Some(str_bytes(&message))),
+        });
+    }
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+pub async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    request: IncrementalAlterConfigsRequest,
+    _version: i16,
+) -> IncrementalAlterConfigsResponse {
+    let mut responses = Vec::new();
+    for resource in request.resources {
+        let result = IncrementalResult::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        let operations: Vec<(String, i8, Option<String>)> = resource
+            .configs
+            .iter()
+            .map(|config| {
+                (
+                    config.name.to_string(),
+                    config.config_operation,
+                    config.value.as_ref().map(|v| v.to_string()),
+                )
+            })
+            .collect();
+        let outcome = match resource.resource_type {
+            RESOURCE_TOPIC => {
+                replace_topic_configs(
+                    shard,
+                    resource.resource_name.to_string(),
+                    move |current| {
+                        let mut next = current.clone();
+                        for (name, operation, value) in operations {
+                            match (operation, value) {
+                                (0, Some(value)) => {
+                                    next.insert(name, value);
+                                }
+                                (1, _) => {
+                                    next.remove(&name);
+                                }
+                                _ => {
+                                    return Err((
+                                        ResponseError::InvalidRequest.code(),
+                                        format!("Operation {operation} on {name} is not supported"),
+                                    ))
+                                }
+                            }
+                        }
+                        Ok(next)
+                    },
+                    request.validate_only,
+                )
+                .await
+            }
+            RESOURCE_BROKER => Err(broker_static()),
+            _ => Err((
+                ResponseError::InvalidRequest.code(),
+                "Unsupported resource type".into(),
+            )),
+        };
+        responses.push(match outcome {
+            Ok(()) => result,
+            Err((code, message)) => result
+                .with_error_code(code)
+                .with_error_message(Some(str_bytes(&message))),
+        });
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+pub async fn describe_cluster(
+    shard: &Rc<Shard>,
+    _request: DescribeClusterRequest,
+    _version: i16,
+) -> DescribeClusterResponse {
+    let broker = DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(shard.config.node_id))
+        .with_host(str_bytes(&shard.config.advertise_host))
+        .with_port(i32::from(shard.config.advertise_port));
+    DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(&shard.metadata().cluster_id))
+        .with_controller_id(BrokerId(shard.config.node_id))
+        .with_brokers(vec![broker])
+}

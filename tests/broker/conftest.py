@@ -1,0 +1,75 @@
+"""Fixtures for the broker robustness suite (tests/broker); see kafki_harness.py."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+
+import pytest
+
+from kafki_harness import Broker, new_workdir
+
+
+@pytest.fixture
+def broker_factory(request):
+    """broker_factory(settings=None, extra_args=None, start=True) -> Broker.
+
+    Brokers are SIGKILLed at teardown if still running. A panic in any run's log
+    fails the test. Work dirs of passed tests are removed."""
+    made: list[Broker] = []
+
+    def make(settings: dict[str, str] | None = None, extra_args: list[str] | None = None,
+             start: bool = True) -> Broker:
+        b = Broker(new_workdir(request.node.name), settings, extra_args)
+        made.append(b)
+        if start:
+            b.start()
+        return b
+
+    yield make
+    for b in made:
+        b.cleanup()
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    panics = [b for b in made if "panicked" in b.log_text(all_runs=True)]
+    for b in made:
+        if failed or panics or os.environ.get("KAFKI_KEEP_DATA") == "1":
+            print(f"\nkept broker work dir {b.workdir} (logs: {[str(p) for p in b.logs]})")
+        else:
+            shutil.rmtree(b.workdir, ignore_errors=True)
+    if panics:
+        text = panics[0].log_text(all_runs=True)
+        i = text.index("panicked")
+        pytest.fail(f"the broker panicked:\n{text[max(0, i - 500):i + 2000]}", pytrace=False)
+
+
+@pytest.fixture
+def broker(broker_factory) -> Broker:
+    return broker_factory()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+    if not hasattr(item.session, "_broker_reports"):
+        item.session._broker_reports = []
+    item.session._broker_reports.append(rep)
+
+
+def pytest_configure(config):
+    # kafka-python (used only for its CRC32C) warns about importlib.resources on import.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:kafka.*")
+    config.addinivalue_line("filterwarnings", "ignore:.*is deprecated. Use files:DeprecationWarning")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 20000) if hard != resource.RLIM_INFINITY else 20000
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    yield
+
+

@@ -1,0 +1,404 @@
+"""Harness for the broker robustness suite (tests/broker): the Broker process wrapper,
+confluent-kafka helpers and raw Kafka wire helpers.
+
+Every test gets its own `kafki serve` on free loopback ports with a fresh data
+directory under target/broker-tests/ (a real disk: the broker uses O_DIRECT,
+which tmpfs ignores). `Broker` can stop the process cleanly (SIGTERM, checks
+the "kafki stopped cleanly" line), kill it with SIGKILL, and restart it on the
+same data directory and ports.
+
+KAFKI_BIN picks the binary (default target/debug/kafki; build it first with
+`cargo build -p kafki`). KAFKI_KEEP_DATA=1 keeps data dirs and logs of passed
+tests too (those of failed tests are always kept and their paths printed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKI_BIN = Path(os.environ.get("KAFKI_BIN", REPO / "target" / "debug" / "kafki"))
+WORK_ROOT = REPO / "target" / "broker-tests"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last={last!r})")
+        time.sleep(interval)
+
+
+def new_workdir(name: str) -> Path:
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60]
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=WORK_ROOT))
+
+
+class Broker:
+    """One `kafki serve` process bound to fixed ports and a data dir, restartable."""
+
+    def __init__(self, workdir: Path, settings: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None):
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.settings = {"group.initial.rebalance.delay.ms": "0", **(settings or {})}
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.log_path: Path | None = None
+        self.logs: list[Path] = []
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 20.0):
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        if not KAFKI_BIN.exists():
+            pytest.fail(f"{KAFKI_BIN} missing: run `cargo build -p kafki`", pytrace=False)
+        self.starts += 1
+        self.log_path = self.workdir / f"kafki-{self.starts}.log"
+        self.logs.append(self.log_path)
+        cmd = [str(KAFKI_BIN), "serve", "--listen", self.bootstrap,
+               "--admin-listen", f"127.0.0.1:{self.admin_port}", "--data-dir", str(self.data_dir),
+               *self.extra_args]
+        for k, v in self.settings.items():
+            cmd += ["--set", f"{k}={v}"]
+        env = dict(os.environ, NO_COLOR="1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         stdin=subprocess.DEVNULL)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float):
+        """Ready when every shard logged "accepting Kafka connections" and the port answers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"kafki exited at start-up (rc={self.proc.returncode}):\n"
+                                     f"{self.log_text()[-4000:]}")
+            text = self.log_text()
+            m = re.search(r"cores=\[([0-9, ]*)\]", text)
+            shards = len(m.group(1).split(",")) if m else None
+            if shards and text.count("accepting Kafka connections") >= shards:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                    return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kafki not ready after {timeout}s:\n{text[-4000:]}")
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        assert self.alive(), "broker not running"
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0):
+        """SIGTERM; assert it exits 0 within `timeout` and logs the clean-stop line."""
+        assert self.alive(), f"broker not running (rc={self.proc.returncode if self.proc else None})"
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise AssertionError(f"kafki did not stop within {timeout}s of SIGTERM:\n"
+                                 f"{self.log_text()[-3000:]}")
+        assert rc == 0, f"kafki exited {rc} after SIGTERM:\n{self.log_text()[-3000:]}"
+        assert "kafki stopped cleanly" in self.log_text(), \
+            f"no clean-stop line:\n{self.log_text()[-3000:]}"
+
+    def restart_after_kill(self, timeout: float = 30.0):
+        self.kill9()
+        self.start(timeout)
+
+    def log_text(self, all_runs: bool = False) -> str:
+        paths = self.logs if all_runs else ([self.log_path] if self.log_path else [])
+        out = []
+        for p in paths:
+            try:
+                out.append(ANSI.sub("", p.read_text(errors="replace")))
+            except FileNotFoundError:
+                pass
+        return "\n".join(out)
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def partition_dir(self, topic: str, partition: int) -> Path:
+        return self.data_dir / f"{topic}-{partition}"
+
+    def cleanup(self):
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- confluent helpers
+
+
+def admin_client(bootstrap: str):
+    from confluent_kafka.admin import AdminClient
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict | None = None,
+                 timeout: float = 20.0):
+    from confluent_kafka.admin import NewTopic
+    adm = admin_client(bootstrap)
+    futs = adm.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                                       config=config or {})],
+                             operation_timeout=timeout, request_timeout=timeout)
+    futs[topic].result(timeout=timeout)
+
+    def ready():
+        md = adm.list_topics(topic=topic, timeout=5)
+        t = md.topics.get(topic)
+        return t is not None and t.error is None and len(t.partitions) == partitions and all(
+            p.leader >= 0 for p in t.partitions.values())
+
+    wait_until(ready, timeout, 0.1, f"metadata for {topic}")
+
+
+def consume_partition(bootstrap: str, topic: str, partition: int, start_offset: int,
+                      end_offset: int | None = None, idle_timeout: float = 5.0,
+                      total_timeout: float = 30.0):
+    """Read one partition from `start_offset` with confluent-kafka (assign, no group
+    commits) until offset `end_offset` (default: the high watermark at call time) is
+    reached, or nothing new arrives for `idle_timeout` s. Returns (records, errors)
+    with records = [(offset, key, value)]."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{os.getpid()}-{time.time()}",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+                  "socket.timeout.ms": 10000})
+    records, errors = [], []
+    try:
+        if end_offset is None:
+            _, end_offset = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        c.assign([TopicPartition(topic, partition, start_offset)])
+        deadline = time.monotonic() + total_timeout
+        last_progress = time.monotonic()
+        next_expected = start_offset
+        while next_expected < end_offset:
+            now = time.monotonic()
+            if now > deadline or now - last_progress > idle_timeout:
+                break
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == -191:  # _PARTITION_EOF
+                    continue
+                errors.append(str(m.error()))
+                continue
+            records.append((m.offset(), m.key(), m.value()))
+            next_expected = m.offset() + 1
+            last_progress = time.monotonic()
+    finally:
+        c.close()
+    return records, errors
+
+
+# --------------------------------------------------------------------------- raw wire helpers
+
+
+def kstr(s: str | None) -> bytes:
+    if s is None:
+        return struct.pack(">h", -1)
+    b = s.encode()
+    return struct.pack(">h", len(b)) + b
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def zvarint(n: int) -> bytes:
+    return uvarint((n << 1) ^ (n >> 63))
+
+
+def compact_str(s: str | None) -> bytes:
+    if s is None:
+        return uvarint(0)
+    b = s.encode()
+    return uvarint(len(b) + 1) + b
+
+
+def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def header_v1(api_key: int, version: int, corr: int, client_id: str | None = "robust") -> bytes:
+    return struct.pack(">hhi", api_key, version, corr) + kstr(client_id)
+
+
+def header_v2(api_key: int, version: int, corr: int, client_id: str | None = "robust") -> bytes:
+    return header_v1(api_key, version, corr, client_id) + uvarint(0)
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">i", len(payload)) + payload
+
+
+def record_batch(records: list[tuple[bytes | None, bytes]], base_timestamp: int | None = None,
+                 corrupt_crc: bool = False) -> bytes:
+    """A v2 record batch (magic 2, no compression, no producer id)."""
+    from kafka.record.util import calc_crc32c
+    ts = base_timestamp if base_timestamp is not None else int(time.time() * 1000)
+    body = bytearray()
+    for i, (key, value) in enumerate(records):
+        r = bytearray(b"\x00")            # attributes
+        r += zvarint(0)                    # timestamp delta
+        r += zvarint(i)                    # offset delta
+        r += zvarint(-1) if key is None else zvarint(len(key)) + key
+        r += zvarint(len(value)) + value
+        r += zvarint(0)                    # headers
+        body += zvarint(len(r)) + r
+    after_crc = struct.pack(">hiqqqhii", 0, len(records) - 1, ts, ts, -1, -1, -1, len(records)) + body
+    crc = calc_crc32c(bytes(after_crc))
+    if corrupt_crc:
+        crc ^= 0xDEADBEEF
+    after_len = struct.pack(">ibI", -1, 2, crc) + after_crc
+    return struct.pack(">qi", 0, len(after_len)) + after_len
+
+
+def produce_v9(corr: int, topic: str, partition: int, batch: bytes, acks: int = -1,
+               timeout_ms: int = 10000) -> bytes:
+    body = uvarint(0)                                  # transactional_id: null
+    body += struct.pack(">hi", acks, timeout_ms)
+    body += uvarint(2) + compact_str(topic)            # 1 topic
+    body += uvarint(2) + struct.pack(">i", partition)  # 1 partition
+    body += uvarint(len(batch) + 1) + batch + uvarint(0)   # records, partition tags
+    body += uvarint(0)                                 # topic tags
+    body += uvarint(0)                                 # request tags
+    return frame(header_v2(0, 9, corr) + body)
+
+
+def parse_produce_v9_response(payload: bytes) -> dict:
+    """payload = response without the length prefix. Returns corr id and the first
+    partition's index/error_code/base_offset/error_message."""
+    corr = struct.unpack_from(">i", payload, 0)[0]
+    pos = 4
+    _, pos = read_uvarint(payload, pos)               # header tags
+    n_topics, pos = read_uvarint(payload, pos)
+    assert n_topics - 1 >= 1, f"no topics in produce response: {payload.hex()}"
+    name_len, pos = read_uvarint(payload, pos)
+    name = payload[pos:pos + name_len - 1].decode()
+    pos += name_len - 1
+    n_parts, pos = read_uvarint(payload, pos)
+    assert n_parts - 1 >= 1, f"no partitions in produce response: {payload.hex()}"
+    index, error_code, base_offset, _lat, _lso = struct.unpack_from(">ihqqq", payload, pos)
+    pos += 4 + 2 + 8 + 8 + 8
+    n_rec_err, pos = read_uvarint(payload, pos)
+    for _ in range(max(0, n_rec_err - 1)):
+        pos += 4
+        ml, pos = read_uvarint(payload, pos)
+        pos += max(0, ml - 1)
+        _, pos = read_uvarint(payload, pos)
+    ml, pos = read_uvarint(payload, pos)
+    msg = None if ml == 0 else payload[pos:pos + ml - 1].decode(errors="replace")
+    return {"corr": corr, "topic": name, "partition": index, "error_code": error_code,
+            "base_offset": base_offset, "error_message": msg}
+
+
+def api_versions_v0(corr: int) -> bytes:
+    return frame(header_v1(18, 0, corr))
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
+def recv_response(sock: socket.socket) -> bytes:
+    """One response frame's payload (without the length). Raises on close/timeout."""
+    (size,) = struct.unpack(">i", recv_exact(sock, 4))
+    assert 0 <= size < 64 << 20, f"absurd response size {size}"
+    return recv_exact(sock, size)
+
+
+def connect(port: int, timeout: float = 5.0) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def closed_within(sock: socket.socket, timeout: float) -> tuple[bool, bytes]:
+    """Read until the peer closes or `timeout` passes. Returns (closed, bytes read)."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + timeout
+    data = b""
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True, data
+        if not chunk:
+            return True, data
+        data += chunk
+    return False, data
