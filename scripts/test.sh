@@ -35,8 +35,11 @@ bash scripts/install-test-deps.sh
 cargo build -p kafki
 bash scripts/compat.sh 2>&1 | tee "$compat_log"
 
+section "broker robustness: kill -9 under acks=all, damaged segments, hostile input, limits, admin"
+.venv-compat/bin/pytest tests/broker -q -p no:cacheprovider 2>&1 | tee -a "$compat_log"
+
 # One closing line for the whole suite (cargo prints one per test binary,
-# pytest one for the compat suite; its xfailed known gaps are not passes).
+# pytest one per suite; its xfailed known gaps are not passes).
 python3 - "$log" "$compat_log" <<'PY'
 import re, sys
 passed = failed = xfailed = 0

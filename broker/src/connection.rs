@@ -56,6 +56,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let (reader, mut writer) = stream.split();
     let (queue, queued) = local_channel::new_bounded::<Pending>(queue_depth);
 
+    // Requests queued and not yet answered, for the in-flight gauge.
+    let outstanding = Rc::new(std::cell::Cell::new(0usize));
     let reader_task = glommio::spawn_local(read_requests(
         shard.clone(),
         reader,
@@ -63,12 +65,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         frame_limit,
         budget,
         queue,
+        outstanding.clone(),
     ));
     while let Some(pending) = queued.recv().await {
         let reply = match pending {
             Pending::Ready(bytes) => handlers::Reply::Send(bytes),
             Pending::Handler(task, _permit) => task.await,
         };
+        shard.metrics.request_finished();
+        outstanding.set(outstanding.get().saturating_sub(1));
         if let handlers::Reply::Close = reply {
             break;
         }
@@ -77,10 +82,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                 tracing::debug!(%peer, %error, "client went away while we wrote");
                 break;
             }
+            shard.metrics.add_bytes_out(bytes.len() as u64);
         }
     }
     let _ = writer.close().await;
     reader_task.cancel().await;
+    // Requests still queued when the connection ends will never finish.
+    for _ in 0..outstanding.get() {
+        shard.metrics.request_finished();
+    }
 }
 
 async fn read_requests(
@@ -90,6 +100,7 @@ async fn read_requests(
     frame_limit: usize,
     budget: Rc<Semaphore>,
     queue: local_channel::LocalSender<Pending>,
+    outstanding: Rc<std::cell::Cell<usize>>,
 ) {
     let decoder = FrameDecoder::for_requests(frame_limit);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -101,6 +112,7 @@ async fn read_requests(
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
+                    shard.metrics.frame_refused("frame_length");
                     tracing::warn!(%peer, %error, "refusing frame; closing connection");
                     return;
                 }
@@ -125,11 +137,14 @@ async fn read_requests(
                 Err(error) => match handlers::answer_undecodable(&frame, &error) {
                     Some(answer) => Pending::Ready(answer),
                     None => {
+                        shard.metrics.frame_refused("undecodable");
                         log_refused(&peer, &error);
                         return;
                     }
                 },
             };
+            shard.metrics.request_started();
+            outstanding.set(outstanding.get() + 1);
             if queue.send(pending).await.is_err() {
                 return;
             }
@@ -143,6 +158,7 @@ async fn read_requests(
                 return;
             }
         };
+        shard.metrics.add_bytes_in(read as u64);
         buffer.extend_from_slice(&chunk[..read]);
     }
 }

@@ -2,12 +2,14 @@
 //! each accepting connections and owning the partitions the pure function
 //! in [`placement`] gives it; Kafka API handlers; cluster metadata.
 
+pub mod admin;
 pub mod config;
 pub mod connection;
 pub mod errors;
 pub mod group;
 pub mod handlers;
 pub mod metadata;
+pub mod metrics;
 pub mod placement;
 pub mod records;
 pub mod server;

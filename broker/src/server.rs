@@ -12,11 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
-use glommio::sync::Semaphore;
 
 use crate::config::BrokerConfig;
 use crate::metadata::ClusterMetadata;
-use crate::shard::{Shard, ShardTask};
+use crate::shard::{Shard, ShardTask, SharedState};
 
 /// Capacity of each cross-shard channel (calls queued to one peer).
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -41,15 +40,20 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         cluster_id = %config.cluster_id,
         "starting kafki"
     );
+    let shared = Arc::new(SharedState::default());
+    let admin = start_admin(&config, &shared)?;
     let mut handles = Vec::with_capacity(config.cores.len());
     for (position, cpu) in config.cores.iter().copied().enumerate() {
         let config = config.clone();
+        let shared = shared.clone();
         let metadata = metadata.clone();
         let mesh = mesh.clone();
         let stop = stop.clone();
         let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
             .name(&format!("kafki-shard-{position}"))
-            .spawn(move || async move { shard_main(config, metadata, mesh, stop, cpu).await })
+            .spawn(
+                move || async move { shard_main(config, metadata, mesh, stop, cpu, shared).await },
+            )
             .map_err(|error| anyhow::anyhow!("starting the shard on CPU {cpu}: {error}"))?;
         handles.push((cpu, handle));
     }
@@ -68,6 +72,7 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
             }
         }
     }
+    admin.stop();
     match failure {
         Some(error) => Err(error),
         None => {
@@ -83,20 +88,26 @@ async fn shard_main(
     mesh: MeshBuilder<ShardTask, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
     cpu: usize,
+    shared: Arc<SharedState>,
 ) -> anyhow::Result<()> {
     let (senders, receivers) = mesh
         .join()
         .await
         .map_err(|error| anyhow::anyhow!("joining the shard mesh: {error}"))?;
-    let shard = Shard::new(config.clone(), senders, metadata);
+    let shard = Shard::new(config.clone(), senders, metadata, shared.clone());
     shard.start_inbox(receivers);
     tracing::info!(shard = shard.id, cpu, "shard pinned");
+    if let Ok(mut layout) = shared.layout.lock() {
+        layout.entry(shard.id).or_insert((cpu, Vec::new())).0 = cpu;
+    }
     shard.open_owned_partitions().await;
+    shard.publish_partitions();
     crate::handlers::groups::load_groups(&shard).await;
     let group_timer = glommio::spawn_local(crate::handlers::groups::run_group_timer(shard.clone()));
     let listener = TcpListener::bind(config.listen)
         .map_err(|error| anyhow::anyhow!("listening on {}: {error}", config.listen))?;
     tracing::info!(shard = shard.id, listen = %config.listen, "accepting Kafka connections");
+    shared.shards_ready.fetch_add(1, Ordering::SeqCst);
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let retention = glommio::spawn_local(retention_loop(shard.clone()));
     while !stop.load(Ordering::SeqCst) {
@@ -112,15 +123,13 @@ async fn shard_main(
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let per_shard = shard
+    // Broker-wide, as Kafka counts it: every shard shares one counter.
+    let limit = shard
         .config
         .kafka
         .get_i64("max.connections")
         .filter(|limit| *limit > 0)
-        .map_or(10_000, |limit| limit as u64)
-        .div_ceil(shard.count as u64)
-        .max(1);
-    let connections = Rc::new(Semaphore::new(per_shard));
+        .map_or(10_000, |limit| limit as usize);
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -134,18 +143,54 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Ok(peer) => peer,
             Err(_) => continue,
         };
-        let Ok(permit) = connections.clone().try_acquire_static_permit(1) else {
-            tracing::warn!(shard = shard.id, %peer, limit = per_shard, "connection limit reached; refusing connection");
+        let open = shard.shared.connections.fetch_add(1, Ordering::SeqCst);
+        if open >= limit {
+            shard.shared.connections.fetch_sub(1, Ordering::SeqCst);
+            shard.metrics.connection_refused("connection_limit");
+            tracing::warn!(shard = shard.id, %peer, limit, "connection limit reached; refusing connection");
             drop(stream);
             continue;
-        };
+        }
+        shard.metrics.connection_opened();
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            crate::connection::serve(shard, stream, peer).await;
-            drop(permit);
+            crate::connection::serve(shard.clone(), stream, peer).await;
+            shard.metrics.connection_closed();
+            shard.shared.connections.fetch_sub(1, Ordering::SeqCst);
         })
         .detach();
     }
+}
+
+/// The admin HTTP listener (its own thread): /metrics, /health, /v1/layout.
+fn start_admin(
+    config: &Arc<BrokerConfig>,
+    shared: &Arc<SharedState>,
+) -> anyhow::Result<crate::admin::AdminHandle> {
+    let shards = config.cores.len();
+    let health_state = shared.clone();
+    let health: crate::admin::HealthFn = Arc::new(move || {
+        let ready = health_state.shards_ready.load(Ordering::SeqCst);
+        crate::admin::HealthReport {
+            ready: ready == shards,
+            detail: serde_json::json!({ "shards_ready": ready, "shards": shards }),
+        }
+    });
+    let layout_state = shared.clone();
+    let layout: crate::admin::LayoutFn = Arc::new(move || {
+        let layout = match layout_state.layout.lock() {
+            Ok(layout) => layout.clone(),
+            Err(_) => Default::default(),
+        };
+        let shards: Vec<_> = layout
+            .into_iter()
+            .map(|(shard, (cpu, partitions))| serde_json::json!({ "shard": shard, "cpu": cpu, "partitions": partitions }))
+            .collect();
+        serde_json::json!({ "shards": shards }).to_string()
+    });
+    let handle = crate::admin::spawn_admin(config.admin_listen, health, layout)?;
+    tracing::info!(admin = %handle.local_addr(), "admin listener: /metrics /health /v1/layout");
+    Ok(handle)
 }
 
 async fn retention_loop(shard: Rc<Shard>) {

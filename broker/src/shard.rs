@@ -90,6 +90,22 @@ pub struct Shard {
     pub groups: crate::handlers::groups::GroupShard,
     /// Producer ids (used on the controller shard only).
     pub producer_ids: crate::handlers::producer::ProducerIdAllocator,
+    /// This shard's metric handles (created on this shard's thread).
+    pub metrics: crate::metrics::ShardMetrics,
+    /// State shared with the other shards and the admin thread.
+    pub shared: Arc<SharedState>,
+}
+
+/// Broker-wide state that crosses threads: connection count (the
+/// `max.connections` limit is broker-wide, as in Kafka), and the layout the
+/// admin listener reports. Touched on connect/close and metadata changes,
+/// never per request.
+#[derive(Debug, Default)]
+pub struct SharedState {
+    pub connections: std::sync::atomic::AtomicUsize,
+    pub shards_ready: std::sync::atomic::AtomicUsize,
+    /// Shard id → (CPU, owned partitions as `topic-partition`).
+    pub layout: std::sync::Mutex<BTreeMap<usize, (usize, Vec<String>)>>,
 }
 
 /// Why a partition is not available here, as a Kafka error.
@@ -102,6 +118,7 @@ impl Shard {
         config: Arc<BrokerConfig>,
         senders: Senders<ShardTask>,
         metadata: Arc<ClusterMetadata>,
+        shared: Arc<SharedState>,
     ) -> Rc<Self> {
         let id = senders.peer_id();
         let groups = crate::handlers::groups::GroupShard::new(&config, id);
@@ -109,6 +126,8 @@ impl Shard {
             id,
             groups,
             producer_ids: Default::default(),
+            metrics: crate::metrics::ShardMetrics::new(id),
+            shared,
             count: senders.nr_consumers(),
             config,
             senders,
@@ -214,6 +233,7 @@ impl Shard {
         self.partitions
             .borrow_mut()
             .insert((topic.to_string(), index), partition.clone());
+        self.publish_partitions();
         Ok(partition)
     }
 
@@ -267,6 +287,7 @@ impl Shard {
                 }
             }
         }
+        self.publish_partitions();
         self.reopen_reconfigured(&previous, &next).await;
         self.open_owned_partitions().await;
     }
@@ -393,6 +414,7 @@ impl Shard {
     /// Closes every partition cleanly (flush, clean-shutdown marker).
     pub async fn close_partitions(&self) {
         let partitions: Vec<_> = self.partitions.borrow_mut().drain().collect();
+        self.publish_partitions();
         for ((topic, index), partition) in partitions {
             match Rc::try_unwrap(partition) {
                 Ok(partition) => {
@@ -407,6 +429,19 @@ impl Shard {
                     }
                 }
             }
+        }
+    }
+
+    /// Updates the partition gauge and the admin layout.
+    pub fn publish_partitions(&self) {
+        let owned = self.owned_partitions();
+        self.metrics.set_partitions(owned.len() as i64);
+        if let Ok(mut layout) = self.shared.layout.lock() {
+            let entry = layout.entry(self.id).or_insert((usize::MAX, Vec::new()));
+            entry.1 = owned
+                .iter()
+                .map(|(topic, index)| format!("{topic}-{index}"))
+                .collect();
         }
     }
 

@@ -64,7 +64,9 @@ class Traffic(threading.Thread):
                     sent[msg.offset()] = msg.value()
 
         p = Producer({"bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": False,
-                      "linger.ms": 5, "error_cb": err_cb, "message.timeout.ms": 10000})
+                      "linger.ms": 5, "error_cb": err_cb, "message.timeout.ms": 10000,
+                      # batches must stay under the broker's message.max.bytes=10000
+                      "batch.size": 8000})
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "traffic",
                       "enable.auto.commit": False, "error_cb": err_cb, "fetch.wait.max.ms": 100})
         c.assign([TopicPartition(self.topic, 0, 0)])

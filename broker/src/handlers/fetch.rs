@@ -22,6 +22,7 @@ use kafki_net::kafka_protocol::messages::fetch_response::{FetchableTopicResponse
 use kafki_net::kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 
 use crate::errors::code_for_log_error;
+use crate::metrics::FetchPath;
 use crate::shard::Shard;
 
 /// Longest long poll we honour.
@@ -261,6 +262,15 @@ async fn read_partition(
         Ok(result) => {
             if !first_in_response && result.bytes > budget {
                 return outcome;
+            }
+            // Until the zero-copy writer exists, file regions are copied
+            // into the response ("copy"); hot-tail bytes come from memory.
+            for chunk in &result.chunks {
+                let path = match chunk {
+                    kafki_storage::ReadChunk::Memory(_) => FetchPath::Memory,
+                    kafki_storage::ReadChunk::File { .. } => FetchPath::Copy,
+                };
+                shard.metrics.add_fetch_bytes(path, chunk.len());
             }
             match result.load().await {
                 Ok(bytes) => outcome.records = Some(bytes),

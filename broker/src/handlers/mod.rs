@@ -71,8 +71,19 @@ pub enum Reply {
     Close,
 }
 
-/// Handles one decoded request.
+/// Handles one decoded request, timing it per API.
 pub async fn handle(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply {
+    let started = std::time::Instant::now();
+    let api_key = request.api_key as i16;
+    let metrics_shard = shard.clone();
+    let reply = dispatch(shard, request, peer).await;
+    metrics_shard
+        .metrics
+        .record_request(api_key, started.elapsed());
+    reply
+}
+
+async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply {
     let correlation_id = request.correlation_id();
     let api_key = request.api_key;
     let version = request.api_version();
