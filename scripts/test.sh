@@ -30,6 +30,9 @@ compat_log=$(mktemp)
 trap 'rm -f "$log" "$compat_log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 
+section "fuzz: the request decoder, 20 s"
+bash scripts/fuzz.sh 20
+
 section "compatibility: real Kafka clients against kafki serve"
 bash scripts/install-test-deps.sh
 cargo build -p kafki

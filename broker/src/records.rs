@@ -3,33 +3,14 @@
 //! values possibly null (tombstones). Producer batches are never rebuilt.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafki_storage::batch::{compute_crc, BatchHeader, BATCH_HEADER_BYTES, LENGTH_FIELD_END};
+use kafki_storage::batch::{
+    compute_crc, put_varint, read_varint, BatchHeader, BATCH_HEADER_BYTES, LENGTH_FIELD_END,
+};
 
 /// A record's key and value as given to the builder (`None` = null).
 pub type KeyValueRef<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 /// A record's key and value as read back.
 pub type KeyValue = (Option<Bytes>, Option<Bytes>);
-
-fn put_varint(buffer: &mut BytesMut, value: i64) {
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    while zigzag >= 0x80 {
-        buffer.put_u8((zigzag as u8) | 0x80);
-        zigzag >>= 7;
-    }
-    buffer.put_u8(zigzag as u8);
-}
-
-fn read_varint(cursor: &mut &[u8]) -> Option<i64> {
-    let mut value: u64 = 0;
-    for (index, byte) in cursor.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * index);
-        if byte & 0x80 == 0 {
-            *cursor = &cursor[index + 1..];
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    None
-}
 
 /// One uncompressed batch of `(key, value)` records, all stamped `timestamp_ms`.
 pub fn build_keyed_batch(records: &[KeyValueRef<'_>], timestamp_ms: i64) -> Bytes {

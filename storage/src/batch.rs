@@ -244,13 +244,13 @@ pub fn build_batch(base_timestamp_ms: i64, values: &[&[u8]]) -> Bytes {
     for (index, value) in values.iter().enumerate() {
         let mut record = BytesMut::new();
         record.put_u8(0); // attributes
-        put_varlong(&mut record, 0); // timestamp delta
-        put_varlong(&mut record, index as i64); // offset delta
-        put_varlong(&mut record, -1); // key length: null
-        put_varlong(&mut record, value.len() as i64);
+        put_varint(&mut record, 0); // timestamp delta
+        put_varint(&mut record, index as i64); // offset delta
+        put_varint(&mut record, -1); // key length: null
+        put_varint(&mut record, value.len() as i64);
         record.put_slice(value);
-        put_varlong(&mut record, 0); // header count
-        put_varlong(&mut records, record.len() as i64);
+        put_varint(&mut record, 0); // header count
+        put_varint(&mut records, record.len() as i64);
         records.put_slice(&record);
     }
     let record_count = values.len() as i32;
@@ -274,13 +274,28 @@ pub fn build_batch(base_timestamp_ms: i64, values: &[&[u8]]) -> Bytes {
     batch.freeze()
 }
 
-fn put_varlong(buffer: &mut BytesMut, value: i64) {
+/// Appends a zig-zag varint (Kafka's record-field encoding).
+pub fn put_varint(buffer: &mut BytesMut, value: i64) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     while zigzag >= 0x80 {
         buffer.put_u8((zigzag as u8) | 0x80);
         zigzag >>= 7;
     }
     buffer.put_u8(zigzag as u8);
+}
+
+/// Reads a zig-zag varint (at most 10 bytes) and advances `cursor`; `None`
+/// when the bytes end first or the varint is longer than 10 bytes.
+pub fn read_varint(cursor: &mut &[u8]) -> Option<i64> {
+    let mut value: u64 = 0;
+    for (index, byte) in cursor.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            *cursor = &cursor[index + 1..];
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

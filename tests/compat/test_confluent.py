@@ -490,3 +490,36 @@ def test_transactions_read_committed_hides_aborted(ck, bootstrap, new_topic):
     allv = read("read_uncommitted", 11)
     assert allv == [f"committed-{i}" for i in range(5)] + [f"aborted-{i}" for i in range(5)] + \
         ["committed-last"]
+
+
+def test_create_partitions_and_delete_records(ck, bootstrap, admin):
+    ck_admin = require_module("confluent_kafka.admin")
+    topic = unique("grow")
+    create_topic(admin, topic, partitions=1)
+
+    # CreatePartitions: 1 -> 3, then a shrink is refused.
+    futs = admin.create_partitions([ck_admin.NewPartitions(topic, 3)], request_timeout=15)
+    futs[topic].result(timeout=15)
+    wait_until(lambda: len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 3,
+               15, 0.2, "three partitions")
+    futs = admin.create_partitions([ck_admin.NewPartitions(topic, 2)], request_timeout=15)
+    with pytest.raises(ck.KafkaException) as ei:
+        futs[topic].result(timeout=15)
+    assert ei.value.args[0].code() == ck.KafkaError.INVALID_PARTITIONS
+
+    # The new partitions take writes.
+    p = producer(ck, bootstrap, acks="all")
+    produce_all(p, topic, [{"value": f"v{i}".encode(), "partition": 2} for i in range(10)])
+
+    # DeleteRecords before offset 4 of partition 2: the start moves, reads begin there.
+    futs = admin.delete_records([ck.TopicPartition(topic, 2, 4)], request_timeout=15)
+    deleted = list(futs.values())[0].result(timeout=15)
+    assert deleted.low_watermark == 4
+    c = consumer(ck, bootstrap)
+    c.assign([ck.TopicPartition(topic, 2, ck.OFFSET_BEGINNING)])
+    msgs = consume_n(c, 6)
+    assert [m.offset() for m in msgs] == list(range(4, 10))
+    assert [m.value() for m in msgs] == [f"v{i}".encode() for i in range(4, 10)]
+    low, high = c.get_watermark_offsets(ck.TopicPartition(topic, 2), timeout=10)
+    assert (low, high) == (4, 10)
+    c.close()

@@ -46,6 +46,18 @@ struct ReadOutcome {
     records: Option<Bytes>,
 }
 
+impl ReadOutcome {
+    fn failed(slot: usize, error_code: i16) -> Self {
+        Self {
+            slot,
+            error_code,
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: None,
+        }
+    }
+}
+
 pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, _version: i16) -> FetchResponse {
     let started = Instant::now();
     let max_wait = Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
@@ -103,13 +115,10 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, _version: i16) -> F
                 .map(|index| {
                     let outcome = outcomes.get(slot).cloned();
                     slot += 1;
-                    let outcome = outcome.unwrap_or(ReadOutcome {
+                    let outcome = outcome.unwrap_or(ReadOutcome::failed(
                         slot,
-                        error_code: ResponseError::UnknownServerError.code(),
-                        high_watermark: -1,
-                        log_start_offset: -1,
-                        records: None,
-                    });
+                        ResponseError::UnknownServerError.code(),
+                    ));
                     PartitionData::default()
                         .with_partition_index(index)
                         .with_error_code(outcome.error_code)
@@ -154,13 +163,7 @@ async fn read_all(shard: &Rc<Shard>, reads: &[PartitionRead], max_bytes: u64) ->
                 tracing::error!(%error, "fetch: owner shard unreachable");
                 slots
                     .into_iter()
-                    .map(|slot| ReadOutcome {
-                        slot,
-                        error_code: ResponseError::UnknownServerError.code(),
-                        high_watermark: -1,
-                        log_start_offset: -1,
-                        records: None,
-                    })
+                    .map(|slot| ReadOutcome::failed(slot, ResponseError::UnknownServerError.code()))
                     .collect()
             });
         for outcome in results {
@@ -180,13 +183,10 @@ async fn read_all(shard: &Rc<Shard>, reads: &[PartitionRead], max_bytes: u64) ->
         .into_iter()
         .enumerate()
         .map(|(slot, outcome)| {
-            outcome.unwrap_or(ReadOutcome {
+            outcome.unwrap_or(ReadOutcome::failed(
                 slot,
-                error_code: ResponseError::UnknownServerError.code(),
-                high_watermark: -1,
-                log_start_offset: -1,
-                records: None,
-            })
+                ResponseError::UnknownServerError.code(),
+            ))
         })
         .collect()
 }
@@ -219,13 +219,7 @@ async fn read_partition(
     budget: u64,
     first_in_response: bool,
 ) -> ReadOutcome {
-    let mut outcome = ReadOutcome {
-        slot: read.slot,
-        error_code: 0,
-        high_watermark: -1,
-        log_start_offset: -1,
-        records: None,
-    };
+    let mut outcome = ReadOutcome::failed(read.slot, 0);
     let partition = match shard.partition(&read.topic, read.partition).await {
         Ok(partition) => partition,
         Err(code) => {

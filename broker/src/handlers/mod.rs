@@ -19,6 +19,7 @@ pub mod configs;
 pub mod fetch;
 pub mod groups;
 pub mod offsets;
+pub mod partitions;
 pub mod produce;
 pub mod producer;
 pub mod topics;
@@ -43,6 +44,9 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
             SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
             SupportedApi::new(ApiKey::DescribeCluster, 0, 1),
+            SupportedApi::new(ApiKey::CreatePartitions, 0, 3),
+            SupportedApi::new(ApiKey::DeleteRecords, 0, 2),
+            SupportedApi::new(ApiKey::OffsetForLeaderEpoch, 2, 4),
             SupportedApi::new(ApiKey::JoinGroup, 0, 9),
             SupportedApi::new(ApiKey::SyncGroup, 0, 5),
             SupportedApi::new(ApiKey::Heartbeat, 0, 4),
@@ -121,6 +125,15 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         RequestKind::DeleteTopics(body) => {
             ResponseKind::DeleteTopics(topics::delete_topics(&shard, body, version).await)
         }
+        RequestKind::CreatePartitions(body) => ResponseKind::CreatePartitions(
+            partitions::create_partitions(&shard, body, version).await,
+        ),
+        RequestKind::DeleteRecords(body) => {
+            ResponseKind::DeleteRecords(partitions::delete_records(&shard, body, version).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(body) => ResponseKind::OffsetForLeaderEpoch(
+            partitions::offset_for_leader_epoch(&shard, body, version).await,
+        ),
         RequestKind::DescribeConfigs(body) => {
             ResponseKind::DescribeConfigs(configs::describe_configs(&shard, body, version).await)
         }

@@ -15,7 +15,7 @@ use kafki_net::kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafki_net::kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use kafki_storage::batch::{BatchHeader, BATCH_HEADER_BYTES};
+use kafki_storage::batch::{read_varint, BatchHeader, BATCH_HEADER_BYTES};
 
 use crate::errors::code_for_log_error;
 use crate::shard::Shard;
@@ -196,19 +196,6 @@ pub fn first_record_at_or_after(bytes: &[u8], target: i64) -> Option<(i64, i64)>
             return Some((header.base_offset.checked_add(offset_delta)?, timestamp));
         }
         cursor = rest;
-    }
-    None
-}
-
-/// A zig-zag varint (Kafka's record encoding), at most 10 bytes.
-fn read_varint(cursor: &mut &[u8]) -> Option<i64> {
-    let mut value: u64 = 0;
-    for (index, byte) in cursor.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * index);
-        if byte & 0x80 == 0 {
-            *cursor = &cursor[index + 1..];
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
     }
     None
 }
