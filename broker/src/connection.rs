@@ -25,6 +25,7 @@ use kafki_net::{FrameDecoder, RequestError};
 
 use crate::handlers;
 use crate::shard::Shard;
+use crate::zerocopy::{Splicer, WirePart};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -53,6 +54,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         .filter(|depth| *depth > 0)
         .map_or(32, |depth| depth as usize);
     let budget = Rc::new(Semaphore::new(budget_bytes));
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let mut splicer: Option<Splicer> = None;
     let (reader, mut writer) = stream.split();
     let (queue, queued) = local_channel::new_bounded::<Pending>(queue_depth);
 
@@ -77,13 +80,18 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         if let handlers::Reply::Close = reply {
             break;
         }
-        if let handlers::Reply::Send(bytes) = reply {
-            if let Err(error) = writer.write_all(&bytes).await {
-                tracing::debug!(%peer, %error, "client went away while we wrote");
-                break;
-            }
-            shard.metrics.add_bytes_out(bytes.len() as u64);
+        let parts = match reply {
+            handlers::Reply::Send(bytes) => vec![WirePart::Bytes(bytes)],
+            handlers::Reply::Parts(parts) => parts,
+            handlers::Reply::Nothing | handlers::Reply::Close => Vec::new(),
+        };
+        if let Err(error) = write_parts(&mut writer, socket, &mut splicer, &parts).await {
+            tracing::debug!(%peer, %error, "client went away while we wrote");
+            break;
         }
+        shard
+            .metrics
+            .add_bytes_out(parts.iter().map(WirePart::len).sum());
     }
     let _ = writer.close().await;
     reader_task.cancel().await;
@@ -91,6 +99,36 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     for _ in 0..outstanding.get() {
         shard.metrics.request_finished();
     }
+}
+
+/// Writes a response's parts in order: bytes through the socket writer,
+/// file regions spliced straight from the file. Buffered bytes are flushed
+/// before a splice so the order on the wire is kept.
+async fn write_parts(
+    writer: &mut futures::io::WriteHalf<TcpStream>,
+    socket: std::os::fd::RawFd,
+    splicer: &mut Option<Splicer>,
+    parts: &[WirePart],
+) -> std::io::Result<()> {
+    for part in parts {
+        match part {
+            WirePart::Bytes(bytes) => writer.write_all(bytes).await?,
+            WirePart::File {
+                file,
+                position,
+                len,
+            } => {
+                writer.flush().await?;
+                if splicer.is_none() {
+                    *splicer = Some(Splicer::new()?);
+                }
+                if let Some(splicer) = splicer.as_ref() {
+                    splicer.send_file(socket, file, *position, *len).await?;
+                }
+            }
+        }
+    }
+    writer.flush().await
 }
 
 async fn read_requests(

@@ -14,3 +14,4 @@ pub mod placement;
 pub mod records;
 pub mod server;
 pub mod shard;
+pub mod zerocopy;

@@ -16,6 +16,7 @@
 //! `kafka-protocol` in `vendor/` (see `vendor/kafka-protocol/PATCHES.md`); other crates should
 //! use it through the [`kafka_protocol`] re-export so everyone shares one set of types.
 
+pub mod fetch;
 pub mod frame;
 pub mod request;
 pub mod response;
@@ -23,6 +24,7 @@ pub mod types;
 
 pub use kafka_protocol;
 
+pub use fetch::{encode_fetch_response, FetchPartitionHead, FetchResponseHead, FetchTopicHead};
 pub use frame::{FrameDecoder, FrameError, SOCKET_REQUEST_MAX_BYTES_DEFAULT};
 pub use request::{
     decode_request, encode_request, peek_request_prefix, Request, RequestError, RequestPrefix,

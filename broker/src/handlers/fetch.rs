@@ -16,14 +16,16 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use kafki_net::kafka_protocol::error::ResponseError;
-use kafki_net::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafki_net::kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafki_net::kafka_protocol::messages::{FetchRequest, TopicName};
+use kafki_net::{CorrelationId, FetchPartitionHead, FetchResponseHead, FetchTopicHead};
+use kafki_storage::ReadChunk;
 
+use super::Reply;
 use crate::errors::code_for_log_error;
 use crate::metrics::FetchPath;
 use crate::shard::Shard;
+use crate::zerocopy::WirePart;
 
 /// Longest long poll we honour.
 const MAX_WAIT_MS_MAX: i32 = 30_000;
@@ -43,10 +45,14 @@ struct ReadOutcome {
     error_code: i16,
     high_watermark: i64,
     log_start_offset: i64,
-    records: Option<Bytes>,
+    records: Option<Vec<WirePart>>,
 }
 
 impl ReadOutcome {
+    fn records_bytes(&self) -> u64 {
+        self.records.iter().flatten().map(WirePart::len).sum()
+    }
+
     fn failed(slot: usize, error_code: i16) -> Self {
         Self {
             slot,
@@ -58,7 +64,15 @@ impl ReadOutcome {
     }
 }
 
-pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, _version: i16) -> FetchResponse {
+/// Answers a Fetch: the response head is encoded by `kafki-net`, the record
+/// bytes follow as wire parts (hot-tail buffers, or file regions spliced
+/// to the socket without a copy).
+pub async fn fetch(
+    shard: &Rc<Shard>,
+    request: FetchRequest,
+    version: i16,
+    correlation_id: CorrelationId,
+) -> Reply {
     let started = Instant::now();
     let max_wait = Duration::from_millis(request.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
     let min_bytes = request.min_bytes.max(0) as u64;
@@ -107,35 +121,63 @@ pub async fn fetch(shard: &Rc<Shard>, request: FetchRequest, _version: i16) -> F
         outcomes = read_all(shard, &reads, max_bytes).await;
     }
     let mut slot = 0;
-    let responses = layout
+    let mut records = Vec::new();
+    let topics = layout
         .into_iter()
         .map(|(topic, partitions)| {
             let partitions = partitions
                 .into_iter()
                 .map(|index| {
-                    let outcome = outcomes.get(slot).cloned();
-                    slot += 1;
-                    let outcome = outcome.unwrap_or(ReadOutcome::failed(
+                    let outcome = outcomes.get(slot).cloned().unwrap_or(ReadOutcome::failed(
                         slot,
                         ResponseError::UnknownServerError.code(),
                     ));
-                    PartitionData::default()
-                        .with_partition_index(index)
-                        .with_error_code(outcome.error_code)
-                        .with_high_watermark(outcome.high_watermark)
-                        .with_last_stable_offset(outcome.high_watermark)
-                        .with_log_start_offset(outcome.log_start_offset)
-                        .with_records(Some(outcome.records.unwrap_or_default()))
+                    slot += 1;
+                    let records_len = outcome.records_bytes();
+                    records.push(outcome.records.unwrap_or_default());
+                    FetchPartitionHead {
+                        partition_index: index,
+                        error_code: outcome.error_code,
+                        high_watermark: outcome.high_watermark,
+                        last_stable_offset: outcome.high_watermark,
+                        log_start_offset: if version >= 5 {
+                            outcome.log_start_offset
+                        } else {
+                            -1
+                        },
+                        aborted_transactions: None,
+                        preferred_read_replica: -1,
+                        records_len: Some(records_len),
+                    }
                 })
                 .collect();
-            FetchableTopicResponse::default()
-                .with_topic(topic)
-                .with_partitions(partitions)
+            FetchTopicHead {
+                topic: topic.to_string(),
+                partitions,
+            }
         })
         .collect();
-    FetchResponse::default()
-        .with_session_id(0)
-        .with_responses(responses)
+    let head = FetchResponseHead {
+        throttle_time_ms: 0,
+        error_code: 0,
+        session_id: 0,
+        topics,
+    };
+    match kafki_net::encode_fetch_response(correlation_id, version, &head) {
+        Ok(chunks) => {
+            let mut parts = Vec::with_capacity(chunks.len() + records.len());
+            let mut records = records.into_iter();
+            for chunk in chunks {
+                parts.push(WirePart::Bytes(chunk));
+                parts.extend(records.next().unwrap_or_default());
+            }
+            Reply::Parts(parts)
+        }
+        Err(error) => {
+            tracing::error!(version, %error, "cannot encode fetch response; closing connection");
+            Reply::Close
+        }
+    }
 }
 
 /// Reads every partition on its owner, shards in turn, sharing the
@@ -257,19 +299,37 @@ async fn read_partition(
             if !first_in_response && result.bytes > budget {
                 return outcome;
             }
-            // Until the zero-copy writer exists, file regions are copied
-            // into the response ("copy"); hot-tail bytes come from memory.
-            for chunk in &result.chunks {
-                let path = match chunk {
-                    kafki_storage::ReadChunk::Memory(_) => FetchPath::Memory,
-                    kafki_storage::ReadChunk::File { .. } => FetchPath::Copy,
-                };
-                shard.metrics.add_fetch_bytes(path, chunk.len());
+            let mut parts = Vec::with_capacity(result.chunks.len());
+            for chunk in result.chunks {
+                match chunk {
+                    ReadChunk::Memory(bytes) => {
+                        shard
+                            .metrics
+                            .add_fetch_bytes(FetchPath::Memory, bytes.len() as u64);
+                        parts.push(WirePart::Bytes(bytes));
+                    }
+                    ReadChunk::File {
+                        file,
+                        position,
+                        len,
+                    } => match file.plain.try_clone() {
+                        Ok(handle) => {
+                            shard.metrics.add_fetch_bytes(FetchPath::Sendfile, len);
+                            parts.push(WirePart::File {
+                                file: std::sync::Arc::new(handle),
+                                position,
+                                len,
+                            });
+                        }
+                        Err(error) => {
+                            tracing::error!(path = %file.path.display(), %error, "cannot share segment file");
+                            outcome.error_code = ResponseError::KafkaStorageError.code();
+                            return outcome;
+                        }
+                    },
+                }
             }
-            match result.load().await {
-                Ok(bytes) => outcome.records = Some(bytes),
-                Err(error) => outcome.error_code = code_for_log_error(&error),
-            }
+            outcome.records = Some(parts);
         }
         Err(error) => outcome.error_code = code_for_log_error(&error),
     }

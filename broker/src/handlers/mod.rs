@@ -69,6 +69,8 @@ pub fn supported_apis() -> &'static SupportedApis {
 pub enum Reply {
     /// Write this response frame.
     Send(Bytes),
+    /// Write these parts in order (bytes, or file regions to splice).
+    Parts(Vec<crate::zerocopy::WirePart>),
     /// Nothing to send (acks=0 produce).
     Nothing,
     /// Close the connection (the response could not be encoded; logged).
@@ -115,7 +117,9 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
             Some(response) => ResponseKind::Produce(response),
             None => return Reply::Nothing,
         },
-        RequestKind::Fetch(body) => ResponseKind::Fetch(fetch::fetch(&shard, body, version).await),
+        RequestKind::Fetch(body) => {
+            return fetch::fetch(&shard, body, version, correlation_id).await
+        }
         RequestKind::ListOffsets(body) => {
             ResponseKind::ListOffsets(offsets::list_offsets(&shard, body, version).await)
         }

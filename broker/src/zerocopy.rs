@@ -1,0 +1,147 @@
+//! The zero-copy send path: file regions go file → pipe → socket with
+//! `splice(2)`, never through user space.
+//!
+//! glommio's sockets are blocking-mode descriptors, so a plain `sendfile`
+//! would block the whole shard once the socket buffer fills. `splice` with
+//! `SPLICE_F_NONBLOCK` into a socket sends with `MSG_DONTWAIT` (fs/splice.c),
+//! so it never blocks on the socket: when the socket is full we get `EAGAIN`
+//! and wait cooperatively (a short, growing sleep on the shard's timer)
+//! until `poll` says it is writable. The file → pipe step reads through the
+//! page cache; a cold region is read synchronously by the kernel (a known
+//! cost; io_uring `Splice` would make it asynchronous).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{splice, SpliceFFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// One piece of a response on the wire: bytes, or a file region to splice.
+/// `Send`, so owners on other shards can hand regions to the connection.
+#[derive(Debug, Clone)]
+pub enum WirePart {
+    Bytes(Bytes),
+    File {
+        file: Arc<File>,
+        position: u64,
+        len: u64,
+    },
+}
+
+impl WirePart {
+    pub fn len(&self) -> u64 {
+        match self {
+            WirePart::Bytes(bytes) => bytes.len() as u64,
+            WirePart::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Largest single splice step.
+const SPLICE_STEP_BYTES: usize = 1 << 20;
+/// Longest pause between writability checks.
+const WAIT_MAX: Duration = Duration::from_millis(2);
+
+/// A connection's pipe for splicing (created on the first file region).
+pub struct Splicer {
+    pipe_read: OwnedFd,
+    pipe_write: OwnedFd,
+}
+
+impl Splicer {
+    pub fn new() -> io::Result<Self> {
+        let (pipe_read, pipe_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
+        // A bigger pipe means fewer steps; the default (64 KiB) still works.
+        let _ = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&pipe_write),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_STEP_BYTES as i32),
+        );
+        Ok(Self {
+            pipe_read,
+            pipe_write,
+        })
+    }
+
+    /// Sends `len` bytes of `file` from `position` to the socket `socket`.
+    pub async fn send_file(
+        &self,
+        socket: RawFd,
+        file: &File,
+        position: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        // SAFETY: the caller owns the connection whose socket this is and
+        // keeps it open for the duration of the call.
+        let socket = unsafe { BorrowedFd::borrow_raw(socket) };
+        let mut offset = position as i64;
+        let mut remaining = len;
+        let mut in_pipe = 0usize;
+        let mut wait = Duration::from_micros(50);
+        while remaining > 0 || in_pipe > 0 {
+            if in_pipe == 0 {
+                let step = remaining.min(SPLICE_STEP_BYTES as u64) as usize;
+                match splice(
+                    file.as_fd(),
+                    Some(&mut offset),
+                    self.pipe_write.as_fd(),
+                    None,
+                    step,
+                    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+                ) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file region ends before its length",
+                        ))
+                    }
+                    Ok(moved) => {
+                        in_pipe = moved;
+                        remaining -= moved as u64;
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            match splice(
+                self.pipe_read.as_fd(),
+                None,
+                socket,
+                None,
+                in_pipe,
+                SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+            ) {
+                Ok(sent) => {
+                    in_pipe -= sent;
+                    wait = Duration::from_micros(50);
+                }
+                Err(Errno::EAGAIN) => {
+                    wait_writable(socket, wait).await;
+                    wait = (wait * 2).min(WAIT_MAX);
+                }
+                Err(Errno::EINTR) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits cooperatively until `socket` is writable: checks with a zero
+/// timeout `poll`, else sleeps `wait` on the shard's timer.
+async fn wait_writable(socket: BorrowedFd<'_>, wait: Duration) {
+    let mut fds = [PollFd::new(socket, PollFlags::POLLOUT)];
+    if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(ready) if ready > 0) {
+        return;
+    }
+    glommio::timer::sleep(wait).await;
+}
