@@ -90,6 +90,8 @@ pub struct Shard {
     pub groups: crate::handlers::groups::GroupShard,
     /// Producer ids (used on the controller shard only).
     pub producer_ids: crate::handlers::producer::ProducerIdAllocator,
+    /// Incremental fetch sessions of connections served here.
+    pub fetch_sessions: RefCell<crate::handlers::fetch_session::FetchSessions>,
     /// This shard's metric handles (created on this shard's thread).
     pub metrics: crate::metrics::ShardMetrics,
     /// State shared with the other shards and the admin thread.
@@ -127,6 +129,7 @@ impl Shard {
             groups,
             producer_ids: Default::default(),
             metrics: crate::metrics::ShardMetrics::new(id),
+            fetch_sessions: RefCell::new(Default::default()),
             shared,
             count: senders.nr_consumers(),
             config,

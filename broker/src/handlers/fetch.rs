@@ -17,10 +17,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use kafki_net::kafka_protocol::error::ResponseError;
-use kafki_net::kafka_protocol::messages::{FetchRequest, TopicName};
+use kafki_net::kafka_protocol::messages::FetchRequest;
 use kafki_net::{CorrelationId, FetchPartitionHead, FetchResponseHead, FetchTopicHead};
 use kafki_storage::ReadChunk;
 
+use super::fetch_session::{FetchSessions, PartitionAnswer};
 use super::Reply;
 use crate::errors::code_for_log_error;
 use crate::metrics::FetchPath;
@@ -81,22 +82,30 @@ pub async fn fetch(
     } else {
         request.max_bytes
     } as u64;
-    let mut layout: Vec<(TopicName, Vec<i32>)> = Vec::new();
-    let mut reads: Vec<PartitionRead> = Vec::new();
-    for topic in &request.topics {
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for wanted in &topic.partitions {
-            partitions.push(wanted.partition);
-            reads.push(PartitionRead {
-                slot: reads.len(),
-                topic: topic.topic.to_string(),
-                partition: wanted.partition,
-                offset: wanted.fetch_offset,
-                max_bytes: wanted.partition_max_bytes,
-            });
+    let plan = if version >= 7 {
+        match shard.fetch_sessions.borrow_mut().plan(&request) {
+            Ok(plan) => plan,
+            Err(code) => return top_level_error(correlation_id, version, code),
         }
-        layout.push((topic.topic.clone(), partitions));
-    }
+    } else {
+        let mut sessionless = FetchSessions::default();
+        match sessionless.plan(&request.clone().with_session_epoch(-1)) {
+            Ok(plan) => plan,
+            Err(code) => return top_level_error(correlation_id, version, code),
+        }
+    };
+    let reads: Vec<PartitionRead> = plan
+        .reads
+        .iter()
+        .enumerate()
+        .map(|(slot, read)| PartitionRead {
+            slot,
+            topic: read.topic.clone(),
+            partition: read.partition,
+            offset: read.fetch_offset,
+            max_bytes: read.max_bytes,
+        })
+        .collect();
     let mut outcomes = read_all(shard, &reads, max_bytes).await;
     loop {
         let bytes: u64 = outcomes
@@ -120,47 +129,68 @@ pub async fn fetch(
         wait_for_data(shard, &reads, &seen, max_wait - elapsed).await;
         outcomes = read_all(shard, &reads, max_bytes).await;
     }
-    let mut slot = 0;
+    // Group the answers by topic, in read order; an incremental session
+    // answer keeps only partitions with something new to say.
     let mut records = Vec::new();
-    let topics = layout
-        .into_iter()
-        .map(|(topic, partitions)| {
-            let partitions = partitions
-                .into_iter()
-                .map(|index| {
-                    let outcome = outcomes.get(slot).cloned().unwrap_or(ReadOutcome::failed(
-                        slot,
-                        ResponseError::UnknownServerError.code(),
-                    ));
-                    slot += 1;
-                    let records_len = outcome.records_bytes();
-                    records.push(outcome.records.unwrap_or_default());
-                    FetchPartitionHead {
-                        partition_index: index,
-                        error_code: outcome.error_code,
-                        high_watermark: outcome.high_watermark,
-                        last_stable_offset: outcome.high_watermark,
-                        log_start_offset: if version >= 5 {
-                            outcome.log_start_offset
-                        } else {
-                            -1
-                        },
-                        aborted_transactions: None,
-                        preferred_read_replica: -1,
-                        records_len: Some(records_len),
-                    }
-                })
-                .collect();
-            FetchTopicHead {
-                topic: topic.to_string(),
-                partitions,
-            }
-        })
-        .collect();
+    let mut topics: Vec<FetchTopicHead> = Vec::new();
+    for (read, outcome) in reads.iter().zip(outcomes) {
+        if plan.incremental
+            && !shard.fetch_sessions.borrow_mut().should_send(
+                plan.session_id,
+                &read.topic,
+                read.partition,
+                PartitionAnswer {
+                    has_records: outcome.records_bytes() > 0,
+                    error_code: outcome.error_code,
+                    high_watermark: outcome.high_watermark,
+                    log_start: outcome.log_start_offset,
+                },
+            )
+        {
+            continue;
+        }
+        if !plan.incremental && plan.session_id != 0 {
+            // The opening answer is full; remember what it said.
+            shard.fetch_sessions.borrow_mut().should_send(
+                plan.session_id,
+                &read.topic,
+                read.partition,
+                PartitionAnswer {
+                    has_records: true,
+                    error_code: outcome.error_code,
+                    high_watermark: outcome.high_watermark,
+                    log_start: outcome.log_start_offset,
+                },
+            );
+        }
+        let records_len = outcome.records_bytes();
+        let head = FetchPartitionHead {
+            partition_index: read.partition,
+            error_code: outcome.error_code,
+            high_watermark: outcome.high_watermark,
+            last_stable_offset: outcome.high_watermark,
+            log_start_offset: if version >= 5 {
+                outcome.log_start_offset
+            } else {
+                -1
+            },
+            aborted_transactions: None,
+            preferred_read_replica: -1,
+            records_len: Some(records_len),
+        };
+        records.push(outcome.records.unwrap_or_default());
+        match topics.last_mut() {
+            Some(topic) if topic.topic == read.topic => topic.partitions.push(head),
+            _ => topics.push(FetchTopicHead {
+                topic: read.topic.clone(),
+                partitions: vec![head],
+            }),
+        }
+    }
     let head = FetchResponseHead {
         throttle_time_ms: 0,
         error_code: 0,
-        session_id: 0,
+        session_id: plan.session_id,
         topics,
     };
     match kafki_net::encode_fetch_response(correlation_id, version, &head) {
@@ -177,6 +207,20 @@ pub async fn fetch(
             tracing::error!(version, %error, "cannot encode fetch response; closing connection");
             Reply::Close
         }
+    }
+}
+
+/// A response with only a top-level error (fetch-session errors).
+fn top_level_error(correlation_id: CorrelationId, version: i16, code: i16) -> Reply {
+    let head = FetchResponseHead {
+        throttle_time_ms: 0,
+        error_code: code,
+        session_id: 0,
+        topics: Vec::new(),
+    };
+    match kafki_net::encode_fetch_response(correlation_id, version, &head) {
+        Ok(chunks) => Reply::Parts(chunks.into_iter().map(WirePart::Bytes).collect()),
+        Err(_) => Reply::Close,
     }
 }
 

@@ -17,6 +17,7 @@ use crate::shard::Shard;
 
 pub mod configs;
 pub mod fetch;
+pub mod fetch_session;
 pub mod groups;
 pub mod offsets;
 pub mod partitions;
