@@ -125,7 +125,11 @@ impl FetchSessions {
                     });
                 }
                 let id = self.new_id();
-                tracing::debug!(session_id = id, partitions = reads.len(), "fetch session opened");
+                tracing::debug!(
+                    session_id = id,
+                    partitions = reads.len(),
+                    "fetch session opened"
+                );
                 self.sessions.insert(
                     id,
                     Session {
