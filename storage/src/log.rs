@@ -854,7 +854,14 @@ impl Shared {
         let SyncPolicy::Interval { interval, .. } = self.config.sync_policy else {
             return None;
         };
-        let state = self.state.borrow();
+        let mut state = self.state.borrow_mut();
+        if state.durable_offset >= state.written_offset {
+            // Nothing unsynced (e.g. a truncation removed it): no deadline,
+            // or the flusher would wake at once, forever.
+            state.first_unsynced_write = None;
+            state.unsynced_records = 0;
+            return None;
+        }
         let first = state.first_unsynced_write?;
         Some(interval.saturating_sub(first.elapsed()))
     }
@@ -998,7 +1005,10 @@ async fn read_file(
             .map(|position| &state.segments[position])
             .filter(|segment| upper_bound >= segment.next_offset)
             .and_then(|segment| {
-                let limit32 = u32::try_from(limit.min(plan.written_bytes)).unwrap_or(u32::MAX);
+                // Strictly below the written end: a boundary *at* it starts a
+                // batch that is not on disk yet, whose header cannot be read.
+                let limit32 = u32::try_from(limit.min(plan.written_bytes.saturating_sub(1)))
+                    .unwrap_or(u32::MAX);
                 segment.index.boundary_at_or_below(end as u32, limit32)
             })
     };
