@@ -2,56 +2,16 @@
 //! such as `__consumer_offsets`): uncompressed v2 batches of keyed records,
 //! values possibly null (tombstones). Producer batches are never rebuilt.
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafki_storage::batch::{
-    compute_crc, put_varint, read_varint, BatchHeader, BATCH_HEADER_BYTES, LENGTH_FIELD_END,
-};
+use bytes::Bytes;
+use kafki_storage::batch::{read_varint, BatchHeader, BATCH_HEADER_BYTES};
 
-/// A record's key and value as given to the builder (`None` = null).
-pub type KeyValueRef<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+pub use kafki_storage::batch::KeyValueRef;
 /// A record's key and value as read back.
 pub type KeyValue = (Option<Bytes>, Option<Bytes>);
 
 /// One uncompressed batch of `(key, value)` records, all stamped `timestamp_ms`.
 pub fn build_keyed_batch(records: &[KeyValueRef<'_>], timestamp_ms: i64) -> Bytes {
-    let mut body = BytesMut::new();
-    for (index, (key, value)) in records.iter().enumerate() {
-        let mut record = BytesMut::new();
-        record.put_u8(0);
-        put_varint(&mut record, 0);
-        put_varint(&mut record, index as i64);
-        for field in [key, value] {
-            match field {
-                Some(bytes) => {
-                    put_varint(&mut record, bytes.len() as i64);
-                    record.put_slice(bytes);
-                }
-                None => put_varint(&mut record, -1),
-            }
-        }
-        put_varint(&mut record, 0);
-        put_varint(&mut body, record.len() as i64);
-        body.put_slice(&record);
-    }
-    let count = records.len() as i32;
-    let mut batch = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
-    batch.put_i64(0);
-    batch.put_i32((BATCH_HEADER_BYTES - LENGTH_FIELD_END + body.len()) as i32);
-    batch.put_i32(-1);
-    batch.put_i8(2);
-    batch.put_u32(0);
-    batch.put_i16(0);
-    batch.put_i32(count - 1);
-    batch.put_i64(timestamp_ms);
-    batch.put_i64(timestamp_ms);
-    batch.put_i64(-1);
-    batch.put_i16(-1);
-    batch.put_i32(-1);
-    batch.put_i32(count);
-    batch.put_slice(&body);
-    let crc = compute_crc(&batch);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
-    batch.freeze()
+    kafki_storage::batch::build_keyed_batch(timestamp_ms, records)
 }
 
 /// The `(key, value)` records of every uncompressed batch in `bytes`.

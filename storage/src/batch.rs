@@ -236,27 +236,44 @@ pub fn apply_log_append_time(header: &mut BytesMut, body: &[u8], append_time_ms:
     header[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// Builds a valid uncompressed batch of `records` (key-less records with the
-/// given values). Used by tests and the storage benchmark; the broker never
-/// builds batches, it stores what producers send.
+/// A record's key and value for the batch builders (`None` is null).
+pub type KeyValueRef<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Builds a valid uncompressed batch of key-less records with the given
+/// values. Used by tests and the storage benchmark.
 pub fn build_batch(base_timestamp_ms: i64, values: &[&[u8]]) -> Bytes {
-    let mut records = BytesMut::new();
-    for (index, value) in values.iter().enumerate() {
+    let records: Vec<KeyValueRef<'_>> = values.iter().map(|value| (None, Some(*value))).collect();
+    build_keyed_batch(base_timestamp_ms, &records)
+}
+
+/// Builds a valid uncompressed batch of `(key, value)` records (`None` is
+/// null: a value of `None` is a tombstone), all stamped `base_timestamp_ms`.
+/// Producers' batches are stored as sent; the broker builds batches only for
+/// its internal topics (`__consumer_offsets`).
+pub fn build_keyed_batch(base_timestamp_ms: i64, records: &[KeyValueRef<'_>]) -> Bytes {
+    let mut body = BytesMut::new();
+    for (index, (key, value)) in records.iter().enumerate() {
         let mut record = BytesMut::new();
         record.put_u8(0); // attributes
         put_varint(&mut record, 0); // timestamp delta
         put_varint(&mut record, index as i64); // offset delta
-        put_varint(&mut record, -1); // key length: null
-        put_varint(&mut record, value.len() as i64);
-        record.put_slice(value);
+        for field in [key, value] {
+            match field {
+                Some(bytes) => {
+                    put_varint(&mut record, bytes.len() as i64);
+                    record.put_slice(bytes);
+                }
+                None => put_varint(&mut record, -1),
+            }
+        }
         put_varint(&mut record, 0); // header count
-        put_varint(&mut records, record.len() as i64);
-        records.put_slice(&record);
+        put_varint(&mut body, record.len() as i64);
+        body.put_slice(&record);
     }
-    let record_count = values.len() as i32;
-    let mut batch = BytesMut::with_capacity(BATCH_HEADER_BYTES + records.len());
+    let record_count = records.len() as i32;
+    let mut batch = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
     batch.put_i64(0);
-    batch.put_i32((BATCH_HEADER_BYTES - LENGTH_FIELD_END + records.len()) as i32);
+    batch.put_i32((BATCH_HEADER_BYTES - LENGTH_FIELD_END + body.len()) as i32);
     batch.put_i32(-1);
     batch.put_i8(2);
     batch.put_u32(0); // CRC, filled below
@@ -268,7 +285,7 @@ pub fn build_batch(base_timestamp_ms: i64, values: &[&[u8]]) -> Bytes {
     batch.put_i16(-1);
     batch.put_i32(-1);
     batch.put_i32(record_count);
-    batch.put_slice(&records);
+    batch.put_slice(&body);
     let crc = compute_crc(&batch);
     batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
     batch.freeze()
