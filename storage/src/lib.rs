@@ -9,16 +9,21 @@
 //! tail) or as file regions for zero-copy sends. Recovery verifies every
 //! batch after the last checkpoint and truncates a torn tail.
 //!
-//! This crate knows the record-batch header, never individual records, and
-//! depends on nothing else in the workspace.
+//! The log itself knows the record-batch header and never decodes individual
+//! records on the produce or fetch path; [`records`] and [`compression`]
+//! decode them off that path (compaction, exact timestamp lookups, the
+//! broker's internal topics, the client side). The crate depends on nothing
+//! else in the workspace.
 
 pub mod batch;
 pub mod checkpoint;
+pub mod compression;
 pub mod config;
 pub mod dma;
 pub mod error;
 pub mod index;
 pub mod log;
+pub mod records;
 pub mod segment;
 
 pub use config::{LogConfig, SyncPolicy, TimestampType};

@@ -219,14 +219,15 @@ def test_fetch_from_middle_of_batch(ck, bootstrap, new_topic):
         c.close()
 
 
-def test_offsets_for_times_exact(ck, bootstrap, new_topic):
+@pytest.mark.parametrize("compression", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_offsets_for_times_exact(ck, bootstrap, new_topic, compression):
     topic = new_topic(1, prefix="oft")
     base = int(time.time() * 1000) - 600_000
     # one batch (linger) with non-monotonic timestamps: lookups must be per record, not per batch
     deltas = [0, 1000, 2000, 2000, 5000, 3000, 8000]
     recs = [{"key": None, "value": f"m{i}".encode(), "headers": None, "timestamp": base + d,
              "partition": 0} for i, d in enumerate(deltas)]
-    p = producer(ck, bootstrap, **{"linger.ms": 200})
+    p = producer(ck, bootstrap, **{"linger.ms": 200, "compression.type": compression})
     produce_all(p, topic, recs)
 
     c = consumer(ck, bootstrap)

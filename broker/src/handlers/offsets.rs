@@ -2,10 +2,10 @@
 //! first offset whose timestamp is ≥ T.
 //!
 //! Storage finds the first *batch* whose max timestamp is ≥ T; the exact
-//! record is then found by walking that batch's records (uncompressed
-//! batches). For a compressed batch this increment answers the batch's base
-//! offset (exact when every record of the batch is ≥ T, as for
-//! log-append-time topics); decompression comes with the compression codecs.
+//! record is then found by walking that batch's records, decompressing a
+//! compressed batch up to [`DECOMPRESSED_BATCH_BYTES_MAX`]. A batch that
+//! decompresses to more (or fails to) answers its base offset, which is at
+//! or before the exact answer, so a consumer starting there misses nothing.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -15,7 +15,7 @@ use kafki_net::kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafki_net::kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use kafki_storage::batch::{read_varint, BatchHeader, BATCH_HEADER_BYTES};
+use kafki_storage::records::first_record_at_or_after;
 
 use crate::errors::code_for_log_error;
 use crate::shard::Shard;
@@ -23,6 +23,9 @@ use crate::shard::Shard;
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
 const MAX_TIMESTAMP: i64 = -3;
+/// Most bytes one timestamp lookup decompresses (a hostile batch can expand
+/// a thousandfold; Kafka's own default `message.max.bytes` is 1 MiB).
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy)]
 struct Lookup {
@@ -148,7 +151,19 @@ async fn lookup_on_owner(shard: &Shard, topic: &str, lookup: Lookup) -> Found {
                     .await
                 {
                     Ok(read) => match read.load().await {
-                        Ok(bytes) => first_record_at_or_after(&bytes, timestamp),
+                        Ok(bytes) => match first_record_at_or_after(
+                            &bytes,
+                            timestamp,
+                            DECOMPRESSED_BATCH_BYTES_MAX,
+                        ) {
+                            Ok(exact) => exact,
+                            Err(error) => {
+                                tracing::warn!(topic = %partition.topic, partition = partition.index,
+                                    base_offset = hit.base_offset, %error,
+                                    "timestamp lookup inside a batch failed; answering its base offset");
+                                None
+                            }
+                        },
                         Err(_) => None,
                     },
                     Err(_) => None,
@@ -164,64 +179,4 @@ async fn lookup_on_owner(shard: &Shard, topic: &str, lookup: Lookup) -> Found {
         _ => found.error_code = ResponseError::InvalidRequest.code(),
     }
     found
-}
-
-/// In the first batch of `bytes` (uncompressed, create-time), the offset and
-/// timestamp of the first record whose timestamp is ≥ `target`. `None` when
-/// the batch is compressed or does not parse.
-pub fn first_record_at_or_after(bytes: &[u8], target: i64) -> Option<(i64, i64)> {
-    let header = BatchHeader::parse(bytes).ok()?;
-    let total = header.total_bytes().min(bytes.len());
-    let compressed = header.attributes & 0x07 != 0;
-    let log_append_time = header.attributes & 0x08 != 0;
-    if log_append_time {
-        return Some((header.base_offset, header.max_timestamp));
-    }
-    if compressed {
-        return None;
-    }
-    let mut cursor = &bytes[BATCH_HEADER_BYTES..total];
-    for _ in 0..header.records_count.max(0) {
-        let length = read_varint(&mut cursor)?;
-        let length = usize::try_from(length).ok()?;
-        if length > cursor.len() {
-            return None;
-        }
-        let (record, rest) = cursor.split_at(length);
-        let mut fields = &record[1..];
-        let timestamp_delta = read_varint(&mut fields)?;
-        let offset_delta = read_varint(&mut fields)?;
-        let timestamp = header.base_timestamp.checked_add(timestamp_delta)?;
-        if timestamp >= target {
-            return Some((header.base_offset.checked_add(offset_delta)?, timestamp));
-        }
-        cursor = rest;
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exact_record_within_a_batch() {
-        // build_batch gives every record the base timestamp; patch deltas by
-        // building a batch per case instead: one record per timestamp.
-        let batch = kafki_storage::batch::build_batch(100, &[b"a".as_slice(), b"b", b"c"]);
-        assert_eq!(first_record_at_or_after(&batch, 50), Some((0, 100)));
-        assert_eq!(first_record_at_or_after(&batch, 100), Some((0, 100)));
-        assert_eq!(first_record_at_or_after(&batch, 101), None);
-        assert_eq!(first_record_at_or_after(&batch[..30], 0), None);
-    }
-
-    #[test]
-    fn varints() {
-        let mut cursor: &[u8] = &[0x02, 0x01, 0xac, 0x02];
-        assert_eq!(read_varint(&mut cursor), Some(1));
-        assert_eq!(read_varint(&mut cursor), Some(-1));
-        assert_eq!(read_varint(&mut cursor), Some(150));
-        let mut endless: &[u8] = &[0xff; 12];
-        assert_eq!(read_varint(&mut endless), None);
-    }
 }
