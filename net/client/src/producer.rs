@@ -393,15 +393,16 @@ impl Producer {
         }
     }
 
-    /// Flushes, stops the sender task and returns the final counters.
-    pub async fn close(mut self) -> ClientResult<ProducerStats> {
-        let flushed = self.flush().await;
+    /// Flushes, stops the sender task and returns the final counters (failed records are
+    /// counted in [`ProducerStats::records_failed`]).
+    pub async fn close(mut self) -> ProducerStats {
+        let _ = self.flush().await;
         self.shared.closing.store(true, Ordering::Release);
         self.shared.wake.notify_one();
         if let Some(task) = self.sender.take() {
             let _ = task.await;
         }
-        flushed.map(|()| self.shared.stats())
+        self.shared.stats()
     }
 
     pub fn stats(&self) -> ProducerStats {
