@@ -83,6 +83,12 @@ pub struct SealedBatch {
     pub record_times_us: Vec<u32>,
     /// Sends so far (retries are counted here).
     pub attempts: u32,
+    /// Position among its partition's batches (0, 1, 2, ... in sealing order), so a
+    /// retried batch goes back where it was, before its successors.
+    pub sequence: u64,
+    /// A retried batch waits until then (retry backoff); the partition's later batches
+    /// wait behind it.
+    pub not_before: Option<Instant>,
 }
 
 struct PartitionQueue {
@@ -90,6 +96,7 @@ struct PartitionQueue {
     partition: i32,
     open: Option<OpenBatch>,
     ready: VecDeque<SealedBatch>,
+    next_sequence: u64,
 }
 
 /// What an append did.
@@ -177,6 +184,7 @@ impl Accumulator {
             partition,
             open: None,
             ready: VecDeque::new(),
+            next_sequence: 0,
         });
         self.by_name.insert((topic, partition), handle);
         handle
@@ -337,8 +345,11 @@ impl Accumulator {
             created: open.created,
             record_times_us: std::mem::take(&mut open.record_times_us),
             attempts: 0,
+            sequence: queue.next_sequence,
+            not_before: None,
             bytes: Bytes::from(bytes),
         };
+        queue.next_sequence += 1;
         self.buffered_bytes = self.buffered_bytes - records_section_bytes + sealed.bytes.len();
         queue.ready.push_back(sealed);
         self.spare_records.push(open.records);
@@ -381,7 +392,15 @@ impl Accumulator {
             let mut building: HashMap<i32, (Vec<SealedBatch>, usize)> = HashMap::new();
             for step in 0..count {
                 let index = (start + step) % count;
-                if self.partitions[index].ready.is_empty() {
+                let Some(front) = self.partitions[index].ready.front() else {
+                    continue;
+                };
+                if let Some(not_before) = front.not_before.filter(|at| *at > now) {
+                    drained.next_deadline = Some(
+                        drained
+                            .next_deadline
+                            .map_or(not_before, |d| d.min(not_before)),
+                    );
                     continue;
                 }
                 let Some(leader) = leaders.get(index).copied().flatten() else {
@@ -432,11 +451,19 @@ impl Accumulator {
         }
     }
 
-    /// A batch to send again: back to the front of its partition's queue.
-    pub fn requeue(&mut self, mut batch: SealedBatch) {
+    /// A batch to send again: back into its partition's queue before every batch sealed
+    /// after it (several failed batches of one partition keep their order whatever order
+    /// they are requeued in).
+    pub fn requeue(&mut self, mut batch: SealedBatch, not_before: Instant) {
         batch.attempts += 1;
+        batch.not_before = Some(not_before);
         if let Some(queue) = self.partitions.get_mut(batch.handle.index()) {
-            queue.ready.push_front(batch);
+            let position = queue
+                .ready
+                .iter()
+                .position(|waiting| waiting.sequence > batch.sequence)
+                .unwrap_or(queue.ready.len());
+            queue.ready.insert(position, batch);
         }
     }
 
@@ -631,21 +658,45 @@ mod tests {
     }
 
     #[test]
-    fn requeued_batches_go_first_and_count_attempts() {
+    fn requeued_batches_go_back_in_sealing_order() {
         let mut accumulator = Accumulator::new(config(16384, 0));
         let partition = accumulator.register("t", 0);
         let now = Instant::now();
-        accumulator.append(partition, &value(b"first"), now);
-        let first = all_ready(&mut accumulator, now).pop().expect("one batch");
-        accumulator.append(partition, &value(b"second"), now);
-        accumulator.requeue(first);
-        let leaders = [Some(1)];
-        let drained = accumulator.drain(now, &leaders, |_| 1, 1 << 20);
-        let batch = &drained.requests[0].1[0];
-        assert_eq!(batch.attempts, 1);
-        let section = batch_records(&batch.bytes, 1024).expect("records");
-        let record = records(&section, 1).next().expect("one").expect("decodes");
-        assert_eq!(record.value, Some(&b"first"[..]));
+        let mut in_flight = Vec::new();
+        for text in [&b"first"[..], b"second"] {
+            accumulator.append(partition, &value(text), now);
+            in_flight.extend(all_ready(&mut accumulator, now));
+        }
+        accumulator.append(partition, &value(b"third"), now);
+        // Both failed; the answers come back in either order.
+        let second = in_flight.pop().expect("second");
+        let first = in_flight.pop().expect("first");
+        let retry_at = now + Duration::from_millis(100);
+        accumulator.requeue(second, retry_at);
+        accumulator.requeue(first, retry_at);
+        // The backoff holds the partition, later batches included.
+        let early = accumulator.drain(now, &[Some(1)], |_| 1, 1 << 20);
+        assert!(early.requests.is_empty());
+        assert_eq!(early.next_deadline, Some(retry_at));
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            let drained = accumulator.drain(retry_at, &[Some(1)], |_| 1, 1 << 20);
+            for (_, batches) in drained.requests {
+                for batch in batches {
+                    let section = batch_records(&batch.bytes, 1024).expect("records");
+                    let record = records(&section, 1).next().expect("one").expect("decodes");
+                    sent.push((record.value.map(<[u8]>::to_vec), batch.attempts));
+                }
+            }
+        }
+        assert_eq!(
+            sent,
+            vec![
+                (Some(b"first".to_vec()), 1),
+                (Some(b"second".to_vec()), 1),
+                (Some(b"third".to_vec()), 0)
+            ]
+        );
     }
 
     #[test]

@@ -375,6 +375,8 @@ impl Client {
             }
         }
         let mut backoff = Duration::from_millis(20);
+        // Apache Kafka may still answer the first produce to a new partition with
+        // NOT_LEADER_OR_FOLLOWER after listing its leader: the producer retries those.
         loop {
             let metadata = self.refresh_metadata(&[name]).await?;
             if let Some(topic) = metadata

@@ -191,7 +191,13 @@ impl Connection {
             .map_err(|error| connect_error(error.to_string()))?;
         let mut connection = Self::start(stream, address, config);
         connection.versions = connection.negotiate_versions().await?;
-        tracing::debug!(address, "connected");
+        tracing::debug!(
+            address,
+            produce = ?connection.versions.get(ApiKey::Produce).and_then(|api| api.version),
+            fetch = ?connection.versions.get(ApiKey::Fetch).and_then(|api| api.version),
+            metadata = ?connection.versions.get(ApiKey::Metadata).and_then(|api| api.version),
+            "connected"
+        );
         Ok(connection)
     }
 

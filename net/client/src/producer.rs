@@ -609,9 +609,10 @@ impl Sender {
             self.leaders_from = None;
             self.leaders.iter_mut().for_each(|leader| *leader = None);
         }
+        let retry_at = Instant::now() + self.config.retry_backoff;
         let mut accumulator = self.shared.accumulator();
         for batch in retry_batches {
-            accumulator.requeue(batch);
+            accumulator.requeue(batch, retry_at);
         }
         for batch in done_batches {
             accumulator.complete(batch);
@@ -785,6 +786,8 @@ mod tests {
             created: Instant::now(),
             record_times_us: vec![5],
             attempts: 0,
+            sequence: 0,
+            not_before: None,
         }
     }
 
