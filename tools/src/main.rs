@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod dump;
+mod layout;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kafki",
@@ -27,6 +30,10 @@ enum Command {
         #[command(subcommand)]
         bench: BenchCommand,
     },
+    /// Read segment files offline: batches, records, indexes, checkpoints, damage.
+    Dump(dump::DumpArgs),
+    /// Show CPU/NUMA/NIC-IRQ layout and a broker's shards, with placement advice.
+    Layout(layout::LayoutArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +57,8 @@ fn main() -> ExitCode {
         Command::Bench {
             bench: BenchCommand::Storage(args),
         } => run_storage_bench(args),
+        Command::Dump(args) => dump::run(&args),
+        Command::Layout(args) => layout::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
