@@ -109,7 +109,7 @@ pub struct Machine {
     pub nohz_full: Vec<usize>,
     /// `/sys/devices/system/cpu/smt/control` (`on`, `off`, `notsupported`, ...).
     pub smt_control: Option<String>,
-    /// Caches shared by more than one CPU: (level, type, size, CPUs).
+    /// Caches shared beyond one physical core (an L3 per package or CCX).
     pub shared_caches: Vec<SharedCache>,
     /// Network interfaces backed by a device (with IRQs).
     pub nics: Vec<Nic>,
@@ -340,8 +340,17 @@ pub fn read_machine(root: &Path) -> Machine {
         .collect();
     machine.shared_caches = cpus
         .iter()
-        .flat_map(|cpu| cpu.caches.iter())
-        .filter(|cache| cache.shared_cpus.len() > 1)
+        .flat_map(|cpu| cpu.caches.iter().map(move |cache| (cpu, cache)))
+        // Caches private to a physical core (L1, usually L2) are left out:
+        // the SMT sibling lists say that already.
+        .filter(|(cpu, cache)| {
+            cache.shared_cpus.len() > 1
+                && cache
+                    .shared_cpus
+                    .iter()
+                    .any(|shared| !cpu.smt_siblings.contains(shared))
+        })
+        .map(|(_, cache)| cache)
         .map(|cache| SharedCache {
             level: cache.level,
             kind: cache.kind.clone(),
@@ -491,11 +500,7 @@ fn read_nics(root: &Path, interrupts: &BTreeMap<u32, InterruptLine>, machine: &m
         if numbers.is_empty() {
             // Legacy INTx, or a driver that names its vectors after the
             // interface: `/proc/interrupts` lines naming it.
-            numbers.extend(
-                read_number::<u32>(&device.join("irq"))
-                    .filter(|irq| *irq > 0)
-                    .into_iter(),
-            );
+            numbers.extend(read_number::<u32>(&device.join("irq")).filter(|irq| *irq > 0));
             numbers.extend(
                 interrupts
                     .values()
@@ -937,6 +942,13 @@ pub fn advise(machine: &Machine, broker: Option<&BrokerLayout>) -> Advice {
         )];
         if let Some(node) = target_node {
             reasons.push(format!("on NUMA node {node}, where {} is", nic_names(node)));
+            let elsewhere = cores.iter().filter(|core| core.node != Some(node)).count();
+            if elsewhere > 0 {
+                reasons.push(format!(
+                    "the other nodes' {elsewhere} cores would add shards at the price of \
+                     cross-node memory and NIC traffic"
+                ));
+            }
         }
         reasons.push(format!(
             "CPU{} {} kept for the OS and NIC interrupts",
@@ -1240,8 +1252,8 @@ fn check_broker(
         suggestions.push(warn(
             "numa-span",
             format!(
-                "the shards span {} NUMA nodes ({}): partitions moved across shards and NIC traffic \
-                 cross the interconnect",
+                "the shards span {} NUMA nodes ({}): cross-shard calls and NIC traffic cross the \
+                 interconnect",
                 nodes.len(),
                 described.join("; ")
             ),
@@ -1512,12 +1524,20 @@ pub fn render_text(report: &Report) -> String {
             ));
             for shard in &layout.shards {
                 let place = match shard.cpu.and_then(|id| machine.cpus.iter().find(|cpu| cpu.id == id)) {
-                    Some(cpu) => format!(
-                        "CPU {} (core {}, node {})",
-                        cpu.id,
-                        format_cpu_list(&cpu.smt_siblings),
-                        optional(cpu.node)
-                    ),
+                    Some(cpu) => {
+                        let siblings: Vec<usize> = cpu
+                            .smt_siblings
+                            .iter()
+                            .copied()
+                            .filter(|sibling| *sibling != cpu.id)
+                            .collect();
+                        let shared = if siblings.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", core shared with CPU {}", format_cpu_list(&siblings))
+                        };
+                        format!("CPU {} (node {}{shared})", cpu.id, optional(cpu.node))
+                    }
                     None => format!("CPU {}", optional(shard.cpu)),
                 };
                 let mut partitions = shard.partitions.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
@@ -1525,9 +1545,10 @@ pub fn render_text(report: &Report) -> String {
                     partitions.push_str(&format!(", ... ({} more)", shard.partitions.len() - 8));
                 }
                 out.push_str(&format!(
-                    "  shard {}: {place}, {} partitions{}{partitions}\n",
+                    "  shard {}: {place}, {} partition{}{}{partitions}\n",
                     shard.shard,
                     shard.partitions.len(),
+                    if shard.partitions.len() == 1 { "" } else { "s" },
                     if partitions.is_empty() { "" } else { ": " }
                 ));
             }
@@ -1579,4 +1600,199 @@ fn table(rows: &[Vec<String>], indent: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_and_format() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("(null)\n"), Some(vec![]));
+        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("0-99999999"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(format_cpu_list(&[8, 0, 1, 2, 3, 10, 11, 3]), "0-3,8,10-11");
+        assert_eq!(format_cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn interrupts_parse_counts_and_names() {
+        let text = "           CPU0       CPU1       \n \
+            26:          0         15  IO-APIC   4-edge      ttyS0\n \
+            38:          0      11559 PCI-MSIX-0000:00:03.0   1-edge      virtio2-input.0\n \
+           120:          7          0  IR-PCI-MSI 1048576-edge      eth0-TxRx-0\n \
+           NMI:          0          0   Non-maskable interrupts\n";
+        let parsed = parse_interrupts(text);
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[&38].counts, vec![(1, 11559)]);
+        assert_eq!(parsed[&38].name, "virtio2-input.0");
+        assert_eq!(parsed[&120].name, "eth0-TxRx-0");
+        assert_eq!(parsed[&26].description, "IO-APIC 4-edge ttyS0");
+        assert!(parse_interrupts("").is_empty());
+        assert!(parse_interrupts("garbage\n1: x y\n:::").contains_key(&1));
+    }
+
+    #[test]
+    fn irq_names_match_their_interface_only() {
+        assert!(names_interface("eth0-TxRx-3", "eth0"));
+        assert!(names_interface("eth0", "eth0"));
+        assert!(names_interface(
+            "mlx5_comp0@pci:0000:af:00.0, eth0:rx-1",
+            "eth0"
+        ));
+        assert!(!names_interface("eth01-TxRx-0", "eth0"));
+        assert!(!names_interface("veth0", "eth0"));
+    }
+
+    #[test]
+    fn http_responses_parse() {
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+        assert_eq!(
+            parse_http_response(plain),
+            Some(HttpResponse::Complete {
+                status: 200,
+                body: b"hello".to_vec()
+            })
+        );
+        assert_eq!(
+            parse_http_response(&plain[..plain.len() - 1]),
+            Some(HttpResponse::Partial)
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_http_response(chunked),
+            Some(HttpResponse::Complete {
+                status: 200,
+                body: b"abcde".to_vec()
+            })
+        );
+        assert_eq!(
+            parse_http_response(&chunked[..60]),
+            Some(HttpResponse::Partial)
+        );
+        assert_eq!(parse_http_response(b"SSH-2.0-OpenSSH\r\n\r\n"), None);
+        assert_eq!(parse_http_response(b"HTTP/1.1 200"), None);
+        let huge_chunk =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab";
+        assert_eq!(parse_http_response(huge_chunk), Some(HttpResponse::Partial));
+    }
+
+    #[test]
+    fn broker_layouts_parse() {
+        let shards = parse_broker_layout(
+            r#"{"shards":[{"shard":1,"cpu":18446744073709551615,"partitions":[]},{"shard":0,"cpu":3,"partitions":["t-0","t-2"]}]}"#,
+        )
+        .expect("parses");
+        assert_eq!(shards[0].shard, 0);
+        assert_eq!(shards[0].cpu, Some(3));
+        assert_eq!(shards[0].partitions, vec!["t-0", "t-2"]);
+        assert_eq!(
+            shards[1].cpu, None,
+            "usize::MAX is a shard that has not reported"
+        );
+        assert!(parse_broker_layout("not json").is_err());
+        assert!(parse_broker_layout("{}").is_err());
+        assert!(parse_broker_layout(r#"{"shards":[{"cpu":1}]}"#).is_err());
+    }
+
+    fn cpu(id: usize, siblings: &[usize], node: usize, governor: Option<&str>) -> Cpu {
+        Cpu {
+            id,
+            core_id: Some(siblings[0] as i64),
+            package: Some(0),
+            node: Some(node),
+            smt_siblings: siblings.to_vec(),
+            caches: Vec::new(),
+            governor: governor.map(str::to_string),
+            frequency_khz: None,
+        }
+    }
+
+    #[test]
+    fn four_cpus_keep_cpu_zero_for_the_os() {
+        let cpus: Vec<Cpu> = (0..4)
+            .map(|id| cpu(id, &[id], 0, Some("performance")))
+            .collect();
+        let machine = Machine {
+            cores: physical_cores(&cpus),
+            cpus,
+            numa_nodes: vec![NumaNode {
+                id: 0,
+                cpus: vec![0, 1, 2, 3],
+            }],
+            nics: vec![Nic {
+                name: "eth0".into(),
+                numa_node: Some(0),
+                driver: None,
+                irqs: vec![Irq {
+                    irq: 40,
+                    name: Some("eth0-TxRx-0".into()),
+                    affinity: Some(vec![0, 1, 2, 3]),
+                    effective_affinity: Some(vec![2]),
+                    counts: vec![(2, 100)],
+                }],
+            }],
+            ..Machine::default()
+        };
+        let advice = advise(&machine, None);
+        assert_eq!(advice.broker_cores, vec![1, 2, 3]);
+        assert_eq!(advice.irq_cpus, vec![0]);
+        let irq = advice
+            .suggestions
+            .iter()
+            .find(|s| s.code == "irq-affinity")
+            .expect("irq advice");
+        assert_eq!(
+            irq.commands,
+            vec!["echo 0 > /proc/irq/40/smp_affinity_list"]
+        );
+        assert!(
+            !advice.suggestions.iter().any(|s| s.code == "governor"),
+            "performance is fine"
+        );
+
+        // A broker on all four CPUs, with skewed partitions.
+        let layout = BrokerLayout {
+            admin: "a".into(),
+            shards: (0..4)
+                .map(|shard| BrokerShard {
+                    shard,
+                    cpu: Some(shard),
+                    partitions: (0..if shard == 0 { 12 } else { 1 })
+                        .map(|p| format!("t-{p}"))
+                        .collect(),
+                })
+                .collect(),
+        };
+        let advice = advise(&machine, Some(&layout));
+        let codes: Vec<&str> = advice.suggestions.iter().map(|s| s.code).collect();
+        assert!(codes.contains(&"unbalanced"), "{codes:?}");
+        assert!(codes.contains(&"irq-on-shard"), "{codes:?}");
+        assert!(codes.contains(&"cores-differ"), "{codes:?}");
+        assert!(
+            !codes.contains(&"smt-siblings") && !codes.contains(&"numa-span"),
+            "{codes:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_machine_does_not_panic() {
+        let machine = read_machine(Path::new("/nonexistent/kafki-layout"));
+        assert!(machine.cpus.is_empty());
+        let advice = advise(&machine, None);
+        assert!(advice.suggestions.iter().any(|s| s.code == "no-cpus"));
+        let report = Report {
+            machine,
+            broker: BrokerAnswer::NotAsked,
+            advice,
+        };
+        assert!(render_text(&report).contains("machine: 0 CPUs online"));
+    }
 }
