@@ -1981,11 +1981,11 @@ impl<'s> Dumper<'s> {
                     size,
                     crc_ok,
                     crc_computed,
+                    problems,
                 } => {
                     let last = header
                         .base_offset
                         .saturating_add(i64::from(header.last_offset_delta.max(0)));
-                    self.note_epoch(label, position, &header, epochs, &mut tally);
                     if self.options.show_batches {
                         self.emit(Event::Batch(batch_info(
                             label,
@@ -1995,6 +1995,10 @@ impl<'s> Dumper<'s> {
                             crc_ok,
                         )));
                     }
+                    for problem in problems {
+                        self.report(&mut tally, problem);
+                    }
+                    self.note_epoch(label, position, &header, epochs, &mut tally);
                     if self.options.records {
                         self.dump_records(label, &mut window, position, size, &header, &mut tally);
                     }
@@ -2184,14 +2188,15 @@ impl<'s> Dumper<'s> {
             Err(error) => return read_error(self, tally, error),
         };
         let crc_ok = crc_computed == header.crc;
+        // Reported after the batch line, so they read as its notes.
+        let mut problems = Vec::new();
         let last = header
             .base_offset
             .saturating_add(i64::from(header.last_offset_delta.max(0)));
         let at = Some(position);
         let offset = Some(header.base_offset);
         if !crc_ok {
-            self.report(
-                tally,
+            problems.push(
                 damage(
                     "bad_crc",
                     label,
@@ -2208,31 +2213,25 @@ impl<'s> Dumper<'s> {
             && header.records_count >= 0
             && i64::from(header.records_count) <= i64::from(header.last_offset_delta) + 1;
         if !count_ok {
-            self.report(
-                tally,
-                damage(
-                    "bad_record_count",
-                    label,
-                    at,
-                    offset,
-                    format!(
-                        "records count {} does not fit last offset delta {}",
-                        header.records_count, header.last_offset_delta
-                    ),
+            problems.push(damage(
+                "bad_record_count",
+                label,
+                at,
+                offset,
+                format!(
+                    "records count {} does not fit last offset delta {}",
+                    header.records_count, header.last_offset_delta
                 ),
-            );
+            ));
         }
         if header.base_offset < 0 {
-            self.report(
-                tally,
-                damage(
-                    "bad_offset",
-                    label,
-                    at,
-                    offset,
-                    format!("negative base offset {}", header.base_offset),
-                ),
-            );
+            problems.push(damage(
+                "bad_offset",
+                label,
+                at,
+                offset,
+                format!("negative base offset {}", header.base_offset),
+            ));
         } else if let Some(wanted) = *expected {
             if header.base_offset < wanted {
                 let (code, message) = if *first_batch && base.is_some() {
@@ -2247,7 +2246,7 @@ impl<'s> Dumper<'s> {
                         ),
                     )
                 };
-                self.report(tally, damage(code, label, at, offset, message));
+                problems.push(damage(code, label, at, offset, message));
             } else if header.base_offset > wanted {
                 let problem = self.gap_problem(
                     label,
@@ -2259,7 +2258,7 @@ impl<'s> Dumper<'s> {
                         header.base_offset - 1
                     ),
                 );
-                self.report(tally, problem);
+                problems.push(problem);
             }
         }
         *first_batch = false;
@@ -2271,6 +2270,7 @@ impl<'s> Dumper<'s> {
             size,
             crc_ok,
             crc_computed,
+            problems,
         }
     }
 
@@ -2452,6 +2452,8 @@ enum Step {
         size: u64,
         crc_ok: bool,
         crc_computed: u32,
+        /// What is wrong with it, reported after the batch itself.
+        problems: Vec<Problem>,
     },
     /// Damage: go on at `to` (the next valid batch).
     Skip { to: u64 },
