@@ -1332,13 +1332,32 @@ fn check_broker(
         // Differences of one or two are what any placement of a few
         // partitions gives; beyond that, and half the mean, it is skew.
         if most - least > 2 && (most - least) as f64 > mean / 2.0 {
+            let commands: Vec<String> = rebalancing_moves(layout)
+                .into_iter()
+                .map(|(topic, partition, shard)| {
+                    format!(
+                        "curl -X PUT -d '{{\"shard\": {shard}}}' http://{}/v1/partitions/{topic}/{partition}/shard",
+                        layout.admin
+                    )
+                })
+                .collect();
+            let moves = if commands.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} move{} through the admin API even{} it out",
+                    commands.len(),
+                    if commands.len() == 1 { "" } else { "s" },
+                    if commands.len() == 1 { "s" } else { "" }
+                )
+            };
             suggestions.push(warn(
                 "unbalanced",
                 format!(
                     "partitions are unbalanced: shard {busiest} owns {most}, shard {idlest} owns \
-                     {least} (mean {mean:.1}); the busiest shard limits throughput"
+                     {least} (mean {mean:.1}); the busiest shard limits throughput{moves}"
                 ),
-                Vec::new(),
+                commands,
             ));
         }
     }
@@ -1373,6 +1392,59 @@ fn check_broker(
             ));
         }
     }
+}
+
+/// Most partition moves suggested at once.
+const MOVES_MAX: usize = 10;
+
+/// Moves, `(topic, partition, to shard)`, that bring the shards' partition
+/// counts within one of each other: greedily from the busiest shard to the
+/// idlest. Internal topics (`__consumer_offsets`) stay: the admin API
+/// refuses to move them.
+fn rebalancing_moves(layout: &BrokerLayout) -> Vec<(String, i32, usize)> {
+    let mut counts: Vec<usize> = layout
+        .shards
+        .iter()
+        .map(|shard| shard.partitions.len())
+        .collect();
+    let mut movable: Vec<Vec<(String, i32)>> = layout
+        .shards
+        .iter()
+        .map(|shard| {
+            let mut names: Vec<(String, i32)> = shard
+                .partitions
+                .iter()
+                .filter(|name| !name.starts_with("__"))
+                .filter_map(|name| {
+                    let (topic, partition) = name.rsplit_once('-')?;
+                    Some((topic.to_string(), partition.parse().ok()?))
+                })
+                .collect();
+            names.sort();
+            names
+        })
+        .collect();
+    let mut moves = Vec::new();
+    while moves.len() < MOVES_MAX {
+        let (Some(busiest), Some(idlest)) = (
+            (0..counts.len())
+                .filter(|index| !movable[*index].is_empty())
+                .max_by_key(|index| (counts[*index], std::cmp::Reverse(*index))),
+            (0..counts.len()).min_by_key(|index| (counts[*index], *index)),
+        ) else {
+            break;
+        };
+        if counts[busiest] <= counts[idlest] + 1 {
+            break;
+        }
+        let Some((topic, partition)) = movable[busiest].pop() else {
+            break;
+        };
+        counts[busiest] -= 1;
+        counts[idlest] += 1;
+        moves.push((topic, partition, layout.shards[idlest].shard));
+    }
+    moves
 }
 
 fn join(numbers: &[usize]) -> String {

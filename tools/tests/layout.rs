@@ -526,6 +526,14 @@ fn a_broker_on_smt_siblings_across_nodes_is_warned_about() {
             .is_some_and(|text| text.contains("shard 0 owns 10, shard 1 owns 1")),
         "{unbalanced}"
     );
+    // Greedy moves from the busiest to the idlest shard, until within one.
+    let moves: Vec<String> = [(9, 1), (8, 1), (7, 2), (6, 1), (5, 2), (4, 3)]
+        .iter()
+        .map(|(partition, shard)| {
+            format!("curl -X PUT -d '{{\"shard\": {shard}}}' http://{address}/v1/partitions/a/{partition}/shard")
+        })
+        .collect();
+    assert_eq!(unbalanced["commands"], serde_json::json!(moves));
     // The governor warning covers the CPUs the shards run on.
     let governor = suggestion(&report, "governor");
     assert!(
