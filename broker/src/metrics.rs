@@ -81,6 +81,7 @@ struct Families {
     inflight: IntGaugeVec,
     connections_refused: IntCounterVec,
     frames_refused: IntCounterVec,
+    partition_moves: IntCounterVec,
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(Families::new);
@@ -174,9 +175,21 @@ impl Families {
                 "Request frames refused (too large, malformed, over budget...), by shard and reason.",
                 &["shard", "reason"],
             ),
+            partition_moves: counter_vec(
+                &registry,
+                "kafki_partition_moves_total",
+                "Partition hand-overs between shards run by the controller, by outcome (completed, aborted).",
+                &["outcome"],
+            ),
             registry,
         }
     }
+}
+
+/// Counts one partition hand-over with `outcome` (`"completed"` or
+/// `"aborted"`). Controller only, and rare: resolves the child each time.
+pub fn count_partition_move(outcome: &'static str) {
+    FAMILIES.partition_moves.with_label_values(&[outcome]).inc();
 }
 
 /// The label value for an API key: kafka-protocol's name (`Produce`,

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod dump;
+mod layout;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kafki",
@@ -27,6 +30,10 @@ enum Command {
         #[command(subcommand)]
         bench: BenchCommand,
     },
+    /// Read segment files offline: batches, records, indexes, checkpoints, damage.
+    Dump(dump::DumpArgs),
+    /// Show CPU/NUMA/NIC-IRQ layout and a broker's shards, with placement advice.
+    Layout(layout::LayoutArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +63,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench { bench } => run_bench(bench),
+        Command::Dump(args) => dump::run(&args),
+        Command::Layout(args) => layout::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
