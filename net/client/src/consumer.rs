@@ -24,6 +24,9 @@ use crate::client::{duration_ms_i32, Client, OffsetSpec};
 use crate::error::{ClientError, ClientResult, KafkaCode};
 use crate::fetch::RecordBatches;
 
+/// Pause after a poll that fetched nothing because of errors (Kafka's `retry.backoff.ms`).
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Fetch settings (Kafka's consumer names in brackets).
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -184,9 +187,6 @@ impl Consumer {
                 None => leaderless = true,
             }
         }
-        if leaderless {
-            self.refresh_metadata().await;
-        }
         let fetches = by_leader.into_iter().map(|(leader, indexes)| {
             let request = self.fetch_request(&indexes, &metadata);
             let client = self.client.clone();
@@ -219,8 +219,12 @@ impl Consumer {
             refresh |= needs_refresh;
             rounds.push(round);
         }
-        if refresh {
+        if refresh || leaderless {
             self.refresh_metadata().await;
+        }
+        if rounds.is_empty() && !self.assignments.is_empty() {
+            // Nothing could be fetched (no leader, broker unreachable): do not spin.
+            tokio::time::sleep(RETRY_BACKOFF).await;
         }
         Ok(rounds)
     }

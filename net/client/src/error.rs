@@ -124,6 +124,8 @@ pub enum ClientError {
     Invalid(String),
     #[error("the producer is closed")]
     ProducerClosed,
+    #[error("{records} records failed; first error: {first_error}")]
+    DeliveryFailed { records: u64, first_error: String },
 }
 
 impl ClientError {

@@ -384,11 +384,12 @@ impl Producer {
             progress.await;
         }
         self.shared.accumulator().end_flush();
-        match self.stats().first_error {
-            Some(error) if self.stats().records_failed > 0 => Err(ClientError::Invalid(format!(
-                "{} records failed; first error: {error}",
-                self.stats().records_failed
-            ))),
+        let stats = self.stats();
+        match stats.first_error {
+            Some(first_error) if stats.records_failed > 0 => Err(ClientError::DeliveryFailed {
+                records: stats.records_failed,
+                first_error,
+            }),
             _ => Ok(()),
         }
     }
