@@ -368,7 +368,7 @@ fn progress_bar(target: &ProgressTarget, label: &str) -> ProgressBar {
     let (bar, template) = match target {
         ProgressTarget::Records(count) => (
             ProgressBar::new(*count),
-            "{prefix} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {per_sec} {msg}",
+            "{prefix} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {msg}",
         ),
         ProgressTarget::Seconds(seconds) => (
             ProgressBar::new((seconds * 10.0).ceil() as u64),
@@ -376,7 +376,7 @@ fn progress_bar(target: &ProgressTarget, label: &str) -> ProgressBar {
         ),
         ProgressTarget::Open => (
             ProgressBar::new_spinner(),
-            "{prefix} [{elapsed_precise}] {spinner} {human_pos} {per_sec} {msg}",
+            "{prefix} [{elapsed_precise}] {spinner} {human_pos} {msg}",
         ),
     };
     bar.set_style(
