@@ -736,17 +736,22 @@ async fn load_with_fallback(
     }
     let expired = states.expire(now_ms);
     states.enforce_cap();
-    tracing::info!(
-        partition = %label,
-        source = if snapshot_offset.is_some() { "snapshot" } else { "log" },
-        snapshot_offset = snapshot_offset.map_or(-1, |offset| offset as i64),
-        replayed_from = from,
-        replayed_batches = batches,
-        log_end,
-        producers = states.len(),
-        expired,
-        "producer state loaded"
-    );
+    if snapshot_offset.is_some() || log_end > log_start {
+        tracing::info!(
+            partition = %label,
+            source = if snapshot_offset.is_some() { "snapshot" } else { "log" },
+            snapshot_offset = snapshot_offset.map_or(-1, |offset| offset as i64),
+            replayed_from = from,
+            replayed_batches = batches,
+            log_end,
+            producers = states.len(),
+            expired,
+            "producer state loaded"
+        );
+    } else {
+        // A partition that never held anything has nothing to say.
+        tracing::debug!(partition = %label, "producer state: empty partition");
+    }
     // The file holds the state as it was before the replay, when the
     // change counter was 0 (loading does not count as a change).
     let mark = SnapshotMark {

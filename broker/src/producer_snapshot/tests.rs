@@ -317,6 +317,25 @@ fn a_snapshot_carries_producers_across_segments_and_restarts() {
         assert_eq!(offset, partition.log.offsets().next_offset);
         assert!(!is_due(&partition, Instant::now()), "just written");
         assert!(is_current(&partition));
+        // Plain appends without a roll: due only once the snapshot is old.
+        assert_eq!(
+            produce(&partition, batch(-1, -1, -1, 1, now())),
+            SequenceCheck::Accept
+        );
+        assert!(!is_due(&partition, Instant::now()));
+        assert!(is_due(&partition, Instant::now() + SNAPSHOT_AGE_MAX));
+        // A roll makes it due at once (it bounds what a crash replays).
+        partition.log.roll();
+        assert_eq!(
+            produce(&partition, batch(-1, -1, -1, 1, now())),
+            SequenceCheck::Accept
+        );
+        assert!(is_due(&partition, Instant::now()));
+        let offset = write(&partition).await.expect("snapshot");
+        assert!(
+            !is_due(&partition, Instant::now() + SNAPSHOT_AGE_MAX),
+            "nothing new"
+        );
         // After the snapshot, producer 7 appends again and producer 8 starts:
         // the open must replay these from the log.
         assert_eq!(
