@@ -1,8 +1,8 @@
 //! `kafki serve`: starts one pinned glommio executor (shard) per listed
 //! core, joins them in a channel mesh, opens the owned partitions, and
 //! accepts Kafka connections on every shard (one `SO_REUSEPORT` listener
-//! each). SIGINT/SIGTERM stop accepting, close every log cleanly (flush,
-//! clean-shutdown marker) and exit.
+//! each). SIGINT/SIGTERM stop accepting, close every log cleanly
+//! (producer-state snapshot, flush, clean-shutdown marker) and exit.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
