@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod metadata;
 pub mod metrics;
 pub mod placement;
+pub mod producer_snapshot;
 pub mod reassign;
 pub mod records;
 pub mod server;

@@ -24,14 +24,14 @@
 //!    it released (appends in flight refuse, parked long polls wake up),
 //!    waits up to [`RELEASE_WAIT_MAX`] for the requests still holding it to
 //!    finish (an append already made waits for its commit stage and is
-//!    acknowledged: it is in the log the new owner opens), then closes the
-//!    log cleanly. If they do not let go in time, the partition goes back
+//!    acknowledged: it is in the log the new owner opens), then writes the
+//!    partition's producer-state snapshot and closes the log cleanly. If they do not let go in time, the partition goes back
 //!    into the map untouched, the old snapshot is restored and the move
 //!    reports a conflict.
 //! 3. **Final.** The snapshot with the new assignment is stored atomically
 //!    (`cluster-metadata.json`) and installed on every shard; installing it
 //!    on the new owner opens the log (fast: clean-shutdown marker;
-//!    idempotent-producer state rebuilt as on any open).
+//!    idempotent-producer state loaded from that snapshot).
 //!
 //! A crash at any point leaves the file naming the old owner (before step 3
 //! stored it) or the new one (after), never a move in progress, and at most

@@ -1,8 +1,8 @@
 //! `kafki serve`: starts one pinned glommio executor (shard) per listed
 //! core, joins them in a channel mesh, opens the owned partitions, and
 //! accepts Kafka connections on every shard (one `SO_REUSEPORT` listener
-//! each). SIGINT/SIGTERM stop accepting, close every log cleanly (flush,
-//! clean-shutdown marker) and exit.
+//! each). SIGINT/SIGTERM stop accepting, close every log cleanly
+//! (producer-state snapshot, flush, clean-shutdown marker) and exit.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,6 +120,7 @@ async fn shard_main(
     shared.shards_ready.fetch_add(1, Ordering::SeqCst);
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let retention = glommio::spawn_local(retention_loop(shard.clone()));
+    let producer_state = glommio::spawn_local(producer_state_loop(shard.clone()));
     let commands = (shard.id == 0)
         .then(|| {
             controller_inbox
@@ -136,6 +137,8 @@ async fn shard_main(
     shard.shutting_down.set(true);
     accept.cancel().await;
     retention.cancel().await;
+    // Before the partitions close, which write their final snapshots.
+    producer_state.cancel().await;
     group_timer.cancel().await;
     if let Some(commands) = commands {
         // Drops the queue: the admin listener answers 503 from now on.
@@ -250,5 +253,31 @@ async fn retention_loop(shard: Rc<Shard>) {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as i64);
         shard.enforce_retention(now_ms).await;
+    }
+}
+
+/// The producer-state tick: snapshots that are due every
+/// [`crate::producer_snapshot::SNAPSHOT_CHECK_INTERVAL`], expiry every
+/// `producer.id.expiration.check.interval.ms` (Kafka's setting). Its own
+/// task rather than the retention loop, whose interval (minutes) is far too
+/// slow to bound what a crash has to replay.
+async fn producer_state_loop(shard: Rc<Shard>) {
+    let check = crate::producer_snapshot::SNAPSHOT_CHECK_INTERVAL;
+    let expiry_every = shard
+        .config
+        .kafka
+        .get_i64("producer.id.expiration.check.interval.ms")
+        .filter(|ms| *ms > 0)
+        .map_or(Duration::from_secs(600), |ms| {
+            Duration::from_millis(ms as u64)
+        });
+    let mut last_expiry = std::time::Instant::now();
+    loop {
+        glommio::timer::sleep(check.min(expiry_every)).await;
+        let expire = last_expiry.elapsed() >= expiry_every;
+        if expire {
+            last_expiry = std::time::Instant::now();
+        }
+        shard.maintain_producer_states(expire).await;
     }
 }

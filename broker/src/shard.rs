@@ -49,6 +49,8 @@ pub struct Partition {
     pub leader_epoch: i32,
     /// Idempotent producers' sequence state.
     pub producers: RefCell<crate::handlers::producer::ProducerStates>,
+    /// What its snapshot file on disk covers (`crate::producer_snapshot`).
+    pub snapshot: crate::producer_snapshot::SnapshotSlot,
     /// Set when the shard gave the partition up (a hand-over to another
     /// shard): requests still holding it must not append any more, and
     /// long polls parked on it must let go.
@@ -58,6 +60,27 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// A partition around an opened log and its loaded producer state.
+    pub fn new(
+        topic: String,
+        index: i32,
+        log: PartitionLog,
+        commit_durable: bool,
+        loaded: crate::producer_snapshot::Loaded,
+    ) -> Self {
+        Self {
+            topic,
+            index,
+            log,
+            commit_durable,
+            leader_epoch: 0,
+            producers: RefCell::new(loaded.states),
+            snapshot: crate::producer_snapshot::SnapshotSlot::new(loaded.mark),
+            released: Cell::new(false),
+            release_waiters: RefCell::new(Vec::new()),
+        }
+    }
+
     /// Whether the shard gave this partition up: appends must be refused
     /// (`NOT_LEADER_OR_FOLLOWER`) and waits on it should end.
     pub fn is_released(&self) -> bool {
@@ -167,6 +190,13 @@ pub struct Released {
     pub was_open: bool,
     /// Whether its log closed cleanly (else the new owner recovers it).
     pub clean: bool,
+}
+
+/// Wall-clock milliseconds since the epoch (producer expiry's clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// Why a partition is not available here, as a Kafka error.
@@ -308,17 +338,20 @@ impl Shard {
             tracing::error!(shard = self.id, dir = %dir.display(), %error, "cannot open partition log");
             crate::errors::code_for_log_error(&error)
         })?;
-        let producers = crate::handlers::producer::rebuild(&log).await;
-        let partition = Rc::new(Partition {
-            topic: topic.to_string(),
+        let loaded = crate::producer_snapshot::load(
+            &log,
+            format!("{topic}-{index}"),
+            crate::config::producer_limits_for(&meta.configs, &self.config.kafka),
+            now_ms(),
+        )
+        .await;
+        let partition = Rc::new(Partition::new(
+            topic.to_string(),
             index,
             log,
             commit_durable,
-            leader_epoch: 0,
-            producers: RefCell::new(producers),
-            released: Cell::new(false),
-            release_waiters: RefCell::new(Vec::new()),
-        });
+            loaded,
+        ));
         self.partitions
             .borrow_mut()
             .insert((topic.to_string(), index), partition.clone());
@@ -424,7 +457,7 @@ impl Shard {
                 continue;
             };
             if let Ok(partition) = Rc::try_unwrap(partition) {
-                if let Err(error) = partition.log.close().await {
+                if let Err(error) = self.close_partition(partition).await {
                     tracing::error!(topic = %key.0, partition = key.1, %error, "closing for reconfiguration");
                 }
             }
@@ -536,7 +569,7 @@ impl Shard {
                 ));
             }
         };
-        let clean = match partition.log.close().await {
+        let clean = match self.close_partition(partition).await {
             Ok(()) => true,
             Err(error) => {
                 // What was acknowledged reached its commit stage already; the
@@ -592,15 +625,67 @@ impl Shard {
         for ((topic, index), partition) in partitions {
             match Rc::try_unwrap(partition) {
                 Ok(partition) => {
-                    if let Err(error) = partition.log.close().await {
+                    if let Err(error) = self.close_partition(partition).await {
                         tracing::error!(shard = self.id, topic, partition = index, %error, "unclean close");
                     }
                 }
                 Err(partition) => {
-                    // A request still holds it: make its data durable anyway.
+                    // A request still holds it: make its data durable anyway
+                    // (the snapshot waits for that), with its producer state.
+                    if let Err(error) =
+                        crate::producer_snapshot::write_unless_current(&partition).await
+                    {
+                        tracing::warn!(shard = self.id, topic, partition = index, %error, "producer-state snapshot at shutdown failed");
+                    }
                     if let Err(error) = partition.log.flush().await {
                         tracing::error!(shard = self.id, topic, partition = index, %error, "flush at shutdown failed");
                     }
+                }
+            }
+        }
+    }
+
+    /// Closes a partition this shard gives up (shutdown, hand-over,
+    /// reconfiguration): first its producer-state snapshot (which waits for
+    /// the log to commit everything appended), then the log, cleanly. A
+    /// failed snapshot is logged, not fatal: the next open rebuilds from
+    /// the log.
+    async fn close_partition(&self, partition: Partition) -> kafki_storage::LogResult<()> {
+        match crate::producer_snapshot::write_unless_current(&partition).await {
+            Ok(Some(offset)) => {
+                tracing::debug!(shard = self.id, topic = %partition.topic, partition = partition.index, offset, "producer-state snapshot written at close")
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(shard = self.id, topic = %partition.topic, partition = partition.index, %error, "producer-state snapshot at close failed; the next open rebuilds it from the log")
+            }
+        }
+        partition.log.close().await
+    }
+
+    /// The shard's producer-state maintenance, run every
+    /// [`crate::producer_snapshot::SNAPSHOT_CHECK_INTERVAL`]: forgets
+    /// expired producers when `expire` is set, and writes the snapshots
+    /// that are due. Holds one partition at a time, so a hand-over waits
+    /// for at most one snapshot write.
+    pub async fn maintain_producer_states(&self, expire: bool) {
+        let keys: Vec<(String, i32)> = self.partitions.borrow().keys().cloned().collect();
+        for key in keys {
+            let Some(partition) = self.partitions.borrow().get(&key).cloned() else {
+                continue;
+            };
+            if partition.is_released() || !partition.log.is_healthy() {
+                continue;
+            }
+            if expire {
+                let expired = partition.producers.borrow_mut().expire(now_ms());
+                if expired > 0 {
+                    tracing::info!(shard = self.id, topic = %key.0, partition = key.1, expired, "expired idle producers (producer.id.expiration.ms)");
+                }
+            }
+            if crate::producer_snapshot::is_due(&partition, Instant::now()) {
+                if let Err(error) = crate::producer_snapshot::write(&partition).await {
+                    tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, %error, "producer-state snapshot failed; retrying at the next check");
                 }
             }
         }

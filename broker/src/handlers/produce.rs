@@ -258,10 +258,11 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
         }
         match partition.log.append_now(batch, partition.leader_epoch) {
             Ok(info) => {
-                partition
-                    .producers
-                    .borrow_mut()
-                    .record(&header, info.base_offset);
+                partition.producers.borrow_mut().record(
+                    &header,
+                    info.base_offset,
+                    crate::shard::now_ms(),
+                );
                 first.get_or_insert((info.base_offset, info.log_append_time_ms));
                 last_offset = info.last_offset;
             }
