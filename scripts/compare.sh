@@ -3,12 +3,13 @@
 # workloads against Kafki, Apache Kafka (defaults, and flush.messages=1 for
 # durability parity with Kafki's acks=all) and Tansu. The broker is pinned to
 # CPU 0, `kafki bench` to CPU 1 (taskset); each workload runs RUNS times per
-# broker and the medians are reported with broker CPU µs per record (utime +
+# broker (after an unmeasured warm-up) and the medians are reported with broker CPU µs per record (utime +
 # stime of the broker process, from /proc/PID/stat, over the measured run)
 # and ratios to Kafka.
 #
 #   scripts/compare.sh [--runs N] [--brokers kafki,kafka,kafka-flush1,tansu]
 #                      [--workloads W1,W2,W3,W4] [--seconds S] [--w3-seconds S]
+#                      [--warmup-seconds S]
 #                      [--w4-bytes B] [--out DIR] [--cross-check]
 #
 # Workloads (issue 4):
@@ -36,6 +37,7 @@ runs=3
 brokers="kafki,kafka,kafka-flush1,tansu"
 workloads="W1,W2,W3,W4"
 seconds=15
+warmup_seconds=10
 w3_seconds=60
 w4_bytes=$((1 << 30))
 out=""
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --brokers) brokers=$2; shift 2 ;;
     --workloads) workloads=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
+    --warmup-seconds) warmup_seconds=$2; shift 2 ;;
     --w3-seconds) w3_seconds=$2; shift 2 ;;
     --w4-bytes) w4_bytes=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
@@ -205,6 +208,11 @@ has() { [[ ",$1," == *",$2,"* ]]; }
 
 for broker in ${brokers//,/ }; do
   start_broker "$broker"
+  # Not measured: lets the JVM compile its hot paths and every broker create
+  # its first topic before the runs that count.
+  say "$broker: warm-up (${warmup_seconds}s, not measured)"
+  taskset -c "$load_cpu" "$kafki" bench produce --bootstrap "127.0.0.1:$port" --topic "warmup-$RANDOM" \
+    --partitions 4 --record-bytes 1024 --acks all --duration "$warmup_seconds" >/dev/null 2>&1 || true
   for run in $(seq "$runs"); do
     if has "$workloads" W1; then
       run_bench W1 "$run" produce --topic "w1-$run-$RANDOM" --partitions 4 --record-bytes 1024 \
