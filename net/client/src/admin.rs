@@ -206,7 +206,10 @@ impl Client {
             .with_timeout_ms(duration_ms_i32(timeout))
             .with_topics(vec![CreatePartitionsTopic::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_count(total_partitions)]);
+                .with_count(total_partitions)
+                // Null: the broker places the new partitions (an empty list would be a
+                // manual assignment of none of them).
+                .with_assignments(None)]);
         let response = self.send_to_controller(&request).await?;
         let context = || format!("adding partitions to {topic}");
         let Some(result) = response.results.first() else {

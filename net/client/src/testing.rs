@@ -55,6 +55,11 @@ impl KafkiServer {
     /// Starts `binary serve` with one shard, data in `data_dir` (a real filesystem:
     /// the broker writes with `O_DIRECT`), and waits until it accepts connections.
     pub fn start(binary: &Path, data_dir: &Path) -> io::Result<Self> {
+        Self::start_with(binary, data_dir, &[])
+    }
+
+    /// [`KafkiServer::start`] with extra `serve` arguments (e.g. `--set name=value`).
+    pub fn start_with(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> io::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let port = free_port()?;
         let admin_port = free_port()?;
@@ -73,6 +78,7 @@ impl KafkiServer {
             .arg(format!("127.0.0.1:{admin_port}"))
             .arg("--data-dir")
             .arg(data_dir.join("data"))
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
