@@ -100,7 +100,11 @@ pub fn parse_iso8601_ms(text: &str) -> Result<i64, String> {
         };
         (hour, minute, second)
     };
-    if (!clock.is_empty() && clock_parts.next().is_some()) || hour > 23 || minute > 59 || second > 60 {
+    if (!clock.is_empty() && clock_parts.next().is_some())
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return Err(invalid());
     }
     let millis = match fraction {
