@@ -33,6 +33,7 @@ use crate::record_format::{PlacedRecord, RecordFormat, DEFAULT_FORMAT};
 pub struct ConsumeArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The topic to read.
     #[arg(long)]
     pub topic: String,
     /// Join this consumer group and commit offsets as records are printed.

@@ -42,6 +42,7 @@ pub struct ListArgs {
 pub struct DescribeArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The consumer group.
     #[arg(long)]
     pub group: String,
 }
@@ -55,6 +56,7 @@ pub struct DescribeArgs {
 pub struct ResetArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The consumer group.
     #[arg(long)]
     pub group: String,
     /// The topic, or `topic:0,2` for some of its partitions.

@@ -20,6 +20,7 @@ use crate::kafka_tool::{parse_key_value, run_async, BrokerArgs, ToolError};
 pub struct ProduceArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The topic to write (created if missing and the broker auto-creates topics).
     #[arg(long)]
     pub topic: String,
     /// Split each line at the first SEP into key and value (a line without SEP is an

@@ -35,6 +35,7 @@ pub enum TopicsCommand {
 pub struct CreateArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The topic.
     #[arg(long)]
     pub topic: String,
     /// Partitions (default: the broker's num.partitions).
@@ -76,6 +77,7 @@ pub struct DescribeArgs {
 pub struct DeleteArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The topic.
     #[arg(long)]
     pub topic: String,
     /// Succeed without change when the topic does not exist.
@@ -87,6 +89,7 @@ pub struct DeleteArgs {
 pub struct AlterConfigArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The topic.
     #[arg(long)]
     pub topic: String,
     /// Configs to set: `k=v[,k=v]` (a value with commas in brackets: `k=[a,b]`);
@@ -102,6 +105,7 @@ pub struct AlterConfigArgs {
 pub struct AddPartitionsArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The topic.
     #[arg(long)]
     pub topic: String,
     /// The partition count after the change (more than now).
