@@ -18,7 +18,7 @@ use crate::produce::Amount;
 use crate::report::{publish, BenchReport, LatencyUs};
 
 /// Largest decompressed records section accepted per batch.
-pub(crate) const DECOMPRESSED_BYTES_MAX: usize = 256 * 1024 * 1024;
+pub const DECOMPRESSED_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// Options of `kafki bench consume`.
 #[derive(Debug, Clone, clap::Args, Serialize)]

@@ -107,11 +107,13 @@ pub struct ProduceArgs {
     pub buffer_bytes: usize,
 }
 
-fn parse_acks(text: &str) -> Result<Acks, String> {
+/// `--acks` as clap parses it (shared with `kafki produce`).
+pub fn parse_acks(text: &str) -> Result<Acks, String> {
     Acks::parse(text).ok_or_else(|| format!("acks must be 0, 1, -1 or all, not {text:?}"))
 }
 
-fn parse_compression(text: &str) -> Result<Compression, String> {
+/// `--compression` as clap parses it (shared with `kafki produce`).
+pub fn parse_compression(text: &str) -> Result<Compression, String> {
     text.parse::<Compression>()
         .map_err(|error| error.to_string())
 }

@@ -51,6 +51,8 @@ use kafki_storage::records;
 use kafki_storage::segment::parse_log_file_name;
 use serde::Serialize;
 
+use crate::timestamp::format_ms;
+
 /// How much of a file is read at a time.
 const WINDOW_BYTES: usize = 1 << 20;
 /// Largest batch held whole in memory to decode its records.
@@ -711,46 +713,6 @@ pub fn show(bytes: &[u8], max: usize) -> Shown {
             truncated,
         },
     }
-}
-
-/// A millisecond timestamp as ISO 8601 UTC (or the number, if out of range).
-pub fn format_ms(ms: i64) -> String {
-    if ms < 0 {
-        return ms.to_string();
-    }
-    let seconds = ms / 1000;
-    let (year, month, day) = civil_from_days(seconds / 86_400);
-    if year > 9999 {
-        return format!("{ms}ms");
-    }
-    let of_day = seconds % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60,
-        ms % 1000
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm), for `days >= 0`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let shifted = days + 719_468;
-    let era = shifted / 146_097;
-    let day_of_era = shifted % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 // ---------------------------------------------------------------------------
@@ -3161,11 +3123,7 @@ mod tests {
             (cut.text.as_deref(), cut.truncated, cut.size),
             (Some("h"), true, 6)
         );
-        assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_ms(BASE_TIMESTAMP), "2023-11-14T22:13:20.000Z");
-        assert_eq!(format_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(format_ms(-1), "-1");
-        assert_eq!(format_ms(i64::MAX), format!("{}ms", i64::MAX));
         assert_eq!(
             parse_partition_dir_name("my-topic-12"),
             Some(("my-topic", 12))

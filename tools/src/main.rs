@@ -1,5 +1,8 @@
 //! The `kafki` command: one binary for the broker, the benchmarks and the
 //! operator tools. This file only parses arguments and dispatches.
+//!
+//! Exit codes: 0 done, 1 failed (for the Kafka-wire tools: a broker's Kafka error, named
+//! on stderr), 2 bad usage (see `kafka_tool`).
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -7,8 +10,15 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod consume;
 mod dump;
+mod groups;
+mod kafka_tool;
 mod layout;
+mod produce;
+mod record_format;
+mod timestamp;
+mod topics;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +44,20 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Show CPU/NUMA/NIC-IRQ layout and a broker's shards, with placement advice.
     Layout(layout::LayoutArgs),
+    /// Topic admin on any Kafka broker: create, list, describe, delete, alter-config.
+    Topics {
+        #[command(subcommand)]
+        topics: topics::TopicsCommand,
+    },
+    /// Console producer: stdin lines to records.
+    Produce(produce::ProduceArgs),
+    /// Console consumer: records to stdout, in a kcat-like format, optionally in a group.
+    Consume(consume::ConsumeArgs),
+    /// Consumer-group admin: list, describe (members, lag), reset-offsets.
+    Groups {
+        #[command(subcommand)]
+        groups: groups::GroupsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,12 +89,27 @@ fn main() -> ExitCode {
         Command::Bench { bench } => run_bench(bench),
         Command::Dump(args) => dump::run(&args),
         Command::Layout(args) => layout::run(&args),
+        Command::Topics { topics } => return kafka_tool_exit("topics", topics::run(topics)),
+        Command::Produce(args) => return kafka_tool_exit("produce", produce::run(args)),
+        Command::Consume(args) => return kafka_tool_exit("consume", consume::run(args)),
+        Command::Groups { groups } => return kafka_tool_exit("groups", groups::run(groups)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kafki: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code of a Kafka-wire tool (see `kafka_tool` for what each means).
+fn kafka_tool_exit(tool: &str, outcome: Result<(), kafka_tool::ToolError>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kafki {tool}: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

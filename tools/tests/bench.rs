@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kafki_bench::hdr_text::parse_distribution;
-use kafki_client::testing::{free_port, KafkiServer};
+use kafki_client::testing::{free_port, KafkiServer, TansuServer, TansuUnavailable};
 use serde_json::Value;
 
 const KAFKI: &str = env!("CARGO_BIN_EXE_kafki");
@@ -267,32 +267,20 @@ fn bench_refuses_bad_options_clearly() {
 #[test]
 fn produce_and_consume_against_tansu() {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/peers.sh");
-    let port = free_port().expect("port").to_string();
-    let start = Command::new("bash")
-        .arg(&peers)
-        .args(["start", "tansu", &port])
-        .output()
-        .expect("peers.sh runs");
-    if !start.status.success() {
-        let reason = String::from_utf8_lossy(&start.stderr);
-        if reason.contains("pip") || reason.contains("PyPI") || reason.contains("No module") {
+    let tansu = match TansuServer::start(&peers) {
+        Ok(tansu) => tansu,
+        Err(TansuUnavailable::NotInstallable(reason)) => {
             println!("SKIPPED produce_and_consume_against_tansu: Tansu unavailable: {reason}");
             eprintln!("SKIPPED produce_and_consume_against_tansu: Tansu unavailable: {reason}");
             return;
         }
-        panic!("starting Tansu failed: {reason}");
-    }
-    struct StopTansu<'a>(&'a Path, &'a str);
-    impl Drop for StopTansu<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(self.0)
-                .args(["stop", "tansu", self.1])
-                .output();
-        }
-    }
-    let _stop = StopTansu(&peers, &port);
+        Err(TansuUnavailable::Failed(reason)) => panic!("starting Tansu failed: {reason}"),
+    };
     let dir = work_dir();
-    let bootstrap = format!("127.0.0.1:{port}");
-    produce_consume_round(&bootstrap, dir.path(), "bench-tansu", &["--acks", "1"]);
+    produce_consume_round(
+        &tansu.bootstrap,
+        dir.path(),
+        "bench-tansu",
+        &["--acks", "1"],
+    );
 }

@@ -1,7 +1,9 @@
-//! The client: bootstrap, cluster metadata, one connection per broker, and the admin
-//! calls the bench and tools need (CreateTopics, ListOffsets). Every call goes through one
-//! generic path, [`Client::send`] (`Request` in, its `Response` out, at the version
-//! negotiated with that broker), so new APIs need no new plumbing.
+//! The client: bootstrap, cluster metadata, one connection per broker, and the calls the
+//! bench needs (CreateTopics, ListOffsets; more admin calls in [`crate::admin`] and
+//! [`crate::group`]). Every call goes through one generic path, [`Client::send`]
+//! (`Request` in, its `Response` out, at the version negotiated with that broker), or
+//! [`Client::send_built`] for APIs whose fields differ by version, so new APIs need no new
+//! plumbing.
 //!
 //! Invariants: at most one live connection per broker (a closed one is replaced on next
 //! use, under a lock so two callers do not both connect); the metadata snapshot is replaced
@@ -17,7 +19,7 @@ use kafki_net::kafka_protocol::messages::list_offsets_request::{
 };
 use kafki_net::kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafki_net::kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, ListOffsetsRequest, MetadataRequest, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, ListOffsetsRequest, MetadataRequest, TopicName,
 };
 use kafki_net::kafka_protocol::protocol::{Request, StrBytes};
 use kafki_net::kafka_protocol::ResponseError;
@@ -144,34 +146,65 @@ impl Client {
     /// Asks any broker for the brokers and for `topics` (none: brokers only), merges the
     /// answer into the snapshot and returns it. Does not create topics.
     pub async fn refresh_metadata(&self, topics: &[&str]) -> ClientResult<Arc<ClusterMetadata>> {
-        let request = MetadataRequest::default()
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|name| {
-                        MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
-                    })
-                    .collect(),
-            ))
-            .with_allow_auto_topic_creation(false);
+        self.request_metadata(Some(topics), false).await
+    }
+
+    /// Like [`Client::refresh_metadata`], but lets the broker create missing topics if its
+    /// `auto.create.topics.enable` allows (what Kafka's console producer does). A topic
+    /// just created may be listed without leaders, or with `LEADER_NOT_AVAILABLE`, for a
+    /// moment: see [`Client::wait_for_topic`].
+    pub async fn refresh_metadata_creating(
+        &self,
+        topics: &[&str],
+    ) -> ClientResult<Arc<ClusterMetadata>> {
+        self.request_metadata(Some(topics), true).await
+    }
+
+    /// Asks for the brokers and *every* topic; topics the answer does not list (deleted)
+    /// leave the snapshot.
+    pub async fn refresh_all_metadata(&self) -> ClientResult<Arc<ClusterMetadata>> {
+        self.request_metadata(None, false).await
+    }
+
+    async fn request_metadata(
+        &self,
+        topics: Option<&[&str]>,
+        auto_create: bool,
+    ) -> ClientResult<Arc<ClusterMetadata>> {
+        let topics: Option<Vec<MetadataRequestTopic>> = topics.map(|names| {
+            names
+                .iter()
+                .map(|name| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
+                })
+                .collect()
+        });
+        let all_topics = topics.is_none();
         let connection = self.any_connection().await?;
-        let version =
-            connection.version_for(kafki_net::kafka_protocol::messages::ApiKey::Metadata)?;
+        let version = connection.version_for(ApiKey::Metadata)?;
         // v0 has no "no topics" (empty means all): ask v1 or later only.
         if version < 1 {
             return Err(ClientError::UnsupportedApi {
                 address: connection.address().to_string(),
-                api_key: kafki_net::kafka_protocol::messages::ApiKey::Metadata,
+                api_key: ApiKey::Metadata,
                 ours_min: 1,
                 ours_max: version,
                 broker: "v0 only".into(),
             });
         }
+        // Before v4 the broker decides alone (the field does not exist: leave its default).
+        let request = MetadataRequest::default()
+            .with_topics(topics)
+            .with_allow_auto_topic_creation(auto_create || version < 4);
         let response = connection.send_at(&request, version).await?;
         let next = {
             let mut slot = lock(&self.inner.metadata);
-            let next = Arc::new(slot.merged(&response));
+            let next = Arc::new(if all_topics {
+                slot.replaced(&response)
+            } else {
+                slot.merged(&response)
+            });
             *slot = next.clone();
             next
         };
@@ -283,16 +316,38 @@ impl Client {
         self.any_connection().await?.send(request).await
     }
 
+    /// Sends the request `build` makes for the version negotiated with `broker_id` (for
+    /// APIs whose fields differ between versions).
+    pub async fn send_built<R: Request>(
+        &self,
+        broker_id: i32,
+        build: impl FnOnce(i16) -> R,
+    ) -> ClientResult<R::Response> {
+        self.connection(broker_id).await?.send_built(build).await
+    }
+
     /// Sends `request` to the controller when known, else to any broker (KRaft brokers
     /// forward admin requests to the controller themselves).
     pub async fn send_to_controller<R: Request>(&self, request: &R) -> ClientResult<R::Response> {
-        match self.metadata().controller_id {
-            Some(controller) => match self.connection(controller).await {
-                Ok(connection) => connection.send(request).await,
-                Err(_) => self.send_any(request).await,
-            },
-            None => self.send_any(request).await,
+        self.controller_connection().await?.send(request).await
+    }
+
+    /// [`Client::send_to_controller`] for a request built per version.
+    pub async fn send_built_to_controller<R: Request>(
+        &self,
+        build: impl FnOnce(i16) -> R,
+    ) -> ClientResult<R::Response> {
+        self.controller_connection().await?.send_built(build).await
+    }
+
+    /// The controller's connection when it is known and reachable, else any broker's.
+    pub async fn controller_connection(&self) -> ClientResult<Arc<Connection>> {
+        if let Some(controller) = self.metadata().controller_id {
+            if let Ok(connection) = self.connection(controller).await {
+                return Ok(connection);
+            }
         }
+        self.any_connection().await
     }
 
     /// Creates topics; returns each topic's outcome (`TOPIC_ALREADY_EXISTS` is an error
@@ -332,14 +387,10 @@ impl Client {
             .iter()
             .map(|result| {
                 let name = result.name.to_string();
-                let outcome = match KafkaCode::from_code(result.error_code) {
-                    None => Ok(()),
-                    Some(code) => Err(ClientError::Kafka {
-                        code,
-                        context: format!("creating topic {name}"),
-                        message: result.error_message.as_ref().map(|m| m.to_string()),
-                    }),
-                };
+                let outcome =
+                    ClientError::check(result.error_code, result.error_message.as_deref(), || {
+                        format!("creating topic {name}")
+                    });
                 (name, outcome)
             })
             .collect())
@@ -374,20 +425,49 @@ impl Client {
                 }
             }
         }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait_for_topic(name, remaining, false).await
+    }
+
+    /// The topic's metadata once every partition has a leader, asking again with a growing
+    /// pause until `timeout`. With `auto_create` the broker may create a missing topic (as
+    /// for Kafka's console producer); if it answers `UNKNOWN_TOPIC_OR_PARTITION` anyway
+    /// (auto-creation disabled) that is returned at once.
+    pub async fn wait_for_topic(
+        &self,
+        name: &str,
+        timeout: Duration,
+        auto_create: bool,
+    ) -> ClientResult<TopicMetadata> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut backoff = Duration::from_millis(20);
         // Apache Kafka may still answer the first produce to a new partition with
         // NOT_LEADER_OR_FOLLOWER after listing its leader: the producer retries those.
         loop {
-            let metadata = self.refresh_metadata(&[name]).await?;
+            let metadata = if auto_create {
+                self.refresh_metadata_creating(&[name]).await?
+            } else {
+                self.refresh_metadata(&[name]).await?
+            };
             if let Some(topic) = metadata
                 .topic(name)
                 .filter(|topic| topic.all_partitions_led())
             {
                 return Ok(topic.clone());
             }
+            let topic_error = metadata.topic_errors.get(name).copied();
+            if let Some(code) = topic_error
+                .filter(|code| auto_create && code.is(ResponseError::UnknownTopicOrPartition))
+            {
+                return Err(ClientError::Kafka {
+                    code,
+                    context: format!("topic {name}"),
+                    message: Some("it does not exist and the broker did not create it".into()),
+                });
+            }
             if tokio::time::Instant::now() + backoff > deadline {
-                return Err(match metadata.topic_errors.get(name) {
-                    Some(code) => ClientError::kafka(*code, format!("waiting for topic {name}")),
+                return Err(match topic_error {
+                    Some(code) => ClientError::kafka(code, format!("waiting for topic {name}")),
                     None => ClientError::Invalid(format!(
                         "topic {name} has partitions without a leader after {timeout:?}"
                     )),

@@ -253,15 +253,47 @@ impl Connection {
         self.send_at(request, version).await
     }
 
+    /// Sends the request `build` makes for the negotiated version: for APIs whose fields
+    /// change between versions (a field set at a version that lacks it fails to encode).
+    pub async fn send_built<R: Request>(
+        &self,
+        build: impl FnOnce(i16) -> R,
+    ) -> ClientResult<R::Response> {
+        self.send_built_within(build, self.request_timeout).await
+    }
+
+    /// [`Connection::send_built`] with its own timeout, for requests a broker may hold
+    /// longer than the connection's request timeout (JoinGroup waits up to the rebalance
+    /// timeout). A timeout closes the connection, as any request timeout does.
+    pub async fn send_built_within<R: Request>(
+        &self,
+        build: impl FnOnce(i16) -> R,
+        timeout: Duration,
+    ) -> ClientResult<R::Response> {
+        let api_key = api_key_of::<R>()?;
+        let version = self.version_for(api_key)?;
+        self.send_at_within(&build(version), version, timeout).await
+    }
+
     /// Sends `request` at `version` and waits for its response.
     pub async fn send_at<R: Request>(
         &self,
         request: &R,
         version: i16,
     ) -> ClientResult<R::Response> {
+        self.send_at_within(request, version, self.request_timeout)
+            .await
+    }
+
+    async fn send_at_within<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> ClientResult<R::Response> {
         let api_key = api_key_of::<R>()?;
         let frame = self.encode(api_key, version, request)?;
-        let response = self.round_trip(api_key, frame, true).await?;
+        let response = self.round_trip(api_key, frame, true, timeout).await?;
         let (_, body) = kafki_net::decode_response_as::<R::Response>(response, api_key, version)
             .map_err(|error| ClientError::Decode {
                 address: self.address().to_string(),
@@ -279,7 +311,9 @@ impl Connection {
     ) -> ClientResult<()> {
         let api_key = api_key_of::<R>()?;
         let frame = self.encode(api_key, version, request)?;
-        self.round_trip(api_key, frame, false).await.map(|_| ())
+        self.round_trip(api_key, frame, false, self.request_timeout)
+            .await
+            .map(|_| ())
     }
 
     fn encode<R: Request>(
@@ -304,21 +338,22 @@ impl Connection {
     }
 
     /// Queues one encoded frame and waits for its response frame (or, without response,
-    /// until it was written), all within the request timeout.
+    /// until it was written), all within `timeout`.
     async fn round_trip(
         &self,
         api_key: ApiKey,
         (correlation_id, frame): (i32, Bytes),
         expects_response: bool,
+        timeout: Duration,
     ) -> ClientResult<Bytes> {
         if self.is_closed() {
             return Err(self.shared.closed_error());
         }
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = Instant::now() + timeout;
         let timeout_error = || ClientError::Timeout {
             address: self.address().to_string(),
             api_key,
-            timeout: self.request_timeout,
+            timeout,
         };
         let permit = match timeout_at(deadline, self.shared.in_flight.clone().acquire_owned()).await
         {
@@ -340,10 +375,8 @@ impl Connection {
         }
         match timeout_at(deadline, response).await {
             Err(_) => {
-                self.shared.close(format!(
-                    "{api_key:?} request timed out after {:?}",
-                    self.request_timeout
-                ));
+                self.shared
+                    .close(format!("{api_key:?} request timed out after {timeout:?}"));
                 Err(timeout_error())
             }
             // The reply was dropped unanswered: the connection closed under it.
@@ -366,7 +399,9 @@ impl Connection {
                     )));
             }
             let frame = self.encode(ApiKey::ApiVersions, version, &request)?;
-            let response = self.round_trip(ApiKey::ApiVersions, frame, true).await?;
+            let response = self
+                .round_trip(ApiKey::ApiVersions, frame, true, self.request_timeout)
+                .await?;
             // ApiVersions responses keep header v0 (correlation id only) at every version,
             // and the error code comes first in every body version.
             let error_code = match response.get(4..6) {

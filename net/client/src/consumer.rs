@@ -158,6 +158,27 @@ impl Consumer {
         Ok(())
     }
 
+    /// Assigns partitions at explicit positions (committed offsets, say), replacing any
+    /// earlier assignment of the same partitions.
+    pub fn assign_positions(&mut self, positions: &BTreeMap<(String, i32), i64>) {
+        for ((topic, partition), &position) in positions {
+            self.assignments
+                .retain(|a| !(&*a.topic == topic.as_str() && a.partition == *partition));
+            self.assignments.push(Assignment {
+                topic: Arc::from(topic.as_str()),
+                partition: *partition,
+                position,
+                high_watermark: -1,
+                partition_max_bytes: self.config.partition_max_bytes,
+            });
+        }
+    }
+
+    /// Drops every assignment (a group rebalance hands out new ones).
+    pub fn unassign_all(&mut self) {
+        self.assignments.clear();
+    }
+
     /// `(topic, partition, position)` of every assigned partition.
     pub fn positions(&self) -> Vec<(Arc<str>, i32, i64)> {
         self.assignments

@@ -149,6 +149,25 @@ impl ClientError {
         }
     }
 
+    /// `Ok` for error code 0; otherwise the Kafka error, with what it was about and the
+    /// broker's message (if it sent one).
+    pub(crate) fn check(
+        code: i16,
+        message: Option<&str>,
+        context: impl FnOnce() -> String,
+    ) -> ClientResult<()> {
+        match KafkaCode::from_code(code) {
+            None => Ok(()),
+            Some(code) => Err(ClientError::Kafka {
+                code,
+                context: context(),
+                message: message
+                    .filter(|message| !message.is_empty())
+                    .map(str::to_string),
+            }),
+        }
+    }
+
     pub(crate) fn kafka(code: KafkaCode, context: impl Into<String>) -> Self {
         ClientError::Kafka {
             code,

@@ -8,7 +8,9 @@
 
 use std::borrow::Cow;
 
-use kafki_storage::batch::{validate_stored_batch, BatchHeader, LENGTH_FIELD_END};
+use kafki_storage::batch::{
+    validate_stored_batch, BatchHeader, ATTRIBUTE_LOG_APPEND_TIME, LENGTH_FIELD_END,
+};
 use kafki_storage::error::BatchError;
 use kafki_storage::records::{batch_records, records, Record, RecordError};
 
@@ -33,6 +35,18 @@ impl<'a> FetchedBatch<'a> {
     /// The offset after the batch: where the next fetch continues.
     pub fn next_offset(&self) -> i64 {
         self.header.last_offset().saturating_add(1)
+    }
+
+    /// A record's timestamp (ms since the epoch): the batch's append time when the topic
+    /// uses `LogAppendTime`, else the producer's create time.
+    pub fn record_timestamp(&self, record: &Record<'_>) -> i64 {
+        if self.header.attributes & ATTRIBUTE_LOG_APPEND_TIME != 0 {
+            self.header.max_timestamp
+        } else {
+            self.header
+                .base_timestamp
+                .saturating_add(record.timestamp_delta)
+        }
     }
 
     /// The uncompressed records section (borrowed when not compressed), refusing to
@@ -217,6 +231,13 @@ mod tests {
             vec![(11, Some(b"b".to_vec())), (12, Some(b"c".to_vec()))]
         );
         assert_eq!(batch.next_offset(), 13);
+        let mut timestamps = Vec::new();
+        batch
+            .for_each_record(10, 1 << 20, |_, record| {
+                timestamps.push(batch.record_timestamp(record))
+            })
+            .expect("decodes");
+        assert_eq!(timestamps, vec![0, 0, 0], "create time: base + delta");
         assert_eq!(batch.for_each_record(13, 1 << 20, |_, _| {}), Ok(0));
     }
 

@@ -137,6 +137,15 @@ impl ClusterMetadata {
         next
     }
 
+    /// A new snapshot from an answer that lists *every* topic (a Metadata request for all
+    /// topics): topics it does not mention are gone (deleted), so none is kept.
+    pub fn replaced(&self, response: &MetadataResponse) -> Self {
+        let mut emptied = self.clone();
+        emptied.topics.clear();
+        emptied.topic_errors.clear();
+        emptied.merged(response)
+    }
+
     pub fn topic(&self, name: &str) -> Option<&TopicMetadata> {
         self.topics.get(name)
     }
@@ -226,6 +235,13 @@ mod tests {
         assert!(second.topic("a").is_none());
         assert_eq!(second.topic_errors.get("a"), Some(&KafkaCode(3)));
         assert!(second.topic("b").is_some(), "topics not mentioned stay");
+        let everything = second.replaced(&response(vec![topic("c", &[1], 0)]));
+        assert_eq!(
+            everything.topics.keys().collect::<Vec<_>>(),
+            vec!["c"],
+            "an answer listing every topic drops the ones it does not list"
+        );
+        assert!(everything.topic_errors.is_empty());
     }
 
     #[test]

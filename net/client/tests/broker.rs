@@ -1,14 +1,18 @@
 //! The client against a real `kafki serve` (spawned per test on free ports; see
 //! `kafki_client::testing`): topic creation, produce with every acks and compression,
-//! fetch back byte for byte, ListOffsets, pipelining order, errors by Kafka name.
+//! fetch back byte for byte, ListOffsets, pipelining order, errors by Kafka name, topic and
+//! config admin, and consumer groups (two members rebalancing, commits, describe, leave).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafki_client::testing::{kafki_binary, KafkiServer};
+use std::collections::BTreeMap;
+
 use kafki_client::{
-    Acks, Client, ClientConfig, ClientError, Compression, Consumer, Delivery, FetchConfig,
-    NewTopic, OffsetSpec, Producer, ProducerConfig, ProducerRecord, StartOffset,
+    Acks, AlterMethod, Client, ClientConfig, ClientError, CommitIdentity, Compression,
+    ConfigChange, ConfigResource, ConfigSource, Consumer, Delivery, FetchConfig, GroupConfig,
+    GroupMember, NewTopic, OffsetSpec, Producer, ProducerConfig, ProducerRecord, StartOffset,
 };
 
 /// The broker a test talks to: a `kafki serve` of its own, or (with
@@ -56,7 +60,13 @@ fn broker(name: &str) -> Option<TestBroker> {
     let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&base).expect("tmp dir");
     let dir = tempfile::tempdir_in(&base).expect("tempdir");
-    let server = KafkiServer::start(&binary, dir.path()).expect("kafki serve starts");
+    // Groups form at once instead of after Kafka's 3 s initial rebalance delay.
+    let server = KafkiServer::start_with(
+        &binary,
+        dir.path(),
+        &["--set", "group.initial.rebalance.delay.ms=0"],
+    )
+    .expect("kafki serve starts");
     Some(TestBroker {
         bootstrap: server.bootstrap.clone(),
         external: false,
@@ -422,4 +432,247 @@ async fn negotiates_versions_with_kafki() {
     assert!(connection
         .version_for(ApiKey::Metadata)
         .is_ok_and(|v| v >= 1));
+}
+
+#[tokio::test]
+async fn topic_and_config_admin_round_trip() {
+    let Some(broker) = broker("topic_and_config_admin") else {
+        return;
+    };
+    let client = client(&broker).await;
+    let topic_name = broker.topic("admin");
+    let topic = topic_name.as_str();
+    let created = client
+        .create_topics(
+            &[NewTopic {
+                name: topic.to_string(),
+                partitions: 1,
+                replication_factor: -1,
+                configs: vec![("retention.ms".into(), "3600000".into())],
+            }],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("answered");
+    assert!(created[0].1.is_ok(), "{created:?}");
+    client
+        .wait_for_topic(topic, Duration::from_secs(10), false)
+        .await
+        .expect("topic led");
+
+    let resource = ConfigResource::topic(topic);
+    let set_on_topic = |configs: &[kafki_client::ConfigEntry]| -> BTreeMap<String, String> {
+        configs
+            .iter()
+            .filter(|entry| entry.source == ConfigSource::DynamicTopic)
+            .filter_map(|entry| Some((entry.name.clone(), entry.value.clone()?)))
+            .collect()
+    };
+    let configs = client
+        .describe_resource_configs(&resource)
+        .await
+        .expect("described");
+    assert_eq!(
+        set_on_topic(&configs)
+            .get("retention.ms")
+            .map(String::as_str),
+        Some("3600000")
+    );
+    assert!(
+        configs.iter().any(|entry| entry.name == "segment.bytes"),
+        "defaults are listed too"
+    );
+    let method = client
+        .alter_configs(
+            &resource,
+            &[
+                ConfigChange::Set {
+                    name: "max.message.bytes".into(),
+                    value: "2048".into(),
+                },
+                ConfigChange::Delete {
+                    name: "retention.ms".into(),
+                },
+            ],
+        )
+        .await
+        .expect("altered");
+    assert_eq!(method, AlterMethod::Incremental);
+    let after = set_on_topic(
+        &client
+            .describe_resource_configs(&resource)
+            .await
+            .expect("described"),
+    );
+    assert_eq!(
+        after.get("max.message.bytes").map(String::as_str),
+        Some("2048")
+    );
+    assert!(!after.contains_key("retention.ms"), "{after:?}");
+
+    client
+        .create_partitions(topic, 3, Duration::from_secs(10))
+        .await
+        .expect("grown");
+    let grown = client
+        .wait_for_topic(topic, Duration::from_secs(10), false)
+        .await
+        .expect("led");
+    assert_eq!(grown.partitions.len(), 3);
+
+    let deleted = client
+        .delete_topics(&[topic], Duration::from_secs(10))
+        .await
+        .expect("answered");
+    assert_eq!(deleted.len(), 1);
+    assert!(deleted[0].1.is_ok(), "{deleted:?}");
+    let all = client.refresh_all_metadata().await.expect("metadata");
+    assert!(
+        all.topic(topic).is_none(),
+        "deleted topics leave the snapshot"
+    );
+    let again = client
+        .delete_topics(&[topic], Duration::from_secs(10))
+        .await
+        .expect("answered");
+    let error = again[0].1.clone().expect_err("already gone");
+    assert!(
+        error.to_string().contains("UNKNOWN_TOPIC_OR_PARTITION"),
+        "{error}"
+    );
+}
+
+fn test_group_config(group: &str) -> GroupConfig {
+    GroupConfig {
+        session_timeout: Duration::from_secs(6),
+        rebalance_timeout: Duration::from_secs(20),
+        heartbeat_interval: Duration::from_millis(200),
+        ..GroupConfig::new(group)
+    }
+}
+
+/// Rejoins `member` once its heartbeat reports the rebalance another member started.
+async fn follow_rebalance(member: &mut GroupMember) -> Vec<(String, i32)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !member.rebalance_needed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rebalance seen by heartbeats"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let assignment = member.rejoin().await.expect("rejoins");
+    assignment
+        .iter()
+        .map(|(topic, partition)| (topic.to_string(), partition))
+        .collect()
+}
+
+#[tokio::test]
+async fn group_members_rebalance_commit_and_leave() {
+    let Some(broker) = broker("group_members") else {
+        return;
+    };
+    let client = client(&broker).await;
+    let topic_name = broker.topic("grouped");
+    let topic = topic_name.as_str();
+    let group_name = broker.topic("members");
+    let group = group_name.as_str();
+    client
+        .ensure_topic(topic, 4, Duration::from_secs(10))
+        .await
+        .expect("topic");
+
+    let mut first = GroupMember::join(client.clone(), test_group_config(group), &[topic])
+        .await
+        .expect("first member joins");
+    assert!(first.generation().is_leader());
+    assert_eq!(
+        first.assignment().len(),
+        4,
+        "alone, it owns every partition"
+    );
+    assert_eq!(first.generation().protocol, "range");
+
+    // A second member: its join completes once the first one rejoined.
+    let second_client = Client::connect(ClientConfig::new(&broker.bootstrap))
+        .await
+        .expect("second client");
+    let (second_group, second_topic) = (group.to_string(), topic.to_string());
+    let second_join = tokio::spawn(async move {
+        GroupMember::join(
+            second_client,
+            test_group_config(&second_group),
+            &[&second_topic],
+        )
+        .await
+    });
+    let first_partitions = follow_rebalance(&mut first).await;
+    let second = second_join.await.expect("task").expect("second joins");
+    let second_partitions: Vec<(String, i32)> = second
+        .assignment()
+        .iter()
+        .map(|(topic, partition)| (topic.to_string(), partition))
+        .collect();
+    assert_eq!(
+        first.generation().generation_id,
+        second.generation().generation_id
+    );
+    assert_eq!(first_partitions.len(), 2, "{first_partitions:?}");
+    assert_eq!(second_partitions.len(), 2, "{second_partitions:?}");
+    let mut all: Vec<_> = first_partitions.iter().chain(&second_partitions).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 4, "range splits the partitions between them");
+
+    // Commits as members; read back by anyone.
+    let offsets: BTreeMap<(String, i32), i64> =
+        first_partitions.iter().map(|tp| (tp.clone(), 7)).collect();
+    first.commit(&offsets).await.expect("member commit");
+    let committed = first.committed().await.expect("committed");
+    assert_eq!(
+        committed.values().map(|c| c.offset).collect::<Vec<_>>(),
+        vec![7, 7]
+    );
+    // An admin commit is refused while the group has members.
+    let refused = client
+        .commit_offsets(group, &CommitIdentity::outside_the_group(), &offsets)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    let described = client.describe_group(group).await.expect("described");
+    assert_eq!(described.state, "Stable");
+    assert_eq!(described.protocol_type, "consumer");
+    assert_eq!(described.protocol, "range");
+    assert_eq!(described.members.len(), 2);
+    assert!(described
+        .members
+        .iter()
+        .all(|member| member.assignment.as_ref().is_some_and(|a| a.len() == 2)));
+    let listed = client.list_groups().await.expect("listed");
+    assert!(
+        listed.iter().any(|listing| listing.group_id == group),
+        "{listed:?}"
+    );
+
+    // The second member leaves: the first gets everything back.
+    second.leave().await.expect("leaves");
+    let back = follow_rebalance(&mut first).await;
+    assert_eq!(back.len(), 4, "{back:?}");
+    first.leave().await.expect("leaves");
+    let empty = client.describe_group(group).await.expect("described");
+    assert_eq!(empty.state, "Empty");
+    assert!(empty.members.is_empty());
+
+    // Now an admin commit is accepted (what reset-offsets does).
+    let reset: BTreeMap<(String, i32), i64> = [((topic.to_string(), 0), 1)].into();
+    client
+        .commit_offsets(group, &CommitIdentity::outside_the_group(), &reset)
+        .await
+        .expect("admin commit to an empty group");
+    let committed = client
+        .committed_offsets(group, None)
+        .await
+        .expect("committed");
+    assert_eq!(committed[&(topic.to_string(), 0)].offset, 1);
 }
