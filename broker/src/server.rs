@@ -110,6 +110,7 @@ async fn shard_main(
     shared.shards_ready.fetch_add(1, Ordering::SeqCst);
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let retention = glommio::spawn_local(retention_loop(shard.clone()));
+    let cleaner = start_cleaner(&shard);
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
@@ -117,6 +118,11 @@ async fn shard_main(
     shard.shutting_down.set(true);
     accept.cancel().await;
     retention.cancel().await;
+    if let Some(cleaner) = cleaner {
+        // A pass dropped mid-way removes its unfinished output; the swap
+        // itself never awaits, so it is not cut in half.
+        cleaner.cancel().await;
+    }
     group_timer.cancel().await;
     shard.close_partitions().await;
     Ok(())
@@ -191,6 +197,45 @@ fn start_admin(
     let handle = crate::admin::spawn_admin(config.admin_listen, health, layout)?;
     tracing::info!(admin = %handle.local_addr(), "admin listener: /metrics /health /v1/layout");
     Ok(handle)
+}
+
+/// Starts the shard's log cleaner (`log.cleaner.enable`) in a task queue
+/// of its own with a small share of the CPU, so that under load appends
+/// and fetches go first.
+fn start_cleaner(shard: &Rc<Shard>) -> Option<glommio::Task<()>> {
+    let settings = crate::config::CleanerSettings::from_kafka(&shard.config.kafka, shard.count);
+    if !settings.enabled {
+        tracing::info!(
+            shard = shard.id,
+            "log cleaner disabled (log.cleaner.enable=false)"
+        );
+        return None;
+    }
+    let queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(CLEANER_SHARES),
+        glommio::Latency::NotImportant,
+        "log-cleaner",
+    );
+    match glommio::spawn_local_into(cleaner_loop(shard.clone(), settings), queue) {
+        Ok(task) => Some(task),
+        Err(error) => {
+            tracing::error!(shard = shard.id, %error, "cannot start the log cleaner");
+            None
+        }
+    }
+}
+
+/// CPU shares of the cleaner's task queue (glommio's default queue has 1000).
+const CLEANER_SHARES: usize = 100;
+
+async fn cleaner_loop(shard: Rc<Shard>, settings: crate::config::CleanerSettings) {
+    loop {
+        glommio::timer::sleep(settings.backoff).await;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as i64);
+        shard.clean_partitions(now_ms, &settings.limits).await;
+    }
 }
 
 async fn retention_loop(shard: Rc<Shard>) {

@@ -235,7 +235,7 @@ impl LogState {
             .segments
             .get(position + 1)
             .map(|segment| segment.base_offset);
-        self.segments[position].offset_rule(next_base)
+        self.segments[position].offset_rule(next_base, self.cleaner.gaps_below())
     }
 
     /// Index of the segment that holds `offset` (or the first after a gap).
@@ -766,7 +766,13 @@ impl PartitionLog {
         };
         checkpoint::write_offset(&self.shared.dir, checkpoint::LOG_START_FILE, new_start)?;
         delete_segments_where(&self.shared, |segment, _| segment.next_offset <= new_start)?;
-        Ok(new_start)
+        // After a gap compaction left, the first remaining segment may start
+        // past `new_start`: the log start moves up to it (as in Kafka).
+        let start = self.shared.state.borrow().log_start_offset;
+        if start != new_start {
+            checkpoint::write_offset(&self.shared.dir, checkpoint::LOG_START_FILE, start)?;
+        }
+        Ok(start)
     }
 
     /// Deletes sealed segments beyond the retention limits (bytes, age).
@@ -1657,8 +1663,9 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
     for base in &doomed {
         remove_segment_files(&shared.dir, *base)?;
     }
-    let (file, base_offset, scan_from, size, verified, cleaned) = {
+    let (file, base_offset, scan_from, size, verified, cleaned, gaps_until) = {
         let mut state = shared.state.borrow_mut();
+        let gaps_until = state.cleaner.gaps_below();
         state.segments.truncate(keep + 1);
         let segment = state.active_mut();
         segment.sealed = false;
@@ -1669,11 +1676,15 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
             segment.size_bytes,
             segment.verified_bytes,
             segment.cleaned,
+            gaps_until,
         )
     };
     // It is the last segment now: no next segment bounds its offsets.
     let rule = if cleaned {
-        OffsetRule::Increasing { below: u64::MAX }
+        OffsetRule::Increasing {
+            gaps_until,
+            below: u64::MAX,
+        }
     } else {
         OffsetRule::Contiguous
     };
@@ -1845,7 +1856,8 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
             // After a cleaned segment the next one may start later (the
             // cleaner removed the batches in between), never earlier.
             let continues = if previous.cleaned {
-                previous.next_offset <= *base
+                previous.next_offset == *base
+                    || (previous.next_offset < *base && *base <= gaps_below)
             } else {
                 previous.next_offset == *base
             };
@@ -1861,6 +1873,7 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
         let cleaned = *base < gaps_below;
         let rule = if cleaned {
             OffsetRule::Increasing {
+                gaps_until: gaps_below,
                 below: next_base.unwrap_or(u64::MAX),
             }
         } else {

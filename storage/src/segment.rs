@@ -165,10 +165,12 @@ impl Segment {
     }
 
     /// How a scan of this segment checks offsets; `next_base` is the base
-    /// offset of the following segment, if there is one.
-    pub fn offset_rule(&self, next_base: Option<u64>) -> OffsetRule {
+    /// offset of the following segment, if there is one, and `gaps_until`
+    /// the cleaner checkpoint's bound on gaps.
+    pub fn offset_rule(&self, next_base: Option<u64>, gaps_until: u64) -> OffsetRule {
         if self.cleaned {
             OffsetRule::Increasing {
+                gaps_until,
                 below: next_base.unwrap_or(u64::MAX),
             }
         } else {
@@ -247,10 +249,12 @@ pub enum OffsetRule {
     /// Every batch starts right after the previous one's last offset: a
     /// segment the cleaner never rewrote.
     Contiguous,
-    /// Every batch starts after the previous one's last offset (the cleaner
-    /// removed what lay between) and ends below `below` (the next segment's
-    /// base offset): a cleaned segment.
-    Increasing { below: u64 },
+    /// A cleaned segment: every batch starts after the previous one's last
+    /// offset, either right after it or, where the cleaner removed what lay
+    /// between, at most at `gaps_until` (the cleaner never removes anything
+    /// at or after its checkpoint, so no gap ends later); and every batch
+    /// ends below `below` (the next segment's base offset).
+    Increasing { gaps_until: u64, below: u64 },
 }
 
 /// Walks the batches of `file` from `position` up to `scan_end`, calling
@@ -308,13 +312,16 @@ pub async fn scan_batches(
             _ if base < 0 => false,
             _ if first => base as u64 >= expected_offset,
             OffsetRule::Contiguous => base as u64 == next_offset,
-            OffsetRule::Increasing { .. } => base as u64 >= next_offset,
+            OffsetRule::Increasing { gaps_until, .. } => {
+                base as u64 == next_offset
+                    || (base as u64 > next_offset && base as u64 <= gaps_until)
+            }
         };
         if !offset_ok {
             let reason = format!("batch base offset {base} where {next_offset} was expected");
             return Ok(outcome(position, next_offset, Some(reason)));
         }
-        if let OffsetRule::Increasing { below } = rule {
+        if let OffsetRule::Increasing { below, .. } = rule {
             if header.last_offset() as u64 >= below {
                 let reason = format!(
                     "batch last offset {} reaches the next segment at {below}",

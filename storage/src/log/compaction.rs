@@ -236,7 +236,7 @@ impl PartitionLog {
         }
         let _running = Running(&self.shared.compacting);
         self.roll_for_max_lag(&config, now_ms);
-        self.seal_rolled_segments().await?;
+        self.seal_rolled_segments().await;
         let Some(plan) = self.compaction_plan(&config, now_ms).await? else {
             return Ok(CleanReport::default());
         };
@@ -265,18 +265,17 @@ impl PartitionLog {
         );
         let mut files = CleanedFiles::new(&self.shared.dir);
         let mut outputs = Vec::with_capacity(groups.len());
+        let pass = Pass {
+            plan: &plan,
+            map: &map,
+            limits,
+            delete_retention_ms: config.delete_retention.as_millis() as i64,
+            now_ms,
+            first_dirty_after,
+        };
         for range in &groups {
             let output = self
-                .clean_group(
-                    &plan,
-                    range.clone(),
-                    &map,
-                    &config,
-                    limits,
-                    now_ms,
-                    &mut files,
-                    &mut report,
-                )
+                .clean_group(&pass, range.clone(), &mut files, &mut report)
                 .await?;
             outputs.push(output);
         }
@@ -310,19 +309,23 @@ impl PartitionLog {
     }
 
     /// A rolled segment is sealed by the flusher's next round, which an idle
-    /// log may not have soon: seal it now so this pass can clean it.
-    async fn seal_rolled_segments(&self) -> LogResult<()> {
-        let unsealed = {
+    /// log may not have soon: ask for it and wait, so this pass can clean it.
+    /// The flusher does the work, at its own priority.
+    async fn seal_rolled_segments(&self) {
+        std::future::poll_fn(|context| {
             let state = self.shared.state.borrow();
-            state.segments[..state.segments.len() - 1]
+            let unsealed = state.segments[..state.segments.len() - 1]
                 .iter()
-                .any(|segment| !segment.sealed)
-        };
-        if unsealed {
-            let _permit = self.shared.lock().await?;
-            super::write_pending(&self.shared).await?;
-        }
-        Ok(())
+                .any(|segment| !segment.sealed);
+            if !unsealed || state.check_writable().is_err() {
+                return std::task::Poll::Ready(());
+            }
+            self.shared.progress.register(context.waker());
+            drop(state);
+            self.shared.wake_flusher();
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// `max.compaction.lag.ms` also bounds how long a record can sit in the
@@ -489,22 +492,29 @@ impl PartitionLog {
         Ok((map, covered_until))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn clean_group(
         &self,
-        plan: &Plan,
+        pass: &Pass<'_>,
         range: Range<usize>,
-        map: &KeyMap,
-        config: &CompactionConfig,
-        limits: &CleanerLimits,
-        now_ms: i64,
         files: &mut CleanedFiles,
         report: &mut CleanReport,
     ) -> LogResult<GroupOutput> {
+        let Pass {
+            plan,
+            map,
+            limits,
+            delete_retention_ms,
+            now_ms,
+            first_dirty_after,
+        } = *pass;
         let first = &plan.segments[range.start];
         let group_end = plan.segment_end(range.end - 1);
-        let delete_retention_ms = config.delete_retention.as_millis() as i64;
         let fate = |offset: u64, key: Option<&[u8]>, tombstone: bool| -> Fate {
+            // Nothing at or after the new checkpoint goes (a segment may
+            // straddle it): every gap lies below it, which recovery checks.
+            if offset >= first_dirty_after {
+                return Fate::Keep;
+            }
             let Some(key) = key else {
                 return Fate::Keyless;
             };
@@ -523,8 +533,18 @@ impl PartitionLog {
             }
             Fate::Keep
         };
-        // A lone segment may come out unchanged: then nothing is written.
-        let may_stay = range.len() == 1 && plan.log_start <= first.base_offset;
+        // A lone segment may come out unchanged: then nothing is written. Not
+        // when batches below the log start would go (they are not read).
+        let mut may_stay = range.len() == 1;
+        if may_stay && plan.log_start > first.base_offset {
+            may_stay = match &first.file {
+                Some(file) if first.size_bytes > 0 => {
+                    let header = file.read_bytes(0, crate::batch::BATCH_HEADER_BYTES).await?;
+                    BatchHeader::parse(&header)?.last_offset() as u64 >= plan.log_start
+                }
+                _ => false,
+            };
+        }
         let mut sink = GroupSink {
             base_offset: first.base_offset,
             created_ms: plan.segments[range.clone()]
@@ -537,8 +557,8 @@ impl PartitionLog {
                 .map(|segment| segment.size_bytes)
                 .sum(),
             writer: None,
-            untouched_until: may_stay.then_some(first.base_offset),
-            untouched_from: first.base_offset,
+            untouched_until: may_stay.then_some(first.base_offset.max(plan.log_start)),
+            untouched_from: first.base_offset.max(plan.log_start),
         };
         if !may_stay {
             self.start_writer(&mut sink, plan, files, report).await?;
@@ -830,6 +850,17 @@ impl PartitionLog {
         report.first_dirty_after = context.first_dirty_after;
         report.segments_after = state.segments.len();
     }
+}
+
+/// What rewriting a group needs to know about the pass.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    plan: &'a Plan,
+    map: &'a KeyMap,
+    limits: &'a CleanerLimits,
+    delete_retention_ms: i64,
+    now_ms: i64,
+    first_dirty_after: u64,
 }
 
 /// What the swap needs to know about the pass.

@@ -163,7 +163,7 @@ pub async fn read_all_batches(log: &kafki_storage::PartitionLog, from: u64) -> V
         }
         for (header, batch) in split_batches(&bytes) {
             assert!(
-                header.base_offset as u64 >= offset,
+                header.last_offset() as u64 >= offset,
                 "offsets go back at {offset}"
             );
             offset = header.last_offset() as u64 + 1;
