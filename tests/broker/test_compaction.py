@@ -118,6 +118,18 @@ def test_compacted_topic_keeps_the_latest_value_of_every_key(broker_factory):
     create_topic(broker.bootstrap, topic, config={
         "cleanup.policy": "compact", "segment.bytes": str(SEGMENT_BYTES),
         "min.cleanable.dirty.ratio": "0.01"})
+    # DescribeConfigs lists the compaction settings, overrides and defaults.
+    from confluent_kafka.admin import AdminClient, ConfigResource
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=10)
+    assert configs["cleanup.policy"].value == "compact"
+    assert configs["min.cleanable.dirty.ratio"].value == "0.01"
+    assert configs["delete.retention.ms"].value == "86400000"
+    assert configs["min.compaction.lag.ms"].value == "0"
+    assert configs["max.compaction.lag.ms"].value == "9223372036854775807"
+    assert configs["delete.retention.ms"].is_default
+
     keys = [f"key-{index}".encode() for index in range(8)]
     delivered = produce_updates(confluent_kafka, broker.bootstrap, topic, keys, 300)
     # Then other keys, so that the latest values of the first ones end up in
