@@ -1060,3 +1060,98 @@ fn a_reader_holding_a_region_of_a_replaced_segment_keeps_reading_it() {
         log.close().await.expect("close");
     });
 }
+
+#[test]
+fn a_record_a_crash_could_still_lose_supersedes_nothing() {
+    let dir = test_dir();
+    let path = dir.path().join("compact-10");
+    run(move || async move {
+        let config = LogConfig {
+            sync_policy: kafki_storage::SyncPolicy::Never,
+            ..compacted_config()
+        };
+        let log = PartitionLog::open(&path, config.clone())
+            .await
+            .expect("open");
+        let durable = append(&log, Compression::None, &[(Some(b"a"), Some(b"durable"))]).await;
+        log.roll();
+        append(&log, Compression::None, &[(Some(b"b"), Some(b"1"))]).await;
+        log.flush().await.expect("flush");
+        // Written at most, not synced: a power cut may lose it.
+        let newer = append(&log, Compression::None, &[(Some(b"a"), Some(b"newer"))]).await;
+        log.wait_written(newer[0].0 + 1).await.expect("written");
+        assert!(log.offsets().durable_offset <= newer[0].0);
+        log.compact(NOW_MS, &CleanerLimits::default())
+            .await
+            .expect("compact");
+        let got = read_all_records(&log).await;
+        assert!(got.contains(&durable[0]), "{got:?}");
+        // Once it is durable, the next pass removes the old value.
+        log.flush().await.expect("flush");
+        log.roll();
+        append(&log, Compression::None, &[(Some(b"c"), Some(b"1"))]).await;
+        log.flush().await.expect("flush");
+        log.compact(NOW_MS, &CleanerLimits::default())
+            .await
+            .expect("compact");
+        let got = read_all_records(&log).await;
+        assert!(!got.contains(&durable[0]), "{got:?}");
+        assert!(got.contains(&newer[0]));
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_damaged_base_offset_after_the_checkpoint_is_caught_in_a_cleaned_segment() {
+    let dir = test_dir();
+    let path = dir.path().join("compact-11");
+    let (tx, rx) = std::sync::mpsc::channel();
+    run({
+        let path = path.clone();
+        move || async move {
+            let log = PartitionLog::open(&path, compacted_config())
+                .await
+                .expect("open");
+            write_updates(&log, 100, 4, 30).await;
+            write_fillers(&log, 80).await;
+            log.compact(NOW_MS, &CleanerLimits::default())
+                .await
+                .expect("compact");
+            // Truncate into the first cleaned segment: it becomes active
+            // again, with gaps below the (lowered) checkpoint and new
+            // contiguous batches after it.
+            let second = log.segment_bases()[1];
+            log.truncate_to(second - 1).await.expect("truncate");
+            let mut last = 0;
+            for index in 0..3 {
+                let value = vec![index as u8; 100];
+                last = append(&log, Compression::None, &[(Some(b"new"), Some(&value))]).await[0].0;
+            }
+            log.flush().await.expect("flush");
+            log.abandon().await;
+            tx.send(last).expect("send");
+        }
+    });
+    let last = rx.recv().expect("offset");
+    let file = segment_files(&path)[0].clone();
+    let batches = batches_in_file(&file);
+    let (position, header) = *batches.last().expect("batch");
+    assert_eq!(header.base_offset as u64, last);
+    // Base offset lies outside the CRC: push it forward, past any gap the
+    // cleaner could have made.
+    let mut bytes = std::fs::read(&file).expect("read");
+    let forward = (header.base_offset + (1 << 20)).to_be_bytes();
+    bytes[position as usize..position as usize + 8].copy_from_slice(&forward);
+    std::fs::write(&file, &bytes).expect("write");
+    run(move || async move {
+        let log = PartitionLog::open(&path, compacted_config())
+            .await
+            .expect("open");
+        assert_eq!(
+            log.offsets().next_offset,
+            last,
+            "recovery cut the log at the damaged batch"
+        );
+        log.close().await.expect("close");
+    });
+}
