@@ -1155,3 +1155,77 @@ fn a_damaged_base_offset_after_the_checkpoint_is_caught_in_a_cleaned_segment() {
         log.close().await.expect("close");
     });
 }
+
+/// Cleaner throughput on this machine (not a pass/fail test):
+/// `KAFKI_CLEANER_BENCH_MB=256 cargo test -p kafki-storage --release --test compaction -- --ignored --nocapture cleaner_throughput`
+#[test]
+#[ignore]
+fn cleaner_throughput() {
+    let megabytes: usize = std::env::var("KAFKI_CLEANER_BENCH_MB")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(256);
+    for codec in [Compression::None, Compression::Lz4] {
+        let dir = test_dir();
+        let path = dir.path().join("bench-0");
+        run(move || async move {
+            let config = LogConfig {
+                segment_bytes: 16 << 20,
+                ..compacted_config()
+            };
+            let log = PartitionLog::open(&path, config).await.expect("open");
+            // 1 KiB values, 16 per batch, over 100 000 keys: each key is
+            // written about 2.6 times in 256 MiB.
+            let batches = megabytes * 1024 / 16;
+            let mut sequence: u64 = 0;
+            let started = std::time::Instant::now();
+            for _ in 0..batches {
+                let owned: Vec<(Vec<u8>, Vec<u8>)> = (0..16)
+                    .map(|_| {
+                        sequence += 1;
+                        let key = format!("key-{}", sequence.wrapping_mul(2_654_435_761) % 100_000);
+                        // Half random, half zeros: lz4 halves it.
+                        let mut value = vec![0u8; 1024];
+                        let mut state = sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                        for chunk in value[..512].chunks_mut(8) {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            chunk.copy_from_slice(&state.to_be_bytes());
+                        }
+                        (key.into_bytes(), value)
+                    })
+                    .collect();
+                let pairs: Vec<kafki_storage::batch::KeyValueRef<'_>> = owned
+                    .iter()
+                    .map(|(key, value)| (Some(key.as_slice()), Some(value.as_slice())))
+                    .collect();
+                log.append(keyed_batch(codec, 1, &pairs), 0)
+                    .await
+                    .expect("append");
+            }
+            log.flush().await.expect("flush");
+            let written = started.elapsed();
+            let before = log.offsets().size_bytes;
+            let started = std::time::Instant::now();
+            let report = log
+                .compact(NOW_MS, &CleanerLimits::default())
+                .await
+                .expect("compact");
+            let elapsed = started.elapsed().as_secs_f64();
+            let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+            println!(
+                "{codec:?}: log {:.0} MiB (appended in {:.1} s); pass {elapsed:.2} s: read {:.0} MiB ({:.0} MiB/s), wrote {:.0} MiB, removed {} records, {} keys; log now {:.0} MiB",
+                mib(before),
+                written.as_secs_f64(),
+                mib(report.bytes_read),
+                mib(report.bytes_read) / elapsed,
+                mib(report.bytes_written),
+                report.records_removed,
+                report.map_keys,
+                mib(log.offsets().size_bytes),
+            );
+            log.close().await.expect("close");
+        });
+    }
+}
