@@ -8,8 +8,10 @@
 //! * `.kafki-clean-shutdown`: present only between a clean close and the next
 //!   open; its absence makes the open rescan the tail.
 //! * `cleaner-checkpoint` (compacted logs): where the clean part of the log
-//!   ends (the first dirty offset) and when each stretch of the clean part was
-//!   first cleaned (tombstone expiry is measured from that).
+//!   ends (the first dirty offset), when each stretch of the clean part was
+//!   first cleaned (tombstone expiry is measured from that), and the groups of
+//!   a cleaning pass being swapped in (it is the pass's commit record, see
+//!   `cleaner.rs`).
 //!
 //! These are rare, tiny writes, done with blocking std I/O on purpose.
 
@@ -29,6 +31,27 @@ pub const CLEANER_FILE: &str = "cleaner-checkpoint";
 /// of `delete.retention.ms` wide, which bounds the checkpoint to about this
 /// many entries whatever the cleaning frequency.
 const CLEANER_BUCKETS_PER_RETENTION: i64 = 64;
+
+/// Writes `contents` to `dir/name` and syncs the file (not the directory):
+/// the first half of an atomic replace whose rename comes later.
+pub fn write_synced(dir: &Path, name: &str, contents: &[u8]) -> LogResult<()> {
+    let path = dir.join(name);
+    let result = (|| -> std::io::Result<()> {
+        let mut file = fs::File::create(&path)?;
+        file.write_all(contents)?;
+        file.sync_data()
+    })();
+    result.map_err(|source| LogError::io("write checkpoint", &path, source))
+}
+
+/// Renames `dir/from` over `dir/to` and syncs the directory: the second half.
+pub fn rename_synced(dir: &Path, from: &str, to: &str) -> LogResult<()> {
+    let result = (|| -> std::io::Result<()> {
+        fs::rename(dir.join(from), dir.join(to))?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|source| LogError::io("rename checkpoint", dir.join(from), source))
+}
 
 /// Writes `contents` to `dir/name` atomically and durably.
 pub fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> LogResult<()> {
@@ -160,11 +183,22 @@ impl LeaderEpochCache {
     }
 }
 
+/// One group of a committed cleaning pass: the segments with base offsets in
+/// `[base, end)` are replaced by the cleaned segment `base` (`keep`) or
+/// removed (its output was empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapGroup {
+    pub base: u64,
+    pub end: u64,
+    pub keep: bool,
+}
+
 /// The cleaner's progress through a compacted log: consecutive stretches
 /// `[previous end, end)` of the clean part, each with the time (ms since the
 /// epoch, rounded up to a bucket) of the cleaning that first compacted it.
 /// The last end is the first dirty offset. Text format:
-/// `0\n<gaps below>\n<count>\n<end offset> <cleaned at ms>\n...`.
+/// `0\n<gaps below>\n<count>\n<end offset> <cleaned at ms>\n...` then
+/// `<group count>\n<base> <end> <keep 0|1>\n...` for `pending`.
 ///
 /// `gaps_below`: every batch the cleaner ever removed lies below it, so
 /// recovery accepts offset gaps exactly there (see
@@ -175,6 +209,9 @@ impl LeaderEpochCache {
 pub struct CleanerCheckpoint {
     gaps_below: u64,
     entries: Vec<(u64, i64)>,
+    /// Groups of the pass this checkpoint committed, until they are known
+    /// to be swapped in durably (only ever non-empty on disk).
+    pending: Vec<SwapGroup>,
 }
 
 impl CleanerCheckpoint {
@@ -184,7 +221,24 @@ impl CleanerCheckpoint {
         Self {
             gaps_below: end,
             entries: Vec::new(),
+            pending: Vec::new(),
         }
+    }
+
+    pub fn pending(&self) -> &[SwapGroup] {
+        &self.pending
+    }
+
+    /// This checkpoint as the commit record of a pass with these groups.
+    pub fn with_pending(&self, groups: Vec<SwapGroup>) -> Self {
+        Self {
+            pending: groups,
+            ..self.clone()
+        }
+    }
+
+    pub fn without_pending(&self) -> Self {
+        self.with_pending(Vec::new())
     }
 
     pub fn entries(&self) -> &[(u64, i64)] {
@@ -260,6 +314,15 @@ impl CleanerCheckpoint {
         for (end, time) in &self.entries {
             text.push_str(&format!("{end} {time}\n"));
         }
+        text.push_str(&format!("{}\n", self.pending.len()));
+        for group in &self.pending {
+            text.push_str(&format!(
+                "{} {} {}\n",
+                group.base,
+                group.end,
+                u8::from(group.keep)
+            ));
+        }
         text
     }
 
@@ -271,8 +334,8 @@ impl CleanerCheckpoint {
         let gaps_below: u64 = lines.next()?.trim().parse().ok()?;
         let count: usize = lines.next()?.trim().parse().ok()?;
         let mut entries: Vec<(u64, i64)> = Vec::new();
-        for line in lines.take(count) {
-            let mut fields = line.split_whitespace();
+        for _ in 0..count {
+            let mut fields = lines.next()?.split_whitespace();
             let end: u64 = fields.next()?.parse().ok()?;
             let time: i64 = fields.next()?.parse().ok()?;
             if entries.last().is_some_and(|(previous, _)| *previous >= end) {
@@ -280,10 +343,28 @@ impl CleanerCheckpoint {
             }
             entries.push((end, time));
         }
+        let groups: usize = lines.next()?.trim().parse().ok()?;
+        let mut pending: Vec<SwapGroup> = Vec::new();
+        for _ in 0..groups {
+            let mut fields = lines.next()?.split_whitespace();
+            let base: u64 = fields.next()?.parse().ok()?;
+            let end: u64 = fields.next()?.parse().ok()?;
+            let keep = match fields.next()? {
+                "0" => false,
+                "1" => true,
+                _ => return None,
+            };
+            let ordered = base < end && pending.last().is_none_or(|previous| previous.end <= base);
+            if !ordered {
+                return None;
+            }
+            pending.push(SwapGroup { base, end, keep });
+        }
         let first_dirty = entries.last().map_or(0, |(end, _)| *end);
-        (entries.len() == count && gaps_below >= first_dirty).then_some(Self {
+        (gaps_below >= first_dirty).then_some(Self {
             gaps_below,
             entries,
+            pending,
         })
     }
 
@@ -341,9 +422,34 @@ mod tests {
         assert!(checkpoint.truncate(0));
         assert_eq!(checkpoint.first_dirty(), 0);
         assert_eq!(checkpoint.gaps_below(), 0);
-        assert!(CleanerCheckpoint::decode("0\n9\n2\n5 1\n5 2\n").is_none());
+        assert!(CleanerCheckpoint::decode("0\n9\n2\n5 1\n5 2\n0\n").is_none());
         assert!(CleanerCheckpoint::decode("0\n9\n1\n").is_none());
-        assert!(CleanerCheckpoint::decode("0\n4\n1\n5 1\n").is_none());
+        assert!(CleanerCheckpoint::decode("0\n4\n1\n5 1\n0\n").is_none());
+        assert!(
+            CleanerCheckpoint::decode("0\n9\n1\n5 1\n").is_none(),
+            "no group count"
+        );
+        let committing = CleanerCheckpoint::decode("0\n9\n1\n9 1\n0\n")
+            .expect("decodes")
+            .with_pending(vec![
+                SwapGroup {
+                    base: 0,
+                    end: 4,
+                    keep: true,
+                },
+                SwapGroup {
+                    base: 4,
+                    end: 9,
+                    keep: false,
+                },
+            ]);
+        assert_eq!(
+            CleanerCheckpoint::decode(&committing.encode()),
+            Some(committing.clone())
+        );
+        assert_eq!(committing.without_pending().pending(), &[]);
+        let overlapping = committing.encode().replace("4 9 0", "3 9 0");
+        assert!(CleanerCheckpoint::decode(&overlapping).is_none());
         let restarted = CleanerCheckpoint::restart_with_gaps_below(77);
         assert_eq!((restarted.first_dirty(), restarted.gaps_below()), (0, 77));
         assert_eq!(

@@ -8,29 +8,40 @@
 //! A pass rewrites consecutive groups of sealed segments. For the group
 //! whose first segment is `B` and which ends where the segment `E` starts:
 //!
-//! 1. `B.log.cleaned` is written with direct I/O and `fdatasync`ed, then
-//!    `B.index.cleaned` and `B.timeindex.cleaned` (each written atomically).
-//! 2. **Commit**: `compaction.swap` is written atomically (temp file, fsync,
-//!    rename, fsync of the directory). It lists every group `B E keep` of the
-//!    pass and the cleaner checkpoint the pass ends with.
-//! 3. For each group: the old index files of the segments in `[B, E)` are
-//!    removed, then their `.log` files except `B`'s, then `B.log.cleaned` is
-//!    renamed over `B.log` and the index files over theirs (`keep = 0`: the
-//!    group's output was empty and everything is removed). Directory fsync.
-//! 4. `cleaner-checkpoint` is written, `compaction.swap` removed, fsync.
+//! 1. `B.log.cleaned` is written with direct I/O and `fdatasync`ed (empty
+//!    when nothing of the group stays), then `B.index.cleaned` and
+//!    `B.timeindex.cleaned` (each written atomically). The new cleaner
+//!    checkpoint, listing every group `B E keep` of the pass as pending, is
+//!    written and synced as `cleaner-checkpoint.swap`.
+//! 2. **Commit**, under the flush lock: `cleaner-checkpoint.swap` is renamed
+//!    over `cleaner-checkpoint` and the directory synced.
+//! 3. Still under the lock, for each group: the old index files of the
+//!    segments in `[B, E)` are removed, then their `.log` files except `B`'s
+//!    (all of them when `keep = 0`), then `B.log.cleaned` is renamed over
+//!    `B.log` (removed when `keep = 0`) and the index files over theirs.
+//! 4. After the lock: the directory is synced and `cleaner-checkpoint` is
+//!    written again without the pending groups.
 //!
-//! A crash before step 2 leaves the old segments untouched: recovery deletes
-//! every `*.cleaned` file ("discarded unfinished compaction output"). A crash
-//! after it leaves the swap record: recovery redoes steps 3 and 4, which are
-//! idempotent ("finished an interrupted compaction swap"). So a kill -9 at
-//! any point leaves either every old segment of the pass or every new one.
+//! `B.log.cleaned` is each group's marker: it is removed (renamed) last of
+//! the group's old files, so while it exists none of the group's new files
+//! is in place and every old file still in `[B, E)` is old. At open,
+//! recovery applies step 3 to every pending group whose marker is still
+//! there ("finished an interrupted compaction swap"), then deletes every
+//! other `*.cleaned` file and a leftover `cleaner-checkpoint.swap`
+//! ("discarded unfinished compaction output"). So a kill -9 at any point
+//! leaves either every old segment of the pass or every new one; redoing
+//! step 3 is idempotent, and a group already swapped in is never touched
+//! again (files created later in `[B, E)` are safe). A pass starts only
+//! once the previous one's pending groups are cleared, so no marker of an
+//! uncommitted pass can be taken for a committed one.
 //!
-//! Why one record for the whole pass rather than Kafka's per-segment
+//! Why one commit for the whole pass rather than Kafka's per-segment
 //! `.swap` rename: a group whose last segments lost all their records cannot
 //! be told, from the swapped file alone, which old segments it replaces; and
 //! committing all groups at once means a tombstone removed in a later group
 //! can never land without the removal of the values it deleted in an earlier
-//! group (no resurrection after a crash).
+//! group (no resurrection after a crash). And the commit record being the
+//! checkpoint itself, the checkpoint can never disagree with the segments.
 //!
 //! Old segment files are only ever unlinked or replaced by a rename, never
 //! truncated or overwritten: a reader holding a region of one (a zero-copy
@@ -42,7 +53,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 
 use crate::batch::{validate_stored_batch, BatchHeader};
-use crate::checkpoint::{self, CleanerCheckpoint};
+use crate::checkpoint::{CleanerCheckpoint, SwapGroup, CLEANER_FILE};
 use crate::compression::Compression;
 use crate::error::{glommio_io, LogError, LogResult};
 use crate::records::{self, assemble_batch, BatchFields, RecordError};
@@ -51,8 +62,9 @@ use crate::segment::{
     SegmentFile,
 };
 
-/// The swap record of a committed pass (see the module comment).
-pub const SWAP_FILE: &str = "compaction.swap";
+/// The next cleaner checkpoint of a pass, written before its commit (see
+/// the module comment); the commit renames it over `cleaner-checkpoint`.
+pub const CHECKPOINT_SWAP_FILE: &str = "cleaner-checkpoint.swap";
 /// Suffix of a cleaned file not yet swapped in.
 pub const CLEANED_SUFFIX: &str = ".cleaned";
 
@@ -91,14 +103,14 @@ impl Default for CleanerLimits {
 /// Steps of the swap at which [`CleanerLimits::crash_at`] can stop a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwapStep {
-    /// Cleaned files written, swap record not yet.
+    /// Cleaned files and `cleaner-checkpoint.swap` written, not renamed.
     BeforeCommit,
-    /// Swap record written, no group applied.
+    /// Committed, no group applied.
     AfterCommit,
     /// This many groups applied (1-based), the rest not.
     AfterGroups(usize),
-    /// Every group applied; checkpoint not updated, swap record still there.
-    BeforeCheckpoint,
+    /// Every group applied; the checkpoint still lists them as pending.
+    BeforeCleared,
 }
 
 /// What one cleaning pass did.
@@ -129,6 +141,9 @@ pub struct CleanReport {
     pub map_full: bool,
     /// The pass stopped at [`CleanerLimits::crash_at`].
     pub simulated_crash: bool,
+    /// How long the swap held the log's flush lock (appends wait for their
+    /// stage meanwhile; reads do not wait).
+    pub lock_held_us: u64,
 }
 
 /// Hashes a 128-bit digest that is already uniformly random: take 64 bits.
@@ -489,71 +504,6 @@ impl CleanedWriter {
     }
 }
 
-/// One group of a committed pass: segments `[base, end)` are replaced by the
-/// cleaned `base` segment (`keep`) or removed (empty output).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SwapGroup {
-    pub base: u64,
-    pub end: u64,
-    pub keep: bool,
-}
-
-/// The commit record of a pass (`compaction.swap`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SwapRecord {
-    pub groups: Vec<SwapGroup>,
-    pub checkpoint: CleanerCheckpoint,
-}
-
-impl SwapRecord {
-    pub fn encode(&self) -> String {
-        let mut text = format!("0\n{}\n", self.groups.len());
-        for group in &self.groups {
-            text.push_str(&format!(
-                "{} {} {}\n",
-                group.base,
-                group.end,
-                u8::from(group.keep)
-            ));
-        }
-        text.push_str(&self.checkpoint.encode());
-        text
-    }
-
-    pub fn decode(text: &str) -> Option<Self> {
-        let mut lines = text.lines();
-        if lines.next()?.trim() != "0" {
-            return None;
-        }
-        let count: usize = lines.next()?.trim().parse().ok()?;
-        let mut groups: Vec<SwapGroup> = Vec::new();
-        for _ in 0..count {
-            let line = lines.next()?;
-            let mut fields = line.split_whitespace();
-            let base: u64 = fields.next()?.parse().ok()?;
-            let end: u64 = fields.next()?.parse().ok()?;
-            let keep = match fields.next()? {
-                "0" => false,
-                "1" => true,
-                _ => return None,
-            };
-            let ordered = base < end && groups.last().is_none_or(|previous| previous.end <= base);
-            if !ordered {
-                return None;
-            }
-            groups.push(SwapGroup { base, end, keep });
-        }
-        let rest: Vec<&str> = lines.collect();
-        let checkpoint = CleanerCheckpoint::decode(&rest.join("\n"))?;
-        Some(Self { groups, checkpoint })
-    }
-
-    /// Writes the record atomically and durably: the commit point of a pass.
-    pub fn store(&self, dir: &Path) -> LogResult<()> {
-        checkpoint::write_atomically(dir, SWAP_FILE, self.encode().as_bytes())
-    }
-}
-
 fn remove_if_exists(path: &Path) -> LogResult<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -572,33 +522,36 @@ fn rename_if_exists(from: &Path, to: &Path) -> LogResult<()> {
 
 /// Step 3 of the protocol for one group, given the base offsets of the
 /// `.log` files in `dir`. Idempotent: redoing it after a crash at any point
-/// inside it ends in the same files. Does not sync the directory.
+/// inside it ends in the same files, and it does nothing to a group already
+/// swapped in. Does not sync the directory.
 pub fn apply_group(dir: &Path, group: &SwapGroup, bases: &[u64]) -> LogResult<()> {
-    let cleaned_log = dir.join(cleaned_name(&log_file_name(group.base)));
-    // The cleaned log is renamed last of the group's removals and before
-    // its indexes: once it is gone, the group's old files are gone too.
-    let installed = !cleaned_log.exists();
-    for base in bases
-        .iter()
-        .copied()
-        .filter(|base| (group.base..group.end).contains(base))
-    {
-        let ours = base == group.base && group.keep;
-        if ours && installed {
-            continue;
-        }
-        remove_if_exists(&dir.join(offset_index_name(base)))?;
-        remove_if_exists(&dir.join(time_index_name(base)))?;
-        if !ours {
-            remove_if_exists(&dir.join(log_file_name(base)))?;
-        }
-    }
     let names = [
         log_file_name(group.base),
         offset_index_name(group.base),
         time_index_name(group.base),
     ];
-    for name in &names {
+    let marker = dir.join(cleaned_name(&names[0]));
+    if marker.exists() {
+        for base in bases
+            .iter()
+            .copied()
+            .filter(|base| (group.base..group.end).contains(base))
+        {
+            remove_if_exists(&dir.join(offset_index_name(base)))?;
+            remove_if_exists(&dir.join(time_index_name(base)))?;
+            if base != group.base || !group.keep {
+                remove_if_exists(&dir.join(log_file_name(base)))?;
+            }
+        }
+        // The marker goes last of the old state.
+        if group.keep {
+            rename_if_exists(&marker, &dir.join(&names[0]))?;
+        } else {
+            remove_if_exists(&marker)?;
+        }
+    }
+    // A crash between the log's rename and its indexes' leaves these.
+    for name in &names[1..] {
         let cleaned = dir.join(cleaned_name(name));
         if group.keep {
             rename_if_exists(&cleaned, &dir.join(name))?;
@@ -623,60 +576,58 @@ pub fn log_file_bases(dir: &Path) -> LogResult<Vec<u64>> {
     Ok(bases)
 }
 
-/// Steps 3 and 4 for a committed pass: applies every group, stores the
-/// pass's checkpoint and removes the swap record.
-pub fn finish_swap(dir: &Path, record: &SwapRecord) -> LogResult<()> {
-    let bases = log_file_bases(dir)?;
-    for group in &record.groups {
-        apply_group(dir, group, &bases)?;
-    }
-    crate::log::sync_dir(dir)?;
-    record.checkpoint.store(dir)?;
-    remove_if_exists(&dir.join(SWAP_FILE))?;
-    crate::log::sync_dir(dir)
-}
-
-/// At open, before the segments are read: finishes a committed swap that a
-/// crash interrupted, or discards the output of an uncommitted pass.
+/// At open, before the segments are read: finishes the swap of a committed
+/// pass that a crash interrupted, and discards the output of an uncommitted
+/// one (see the module comment).
 pub fn recover_swap(dir: &Path) -> LogResult<()> {
-    let record_path = dir.join(SWAP_FILE);
-    match std::fs::read_to_string(&record_path) {
-        Ok(text) => {
-            let Some(record) = SwapRecord::decode(&text) else {
-                // Written atomically, so only damage gets here; the old and
-                // new segments may both be partial: refuse rather than guess.
-                return Err(LogError::Damaged {
-                    path: record_path,
-                    reason: "unreadable compaction swap record; the log cannot tell which segments are current".into(),
-                });
-            };
-            finish_swap(dir, &record)?;
-            tracing::warn!(dir = %dir.display(), groups = record.groups.len(), first_dirty = record.checkpoint.first_dirty(), "finished an interrupted compaction swap");
-            Ok(())
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let entries =
-                std::fs::read_dir(dir).map_err(|source| LogError::io("list dir", dir, source))?;
-            let mut discarded = 0usize;
-            for entry in entries {
-                let entry = entry.map_err(|source| LogError::io("list dir", dir, source))?;
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(CLEANED_SUFFIX)
-                {
-                    remove_if_exists(&entry.path())?;
-                    discarded += 1;
-                }
+    let leftovers = || -> LogResult<Vec<PathBuf>> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|source| LogError::io("list dir", dir, source))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| LogError::io("list dir", dir, source))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(CLEANED_SUFFIX) || name == CHECKPOINT_SWAP_FILE {
+                found.push(entry.path());
             }
-            if discarded > 0 {
-                crate::log::sync_dir(dir)?;
-                tracing::warn!(dir = %dir.display(), files = discarded, "discarded unfinished compaction output; the old segments stay");
-            }
-            Ok(())
         }
-        Err(source) => Err(LogError::io("read swap record", record_path, source)),
+        Ok(found)
+    };
+    let Some(checkpoint) = CleanerCheckpoint::load(dir)? else {
+        if leftovers()?.is_empty() {
+            return Ok(());
+        }
+        // Without the checkpoint the pending groups are unknown: cleaned
+        // files may be committed output whose old segments are gone already.
+        return Err(LogError::Damaged {
+            path: dir.join(CLEANER_FILE),
+            reason: "unreadable cleaner checkpoint beside cleaned files: the log cannot tell which segments are current".into(),
+        });
+    };
+    if !checkpoint.pending().is_empty() {
+        let bases = log_file_bases(dir)?;
+        let mut finished = 0;
+        for group in checkpoint.pending() {
+            if dir.join(cleaned_name(&log_file_name(group.base))).exists() {
+                finished += 1;
+            }
+            apply_group(dir, group, &bases)?;
+        }
+        crate::log::sync_dir(dir)?;
+        checkpoint.without_pending().store(dir)?;
+        if finished > 0 {
+            tracing::warn!(dir = %dir.display(), groups = finished, first_dirty = checkpoint.first_dirty(), "finished an interrupted compaction swap");
+        }
     }
+    let stale = leftovers()?;
+    for path in &stale {
+        remove_if_exists(path)?;
+    }
+    if !stale.is_empty() {
+        crate::log::sync_dir(dir)?;
+        tracing::warn!(dir = %dir.display(), files = stale.len(), "discarded unfinished compaction output; the old segments stay");
+    }
+    Ok(())
 }
 
 /// Removes the `.cleaned` files of a pass that did not commit (an error,
@@ -711,6 +662,7 @@ impl Drop for CleanedFiles {
         if !self.armed {
             return;
         }
+        let _ = std::fs::remove_file(self.dir.join(CHECKPOINT_SWAP_FILE));
         for base in &self.bases {
             for name in [
                 log_file_name(*base),
@@ -860,31 +812,6 @@ mod tests {
     }
 
     #[test]
-    fn swap_record_round_trip_and_checks() {
-        let mut checkpoint = CleanerCheckpoint::default();
-        checkpoint.advance(300, 5_000, 86_400_000);
-        let record = SwapRecord {
-            groups: vec![
-                SwapGroup {
-                    base: 0,
-                    end: 100,
-                    keep: true,
-                },
-                SwapGroup {
-                    base: 100,
-                    end: 300,
-                    keep: false,
-                },
-            ],
-            checkpoint,
-        };
-        assert_eq!(SwapRecord::decode(&record.encode()), Some(record.clone()));
-        let overlapping = record.encode().replacen("100 300", "50 300", 1);
-        assert_eq!(SwapRecord::decode(&overlapping), None);
-        assert_eq!(SwapRecord::decode("0\n1\n5 9 1\n"), None);
-    }
-
-    #[test]
     fn apply_group_is_idempotent() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path();
@@ -908,10 +835,17 @@ mod tests {
                 keep: false,
             },
         ];
+        // The marker of the removed group.
+        std::fs::write(path.join(cleaned_name(&log_file_name(20))), "").expect("write");
         for round in 0..2 {
             let bases = log_file_bases(path).expect("list");
             for group in &groups {
                 apply_group(path, group, &bases).expect("apply");
+            }
+            if round == 0 {
+                // A segment created later inside a group already swapped in
+                // is not touched by a redo.
+                std::fs::write(path.join(log_file_name(15)), "later").expect("write");
             }
             let mut names: Vec<String> = std::fs::read_dir(path)
                 .expect("list")
@@ -924,18 +858,17 @@ mod tests {
                 })
                 .collect();
             names.sort();
-            assert_eq!(
-                names,
-                vec![
-                    offset_index_name(0),
-                    log_file_name(0),
-                    time_index_name(0),
-                    offset_index_name(30),
-                    log_file_name(30),
-                    time_index_name(30),
-                ],
-                "round {round}"
-            );
+            let mut expected = vec![
+                offset_index_name(0),
+                log_file_name(0),
+                time_index_name(0),
+                log_file_name(15),
+                offset_index_name(30),
+                log_file_name(30),
+                time_index_name(30),
+            ];
+            expected.sort();
+            assert_eq!(names, expected, "round {round}");
             assert_eq!(
                 std::fs::read_to_string(path.join(log_file_name(0))).expect("read"),
                 "new"

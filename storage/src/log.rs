@@ -316,6 +316,8 @@ struct Shared {
     progress: WaitList,
     /// A cleaning pass is running (one at a time).
     compacting: Cell<bool>,
+    /// `cleaner-checkpoint` on disk may still list a pass's pending groups.
+    cleaner_pending: Cell<bool>,
 }
 
 /// A partition log. Create with [`PartitionLog::open`]; end with
@@ -356,6 +358,7 @@ impl PartitionLog {
             flusher_waker: RefCell::new(None),
             progress: WaitList::default(),
             compacting: Cell::new(false),
+            cleaner_pending: Cell::new(false),
         });
         let flusher = glommio::spawn_local(run_flusher(shared.clone()));
         Ok(Self {

@@ -815,12 +815,18 @@ fn crash_case(
             })
             .collect();
         let has_cleaned = names.iter().any(|name| name.ends_with(".cleaned"));
-        let has_record = names.iter().any(|name| name == "compaction.swap");
+        let has_next = names.iter().any(|name| name == "cleaner-checkpoint.swap");
+        let pending = std::fs::read_to_string(path.join("cleaner-checkpoint"))
+            .ok()
+            .and_then(|text| kafki_storage::checkpoint::CleanerCheckpoint::decode(&text))
+            .is_some_and(|checkpoint| !checkpoint.pending().is_empty());
         match step {
-            Some(SwapStep::BeforeCommit) => assert!(has_cleaned && !has_record, "{names:?}"),
-            Some(SwapStep::AfterCommit) => assert!(has_cleaned && has_record, "{names:?}"),
-            Some(_) => assert!(has_record, "{names:?}"),
-            None => assert!(!has_cleaned && !has_record, "{names:?}"),
+            Some(SwapStep::BeforeCommit) => {
+                assert!(has_cleaned && has_next && !pending, "{names:?}")
+            }
+            Some(SwapStep::AfterCommit) => assert!(has_cleaned && pending, "{names:?}"),
+            Some(_) => assert!(pending && !has_next, "{names:?}"),
+            None => assert!(!has_cleaned && !has_next && !pending, "{names:?}"),
         }
         let log = PartitionLog::open(&path, config.clone())
             .await
@@ -857,7 +863,7 @@ fn a_crash_at_every_step_of_the_swap_leaves_the_old_or_the_new_segments() {
         ("before-commit", Some(SwapStep::BeforeCommit), false),
         ("after-commit", Some(SwapStep::AfterCommit), true),
         ("after-one-group", Some(SwapStep::AfterGroups(1)), true),
-        ("before-checkpoint", Some(SwapStep::BeforeCheckpoint), true),
+        ("before-cleared", Some(SwapStep::BeforeCleared), true),
         ("no-crash", None, true),
     ] {
         let (appended, compacted, recovered) = crash_case(dir.path().join(name), step);
@@ -870,7 +876,7 @@ fn a_crash_at_every_step_of_the_swap_leaves_the_old_or_the_new_segments() {
 }
 
 #[test]
-fn leftover_cleaned_files_are_discarded_and_a_damaged_swap_record_refuses_the_open() {
+fn leftover_cleaned_files_are_discarded_and_a_damaged_checkpoint_beside_them_refuses_the_open() {
     let dir = test_dir();
     let path = dir.path().join("compact-8");
     run(move || async move {
@@ -896,11 +902,27 @@ fn leftover_cleaned_files_are_discarded_and_a_damaged_swap_record_refuses_the_op
         assert!(!path.join(format!("{name}.cleaned")).exists());
         log.close().await.expect("close");
 
-        std::fs::write(path.join("compaction.swap"), b"0\n1\ngarbage").expect("write");
+        // A stale next checkpoint (the crash came before the commit) goes too.
+        std::fs::write(path.join("cleaner-checkpoint.swap"), b"0\n0\n0\n0\n").expect("write");
+        let log = PartitionLog::open(&path, config.clone())
+            .await
+            .expect("open");
+        assert!(!path.join("cleaner-checkpoint.swap").exists());
+        log.close().await.expect("close");
+
+        // A checkpoint that does not decode beside cleaned files: they may
+        // be committed output whose old segments are gone. Refuse to guess.
+        std::fs::write(path.join("cleaner-checkpoint"), b"0\n1\ngarbage").expect("write");
+        std::fs::write(path.join(format!("{name}.cleaned")), b"x").expect("write");
         assert!(matches!(
-            PartitionLog::open(&path, config).await,
+            PartitionLog::open(&path, config.clone()).await,
             Err(LogError::Damaged { .. })
         ));
+        // Without cleaned files it only means "clean again from the start".
+        std::fs::remove_file(path.join(format!("{name}.cleaned"))).expect("remove");
+        let log = PartitionLog::open(&path, config).await.expect("open");
+        assert_eq!(read_all_records(&log).await, appended);
+        log.close().await.expect("close");
     });
 }
 
@@ -1207,15 +1229,52 @@ fn cleaner_throughput() {
             log.flush().await.expect("flush");
             let written = started.elapsed();
             let before = log.offsets().size_bytes;
+            let log = std::rc::Rc::new(log);
+            // Meanwhile, on the same executor: one small durable append at a
+            // time, as a producer with acks=all would do.
+            let running = std::rc::Rc::new(std::cell::Cell::new(true));
+            let appender = glommio::spawn_local({
+                let log = log.clone();
+                let running = running.clone();
+                async move {
+                    let mut latencies = Vec::new();
+                    while running.get() {
+                        let started = std::time::Instant::now();
+                        let info = log
+                            .append(
+                                keyed_batch(Compression::None, 1, &[(Some(b"probe"), Some(b"x"))]),
+                                0,
+                            )
+                            .await
+                            .expect("append");
+                        log.wait_durable(info.last_offset + 1)
+                            .await
+                            .expect("durable");
+                        latencies.push(started.elapsed().as_micros() as u64);
+                    }
+                    latencies
+                }
+            });
             let started = std::time::Instant::now();
             let report = log
                 .compact(NOW_MS, &CleanerLimits::default())
                 .await
                 .expect("compact");
             let elapsed = started.elapsed().as_secs_f64();
+            running.set(false);
+            let mut latencies = appender.await;
+            latencies.sort_unstable();
+            let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+            println!(
+                "{codec:?}: {} durable appends during the pass, latency p50 {} µs, p99 {} µs, max {} µs",
+                latencies.len(),
+                percentile(0.5),
+                percentile(0.99),
+                percentile(1.0)
+            );
             let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
             println!(
-                "{codec:?}: log {:.0} MiB (appended in {:.1} s); pass {elapsed:.2} s: read {:.0} MiB ({:.0} MiB/s), wrote {:.0} MiB, removed {} records, {} keys; log now {:.0} MiB",
+                "{codec:?}: log {:.0} MiB (appended in {:.1} s); pass {elapsed:.2} s: read {:.0} MiB ({:.0} MiB/s), wrote {:.0} MiB, removed {} records, {} keys; log now {:.0} MiB; flush lock held {} µs",
                 mib(before),
                 written.as_secs_f64(),
                 mib(report.bytes_read),
@@ -1224,7 +1283,11 @@ fn cleaner_throughput() {
                 report.records_removed,
                 report.map_keys,
                 mib(log.offsets().size_bytes),
+                report.lock_held_us,
             );
+            let Ok(log) = std::rc::Rc::try_unwrap(log) else {
+                panic!("the appender still holds the log");
+            };
             log.close().await.expect("close");
         });
     }

@@ -46,11 +46,10 @@ use bytes::Bytes;
 
 use super::{CachedBatch, PartitionLog};
 use crate::batch::BatchHeader;
-use crate::checkpoint::{self, CleanerCheckpoint};
+use crate::checkpoint::{self, CleanerCheckpoint, SwapGroup};
 use crate::cleaner::{
     apply_group, cleaned_name, filter_batch, for_each_keyed_record, CleanReport, CleanedFiles,
-    CleanedWriter, CleanerLimits, Fate, KeyMap, SwapGroup, SwapRecord, SwapStep, Verdict,
-    SWAP_FILE,
+    CleanedWriter, CleanerLimits, Fate, KeyMap, SwapStep, Verdict, CHECKPOINT_SWAP_FILE,
 };
 use crate::config::CompactionConfig;
 use crate::error::{LogError, LogResult};
@@ -235,6 +234,13 @@ impl PartitionLog {
             return Ok(CleanReport::default());
         }
         let _running = Running(&self.shared.compacting);
+        if self.shared.cleaner_pending.get() {
+            // The last pass could not clear its pending groups: no new
+            // cleaned file may exist before they are (see `crate::cleaner`).
+            let cleared = self.shared.state.borrow().cleaner.clone();
+            cleared.store(&self.shared.dir)?;
+            self.shared.cleaner_pending.set(false);
+        }
         self.roll_for_max_lag(&config, now_ms);
         self.seal_rolled_segments().await;
         let Some(plan) = self.compaction_plan(&config, now_ms).await? else {
@@ -302,6 +308,7 @@ impl PartitionLog {
                 map_keys = report.map_keys,
                 map_full = report.map_full,
                 elapsed_ms = started.elapsed().as_millis() as u64,
+                lock_held_us = report.lock_held_us,
                 "compacted log"
             );
         }
@@ -676,7 +683,9 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Step 4 of the module comment: validates, commits, applies, publishes.
+    /// Step 4 of the module comment: prepares the commit, then validates,
+    /// commits, applies and publishes under the flush lock, then clears the
+    /// pending groups (the protocol of [`crate::cleaner`]).
     async fn swap(
         &self,
         context: SwapContext<'_>,
@@ -700,8 +709,55 @@ impl PartitionLog {
                 GroupOutput::Unchanged => None,
             })
             .collect();
-        let _permit = self.shared.lock().await?;
-        // Nothing below awaits: the swap runs whole, or not at all.
+        // Written and synced now, so that the commit under the lock is a
+        // rename and one directory sync.
+        let record = checkpoint.with_pending(swap_groups.clone());
+        checkpoint::write_synced(&dir, CHECKPOINT_SWAP_FILE, record.encode().as_bytes())?;
+        if self.simulate_crash(context.crash_at, SwapStep::BeforeCommit, report) {
+            // A killed process leaves its files behind.
+            files.disarm();
+            return Ok(());
+        }
+        let permit = self.shared.lock().await?;
+        let locked = Instant::now();
+        let committed = self.swap_locked(
+            context,
+            outputs,
+            &mut files,
+            &checkpoint,
+            &swap_groups,
+            report,
+        );
+        drop(permit);
+        report.lock_held_us = locked.elapsed().as_micros() as u64;
+        if !committed? || swap_groups.is_empty() || report.simulated_crash {
+            return Ok(());
+        }
+        // The renames are durable before the groups stop being pending.
+        super::sync_dir(&dir)?;
+        if self.simulate_crash(context.crash_at, SwapStep::BeforeCleared, report) {
+            return Ok(());
+        }
+        self.shared.cleaner_pending.set(true);
+        checkpoint.store(&dir)?;
+        self.shared.cleaner_pending.set(false);
+        Ok(())
+    }
+
+    /// The swap proper, with the flush lock held. Nothing here awaits: the
+    /// swap runs whole, or not at all (a dropped pass cannot stop it
+    /// halfway). Returns whether the pass was committed.
+    fn swap_locked(
+        &self,
+        context: SwapContext<'_>,
+        outputs: Vec<GroupOutput>,
+        files: &mut CleanedFiles,
+        checkpoint: &CleanerCheckpoint,
+        swap_groups: &[SwapGroup],
+        report: &mut CleanReport,
+    ) -> LogResult<bool> {
+        let dir = &self.shared.dir;
+        let plan = context.plan;
         {
             let state = self.shared.state.borrow();
             if state.check_writable().is_err() {
@@ -715,90 +771,55 @@ impl PartitionLog {
                     .all(|(planned, current)| planned.matches(current));
             if !unchanged {
                 tracing::info!(dir = %dir.display(), "segments changed during compaction; its output is discarded");
-                return Ok(());
+                return Ok(false);
             }
         }
-        let crash = |step: SwapStep, report: &mut CleanReport| -> bool {
-            if context.crash_at != Some(step) {
-                return false;
+        checkpoint::rename_synced(dir, CHECKPOINT_SWAP_FILE, checkpoint::CLEANER_FILE)?;
+        // From here on recovery finishes the swap: the files are its.
+        files.disarm();
+        if !swap_groups.is_empty() {
+            if self.simulate_crash(context.crash_at, SwapStep::AfterCommit, report) {
+                return Ok(true);
             }
-            report.simulated_crash = true;
-            self.shared.state.borrow_mut().failed = Some(format!("simulated crash {step:?}"));
-            true
-        };
-        if swap_groups.is_empty() {
-            checkpoint.store(&dir)?;
-        } else {
-            if crash(SwapStep::BeforeCommit, report) {
-                // A killed process leaves its cleaned files behind.
-                files.disarm();
-                return Ok(());
-            }
-            SwapRecord {
-                groups: swap_groups.clone(),
-                checkpoint: checkpoint.clone(),
-            }
-            .store(&dir)?;
-            // From here on recovery finishes the swap: the files are its.
-            files.disarm();
-            if crash(SwapStep::AfterCommit, report) {
-                return Ok(());
-            }
-            if let Err(error) = self.apply_swap(&swap_groups, &checkpoint, context.crash_at, report)
-            {
-                // Half applied on disk; the next open finishes it from the
-                // swap record. Until then this log takes no writes.
-                tracing::error!(dir = %dir.display(), %error, "compaction swap failed; the log refuses writes until reopened");
-                self.shared.state.borrow_mut().failed = Some(error.to_string());
-                return Err(error);
-            }
-            if report.simulated_crash {
-                return Ok(());
+            let bases: Vec<u64> = self
+                .shared
+                .state
+                .borrow()
+                .segments
+                .iter()
+                .map(|segment| segment.base_offset)
+                .collect();
+            for (done, group) in swap_groups.iter().enumerate() {
+                if let Err(error) = apply_group(dir, group, &bases) {
+                    // Half applied on disk; the next open finishes it from the
+                    // checkpoint. Until then this log takes no writes.
+                    tracing::error!(dir = %dir.display(), %error, "compaction swap failed; the log refuses writes until reopened");
+                    self.shared.state.borrow_mut().failed = Some(error.to_string());
+                    return Err(error);
+                }
+                if self.simulate_crash(context.crash_at, SwapStep::AfterGroups(done + 1), report) {
+                    return Ok(true);
+                }
             }
         }
-        self.publish(context, outputs, checkpoint, report);
-        Ok(())
+        self.publish(context, outputs, checkpoint.clone(), report);
+        Ok(true)
     }
 
-    /// Steps 3 and 4 of the protocol (see [`crate::cleaner`]).
-    fn apply_swap(
+    /// Test hook: stops the pass at `step` as a killed process would. The
+    /// log then refuses writes (its memory no longer matches its files).
+    fn simulate_crash(
         &self,
-        groups: &[SwapGroup],
-        checkpoint: &CleanerCheckpoint,
         crash_at: Option<SwapStep>,
+        step: SwapStep,
         report: &mut CleanReport,
-    ) -> LogResult<()> {
-        let dir = &self.shared.dir;
-        let bases: Vec<u64> = self
-            .shared
-            .state
-            .borrow()
-            .segments
-            .iter()
-            .map(|segment| segment.base_offset)
-            .collect();
-        let stop = |step: SwapStep, report: &mut CleanReport| -> bool {
-            if crash_at != Some(step) {
-                return false;
-            }
-            report.simulated_crash = true;
-            self.shared.state.borrow_mut().failed = Some(format!("simulated crash {step:?}"));
-            true
-        };
-        for (done, group) in groups.iter().enumerate() {
-            apply_group(dir, group, &bases)?;
-            if stop(SwapStep::AfterGroups(done + 1), report) {
-                return Ok(());
-            }
+    ) -> bool {
+        if crash_at != Some(step) {
+            return false;
         }
-        super::sync_dir(dir)?;
-        if stop(SwapStep::BeforeCheckpoint, report) {
-            return Ok(());
-        }
-        checkpoint.store(dir)?;
-        let record = dir.join(SWAP_FILE);
-        std::fs::remove_file(&record).map_err(|source| LogError::io("delete", &record, source))?;
-        super::sync_dir(dir)
+        report.simulated_crash = true;
+        self.shared.state.borrow_mut().failed = Some(format!("simulated crash {step:?}"));
+        true
     }
 
     /// Installs the pass's result in memory (files already swapped).
