@@ -733,12 +733,13 @@ impl PartitionLog {
         if !committed? || swap_groups.is_empty() || report.simulated_crash {
             return Ok(());
         }
+        // Until cleared, no pass may write a cleaned file (see `crate::cleaner`).
+        self.shared.cleaner_pending.set(true);
         // The renames are durable before the groups stop being pending.
         super::sync_dir(&dir)?;
         if self.simulate_crash(context.crash_at, SwapStep::BeforeCleared, report) {
             return Ok(());
         }
-        self.shared.cleaner_pending.set(true);
         checkpoint.store(&dir)?;
         self.shared.cleaner_pending.set(false);
         Ok(())
