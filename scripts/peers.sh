@@ -5,6 +5,7 @@
 #   scripts/peers.sh start  kafka PORT [broker.config=value ...]
 #   scripts/peers.sh start  tansu PORT
 #   scripts/peers.sh stop   kafka|tansu PORT
+#   scripts/peers.sh restart kafka PORT    # stop and start again on the same data
 #   scripts/peers.sh status kafka|tansu PORT
 #   scripts/peers.sh install tansu         # fetch the Tansu binary only
 #
@@ -31,7 +32,7 @@ TANSU_DIR="$CACHE/tansu-0.6.0"
 PEERS_DIR="${KAFKI_PEERS_DIR:-/tmp/kafki-peers}"
 START_TIMEOUT="${PEER_START_TIMEOUT:-90}"
 
-usage() { sed -n 2,24p "$0" >&2; exit 2; }
+usage() { sed -n 2,25p "$0" >&2; exit 2; }
 say() { printf '[peers] %s\n' "$*"; }
 die() { printf '[peers] error: %s\n' "$*" >&2; exit 1; }
 
@@ -112,15 +113,27 @@ logger.req.additivity = false
 logger.req.appenderRef.req.ref = REQ
 EOF
   fi
-  local java=(java -Xmx"${KAFKA_HEAP_MAX:-1g}" -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20
-    -Djava.awt.headless=true
-    -Dlog4j2.configurationFile="$dir/log4j2.properties"
-    -cp "$KAFKA_HOME/libs/*")
+  local java
+  kafka_java "$dir"
   local cluster_id
   cluster_id="$("${java[@]}" kafka.tools.StorageTool random-uuid 2>>"$dir/server.log" | tail -1)"
   [ -n "$cluster_id" ] || die "random-uuid failed, see $dir/server.log"
   "${java[@]}" kafka.tools.StorageTool format --standalone -t "$cluster_id" \
       -c "$dir/server.properties" >>"$dir/server.log" 2>&1 || die "storage format failed, see $dir/server.log"
+  launch_kafka "$dir"
+}
+
+# Sets the array `java` to the JVM command line for the instance in $1.
+kafka_java() {
+  java=(java -Xmx"${KAFKA_HEAP_MAX:-1g}" -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+    -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$1/log4j2.properties"
+    -cp "$KAFKA_HOME/libs/*")
+}
+
+launch_kafka() {
+  local dir="$1" java
+  kafka_java "$dir"
   nohup "${java[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/server.log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
 }
@@ -154,6 +167,25 @@ cmd_start() {
     kafka) start_kafka "$port" "$dir" "$@" ;;
     tansu) start_tansu "$port" "$dir" "$@" ;;
   esac
+  wait_started "$name" "$port" "$dir"
+}
+
+# Kafka only (Tansu keeps its data in memory): a clean stop, then the same
+# instance again on the same log dirs.
+cmd_restart() {
+  local name="$1" port="$2"
+  local dir="$PEERS_DIR/$name-$port"
+  [ "$name" = kafka ] || die "restart keeps data only for kafka"
+  [ -f "$dir/server.properties" ] || die "no kafka instance on port $port"
+  stop_pid "$(cat "$dir/pid" 2>/dev/null || true)"
+  local i
+  for i in $(seq 1 100); do port_open "$port" || break; sleep 0.1; done
+  launch_kafka "$dir"
+  wait_started "$name" "$port" "$dir"
+}
+
+wait_started() {
+  local name="$1" port="$2" dir="$3"
   local pid t0=$SECONDS
   pid="$(cat "$dir/pid")"
   until port_open "$port"; do
@@ -179,15 +211,21 @@ cmd_stop() {
   local pid
   pid="$(cat "$dir/pid" 2>/dev/null || true)"
   if pid_alive "$pid"; then
-    kill "$pid" 2>/dev/null || true
-    local i
-    for i in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.2; done
-    if pid_alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; sleep 0.2; fi
+    stop_pid "$pid"
     say "$name on port $port stopped (pid $pid)"
   else
     say "$name on port $port was not running"
   fi
   rm -rf "$dir"
+}
+
+# SIGTERM, then SIGKILL after 20 s.
+stop_pid() {
+  local pid="$1" i
+  pid_alive "$pid" || return 0
+  kill "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.2; done
+  if pid_alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; sleep 0.2; fi
 }
 
 cmd_status() {
@@ -221,6 +259,7 @@ port="$1"; shift
 case "$action" in
   start) cmd_start "$name" "$port" "$@" ;;
   stop) cmd_stop "$name" "$port" ;;
+  restart) cmd_restart "$name" "$port" ;;
   status) cmd_status "$name" "$port" ;;
   *) usage ;;
 esac

@@ -245,7 +245,39 @@ pub const SETTINGS: &[Setting] = &[
         Some("104857600"),
         SettingKind::Int,
     ),
+    // Idempotent-producer state (handlers/producer.rs): forget a producer
+    // whose last batch is older (Kafka's name and default, one day; here
+    // also per topic), how often to look, and Kafki's cap on producers
+    // remembered per partition (least recently used evicted beyond it).
+    setting(
+        Some("producer.id.expiration.ms"),
+        "producer.id.expiration.ms",
+        Some("86400000"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "producer.id.expiration.check.interval.ms",
+        Some("600000"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "producer.id.max.per.partition",
+        Some("100000"),
+        SettingKind::Int,
+    ),
 ];
+
+/// The smallest value a setting accepts, where Kafka (or Kafki) has one.
+fn minimum(broker_name: &str) -> Option<i64> {
+    match broker_name {
+        "producer.id.expiration.ms"
+        | "producer.id.expiration.check.interval.ms"
+        | "producer.id.max.per.partition" => Some(1),
+        _ => None,
+    }
+}
 
 /// Looks a setting up by its broker or topic name.
 pub fn find_setting(name: &str) -> Option<&'static Setting> {
@@ -261,9 +293,12 @@ pub fn find_setting(name: &str) -> Option<&'static Setting> {
 
 /// Checks a value against its setting's kind.
 pub fn check_value(setting: &Setting, value: &str) -> anyhow::Result<()> {
+    let at_least = |number: i64| minimum(setting.broker_name).is_none_or(|min| number >= min);
     let ok = match setting.kind {
-        SettingKind::Int => value.parse::<i32>().is_ok(),
-        SettingKind::Long => value.parse::<i64>().is_ok(),
+        SettingKind::Int => value
+            .parse::<i32>()
+            .is_ok_and(|number| at_least(i64::from(number))),
+        SettingKind::Long => value.parse::<i64>().is_ok_and(at_least),
         // Kafka's only double setting here is a ratio in [0, 1].
         SettingKind::Double => value
             .parse::<f64>()
@@ -474,6 +509,29 @@ impl CleanerSettings {
                 ..CleanerLimits::default()
             },
         }
+    }
+}
+
+/// The bounds of a topic's idempotent-producer state: its
+/// `producer.id.expiration.ms` (topic, then broker, then Kafka's default)
+/// and the broker's `producer.id.max.per.partition`.
+pub fn producer_limits_for(
+    overrides: &BTreeMap<String, String>,
+    broker: &KafkaSettings,
+) -> crate::handlers::producer::ProducerLimits {
+    let defaults = crate::handlers::producer::ProducerLimits::default();
+    let expiration_ms = find_setting("producer.id.expiration.ms")
+        .and_then(|setting| resolve_topic_setting(setting, overrides, broker).0)
+        .and_then(|value| value.parse::<i64>().ok())
+        .filter(|ms| *ms > 0)
+        .unwrap_or(defaults.expiration_ms);
+    let producers_max = broker
+        .get_i64("producer.id.max.per.partition")
+        .filter(|max| *max > 0)
+        .map_or(defaults.producers_max, |max| max as usize);
+    crate::handlers::producer::ProducerLimits {
+        expiration_ms,
+        producers_max,
     }
 }
 
@@ -747,6 +805,35 @@ mod tests {
         assert!(cleaner.enabled);
         assert_eq!(cleaner.backoff, Duration::from_millis(15_000));
         assert_eq!(cleaner.limits.dedupe_buffer_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn producer_state_settings_resolve_and_refuse_nonsense() {
+        let mut broker = KafkaSettings::default();
+        let defaults = producer_limits_for(&BTreeMap::new(), &broker);
+        assert_eq!(defaults.expiration_ms, 86_400_000);
+        assert_eq!(defaults.producers_max, 100_000);
+        broker
+            .set("producer.id.max.per.partition", "7")
+            .expect("cap");
+        broker
+            .set("producer.id.expiration.ms", "5000")
+            .expect("expiry");
+        let mut overrides = BTreeMap::new();
+        overrides.insert("producer.id.expiration.ms".to_string(), "900".to_string());
+        let limits = producer_limits_for(&overrides, &broker);
+        assert_eq!((limits.expiration_ms, limits.producers_max), (900, 7));
+        assert_eq!(
+            producer_limits_for(&BTreeMap::new(), &broker).expiration_ms,
+            5000
+        );
+        for bad in ["0", "-1", "x"] {
+            assert!(broker.set("producer.id.max.per.partition", bad).is_err());
+            assert!(broker.set("producer.id.expiration.ms", bad).is_err());
+        }
+        assert!(broker
+            .set("producer.id.expiration.check.interval.ms", "0")
+            .is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Kafki's broker runtime: one pinned glommio executor per core (a *shard*),
 //! each accepting connections and owning the partitions the pure function
-//! in [`placement`] gives it; Kafka API handlers; cluster metadata.
+//! in [`placement`] (or an explicit assignment, [`reassign`]) gives it;
+//! Kafka API handlers; cluster metadata.
 
 pub mod admin;
 pub mod config;
@@ -11,6 +12,8 @@ pub mod handlers;
 pub mod metadata;
 pub mod metrics;
 pub mod placement;
+pub mod producer_snapshot;
+pub mod reassign;
 pub mod records;
 pub mod server;
 pub mod shard;

@@ -1,5 +1,5 @@
-//! Cluster metadata: topics, their ids, partition counts and config
-//! overrides. One immutable snapshot (`Arc<ClusterMetadata>`) is shared by
+//! Cluster metadata: topics, their ids, partition counts, config overrides
+//! and explicit partition → shard assignments. One immutable snapshot (`Arc<ClusterMetadata>`) is shared by
 //! every shard; changes are made only by the controller shard (shard 0),
 //! written to `<data-dir>/cluster-metadata.json` atomically, then the new
 //! snapshot is broadcast to all shards before the change is acknowledged.
@@ -33,6 +33,18 @@ pub struct ClusterMetadata {
     pub version: u64,
     pub cluster_id: String,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Explicit owners: topic → partition → shard. They override the pure
+    /// placement function (see [`crate::placement::resolve_owner`]); set and
+    /// dropped through the admin API. Files written before this field
+    /// existed load with none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shard_assignments: BTreeMap<String, BTreeMap<i32, usize>>,
+    /// The partition being handed over between shards, if any. While set,
+    /// no shard serves it (clients get `NOT_LEADER_OR_FOLLOWER` and retry).
+    /// Never stored: a restart mid-move finds the old or the new owner in
+    /// the file, never a move in progress.
+    #[serde(skip)]
+    pub moving: Option<(String, i32)>,
 }
 
 /// Why a topic name is refused (Kafka's rules).
@@ -68,7 +80,7 @@ impl ClusterMetadata {
                 let metadata = ClusterMetadata {
                     version: 0,
                     cluster_id: new_cluster_id(),
-                    topics: BTreeMap::new(),
+                    ..Default::default()
                 };
                 metadata.store(data_dir)?;
                 Ok(metadata)
@@ -107,12 +119,84 @@ impl ClusterMetadata {
         next
     }
 
-    /// A copy without `name`.
+    /// A copy without `name` (and without its shard assignments, so a new
+    /// topic of the same name starts on the placement function).
     pub fn without_topic(&self, name: &str) -> Self {
         let mut next = self.clone();
         next.version += 1;
         next.topics.remove(name);
+        next.shard_assignments.remove(name);
         next
+    }
+
+    /// The explicit assignment of `topic`/`partition`, whether or not that
+    /// shard exists.
+    pub fn assigned_shard(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.shard_assignments.get(topic)?.get(&partition).copied()
+    }
+
+    /// The shard owning `topic`/`partition` among `shard_count` shards.
+    pub fn owner_of(&self, topic: &str, partition: i32, shard_count: usize) -> usize {
+        crate::placement::resolve_owner(
+            self.assigned_shard(topic, partition),
+            topic,
+            partition,
+            shard_count,
+        )
+    }
+
+    /// Whether `topic`/`partition` is being handed over right now.
+    pub fn is_moving(&self, topic: &str, partition: i32) -> bool {
+        self.moving
+            .as_ref()
+            .is_some_and(|(moving, index)| *index == partition && moving == topic)
+    }
+
+    /// A copy with `topic`/`partition` explicitly assigned to `shard`, or
+    /// with its assignment dropped (`None`).
+    pub fn with_assignment(&self, topic: &str, partition: i32, shard: Option<usize>) -> Self {
+        let mut next = self.clone();
+        next.version += 1;
+        match shard {
+            Some(shard) => {
+                next.shard_assignments
+                    .entry(topic.to_string())
+                    .or_default()
+                    .insert(partition, shard);
+            }
+            None => {
+                if let Some(partitions) = next.shard_assignments.get_mut(topic) {
+                    partitions.remove(&partition);
+                    if partitions.is_empty() {
+                        next.shard_assignments.remove(topic);
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// A copy marking `topic`/`partition` as being handed over (or, with
+    /// `None`, no partition).
+    pub fn with_moving(&self, moving: Option<(String, i32)>) -> Self {
+        let mut next = self.clone();
+        next.version += 1;
+        next.moving = moving;
+        next
+    }
+
+    /// Assignments naming a shard that does not exist among `shard_count`
+    /// (ignored until it does): `(topic, partition, shard)`.
+    pub fn stale_assignments(&self, shard_count: usize) -> Vec<(String, i32, usize)> {
+        self.shard_assignments
+            .iter()
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .iter()
+                    .filter(|(_, shard)| **shard >= shard_count)
+                    .map(|(partition, shard)| (topic.clone(), *partition, *shard))
+            })
+            .collect()
     }
 }
 
@@ -169,5 +253,91 @@ mod tests {
         assert_eq!(loaded.version, 1);
         std::fs::write(dir.path().join(METADATA_FILE), b"{broken").expect("write");
         assert!(ClusterMetadata::load_or_create(dir.path()).is_err());
+    }
+
+    fn topic(name: &str, partitions: i32) -> TopicMeta {
+        TopicMeta {
+            name: name.into(),
+            id: uuid::Uuid::new_v4(),
+            partitions,
+            configs: BTreeMap::new(),
+            internal: false,
+        }
+    }
+
+    #[test]
+    fn a_file_from_before_assignments_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = r#"{"version":3,"cluster_id":"abc","topics":{"t":{"name":"t",
+            "id":"67e55044-10b1-426f-9247-bb680e5fe0c8","partitions":2,"configs":{},
+            "internal":false}}}"#;
+        std::fs::write(dir.path().join(METADATA_FILE), old).expect("write");
+        let loaded = ClusterMetadata::load_or_create(dir.path()).expect("load");
+        assert!(loaded.shard_assignments.is_empty());
+        assert_eq!(
+            loaded.owner_of("t", 1, 4),
+            crate::placement::shard_for("t", 1, 4)
+        );
+    }
+
+    #[test]
+    fn assignments_round_trip_but_a_move_in_progress_is_never_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let created = ClusterMetadata::load_or_create(dir.path()).expect("create");
+        let next = created
+            .with_topic(topic("t", 3))
+            .with_assignment("t", 2, Some(1))
+            .with_moving(Some(("t".into(), 2)));
+        assert!(next.is_moving("t", 2));
+        assert!(!next.is_moving("t", 1));
+        assert!(!next.is_moving("u", 2));
+        next.store(dir.path()).expect("store");
+        let loaded = ClusterMetadata::load_or_create(dir.path()).expect("load");
+        assert_eq!(loaded.assigned_shard("t", 2), Some(1));
+        assert_eq!(loaded.moving, None);
+        assert_eq!(loaded.owner_of("t", 2, 2), 1);
+    }
+
+    #[test]
+    fn owner_resolution_override_stale_and_fallback() {
+        let pure = crate::placement::shard_for("t", 0, 2);
+        let other = 1 - pure;
+        let metadata = ClusterMetadata::default()
+            .with_topic(topic("t", 2))
+            .with_assignment("t", 0, Some(other))
+            .with_assignment("t", 1, Some(7));
+        assert_eq!(metadata.owner_of("t", 0, 2), other);
+        // Shard 7 does not exist with 2 shards: the function decides.
+        assert_eq!(
+            metadata.owner_of("t", 1, 2),
+            crate::placement::shard_for("t", 1, 2)
+        );
+        assert_eq!(metadata.owner_of("t", 1, 8), 7);
+        assert_eq!(metadata.stale_assignments(2), vec![("t".to_string(), 1, 7)]);
+        assert!(metadata.stale_assignments(8).is_empty());
+        let dropped = metadata.with_assignment("t", 0, None);
+        assert_eq!(dropped.owner_of("t", 0, 2), pure);
+        let dropped = dropped.with_assignment("t", 1, None);
+        assert!(
+            dropped.shard_assignments.is_empty(),
+            "empty topic entries go too"
+        );
+    }
+
+    #[test]
+    fn deleting_a_topic_drops_its_assignments_and_growing_keeps_them() {
+        let metadata = ClusterMetadata::default()
+            .with_topic(topic("t", 2))
+            .with_topic(topic("u", 1))
+            .with_assignment("t", 1, Some(0))
+            .with_assignment("u", 0, Some(1));
+        let mut grown = metadata.topic("t").cloned().expect("t");
+        grown.partitions = 5;
+        let grown = metadata.with_topic(grown);
+        assert_eq!(grown.assigned_shard("t", 1), Some(0));
+        let deleted = grown.without_topic("t");
+        assert_eq!(deleted.assigned_shard("t", 1), None);
+        assert!(!deleted.shard_assignments.contains_key("t"));
+        assert_eq!(deleted.assigned_shard("u", 0), Some(1));
     }
 }

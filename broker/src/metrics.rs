@@ -85,6 +85,7 @@ struct Families {
     cleaner_read_bytes: IntCounterVec,
     cleaner_written_bytes: IntCounterVec,
     cleaner_removed_records: IntCounterVec,
+    partition_moves: IntCounterVec,
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(Families::new);
@@ -202,9 +203,21 @@ impl Families {
                 "Records the log cleaner removed (superseded, expired tombstones, without key), by shard.",
                 &["shard"],
             ),
+            partition_moves: counter_vec(
+                &registry,
+                "kafki_partition_moves_total",
+                "Partition hand-overs between shards run by the controller, by outcome (completed, aborted).",
+                &["outcome"],
+            ),
             registry,
         }
     }
+}
+
+/// Counts one partition hand-over with `outcome` (`"completed"` or
+/// `"aborted"`). Controller only, and rare: resolves the child each time.
+pub fn count_partition_move(outcome: &'static str) {
+    FAMILIES.partition_moves.with_label_values(&[outcome]).inc();
 }
 
 /// The label value for an API key: kafka-protocol's name (`Produce`,

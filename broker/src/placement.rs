@@ -6,7 +6,8 @@
 //! topic with at least as many partitions as shards uses every shard. The
 //! result depends only on the topic name, the partition and the shard count,
 //! so every shard computes the same answer without asking anyone. An explicit
-//! assignment (kept in cluster metadata) overrides it.
+//! assignment (kept in cluster metadata, changed through the admin API)
+//! overrides it; [`resolve_owner`] is the one rule combining the two.
 
 /// FNV-1a, 32 bit: stable across builds and platforms (unlike `std`'s hasher).
 pub fn fnv1a_32(bytes: &[u8]) -> u32 {
@@ -24,6 +25,24 @@ pub fn shard_for(topic: &str, partition: i32, shard_count: usize) -> usize {
     let shards = shard_count.max(1) as u64;
     let spread = u64::from(fnv1a_32(topic.as_bytes())) + u64::from(partition.max(0) as u32);
     (spread % shards) as usize
+}
+
+/// The owner of `topic`/`partition` given its explicit assignment (if
+/// any): the assigned shard when it exists among `shard_count`, otherwise
+/// the pure function. An assignment naming a shard that is gone (the broker
+/// restarted with fewer `--cores`) is ignored rather than refused, so a
+/// smaller restart still serves every partition; the assignment is kept and
+/// applies again once that shard exists.
+pub fn resolve_owner(
+    assigned: Option<usize>,
+    topic: &str,
+    partition: i32,
+    shard_count: usize,
+) -> usize {
+    match assigned {
+        Some(shard) if shard < shard_count => shard,
+        _ => shard_for(topic, partition, shard_count),
+    }
 }
 
 /// The shard that coordinates consumer group `group` (and owns its offsets).
@@ -51,6 +70,38 @@ mod tests {
                 used[shard_for("orders", partition, shards)] = true;
             }
             assert!(used.iter().all(|used| *used), "{shards} shards");
+        }
+    }
+
+    #[test]
+    fn an_assignment_overrides_the_function() {
+        let pure = shard_for("orders", 0, 4);
+        let other = (pure + 1) % 4;
+        assert_eq!(resolve_owner(Some(other), "orders", 0, 4), other);
+        assert_eq!(resolve_owner(Some(pure), "orders", 0, 4), pure);
+    }
+
+    #[test]
+    fn a_stale_assignment_falls_back_to_the_function() {
+        // Assigned to shard 3, broker restarted with 2 shards.
+        assert_eq!(
+            resolve_owner(Some(3), "orders", 5, 2),
+            shard_for("orders", 5, 2)
+        );
+        assert_eq!(
+            resolve_owner(Some(2), "orders", 5, 2),
+            shard_for("orders", 5, 2)
+        );
+        assert_eq!(resolve_owner(Some(1), "orders", 5, 2), 1);
+    }
+
+    #[test]
+    fn no_assignment_is_the_function() {
+        for partition in 0..16 {
+            assert_eq!(
+                resolve_owner(None, "t", partition, 3),
+                shard_for("t", partition, 3)
+            );
         }
     }
 

@@ -1,8 +1,8 @@
 //! `kafki serve`: starts one pinned glommio executor (shard) per listed
 //! core, joins them in a channel mesh, opens the owned partitions, and
 //! accepts Kafka connections on every shard (one `SO_REUSEPORT` listener
-//! each). SIGINT/SIGTERM stop accepting, close every log cleanly (flush,
-//! clean-shutdown marker) and exit.
+//! each). SIGINT/SIGTERM stop accepting, close every log cleanly
+//! (producer-state snapshot, flush, clean-shutdown marker) and exit.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,12 @@ use glommio::net::TcpListener;
 
 use crate::config::BrokerConfig;
 use crate::metadata::ClusterMetadata;
+use crate::reassign::{AssignmentReceiver, AssignmentSender};
 use crate::shard::{Shard, ShardTask, SharedState};
+
+/// The admin listener's command queue, taken by whichever executor joins
+/// the mesh as shard 0 (the controller); mesh ids are not spawn order.
+type ControllerInbox = Arc<std::sync::Mutex<Option<AssignmentReceiver>>>;
 
 /// Capacity of each cross-shard channel (calls queued to one peer).
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -28,6 +33,7 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let metadata = ClusterMetadata::load_or_create(&config.data_dir)?;
     config.cluster_id = metadata.cluster_id.clone();
+    warn_stale_assignments(&metadata, config.cores.len());
     let config = Arc::new(config);
     let metadata = Arc::new(metadata);
     let mesh: MeshBuilder<ShardTask, _> =
@@ -41,7 +47,9 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         "starting kafki"
     );
     let shared = Arc::new(SharedState::default());
-    let admin = start_admin(&config, &shared)?;
+    let (assignments, controller_inbox) = crate::reassign::command_channel();
+    let controller_inbox: ControllerInbox = Arc::new(std::sync::Mutex::new(Some(controller_inbox)));
+    let admin = start_admin(&config, &shared, assignments)?;
     let mut handles = Vec::with_capacity(config.cores.len());
     for (position, cpu) in config.cores.iter().copied().enumerate() {
         let config = config.clone();
@@ -49,11 +57,12 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         let metadata = metadata.clone();
         let mesh = mesh.clone();
         let stop = stop.clone();
+        let inbox = controller_inbox.clone();
         let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
             .name(&format!("kafki-shard-{position}"))
-            .spawn(
-                move || async move { shard_main(config, metadata, mesh, stop, cpu, shared).await },
-            )
+            .spawn(move || async move {
+                shard_main(config, metadata, mesh, stop, cpu, shared, inbox).await
+            })
             .map_err(|error| anyhow::anyhow!("starting the shard on CPU {cpu}: {error}"))?;
         handles.push((cpu, handle));
     }
@@ -89,6 +98,7 @@ async fn shard_main(
     stop: Arc<AtomicBool>,
     cpu: usize,
     shared: Arc<SharedState>,
+    controller_inbox: ControllerInbox,
 ) -> anyhow::Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -111,6 +121,16 @@ async fn shard_main(
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let retention = glommio::spawn_local(retention_loop(shard.clone()));
     let cleaner = start_cleaner(&shard);
+    let producer_state = glommio::spawn_local(producer_state_loop(shard.clone()));
+    let commands = (shard.id == 0)
+        .then(|| {
+            controller_inbox
+                .lock()
+                .ok()
+                .and_then(|mut inbox| inbox.take())
+        })
+        .flatten()
+        .map(|inbox| glommio::spawn_local(crate::reassign::serve_commands(shard.clone(), inbox)));
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
@@ -123,7 +143,13 @@ async fn shard_main(
         // itself never awaits, so it is not cut in half.
         cleaner.cancel().await;
     }
+    // Before the partitions close, which write their final snapshots.
+    producer_state.cancel().await;
     group_timer.cancel().await;
+    if let Some(commands) = commands {
+        // Drops the queue: the admin listener answers 503 from now on.
+        commands.cancel().await;
+    }
     shard.close_partitions().await;
     Ok(())
 }
@@ -168,10 +194,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-/// The admin HTTP listener (its own thread): /metrics, /health, /v1/layout.
+/// The admin HTTP listener (its own thread): /metrics, /health, /v1/layout,
+/// and the assignment routes, which reach the controller over `assignments`.
 fn start_admin(
     config: &Arc<BrokerConfig>,
     shared: &Arc<SharedState>,
+    assignments: AssignmentSender,
 ) -> anyhow::Result<crate::admin::AdminHandle> {
     let shards = config.cores.len();
     let health_state = shared.clone();
@@ -194,8 +222,8 @@ fn start_admin(
             .collect();
         serde_json::json!({ "shards": shards }).to_string()
     });
-    let handle = crate::admin::spawn_admin(config.admin_listen, health, layout)?;
-    tracing::info!(admin = %handle.local_addr(), "admin listener: /metrics /health /v1/layout");
+    let handle = crate::admin::spawn_admin(config.admin_listen, health, layout, Some(assignments))?;
+    tracing::info!(admin = %handle.local_addr(), "admin listener: /metrics /health /v1/layout /v1/assignments /v1/partitions/{{topic}}/{{partition}}/shard");
     Ok(handle)
 }
 
@@ -238,6 +266,25 @@ async fn cleaner_loop(shard: Rc<Shard>, settings: crate::config::CleanerSettings
     }
 }
 
+/// One warning for every explicit assignment naming a shard this start
+/// does not have (fewer `--cores` than when it was made): those partitions
+/// follow the placement function until the shard exists again.
+fn warn_stale_assignments(metadata: &ClusterMetadata, shards: usize) {
+    let stale = metadata.stale_assignments(shards);
+    if stale.is_empty() {
+        return;
+    }
+    let listed: Vec<String> = stale
+        .iter()
+        .map(|(topic, partition, shard)| format!("{topic}-{partition}→{shard}"))
+        .collect();
+    tracing::warn!(
+        shards,
+        ignored = %listed.join(", "),
+        "shard assignments name shards that do not exist; those partitions use the placement function"
+    );
+}
+
 async fn retention_loop(shard: Rc<Shard>) {
     let interval = shard
         .config
@@ -251,5 +298,31 @@ async fn retention_loop(shard: Rc<Shard>) {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as i64);
         shard.enforce_retention(now_ms).await;
+    }
+}
+
+/// The producer-state tick: snapshots that are due every
+/// [`crate::producer_snapshot::SNAPSHOT_CHECK_INTERVAL`], expiry every
+/// `producer.id.expiration.check.interval.ms` (Kafka's setting). Its own
+/// task rather than the retention loop, whose interval (minutes) is far too
+/// slow to bound what a crash has to replay.
+async fn producer_state_loop(shard: Rc<Shard>) {
+    let check = crate::producer_snapshot::SNAPSHOT_CHECK_INTERVAL;
+    let expiry_every = shard
+        .config
+        .kafka
+        .get_i64("producer.id.expiration.check.interval.ms")
+        .filter(|ms| *ms > 0)
+        .map_or(Duration::from_secs(600), |ms| {
+            Duration::from_millis(ms as u64)
+        });
+    let mut last_expiry = std::time::Instant::now();
+    loop {
+        glommio::timer::sleep(check.min(expiry_every)).await;
+        let expire = last_expiry.elapsed() >= expiry_every;
+        if expire {
+            last_expiry = std::time::Instant::now();
+        }
+        shard.maintain_producer_states(expire).await;
     }
 }

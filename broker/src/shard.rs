@@ -1,8 +1,9 @@
 //! One shard: the per-core state of the broker. A `Shard` exists once per
 //! executor thread and is never shared across threads (`Rc`, `RefCell`).
 //!
-//! It owns the partition logs that [`crate::placement::shard_for`] assigns
-//! to it, holds its copy of the cluster-metadata snapshot, and talks to the
+//! It owns the partition logs that the cluster metadata assigns to it (an
+//! explicit assignment, else [`crate::placement::shard_for`]), holds its
+//! copy of the cluster-metadata snapshot, and talks to the
 //! other shards through a bounded glommio channel mesh: a cross-shard call
 //! is a `Send` closure run on the target shard ([`Shard::invoke_on`]), whose
 //! result comes back over a oneshot channel. Shard 0 is the controller: it
@@ -14,6 +15,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use futures::future::LocalBoxFuture;
@@ -25,10 +28,11 @@ use kafki_storage::{LogOffsets, PartitionLog, SyncPolicy};
 
 use crate::config::{log_config_for, BrokerConfig};
 use crate::metadata::{ClusterMetadata, TopicMeta};
-use crate::placement::shard_for;
 
 /// How long a reconfiguration waits for requests to release a partition.
-const REOPEN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+const REOPEN_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How often a shard waiting for requests to let go of a partition looks.
+const RELEASE_POLL: Duration = Duration::from_millis(10);
 
 /// A unit of work sent to another shard.
 pub type ShardTask = Box<dyn FnOnce(Rc<Shard>) -> LocalBoxFuture<'static, ()> + Send>;
@@ -45,9 +49,75 @@ pub struct Partition {
     pub leader_epoch: i32,
     /// Idempotent producers' sequence state.
     pub producers: RefCell<crate::handlers::producer::ProducerStates>,
+    /// What its snapshot file on disk covers (`crate::producer_snapshot`).
+    pub snapshot: crate::producer_snapshot::SnapshotSlot,
+    /// Set when the shard gave the partition up (a hand-over to another
+    /// shard): requests still holding it must not append any more, and
+    /// long polls parked on it must let go.
+    released: Cell<bool>,
+    /// Tasks waiting for `released` (fetch long polls).
+    release_waiters: RefCell<Vec<Waker>>,
 }
 
 impl Partition {
+    /// A partition around an opened log and its loaded producer state.
+    pub fn new(
+        topic: String,
+        index: i32,
+        log: PartitionLog,
+        commit_durable: bool,
+        loaded: crate::producer_snapshot::Loaded,
+    ) -> Self {
+        Self {
+            topic,
+            index,
+            log,
+            commit_durable,
+            leader_epoch: 0,
+            producers: RefCell::new(loaded.states),
+            snapshot: crate::producer_snapshot::SnapshotSlot::new(loaded.mark),
+            released: Cell::new(false),
+            release_waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Whether the shard gave this partition up: appends must be refused
+    /// (`NOT_LEADER_OR_FOLLOWER`) and waits on it should end.
+    pub fn is_released(&self) -> bool {
+        self.released.get()
+    }
+
+    /// Marks the partition as given up and wakes every task parked in
+    /// [`Partition::wait_released`].
+    fn release(&self) {
+        self.released.set(true);
+        let waiters = std::mem::take(&mut *self.release_waiters.borrow_mut());
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
+    /// Undoes [`Partition::release`] (an aborted hand-over).
+    fn unrelease(&self) {
+        self.released.set(false);
+    }
+
+    /// Returns once the partition is released. Fetch long polls race this
+    /// against log progress so a hand-over does not wait for their timeout.
+    pub async fn wait_released(&self) {
+        futures::future::poll_fn(|context| {
+            if self.released.get() {
+                return Poll::Ready(());
+            }
+            let mut waiters = self.release_waiters.borrow_mut();
+            if !waiters.iter().any(|known| known.will_wake(context.waker())) {
+                waiters.push(context.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// The high watermark: on one node, the offset up to which the commit
     /// stage is reached.
     pub fn high_watermark(&self) -> u64 {
@@ -85,6 +155,9 @@ pub struct Shard {
     open_lock: Semaphore,
     /// Controller only: serialises metadata changes.
     controller_lock: Semaphore,
+    /// Controller only: a partition move is running (a second one is
+    /// refused rather than queued behind it).
+    pub move_running: Cell<bool>,
     pub shutting_down: Cell<bool>,
     /// Consumer groups coordinated on this shard.
     pub groups: crate::handlers::groups::GroupShard,
@@ -108,6 +181,22 @@ pub struct SharedState {
     pub shards_ready: std::sync::atomic::AtomicUsize,
     /// Shard id → (CPU, owned partitions as `topic-partition`).
     pub layout: std::sync::Mutex<BTreeMap<usize, (usize, Vec<String>)>>,
+}
+
+/// What [`Shard::release_partition`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// False when the partition was not open on the old owner.
+    pub was_open: bool,
+    /// Whether its log closed cleanly (else the new owner recovers it).
+    pub clean: bool,
+}
+
+/// Wall-clock milliseconds since the epoch (producer expiry's clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// Why a partition is not available here, as a Kafka error.
@@ -138,6 +227,7 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             open_lock: Semaphore::new(1),
             controller_lock: Semaphore::new(1),
+            move_running: Cell::new(false),
             shutting_down: Cell::new(false),
         })
     }
@@ -186,8 +276,32 @@ impl Shard {
         self.metadata.borrow().clone()
     }
 
+    /// The shard owning `topic`/`partition` in this shard's snapshot: the
+    /// explicit assignment if it names an existing shard, else the pure
+    /// placement function.
     pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
-        shard_for(topic, partition, self.count)
+        self.metadata
+            .borrow()
+            .owner_of(topic, partition, self.count)
+    }
+
+    /// Whether this shard may open `topic`/`index` now: the topic exists,
+    /// the index is in range, this shard owns it and it is not being handed
+    /// over. Errors are Kafka codes.
+    fn check_serves(&self, topic: &str, index: i32) -> Result<TopicMeta, i16> {
+        let metadata = self.metadata.borrow();
+        let Some(meta) = metadata.topic(topic) else {
+            return Err(unknown_partition());
+        };
+        if index < 0 || index >= meta.partitions {
+            return Err(unknown_partition());
+        }
+        if metadata.is_moving(topic, index)
+            || metadata.owner_of(topic, index, self.count) != self.id
+        {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        }
+        Ok(meta.clone())
     }
 
     fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
@@ -197,18 +311,15 @@ impl Shard {
     /// The local partition, opening its log on first use. Errors are Kafka
     /// codes: unknown topic/partition, not owned here, or a storage error.
     pub async fn partition(&self, topic: &str, index: i32) -> Result<Rc<Partition>, i16> {
+        // From the moment a hand-over's first snapshot is installed here, the
+        // partition is served by nobody, even while its log is still open.
+        if self.metadata.borrow().is_moving(topic, index) {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        }
         if let Some(found) = self.partitions.borrow().get(&(topic.to_string(), index)) {
             return Ok(found.clone());
         }
-        let Some(meta) = self.metadata().topic(topic).cloned() else {
-            return Err(unknown_partition());
-        };
-        if index < 0 || index >= meta.partitions {
-            return Err(unknown_partition());
-        }
-        if self.owner_of(topic, index) != self.id {
-            return Err(ResponseError::NotLeaderOrFollower.code());
-        }
+        self.check_serves(topic, index)?;
         let _permit = self
             .open_lock
             .acquire_permit(1)
@@ -217,6 +328,9 @@ impl Shard {
         if let Some(found) = self.partitions.borrow().get(&(topic.to_string(), index)) {
             return Ok(found.clone());
         }
+        // Again under the lock: while we waited for it, a hand-over may have
+        // given the partition to another shard, which may have opened it.
+        let meta = self.check_serves(topic, index)?;
         let log_config = log_config_for(&meta.configs, &self.config.kafka);
         let commit_durable = log_config.sync_policy == SyncPolicy::EveryAppend;
         let dir = self.partition_dir(topic, index);
@@ -224,15 +338,20 @@ impl Shard {
             tracing::error!(shard = self.id, dir = %dir.display(), %error, "cannot open partition log");
             crate::errors::code_for_log_error(&error)
         })?;
-        let producers = crate::handlers::producer::rebuild(&log).await;
-        let partition = Rc::new(Partition {
-            topic: topic.to_string(),
+        let loaded = crate::producer_snapshot::load(
+            &log,
+            format!("{topic}-{index}"),
+            crate::config::producer_limits_for(&meta.configs, &self.config.kafka),
+            now_ms(),
+        )
+        .await;
+        let partition = Rc::new(Partition::new(
+            topic.to_string(),
             index,
             log,
             commit_durable,
-            leader_epoch: 0,
-            producers: RefCell::new(producers),
-        });
+            loaded,
+        ));
         self.partitions
             .borrow_mut()
             .insert((topic.to_string(), index), partition.clone());
@@ -245,7 +364,8 @@ impl Shard {
         let metadata = self.metadata();
         for topic in metadata.topics.values() {
             for index in 0..topic.partitions {
-                if self.owner_of(&topic.name, index) == self.id {
+                let owned = metadata.owner_of(&topic.name, index, self.count) == self.id;
+                if owned && !metadata.is_moving(&topic.name, index) {
                     if let Err(code) = self.partition(&topic.name, index).await {
                         tracing::error!(shard = self.id, topic = %topic.name, partition = index, code, "partition unavailable");
                     }
@@ -323,10 +443,10 @@ impl Shard {
             let Some(partition) = self.partitions.borrow().get(&key).cloned() else {
                 continue;
             };
-            let mut waited = std::time::Duration::ZERO;
+            let mut waited = Duration::ZERO;
             while Rc::strong_count(&partition) > 2 && waited < REOPEN_WAIT_MAX {
-                glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
-                waited += std::time::Duration::from_millis(20);
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                waited += Duration::from_millis(20);
             }
             if Rc::strong_count(&partition) > 2 {
                 tracing::warn!(topic = %key.0, partition = key.1, "partition busy; new settings apply at the next restart");
@@ -337,7 +457,7 @@ impl Shard {
                 continue;
             };
             if let Ok(partition) = Rc::try_unwrap(partition) {
-                if let Err(error) = partition.log.close().await {
+                if let Err(error) = self.close_partition(partition).await {
                     tracing::error!(topic = %key.0, partition = key.1, %error, "closing for reconfiguration");
                 }
             }
@@ -350,8 +470,7 @@ impl Shard {
         self: &Rc<Self>,
         change: impl FnOnce(&ClusterMetadata) -> Result<Option<ClusterMetadata>, (i16, String)>,
     ) -> Result<Arc<ClusterMetadata>, (i16, String)> {
-        debug_assert_eq!(self.id, 0, "metadata changes run on the controller shard");
-        let _permit = self.controller_lock.acquire_permit(1).await.map_err(|_| {
+        let _permit = self.controller_permit().await.map_err(|_| {
             (
                 ResponseError::UnknownServerError.code(),
                 "shutting down".to_string(),
@@ -366,6 +485,23 @@ impl Shard {
             (ResponseError::KafkaStorageError.code(), error.to_string())
         })?;
         let next = Arc::new(next);
+        self.broadcast_metadata(next.clone()).await;
+        Ok(next)
+    }
+
+    /// Controller only: the permit every metadata change holds, so changes
+    /// (topic admin, configs, partition moves) apply one at a time.
+    pub async fn controller_permit(&self) -> anyhow::Result<glommio::sync::Permit<'_>> {
+        debug_assert_eq!(self.id, 0, "metadata changes run on the controller shard");
+        self.controller_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| anyhow!("the controller is shutting down"))
+    }
+
+    /// Controller only: installs `next` on every shard, one after the
+    /// other, returning when all did (or could not be reached, logged).
+    pub async fn broadcast_metadata(self: &Rc<Self>, next: Arc<ClusterMetadata>) {
         for target in 0..self.count {
             let snapshot = next.clone();
             let installed = self
@@ -377,7 +513,75 @@ impl Shard {
                 tracing::error!(target, %error, "metadata not installed on a shard");
             }
         }
-        Ok(next)
+    }
+
+    /// The old owner's half of a hand-over, run once every shard has the
+    /// snapshot marking `topic`/`index` as moving (so nothing hands out new
+    /// references to it): takes the partition out of this shard, makes the
+    /// requests still holding it stop appending and waiting, waits up to
+    /// `wait_max` for them to let go, then closes the log cleanly (flushed,
+    /// synced, clean-shutdown marker) so the new owner opens it without a
+    /// rescan. If they do not let go in time, the partition is put back
+    /// untouched and an error says why: the log was never closed, so the
+    /// move can be undone by restoring the old snapshot.
+    pub async fn release_partition(
+        &self,
+        topic: &str,
+        index: i32,
+        wait_max: Duration,
+    ) -> Result<Released, String> {
+        debug_assert!(self.metadata.borrow().is_moving(topic, index));
+        // Holding the open lock means no open of this partition is half done
+        // (one that started before the moving snapshot arrived has finished
+        // and inserted it; later ones see the snapshot and refuse).
+        let _permit = self
+            .open_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| "the shard is shutting down".to_string())?;
+        let key = (topic.to_string(), index);
+        let Some(partition) = self.partitions.borrow_mut().remove(&key) else {
+            // Not open here (e.g. its open failed): nothing to close.
+            return Ok(Released {
+                was_open: false,
+                clean: true,
+            });
+        };
+        partition.release();
+        self.publish_partitions();
+        let started = Instant::now();
+        while Rc::strong_count(&partition) > 1 && started.elapsed() < wait_max {
+            glommio::timer::sleep(RELEASE_POLL).await;
+        }
+        // No await from the count check to here, so nobody can clone it now.
+        let partition = match Rc::try_unwrap(partition) {
+            Ok(partition) => partition,
+            Err(partition) => {
+                // Put it back as it was: its log never stopped, so restoring
+                // the old snapshot undoes the move without a reopen.
+                let holders = Rc::strong_count(&partition) - 1;
+                partition.unrelease();
+                self.partitions.borrow_mut().insert(key, partition);
+                self.publish_partitions();
+                return Err(format!(
+                    "{holders} request(s) still used {topic}-{index} after {} ms",
+                    wait_max.as_millis()
+                ));
+            }
+        };
+        let clean = match self.close_partition(partition).await {
+            Ok(()) => true,
+            Err(error) => {
+                // What was acknowledged reached its commit stage already; the
+                // new owner's open recovers the log as after a crash.
+                tracing::warn!(shard = self.id, topic, partition = index, %error, "hand-over: unclean close; the new owner will recover the log");
+                false
+            }
+        };
+        Ok(Released {
+            was_open: true,
+            clean,
+        })
     }
 
     /// Creates a topic through the controller. `Ok` carries the topic.
@@ -421,15 +625,67 @@ impl Shard {
         for ((topic, index), partition) in partitions {
             match Rc::try_unwrap(partition) {
                 Ok(partition) => {
-                    if let Err(error) = partition.log.close().await {
+                    if let Err(error) = self.close_partition(partition).await {
                         tracing::error!(shard = self.id, topic, partition = index, %error, "unclean close");
                     }
                 }
                 Err(partition) => {
-                    // A request still holds it: make its data durable anyway.
+                    // A request still holds it: make its data durable anyway
+                    // (the snapshot waits for that), with its producer state.
+                    if let Err(error) =
+                        crate::producer_snapshot::write_unless_current(&partition).await
+                    {
+                        tracing::warn!(shard = self.id, topic, partition = index, %error, "producer-state snapshot at shutdown failed");
+                    }
                     if let Err(error) = partition.log.flush().await {
                         tracing::error!(shard = self.id, topic, partition = index, %error, "flush at shutdown failed");
                     }
+                }
+            }
+        }
+    }
+
+    /// Closes a partition this shard gives up (shutdown, hand-over,
+    /// reconfiguration): first its producer-state snapshot (which waits for
+    /// the log to commit everything appended), then the log, cleanly. A
+    /// failed snapshot is logged, not fatal: the next open rebuilds from
+    /// the log.
+    async fn close_partition(&self, partition: Partition) -> kafki_storage::LogResult<()> {
+        match crate::producer_snapshot::write_unless_current(&partition).await {
+            Ok(Some(offset)) => {
+                tracing::debug!(shard = self.id, topic = %partition.topic, partition = partition.index, offset, "producer-state snapshot written at close")
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(shard = self.id, topic = %partition.topic, partition = partition.index, %error, "producer-state snapshot at close failed; the next open rebuilds it from the log")
+            }
+        }
+        partition.log.close().await
+    }
+
+    /// The shard's producer-state maintenance, run every
+    /// [`crate::producer_snapshot::SNAPSHOT_CHECK_INTERVAL`]: forgets
+    /// expired producers when `expire` is set, and writes the snapshots
+    /// that are due. Holds one partition at a time, so a hand-over waits
+    /// for at most one snapshot write.
+    pub async fn maintain_producer_states(&self, expire: bool) {
+        let keys: Vec<(String, i32)> = self.partitions.borrow().keys().cloned().collect();
+        for key in keys {
+            let Some(partition) = self.partitions.borrow().get(&key).cloned() else {
+                continue;
+            };
+            if partition.is_released() || !partition.log.is_healthy() {
+                continue;
+            }
+            if expire {
+                let expired = partition.producers.borrow_mut().expire(now_ms());
+                if expired > 0 {
+                    tracing::info!(shard = self.id, topic = %key.0, partition = key.1, expired, "expired idle producers (producer.id.expiration.ms)");
+                }
+            }
+            if crate::producer_snapshot::is_due(&partition, Instant::now()) {
+                if let Err(error) = crate::producer_snapshot::write(&partition).await {
+                    tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, %error, "producer-state snapshot failed; retrying at the next check");
                 }
             }
         }
@@ -469,7 +725,13 @@ impl Shard {
             if self.shutting_down.get() {
                 return;
             }
-            match partition.log.compact(now_ms, limits).await {
+            // Each idempotent producer's last batch stays (see `compact_retaining`).
+            let retain = partition.producers.borrow().last_batch_offsets();
+            match partition
+                .log
+                .compact_retaining(now_ms, limits, &retain)
+                .await
+            {
                 Ok(report) => self.metrics.record_clean(&report),
                 Err(error) => {
                     tracing::warn!(topic = %partition.topic, partition = partition.index, %error, "log cleaning failed")

@@ -27,10 +27,11 @@ pub use kafka_protocol;
 pub use fetch::{encode_fetch_response, FetchPartitionHead, FetchResponseHead, FetchTopicHead};
 pub use frame::{FrameDecoder, FrameError, SOCKET_REQUEST_MAX_BYTES_DEFAULT};
 pub use request::{
-    decode_request, encode_request, peek_request_prefix, Request, RequestError, RequestPrefix,
+    decode_request, encode_request, encode_request_as, peek_request_prefix, Request, RequestError,
+    RequestPrefix,
 };
 pub use response::{
-    api_versions_response, decode_response, encode_api_versions_fallback,
+    api_versions_response, decode_response, decode_response_as, encode_api_versions_fallback,
     encode_api_versions_response, encode_response, encode_response_into, EncodeError,
     ResponseDecodeError,
 };

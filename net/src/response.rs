@@ -122,6 +122,29 @@ pub fn decode_response(
     api_key: ApiKey,
     api_version: i16,
 ) -> Result<(CorrelationId, ResponseKind), ResponseDecodeError> {
+    decode_response_with(frame, api_key, api_version, |buffer| {
+        ResponseKind::decode(api_key, buffer, api_version)
+    })
+}
+
+/// Like [`decode_response`], into the typed body `T` (the `Response` of the request type the
+/// caller sent), so a generic client needs no match over [`ResponseKind`].
+pub fn decode_response_as<T: Decodable>(
+    frame: Bytes,
+    api_key: ApiKey,
+    api_version: i16,
+) -> Result<(CorrelationId, T), ResponseDecodeError> {
+    decode_response_with(frame, api_key, api_version, |buffer| {
+        T::decode(buffer, api_version)
+    })
+}
+
+fn decode_response_with<T>(
+    frame: Bytes,
+    api_key: ApiKey,
+    api_version: i16,
+    decode_body: impl FnOnce(&mut Bytes) -> anyhow::Result<T>,
+) -> Result<(CorrelationId, T), ResponseDecodeError> {
     let malformed = |error: anyhow::Error| ResponseDecodeError::Malformed {
         api_key,
         api_version,
@@ -138,7 +161,7 @@ pub fn decode_response(
     let mut buffer = frame;
     let header = ResponseHeader::decode(&mut buffer, api_key.response_header_version(api_version))
         .map_err(malformed)?;
-    let body = ResponseKind::decode(api_key, &mut buffer, api_version).map_err(malformed)?;
+    let body = decode_body(&mut buffer).map_err(malformed)?;
     if !buffer.is_empty() {
         return Err(ResponseDecodeError::TrailingBytes {
             api_key,

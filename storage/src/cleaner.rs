@@ -362,6 +362,28 @@ pub fn filter_batch(
     Ok((Verdict::Rewrite(rewritten), removed))
 }
 
+/// The batch `header` describes with no record left: same base offset,
+/// offset span, leader epoch, timestamps, producer id/epoch/base sequence
+/// and attributes, uncompressed (as Kafka writes the empty batches its
+/// cleaner keeps for producer state). Replaying it restores the producer's
+/// last sequence.
+pub fn empty_batch(header: &BatchHeader) -> Vec<u8> {
+    let fields = BatchFields {
+        records_count: 0,
+        ..BatchFields::from(header)
+    };
+    let mut batch = Vec::with_capacity(crate::batch::BATCH_HEADER_BYTES);
+    assemble_batch(&mut batch, &fields, Compression::None, &[]);
+    assert!(
+        validate_stored_batch(&batch).is_ok_and(|empty| empty.base_offset == header.base_offset
+            && empty.last_offset_delta == header.last_offset_delta
+            && empty.producer_id == header.producer_id),
+        "empty batch at offset {} does not validate",
+        header.base_offset
+    );
+    batch
+}
+
 /// The name of the cleaned (not yet swapped in) version of file `name`.
 pub fn cleaned_name(name: &str) -> String {
     format!("{name}{CLEANED_SUFFIX}")
@@ -767,6 +789,33 @@ mod tests {
             assert_eq!(kept[1].timestamp_delta, 8);
             assert_eq!(kept[1].headers().count(), 1);
         }
+    }
+
+    #[test]
+    fn empty_batches_keep_the_producer_fields() {
+        let batch = sample(Compression::Zstd);
+        let header = BatchHeader::parse(&batch).expect("header");
+        let empty = empty_batch(&header);
+        let parsed = validate_stored_batch(&empty).expect("valid");
+        assert_eq!(parsed.records_count, 0);
+        assert_eq!(parsed.total_bytes(), crate::batch::BATCH_HEADER_BYTES);
+        assert_eq!(
+            (
+                parsed.producer_id,
+                parsed.producer_epoch,
+                parsed.base_sequence
+            ),
+            (42, 2, 17)
+        );
+        assert_eq!(parsed.last_offset_delta, header.last_offset_delta);
+        assert_eq!(
+            Compression::from_attributes(parsed.attributes),
+            Ok(Compression::None)
+        );
+        assert_ne!(
+            parsed.attributes & crate::batch::ATTRIBUTE_LOG_APPEND_TIME,
+            0
+        );
     }
 
     #[test]

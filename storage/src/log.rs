@@ -1251,16 +1251,50 @@ async fn run_flusher(shared: Rc<Shared>) {
         if shared.state.borrow().closing {
             return;
         }
-        let mut outcome = write_pending(&shared).await;
-        if outcome.is_ok() && shared.sync_due() {
-            outcome = sync_active(&shared).await;
-        }
+        let outcome = flush_cycle(&shared).await;
         drop(permit);
         if let Err(error) = outcome {
             tracing::error!(dir = %shared.dir.display(), %error, "log write failed; the log refuses further writes");
             shared.state.borrow_mut().failed = Some(error.to_string());
         }
         shared.progress.wake_all();
+    }
+}
+
+/// Writes what is pending and syncs as the policy says, overlapping the two:
+/// while an `fdatasync` is in flight, batches appended meanwhile are already
+/// written, and the next sync starts as soon as the previous one completes.
+/// So a durable append waits for about one sync, not for a write plus a sync
+/// plus the remainder of the cycle it arrived in. Waiters for the *written*
+/// stage are woken after each write, never held behind a sync. The caller
+/// holds the flush lock, so no truncation or close runs meanwhile.
+async fn flush_cycle(shared: &Rc<Shared>) -> LogResult<()> {
+    let mut sync: Option<futures::future::LocalBoxFuture<'_, LogResult<()>>> = None;
+    loop {
+        write_pending(shared).await?;
+        shared.progress.wake_all();
+        if sync.is_none() && shared.sync_due() {
+            sync = Some(Box::pin(sync_active(shared)));
+        }
+        let Some(running) = sync.as_mut() else {
+            return Ok(());
+        };
+        let new_work = poll_fn(|context| {
+            if shared.flusher_work.replace(false) {
+                return Poll::Ready(());
+            }
+            *shared.flusher_waker.borrow_mut() = Some(context.waker().clone());
+            Poll::Pending
+        });
+        match futures::future::select(running, Box::pin(new_work)).await {
+            futures::future::Either::Left((synced, _)) => {
+                synced?;
+                sync = None;
+                shared.progress.wake_all();
+            }
+            // Keep the sync running; write the new batches beside it.
+            futures::future::Either::Right(((), _)) => {}
+        }
     }
 }
 

@@ -1292,3 +1292,55 @@ fn cleaner_throughput() {
         });
     }
 }
+
+#[test]
+fn a_retained_batch_whose_records_all_go_stays_as_an_empty_batch() {
+    let dir = test_dir();
+    let path = dir.path().join("compact-12");
+    run(move || async move {
+        let log = PartitionLog::open(&path, compacted_config())
+            .await
+            .expect("open");
+        let kept = log
+            .append(producer_batch(Compression::Gzip, &[b"x", b"y"]), 0)
+            .await
+            .expect("append")
+            .base_offset;
+        let dropped = log
+            .append(producer_batch(Compression::Lz4, &[b"x", b"y"]), 0)
+            .await
+            .expect("append")
+            .base_offset;
+        log.roll();
+        append(
+            &log,
+            Compression::None,
+            &[(Some(b"x"), Some(b"new")), (Some(b"y"), Some(b"new"))],
+        )
+        .await;
+        log.flush().await.expect("flush");
+        let retain = std::collections::HashSet::from([kept]);
+        let report = log
+            .compact_retaining(NOW_MS, &CleanerLimits::default(), &retain)
+            .await
+            .expect("compact");
+        assert_eq!((report.batches_rewritten, report.batches_dropped), (1, 1));
+        let batches = read_all_batches(&log, 0).await;
+        let header = BatchHeader::parse(&batches[0]).expect("header");
+        assert_eq!(header.base_offset as u64, kept);
+        assert_eq!(header.records_count, 0);
+        assert_eq!(header.last_offset_delta, 1);
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (77, 3, 10)
+        );
+        assert!(batches
+            .iter()
+            .all(|batch| BatchHeader::parse(batch).expect("h").base_offset as u64 != dropped));
+        log.close().await.expect("close");
+    });
+}

@@ -299,8 +299,10 @@ def frame(payload: bytes) -> bytes:
 
 
 def record_batch(records: list[tuple[bytes | None, bytes]], base_timestamp: int | None = None,
-                 corrupt_crc: bool = False) -> bytes:
-    """A v2 record batch (magic 2, no compression, no producer id)."""
+                 corrupt_crc: bool = False, producer_id: int = -1, producer_epoch: int = -1,
+                 base_sequence: int = -1) -> bytes:
+    """A v2 record batch (magic 2, no compression); idempotent when given a producer id,
+    epoch and first sequence."""
     from kafka.record.util import calc_crc32c
     ts = base_timestamp if base_timestamp is not None else int(time.time() * 1000)
     body = bytearray()
@@ -312,7 +314,8 @@ def record_batch(records: list[tuple[bytes | None, bytes]], base_timestamp: int 
         r += zvarint(len(value)) + value
         r += zvarint(0)                    # headers
         body += zvarint(len(r)) + r
-    after_crc = struct.pack(">hiqqqhii", 0, len(records) - 1, ts, ts, -1, -1, -1, len(records)) + body
+    after_crc = struct.pack(">hiqqqhii", 0, len(records) - 1, ts, ts, producer_id, producer_epoch,
+                            base_sequence, len(records)) + body
     crc = calc_crc32c(bytes(after_crc))
     if corrupt_crc:
         crc ^= 0xDEADBEEF

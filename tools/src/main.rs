@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod dump;
+mod layout;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kafki",
@@ -27,6 +30,10 @@ enum Command {
         #[command(subcommand)]
         bench: BenchCommand,
     },
+    /// Read segment files offline: batches, records, indexes, checkpoints, damage.
+    Dump(dump::DumpArgs),
+    /// Show CPU/NUMA/NIC-IRQ layout and a broker's shards, with placement advice.
+    Layout(layout::LayoutArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +41,14 @@ enum BenchCommand {
     /// Append record batches to a partition log directly (no network) and
     /// report throughput, fsyncs and append latency as one JSON line.
     Storage(kafki_bench::storage::StorageBenchArgs),
+    /// Produce to any Kafka broker at max or fixed rate; latency per record
+    /// from hand-over to acknowledgement.
+    Produce(kafki_bench::produce::ProduceBenchArgs),
+    /// Consume a topic from the beginning; latency per fetch.
+    Consume(kafki_bench::consume::ConsumeBenchArgs),
+    /// Fixed-rate producers and consumers; latency per record from its
+    /// intended send time to consumption (corrected for coordinated omission).
+    E2e(kafki_bench::e2e::E2eBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,9 +62,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench {
-            bench: BenchCommand::Storage(args),
-        } => run_storage_bench(args),
+        Command::Bench { bench } => run_bench(bench),
+        Command::Dump(args) => dump::run(&args),
+        Command::Layout(args) => layout::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,8 +84,25 @@ fn serve(args: kafki_broker::config::ServeArgs) -> anyhow::Result<()> {
     kafki_broker::server::run(config, stop)
 }
 
-fn run_storage_bench(args: kafki_bench::storage::StorageBenchArgs) -> anyhow::Result<()> {
-    let report = kafki_bench::storage::run(args)?;
-    println!("{}", serde_json::to_string(&report)?);
+fn run_bench(bench: BenchCommand) -> anyhow::Result<()> {
+    // The Kafka-wire benchmarks print their summary and write their own files; a run
+    // with failed records exits non-zero after reporting.
+    let report = match bench {
+        BenchCommand::Storage(args) => {
+            let report = kafki_bench::storage::run(args)?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
+        BenchCommand::Produce(args) => kafki_bench::produce::run(args)?,
+        BenchCommand::Consume(args) => kafki_bench::consume::run(args)?,
+        BenchCommand::E2e(args) => kafki_bench::e2e::run(args)?,
+    };
+    if report.errors > 0 {
+        anyhow::bail!(
+            "{} errors during the run (first: {})",
+            report.errors,
+            report.first_error.as_deref().unwrap_or("unknown")
+        );
+    }
     Ok(())
 }

@@ -410,24 +410,32 @@ async fn wait_for_data(
 }
 
 /// Waits until one partition's high watermark passes what the last read
-/// saw (no wake-up is lost between that read and this wait).
+/// saw (no wake-up is lost between that read and this wait), or until one
+/// is handed over to another shard: a parked poll must not hold the old
+/// owner's log open, and the re-read then tells the client to look again.
 async fn wait_on_owner(shard: Rc<Shard>, partitions: Vec<(String, i32, i64)>, timeout: Duration) {
     let mut waits = Vec::new();
     for (topic, index, seen) in partitions {
-        if let Ok(partition) = shard.partition(&topic, index).await {
-            waits.push(Box::pin(async move {
-                loop {
-                    let since = partition.log.offsets();
-                    if partition.high_watermark_of(&since) as i64 > seen
-                        || !partition.log.is_healthy()
-                    {
-                        return;
-                    }
-                    partition.log.wait_for_progress(since).await;
+        let Ok(partition) = shard.partition(&topic, index).await else {
+            // Gone since the read (deleted, or being handed over): the
+            // re-read reports it now rather than after the whole wait.
+            return;
+        };
+        waits.push(Box::pin(async move {
+            loop {
+                let since = partition.log.offsets();
+                if partition.high_watermark_of(&since) as i64 > seen
+                    || !partition.log.is_healthy()
+                    || partition.is_released()
+                {
+                    return;
                 }
-            })
-                as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>);
-        }
+                let progress = std::pin::pin!(partition.log.wait_for_progress(since));
+                let released = std::pin::pin!(partition.wait_released());
+                futures::future::select(progress, released).await;
+            }
+        })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>);
     }
     let timer = Box::pin(glommio::timer::sleep(timeout));
     if waits.is_empty() {

@@ -270,6 +270,11 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
         if let Err(error) = partition.log.wait_for_buffer_room().await {
             return PartitionOutcome::failed(slot, code_for_log_error(&error));
         }
+        // A hand-over took the partition away while we waited: refuse, so it
+        // need not wait for us, and the client retries on the new owner.
+        if partition.is_released() {
+            return PartitionOutcome::failed(slot, ResponseError::NotLeaderOrFollower.code());
+        }
         let Ok(header) = BatchHeader::parse(&batch) else {
             return PartitionOutcome::failed(slot, ResponseError::CorruptMessage.code());
         };
@@ -284,10 +289,11 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
         }
         match partition.log.append_now(batch, partition.leader_epoch) {
             Ok(info) => {
-                partition
-                    .producers
-                    .borrow_mut()
-                    .record(&header, info.base_offset);
+                partition.producers.borrow_mut().record(
+                    &header,
+                    info.base_offset,
+                    crate::shard::now_ms(),
+                );
                 first.get_or_insert((info.base_offset, info.log_append_time_ms));
                 last_offset = info.last_offset;
             }

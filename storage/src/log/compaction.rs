@@ -30,14 +30,18 @@
 //!    the commit protocol of [`crate::cleaner`], then publish the new
 //!    segments in memory and drop their batches from the hot tail.
 //!
-//! Idempotent-producer state is rebuilt from the active segment only (see
-//! the broker's `producer.rs`), which the cleaner never touches, so empty
-//! batches are dropped rather than kept for their producer ids.
+//! Idempotent-producer state: the broker snapshots it and, at open, replays
+//! the batch headers after the snapshot (`producer_snapshot.rs`), which may
+//! reach into cleaned segments. So the caller names the batches to keep
+//! ([`PartitionLog::compact_retaining`]: each producer's last batch); one
+//! whose records all go stays as an empty batch with its header fields, as
+//! Kafka's cleaner does. Every other batch with nothing left is dropped.
 //!
 //! Between batches the pass yields to the executor; its reads and writes
 //! are glommio I/O, so it shares the shard with appends and fetches. It
 //! holds the flush lock only for the swap's renames and a few fsyncs.
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::rc::Rc;
 use std::time::Instant;
@@ -48,8 +52,9 @@ use super::{CachedBatch, PartitionLog};
 use crate::batch::BatchHeader;
 use crate::checkpoint::{self, CleanerCheckpoint, SwapGroup};
 use crate::cleaner::{
-    apply_group, cleaned_name, filter_batch, for_each_keyed_record, CleanReport, CleanedFiles,
-    CleanedWriter, CleanerLimits, Fate, KeyMap, SwapStep, Verdict, CHECKPOINT_SWAP_FILE,
+    apply_group, cleaned_name, empty_batch, filter_batch, for_each_keyed_record, CleanReport,
+    CleanedFiles, CleanedWriter, CleanerLimits, Fate, KeyMap, SwapStep, Verdict,
+    CHECKPOINT_SWAP_FILE,
 };
 use crate::config::CompactionConfig;
 use crate::error::{LogError, LogResult};
@@ -227,6 +232,21 @@ impl PartitionLog {
     /// that finds its segments changed under it (retention, truncation)
     /// discards its output; the next pass starts over.
     pub async fn compact(&self, now_ms: i64, limits: &CleanerLimits) -> LogResult<CleanReport> {
+        self.compact_retaining(now_ms, limits, &HashSet::new())
+            .await
+    }
+
+    /// [`PartitionLog::compact`], never dropping the batches whose base
+    /// offsets are in `retain`: one whose records all go is kept as an empty
+    /// batch with its header fields. The broker passes each idempotent
+    /// producer's last batch, so that replaying the log after a restart
+    /// restores every producer's sequence (Kafka's cleaner keeps them too).
+    pub async fn compact_retaining(
+        &self,
+        now_ms: i64,
+        limits: &CleanerLimits,
+        retain: &HashSet<u64>,
+    ) -> LogResult<CleanReport> {
         let Some(config) = self.shared.config.compaction.clone() else {
             return Ok(CleanReport::default());
         };
@@ -278,6 +298,7 @@ impl PartitionLog {
             delete_retention_ms: config.delete_retention.as_millis() as i64,
             now_ms,
             first_dirty_after,
+            retain,
         };
         for range in &groups {
             let output = self
@@ -513,6 +534,7 @@ impl PartitionLog {
             delete_retention_ms,
             now_ms,
             first_dirty_after,
+            retain,
         } = *pass;
         let first = &plan.segments[range.start];
         let group_end = plan.segment_end(range.end - 1);
@@ -602,6 +624,13 @@ impl PartitionLog {
                         (None, Some(writer)) => writer.push(&batch).await?,
                         (None, None) => unreachable!("a sink writes once it stops being untouched"),
                     },
+                    Verdict::Drop if retain.contains(&(header.base_offset as u64)) => {
+                        report.batches_rewritten += 1;
+                        self.start_writer(&mut sink, plan, files, report).await?;
+                        if let Some(writer) = &mut sink.writer {
+                            writer.push(&empty_batch(&header)).await?;
+                        }
+                    }
                     Verdict::Drop => {
                         report.batches_dropped += 1;
                         self.start_writer(&mut sink, plan, files, report).await?;
@@ -883,6 +912,7 @@ struct Pass<'a> {
     delete_retention_ms: i64,
     now_ms: i64,
     first_dirty_after: u64,
+    retain: &'a HashSet<u64>,
 }
 
 /// What the swap needs to know about the pass.

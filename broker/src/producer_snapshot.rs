@@ -1,0 +1,771 @@
+//! Producer-state snapshots: the idempotent-producer state of one partition
+//! ([`ProducerStates`]) kept in a file beside its log, so that a restart or
+//! a move to another shard does not forget producers whose last batch sits
+//! in an older segment (Kafka keeps `<offset>.snapshot` files for the same
+//! reason).
+//!
+//! # The file: `<topic>-<partition>/producer-state-snapshot`
+//!
+//! One file per partition, replaced whole: written to
+//! `producer-state-snapshot.tmp`, `fdatasync`ed, renamed over the old one,
+//! then the directory is synced, all through glommio's io_uring file API so
+//! the shard never blocks on the disk. Big-endian:
+//!
+//! | at | bytes | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `KPSN` |
+//! | 4 | 2 | version (1) |
+//! | 6 | 2 | flags (0) |
+//! | 8 | 4 | length of the whole file |
+//! | 12 | 4 | CRC32C of bytes 0..12 and 16..length |
+//! | 16 | 8 | offset: the state after every batch below it |
+//! | 24 | 8 | written at (ms since the epoch; informational) |
+//! | 32 | 4 | producer count |
+//! | 36 | … | per producer, least recently used first: id i64, epoch i16, last timestamp ms i64, batch count u8 (1..=5), then per batch (oldest first) first sequence i32, last sequence i32, base offset u64 |
+//!
+//! # When it is written
+//!
+//! * at every clean close: shutdown, the old owner's half of a partition
+//!   move (before its log closes), and a reopen for changed settings;
+//! * from the shard's maintenance tick ([`SNAPSHOT_CHECK_INTERVAL`], off the
+//!   produce path) when it is due: the log rolled a segment since the last
+//!   snapshot (so a crash replays about one segment at most, as with
+//!   Kafka's snapshot at each roll), or it changed and the last snapshot is
+//!   [`SNAPSHOT_AGE_MAX`] old (slow partitions that rarely roll), or the
+//!   log start moved past it (retention, DeleteRecords), or there is none.
+//!
+//! Its offset is taken together with the state (no await between), and the
+//! file is written only once the log reached its commit stage at that
+//! offset, so a crash normally leaves the file at or below the recovered
+//! log end.
+//!
+//! # At open ([`load`])
+//!
+//! The snapshot is used if it decodes (magic, version, length, CRC and every
+//! field checked) and its offset lies within [log start, log end]; the batch
+//! headers from its offset to the log end are then replayed. Otherwise a
+//! line says which (missing, damaged and why, below the log start, beyond
+//! the log end) and the state is rebuilt from the log alone, starting at
+//! the last segment and reaching back over older sealed segments while they
+//! add up to at most [`FALLBACK_SCAN_BYTES_MAX`]: producers whose last batch
+//! lies before that are forgotten (as after expiry). A refused file is
+//! removed: one beyond the log end describes batches the crash cut, and the
+//! offsets it names will be reused by different batches. Nothing here can
+//! make the open fail. Expiry and the cap are applied to the loaded state.
+
+use std::cell::Cell;
+use std::collections::{HashSet, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::io::{BufferedFile, Directory};
+use glommio::sync::Semaphore;
+use kafki_storage::batch::BatchHeader;
+use kafki_storage::PartitionLog;
+
+use crate::handlers::producer::{
+    ProducerEntry, ProducerLimits, ProducerStates, SequencedBatch, PRODUCERS_MAX_DEFAULT,
+    REMEMBERED_BATCHES,
+};
+use crate::shard::Partition;
+
+pub const SNAPSHOT_FILE: &str = "producer-state-snapshot";
+const SNAPSHOT_TEMP_FILE: &str = "producer-state-snapshot.tmp";
+const MAGIC: [u8; 4] = *b"KPSN";
+pub const VERSION: u16 = 1;
+/// Magic, version, flags, length, CRC, offset, written at, count.
+const HEADER_BYTES: usize = 36;
+/// Where the CRC field sits; the CRC covers everything but itself.
+const CRC_AT: usize = 12;
+/// Id, epoch, last timestamp, batch count.
+const ENTRY_FIXED_BYTES: usize = 8 + 2 + 8 + 1;
+/// First sequence, last sequence, base offset.
+const BATCH_BYTES: usize = 4 + 4 + 8;
+const ENTRY_BYTES_MAX: usize = ENTRY_FIXED_BYTES + REMEMBERED_BATCHES * BATCH_BYTES;
+
+/// How often each shard looks at its partitions' snapshots (and expiry).
+pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// A changed state is written at least this often, even without a roll.
+pub const SNAPSHOT_AGE_MAX: Duration = Duration::from_secs(30);
+/// After a failed write the tick tries again this much later.
+pub const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Without a usable snapshot, sealed segments before the last one are
+/// replayed while they add up to at most this much.
+pub const FALLBACK_SCAN_BYTES_MAX: u64 = 64 << 20;
+/// Bytes read from the log per step of a replay.
+const REPLAY_READ_BYTES: u64 = 1 << 20;
+
+/// A decoded snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The state after every batch below this offset.
+    pub offset: u64,
+    pub written_ms: i64,
+    /// Least recently used first.
+    pub producers: Vec<(i64, ProducerEntry)>,
+}
+
+/// Why a snapshot file is not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("truncated: {0}")]
+    Truncated(String),
+    #[error("not a producer-state snapshot (magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    #[error("unsupported version {0} (this broker reads version {VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    BadCrc { stored: u32, computed: u32 },
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("{0} bytes beyond the length the header gives")]
+    TrailingBytes(usize),
+    #[error("{size} bytes, more than the {limit} a snapshot can need")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("cannot read it: {0}")]
+    Unreadable(String),
+    #[error(
+        "its offset {offset} is below the log start {log_start}: batches after it were deleted"
+    )]
+    BelowLogStart { offset: u64, log_start: u64 },
+    #[error(
+        "its offset {offset} is beyond the log end {log_end}: the log's tail was cut (a crash?)"
+    )]
+    BeyondLogEnd { offset: u64, log_end: u64 },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+fn crc_of(bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&bytes[..CRC_AT]), &bytes[CRC_AT + 4..])
+}
+
+/// Encodes `states` as the snapshot of offset `offset`.
+pub fn encode(states: &ProducerStates, offset: u64, written_ms: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + states.len() * ENTRY_BYTES_MAX);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&[0; 8]); // length and CRC, filled in below
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&written_ms.to_be_bytes());
+    let count_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut count: u32 = 0;
+    for (producer_id, entry) in states.iter_least_recent_first() {
+        // The state never holds more than REMEMBERED_BATCHES; keep the
+        // newest if it ever did, so the count fits its byte.
+        let skip = entry.batches.len().saturating_sub(REMEMBERED_BATCHES);
+        let batches: Vec<&SequencedBatch> = entry.batches.iter().skip(skip).collect();
+        if batches.is_empty() {
+            continue;
+        }
+        out.extend_from_slice(&producer_id.to_be_bytes());
+        out.extend_from_slice(&entry.epoch.to_be_bytes());
+        out.extend_from_slice(&entry.last_timestamp_ms.to_be_bytes());
+        out.push(batches.len() as u8);
+        for batch in batches {
+            out.extend_from_slice(&batch.first_sequence.to_be_bytes());
+            out.extend_from_slice(&batch.last_sequence.to_be_bytes());
+            out.extend_from_slice(&batch.base_offset.to_be_bytes());
+        }
+        count += 1;
+    }
+    out[count_at..count_at + 4].copy_from_slice(&count.to_be_bytes());
+    let length = out.len() as u32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    let crc = crc_of(&out);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// Reads big-endian fields from a slice, refusing to run past its end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], SnapshotError> {
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(SnapshotError::Truncated(format!(
+                "{what} at byte {} runs past the end ({} bytes)",
+                self.at,
+                self.bytes.len()
+            )));
+        };
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], SnapshotError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N, what)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, SnapshotError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u16(&mut self, what: &str) -> Result<u16, SnapshotError> {
+        Ok(u16::from_be_bytes(self.array(what)?))
+    }
+
+    fn i16(&mut self, what: &str) -> Result<i16, SnapshotError> {
+        Ok(i16::from_be_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, SnapshotError> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+
+    fn i32(&mut self, what: &str) -> Result<i32, SnapshotError> {
+        Ok(i32::from_be_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, SnapshotError> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, SnapshotError> {
+        Ok(i64::from_be_bytes(self.array(what)?))
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+}
+
+/// Decodes a snapshot file, checking everything before trusting anything:
+/// header, length, CRC, then every field (counts against the bytes left,
+/// batch counts, sequences, offsets below the snapshot's, unique ids).
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(SnapshotError::Truncated(format!(
+            "{} bytes, the header alone needs {HEADER_BYTES}",
+            bytes.len()
+        )));
+    }
+    let mut reader = Reader { bytes, at: 0 };
+    let magic = reader.array::<4>("magic")?;
+    if magic != MAGIC {
+        return Err(SnapshotError::BadMagic(magic));
+    }
+    let version = reader.u16("version")?;
+    if version != VERSION {
+        return Err(SnapshotError::UnsupportedVersion(version));
+    }
+    let flags = reader.u16("flags")?;
+    let length = reader.u32("length")? as usize;
+    if length < bytes.len() {
+        return Err(SnapshotError::TrailingBytes(bytes.len() - length));
+    }
+    if length > bytes.len() {
+        return Err(SnapshotError::Truncated(format!(
+            "{} of the {length} bytes the header gives",
+            bytes.len()
+        )));
+    }
+    let stored = reader.u32("crc")?;
+    let computed = crc_of(bytes);
+    if stored != computed {
+        return Err(SnapshotError::BadCrc { stored, computed });
+    }
+    if flags != 0 {
+        return Err(SnapshotError::Malformed(format!(
+            "unknown flags {flags:#06x}"
+        )));
+    }
+    let offset = reader.u64("offset")?;
+    let written_ms = reader.i64("written at")?;
+    let count = reader.u32("producer count")? as usize;
+    let fits = reader.remaining() / (ENTRY_FIXED_BYTES + BATCH_BYTES);
+    if count > fits {
+        return Err(SnapshotError::Truncated(format!(
+            "{count} producers cannot fit in the {} bytes left",
+            reader.remaining()
+        )));
+    }
+    let mut producers = Vec::with_capacity(count);
+    let mut seen = HashSet::with_capacity(count);
+    for index in 0..count {
+        let producer_id = reader.i64("producer id")?;
+        let epoch = reader.i16("epoch")?;
+        let last_timestamp_ms = reader.i64("last timestamp")?;
+        let batch_count = reader.u8("batch count")? as usize;
+        let malformed =
+            |what: String| SnapshotError::Malformed(format!("producer #{index}: {what}"));
+        if producer_id < 0 || !seen.insert(producer_id) {
+            return Err(malformed(format!(
+                "bad or repeated producer id {producer_id}"
+            )));
+        }
+        if batch_count == 0 || batch_count > REMEMBERED_BATCHES {
+            return Err(malformed(format!("{batch_count} batches")));
+        }
+        let mut batches = VecDeque::with_capacity(batch_count);
+        for _ in 0..batch_count {
+            let batch = SequencedBatch {
+                first_sequence: reader.i32("first sequence")?,
+                last_sequence: reader.i32("last sequence")?,
+                base_offset: reader.u64("base offset")?,
+            };
+            if batch.first_sequence < 0 || batch.last_sequence < 0 {
+                return Err(malformed("negative sequence".into()));
+            }
+            if batch.base_offset >= offset {
+                return Err(malformed(format!(
+                    "batch at offset {} not below the snapshot's offset {offset}",
+                    batch.base_offset
+                )));
+            }
+            if batches
+                .back()
+                .is_some_and(|previous: &SequencedBatch| previous.base_offset >= batch.base_offset)
+            {
+                return Err(malformed("batch offsets do not increase".into()));
+            }
+            batches.push_back(batch);
+        }
+        producers.push((
+            producer_id,
+            ProducerEntry {
+                epoch,
+                batches,
+                last_timestamp_ms,
+            },
+        ));
+    }
+    if reader.remaining() != 0 {
+        // The length matched, so these bytes are inside the CRC: a writer bug.
+        return Err(SnapshotError::Malformed(format!(
+            "{} bytes after the last producer",
+            reader.remaining()
+        )));
+    }
+    Ok(Snapshot {
+        offset,
+        written_ms,
+        producers,
+    })
+}
+
+/// A snapshot is usable only if its offset lies within the log.
+pub fn check_range(offset: u64, log_start: u64, log_end: u64) -> Result<(), SnapshotError> {
+    if offset < log_start {
+        return Err(SnapshotError::BelowLogStart { offset, log_start });
+    }
+    if offset > log_end {
+        return Err(SnapshotError::BeyondLogEnd { offset, log_end });
+    }
+    Ok(())
+}
+
+/// The largest file a snapshot under `producers_max` (or the default cap,
+/// if larger: the file may predate a lowered cap) can be.
+fn file_bytes_max(producers_max: usize) -> u64 {
+    let producers = producers_max.max(PRODUCERS_MAX_DEFAULT) as u64;
+    HEADER_BYTES as u64 + producers.saturating_mul(ENTRY_BYTES_MAX as u64)
+}
+
+fn io_error(error: glommio::GlommioError<()>) -> std::io::Error {
+    match error {
+        glommio::GlommioError::IoError(source) => source,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// Reads the snapshot file of `dir`: `Ok(None)` if there is none.
+pub async fn read_file(dir: &Path, bytes_max: u64) -> Result<Option<Vec<u8>>, SnapshotError> {
+    let unreadable = |error: std::io::Error| SnapshotError::Unreadable(error.to_string());
+    let path = dir.join(SNAPSHOT_FILE);
+    let file = match BufferedFile::open(&path).await.map_err(io_error) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(unreadable(error)),
+    };
+    let result = async {
+        let size = file
+            .file_size()
+            .await
+            .map_err(io_error)
+            .map_err(unreadable)?;
+        if size > bytes_max {
+            return Err(SnapshotError::TooLarge {
+                size,
+                limit: bytes_max,
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        while (bytes.len() as u64) < size {
+            let want = (size - bytes.len() as u64) as usize;
+            let read = file
+                .read_at(bytes.len() as u64, want)
+                .await
+                .map_err(io_error)
+                .map_err(unreadable)?;
+            if read.is_empty() {
+                break; // shrank while we read: decode reports it truncated
+            }
+            bytes.extend_from_slice(&read);
+        }
+        Ok(Some(bytes))
+    }
+    .await;
+    let _ = file.close().await;
+    result
+}
+
+/// Replaces the snapshot file of `dir` with `bytes`, atomically and durably
+/// (temp file, `fdatasync`, rename, directory sync).
+pub async fn write_file(dir: &Path, bytes: Vec<u8>) -> std::io::Result<()> {
+    let temp = dir.join(SNAPSHOT_TEMP_FILE);
+    let file = BufferedFile::create(&temp).await.map_err(io_error)?;
+    let written = async {
+        let total = bytes.len();
+        let done = file.write_at(bytes, 0).await.map_err(io_error)?;
+        if done < total {
+            // Regular files write short only when the disk is full; the
+            // next tick tries again.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {done} of {total} bytes"),
+            ));
+        }
+        file.fdatasync().await.map_err(io_error)
+    }
+    .await;
+    let closed = file.close().await.map_err(io_error);
+    written?;
+    closed?;
+    glommio::io::rename(&temp, dir.join(SNAPSHOT_FILE))
+        .await
+        .map_err(io_error)?;
+    let directory = Directory::open(dir).await.map_err(io_error)?;
+    let synced = directory.sync().await.map_err(io_error);
+    let _ = directory.close().await;
+    synced
+}
+
+/// What the file on disk covers, compared with the live state to decide
+/// whether a new snapshot is due. Lives in its partition, on its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotMark {
+    /// The offset of the usable file on disk (`None`: none is).
+    pub offset: Option<u64>,
+    /// [`ProducerStates::changes`] when that file was taken.
+    pub changes: u64,
+    /// The active segment's base then: another one means the log rolled.
+    pub segment_base: u64,
+    pub at: Instant,
+}
+
+/// One partition's snapshot bookkeeping: the mark and a lock so that the
+/// tick and a close never write the same temp file at once.
+pub struct SnapshotSlot {
+    mark: Cell<SnapshotMark>,
+    lock: Semaphore,
+    /// After a failed write, the tick waits until then (one warning per
+    /// [`SNAPSHOT_RETRY_AFTER`], not per second, on a full disk).
+    retry_at: Cell<Option<Instant>>,
+}
+
+impl SnapshotSlot {
+    pub fn new(mark: SnapshotMark) -> Self {
+        Self {
+            mark: Cell::new(mark),
+            lock: Semaphore::new(1),
+            retry_at: Cell::new(None),
+        }
+    }
+
+    pub fn mark(&self) -> SnapshotMark {
+        self.mark.get()
+    }
+}
+
+fn active_segment_base(log: &PartitionLog) -> u64 {
+    log.segment_bases().last().copied().unwrap_or(0)
+}
+
+/// Whether the tick should write a new snapshot of `partition` now (see the
+/// module docs for the rules).
+pub fn is_due(partition: &Partition, now: Instant) -> bool {
+    if partition
+        .snapshot
+        .retry_at
+        .get()
+        .is_some_and(|retry_at| now < retry_at)
+    {
+        return false;
+    }
+    let mark = partition.snapshot.mark();
+    let offsets = partition.log.offsets();
+    let states = partition.producers.borrow();
+    let Some(offset) = mark.offset else {
+        return !states.is_empty() || offsets.next_offset > offsets.log_start_offset;
+    };
+    let stale = offset < offsets.log_start_offset;
+    let grew = offsets.next_offset > offset;
+    let changed = states.changes() != mark.changes;
+    let rolled = grew && active_segment_base(&partition.log) != mark.segment_base;
+    let old = now.duration_since(mark.at) >= SNAPSHOT_AGE_MAX;
+    stale || rolled || ((changed || grew) && old)
+}
+
+/// Whether the file on disk already holds exactly the live state.
+fn is_current(partition: &Partition) -> bool {
+    let mark = partition.snapshot.mark();
+    let offsets = partition.log.offsets();
+    let states = partition.producers.borrow();
+    match mark.offset {
+        Some(offset) => {
+            offset == offsets.next_offset
+                && offset >= offsets.log_start_offset
+                && mark.changes == states.changes()
+        }
+        None => states.is_empty() && offsets.next_offset == offsets.log_start_offset,
+    }
+}
+
+/// Writes `partition`'s snapshot unless the file already matches the live
+/// state. Returns the offset written, if any. For closes: the final word
+/// before the log closes (another shard may open it next).
+pub async fn write_unless_current(partition: &Partition) -> Result<Option<u64>, String> {
+    if is_current(partition) {
+        return Ok(None);
+    }
+    write(partition).await.map(Some)
+}
+
+/// Writes `partition`'s snapshot: the state and offset taken together,
+/// then (after the log committed that offset) the file. Returns the offset.
+pub async fn write(partition: &Partition) -> Result<u64, String> {
+    let written = write_now(partition).await;
+    let retry_at = written
+        .is_err()
+        .then(|| Instant::now() + SNAPSHOT_RETRY_AFTER);
+    partition.snapshot.retry_at.set(retry_at);
+    written
+}
+
+async fn write_now(partition: &Partition) -> Result<u64, String> {
+    let _permit = partition
+        .snapshot
+        .lock
+        .acquire_permit(1)
+        .await
+        .map_err(|_| "the partition is closing".to_string())?;
+    // No await from here to `encode`: the state is exactly that of `offset`.
+    let offset = partition.log.offsets().next_offset;
+    let segment_base = active_segment_base(&partition.log);
+    let (bytes, changes) = {
+        let states = partition.producers.borrow();
+        (encode(&states, offset, now_ms()), states.changes())
+    };
+    // A file naming an offset the log could still lose would be refused at
+    // the next open anyway; waiting makes it usable after a crash too.
+    partition
+        .wait_committed(offset)
+        .await
+        .map_err(|error| format!("the log did not commit offset {offset}: {error}"))?;
+    write_file(partition.log.dir(), bytes)
+        .await
+        .map_err(|error| format!("cannot write {SNAPSHOT_FILE}: {error}"))?;
+    partition.snapshot.mark.set(SnapshotMark {
+        offset: Some(offset),
+        changes,
+        segment_base,
+        at: Instant::now(),
+    });
+    Ok(offset)
+}
+
+/// The state loaded at open, and what the file on disk covers.
+pub struct Loaded {
+    pub states: ProducerStates,
+    pub mark: SnapshotMark,
+}
+
+/// Where a replay without a usable snapshot starts: the last segment, and
+/// older sealed segments while they add up to at most
+/// [`FALLBACK_SCAN_BYTES_MAX`] (sealed segments are trimmed to their data,
+/// so their file sizes are their data sizes).
+fn fallback_start(log: &PartitionLog, bytes_max: u64) -> u64 {
+    let bases = log.segment_bases();
+    let log_start = log.offsets().log_start_offset;
+    let mut from = bases.last().copied().unwrap_or(0);
+    let mut budget = bytes_max;
+    for base in bases.iter().rev().skip(1) {
+        let path = log.dir().join(kafki_storage::segment::log_file_name(*base));
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            break;
+        };
+        if metadata.len() > budget {
+            break;
+        }
+        budget -= metadata.len();
+        from = *base;
+    }
+    from.max(log_start)
+}
+
+/// Replays the batch headers of `[from, to)` into `states`, skipping
+/// batches below `skip_below` (already in the snapshot). Returns how many
+/// batches it read, and why it stopped early if it did.
+async fn replay(
+    log: &PartitionLog,
+    states: &mut ProducerStates,
+    from: u64,
+    to: u64,
+    skip_below: u64,
+    now_ms: i64,
+) -> (u64, Option<String>) {
+    let mut batches = 0u64;
+    let mut offset = from;
+    while offset < to {
+        let read = match log.read(offset, REPLAY_READ_BYTES, to).await {
+            Ok(read) => read,
+            Err(error) => return (batches, Some(format!("reading offset {offset}: {error}"))),
+        };
+        if read.chunks.is_empty() {
+            // Compaction removed every batch from here to `to`.
+            break;
+        }
+        if read.next_offset <= offset {
+            return (batches, Some(format!("no progress at offset {offset}")));
+        }
+        let bytes = match read.load().await {
+            Ok(bytes) => bytes,
+            Err(error) => return (batches, Some(format!("loading offset {offset}: {error}"))),
+        };
+        let mut position = 0usize;
+        while position < bytes.len() {
+            let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
+                break;
+            };
+            if header.batch_length < 0 || header.base_offset < 0 {
+                break;
+            }
+            let base_offset = header.base_offset as u64;
+            if base_offset >= skip_below {
+                // The log's timestamps are the client's (or the broker's,
+                // LogAppendTime); a future one must not make a producer
+                // immortal, a missing one counts as now.
+                let timestamp_ms = if header.max_timestamp >= 0 {
+                    header.max_timestamp.min(now_ms)
+                } else {
+                    now_ms
+                };
+                states.record(&header, base_offset, timestamp_ms);
+            }
+            batches += 1;
+            position += header.total_bytes();
+        }
+        offset = read.next_offset;
+    }
+    (batches, None)
+}
+
+/// Loads a partition's producer state at open (see the module docs).
+/// Never fails: the worst case is a state rebuilt from the log's tail.
+pub async fn load(
+    log: &PartitionLog,
+    label: String,
+    limits: ProducerLimits,
+    now_ms: i64,
+) -> Loaded {
+    load_with_fallback(log, label, limits, now_ms, FALLBACK_SCAN_BYTES_MAX).await
+}
+
+/// [`load`], with the fallback replay reaching back over at most
+/// `fallback_bytes_max` of sealed segments (tests use 0: the last segment).
+async fn load_with_fallback(
+    log: &PartitionLog,
+    label: String,
+    limits: ProducerLimits,
+    now_ms: i64,
+    fallback_bytes_max: u64,
+) -> Loaded {
+    let offsets = log.offsets();
+    let (log_start, log_end) = (offsets.log_start_offset, offsets.next_offset);
+    let dir = log.dir().to_path_buf();
+    let mut states = ProducerStates::new(label.clone(), limits);
+    let found = match read_file(&dir, file_bytes_max(limits.producers_max)).await {
+        Ok(Some(bytes)) => decode(&bytes).and_then(|snapshot| {
+            check_range(snapshot.offset, log_start, log_end).map(|()| Some(snapshot))
+        }),
+        Ok(None) => Ok(None),
+        Err(error) => Err(error),
+    };
+    let snapshot_offset = match found {
+        Ok(Some(snapshot)) => {
+            for (producer_id, entry) in snapshot.producers {
+                states.insert_loaded(producer_id, entry);
+            }
+            Some(snapshot.offset)
+        }
+        Ok(None) => {
+            if log_end > log_start {
+                tracing::info!(partition = %label, "no producer-state snapshot: rebuilding the producer state from the log's last segments");
+            }
+            None
+        }
+        Err(error) => {
+            tracing::warn!(partition = %label, file = SNAPSHOT_FILE, reason = %error, "producer-state snapshot not used: rebuilding the producer state from the log's last segments");
+            // Never read it again (see the module docs for why even one
+            // that is merely beyond the log end must go).
+            if let Err(error) = glommio::io::remove(dir.join(SNAPSHOT_FILE)).await {
+                tracing::warn!(partition = %label, %error, "cannot remove the refused producer-state snapshot");
+            }
+            None
+        }
+    };
+    let from = snapshot_offset.unwrap_or_else(|| fallback_start(log, fallback_bytes_max));
+    let skip_below = snapshot_offset.unwrap_or(0);
+    let (batches, stopped) = replay(log, &mut states, from, log_end, skip_below, now_ms).await;
+    if let Some(reason) = stopped {
+        tracing::warn!(partition = %label, %reason, "producer-state replay stopped early: producers whose last batch comes later may be forgotten");
+    }
+    let expired = states.expire(now_ms);
+    states.enforce_cap();
+    if snapshot_offset.is_some() || log_end > log_start {
+        tracing::info!(
+            partition = %label,
+            source = if snapshot_offset.is_some() { "snapshot" } else { "log" },
+            snapshot_offset = snapshot_offset.map_or(-1, |offset| offset as i64),
+            replayed_from = from,
+            replayed_batches = batches,
+            log_end,
+            producers = states.len(),
+            expired,
+            "producer state loaded"
+        );
+    } else {
+        // A partition that never held anything has nothing to say.
+        tracing::debug!(partition = %label, "producer state: empty partition");
+    }
+    // The file holds the state as it was before the replay, when the
+    // change counter was 0 (loading does not count as a change).
+    let mark = SnapshotMark {
+        offset: snapshot_offset,
+        changes: 0,
+        segment_base: active_segment_base(log),
+        at: Instant::now(),
+    };
+    Loaded { states, mark }
+}
+
+#[cfg(test)]
+mod tests;

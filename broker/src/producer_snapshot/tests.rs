@@ -1,0 +1,526 @@
+//! Snapshot format (round trip, every kind of damage refused) and the load
+//! at open against a real partition log (snapshot used across segments,
+//! damaged / out-of-range files refused and removed, expiry at load).
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use kafki_net::kafka_protocol::error::ResponseError;
+use kafki_storage::batch::{build_batch, compute_crc, BatchHeader};
+use kafki_storage::LogConfig;
+use proptest::prelude::*;
+
+use super::*;
+use crate::handlers::producer::SequenceCheck;
+
+fn header(producer_id: i64, epoch: i16, first: i32, count: i32) -> BatchHeader {
+    BatchHeader {
+        base_offset: 0,
+        batch_length: 100,
+        partition_leader_epoch: 0,
+        magic: 2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: count - 1,
+        base_timestamp: 0,
+        max_timestamp: 0,
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence: first,
+        records_count: count,
+    }
+}
+
+fn limits(expiration_ms: i64, producers_max: usize) -> ProducerLimits {
+    ProducerLimits {
+        expiration_ms,
+        producers_max,
+    }
+}
+
+/// Three producers, one with a wrapped sequence and the full five batches.
+fn sample_states() -> ProducerStates {
+    let mut states = ProducerStates::new("t-0".into(), limits(i64::MAX, 100));
+    states.record(&header(7, 0, 0, 3), 0, 1_000);
+    states.record(&header(9, 2, 0, 1), 3, 2_000);
+    for (index, first) in (3..28).step_by(5).enumerate() {
+        states.record(&header(7, 0, first, 5), 4 + index as u64 * 5, 3_000);
+    }
+    states.record(&header(11, 0, i32::MAX, 2), 40, 4_000);
+    states
+}
+
+fn entries(states: &ProducerStates) -> Vec<(i64, ProducerEntry)> {
+    states
+        .iter_least_recent_first()
+        .map(|(id, entry)| (id, entry.clone()))
+        .collect()
+}
+
+#[test]
+fn a_snapshot_round_trips() {
+    let states = sample_states();
+    let bytes = encode(&states, 42, 1_234);
+    let snapshot = decode(&bytes).expect("decodes");
+    assert_eq!(snapshot.offset, 42);
+    assert_eq!(snapshot.written_ms, 1_234);
+    assert_eq!(snapshot.producers, entries(&states));
+    assert_eq!(snapshot.producers.len(), 3);
+    let seven = &snapshot
+        .producers
+        .iter()
+        .find(|(id, _)| *id == 7)
+        .expect("7")
+        .1;
+    assert_eq!(seven.batches.len(), REMEMBERED_BATCHES);
+    assert_eq!(seven.last_timestamp_ms, 3_000);
+    // Loaded back, the state answers exactly as the original.
+    let mut loaded = ProducerStates::new("t-0".into(), limits(i64::MAX, 100));
+    for (id, entry) in snapshot.producers {
+        assert!(loaded.insert_loaded(id, entry));
+    }
+    for probe in [
+        header(7, 0, 23, 5),
+        header(7, 0, 28, 1),
+        header(7, 0, 29, 1),
+        header(7, 0, 0, 3),
+        header(9, 2, 0, 1),
+        header(9, 1, 1, 1),
+        header(11, 0, i32::MAX, 2),
+        header(11, 0, 1, 1),
+        header(12, 0, 1, 1),
+    ] {
+        assert_eq!(loaded.check(&probe), states.check(&probe), "{probe:?}");
+    }
+    assert_eq!(
+        loaded.check(&header(7, 0, 23, 5)),
+        SequenceCheck::Duplicate { base_offset: 24 }
+    );
+    // Same state, same bytes: the order is the LRU order, not the map's.
+    assert_eq!(encode(&loaded, 42, 1_234), bytes);
+    // An empty state is a valid snapshot too.
+    let empty = decode(&encode(&ProducerStates::default(), 0, 0)).expect("empty");
+    assert!(empty.producers.is_empty());
+}
+
+/// Rewrites the CRC after a deliberate edit, so the field checks behind it
+/// are what refuses the file.
+fn recrc(bytes: &mut [u8]) {
+    let crc = crc_of(bytes);
+    bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[test]
+fn every_damage_is_refused() {
+    let good = encode(&sample_states(), 42, 1_234);
+    assert!(decode(&good).is_ok());
+
+    // Any flipped bit anywhere.
+    for at in 0..good.len() {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        assert!(
+            decode(&bad).is_err(),
+            "a flipped bit at byte {at} was accepted"
+        );
+    }
+    let mut bad = good.clone();
+    bad[HEADER_BYTES + 3] ^= 1;
+    assert!(matches!(decode(&bad), Err(SnapshotError::BadCrc { .. })));
+
+    // Every truncation, down to nothing.
+    for len in 0..good.len() {
+        match decode(&good[..len]) {
+            Err(SnapshotError::Truncated(_)) => {}
+            other => panic!("{len} of {} bytes: {other:?}", good.len()),
+        }
+    }
+    // Extra bytes.
+    let mut long = good.clone();
+    long.push(0);
+    assert!(matches!(
+        decode(&long),
+        Err(SnapshotError::TrailingBytes(1))
+    ));
+
+    // Another version, even with a matching CRC.
+    let mut future = good.clone();
+    future[4..6].copy_from_slice(&2u16.to_be_bytes());
+    recrc(&mut future);
+    assert_eq!(decode(&future), Err(SnapshotError::UnsupportedVersion(2)));
+    let mut foreign = good.clone();
+    foreign[..4].copy_from_slice(b"KAFK");
+    assert!(matches!(decode(&foreign), Err(SnapshotError::BadMagic(_))));
+    let mut flagged = good.clone();
+    flagged[6] = 1;
+    recrc(&mut flagged);
+    assert!(matches!(decode(&flagged), Err(SnapshotError::Malformed(_))));
+
+    // Consistent CRC, inconsistent contents: a batch at or above the
+    // snapshot's own offset, a repeated producer, an absurd count.
+    let mut low = good.clone();
+    low[16..24].copy_from_slice(&40u64.to_be_bytes());
+    recrc(&mut low);
+    assert!(matches!(decode(&low), Err(SnapshotError::Malformed(_))));
+    let mut twice = encode(&sample_states(), 42, 0);
+    let first_id = HEADER_BYTES;
+    // LRU order: producer 9 (one batch) first, then 7.
+    let second_id = HEADER_BYTES + ENTRY_FIXED_BYTES + BATCH_BYTES;
+    let id = twice[first_id..first_id + 8].to_vec();
+    twice[second_id..second_id + 8].copy_from_slice(&id);
+    recrc(&mut twice);
+    assert!(matches!(decode(&twice), Err(SnapshotError::Malformed(_))));
+    let mut many = good.clone();
+    many[32..36].copy_from_slice(&u32::MAX.to_be_bytes());
+    recrc(&mut many);
+    assert!(matches!(decode(&many), Err(SnapshotError::Truncated(_))));
+}
+
+#[test]
+fn the_offset_must_lie_within_the_log() {
+    assert_eq!(check_range(10, 0, 10), Ok(()));
+    assert_eq!(check_range(10, 10, 20), Ok(()));
+    assert_eq!(
+        check_range(11, 0, 10),
+        Err(SnapshotError::BeyondLogEnd {
+            offset: 11,
+            log_end: 10
+        })
+    );
+    assert_eq!(
+        check_range(9, 10, 20),
+        Err(SnapshotError::BelowLogStart {
+            offset: 9,
+            log_start: 10
+        })
+    );
+}
+
+proptest! {
+    #[test]
+    fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn random_states_round_trip(
+        batches in proptest::collection::vec((0i64..50, 0i16..3, 1i32..10, 0i64..1_000_000), 0..200)
+    ) {
+        let mut states = ProducerStates::new("t-0".into(), limits(i64::MAX, 30));
+        let mut next_sequence = std::collections::HashMap::new();
+        for (offset, (producer_id, epoch, count, timestamp)) in batches.into_iter().enumerate() {
+            let first = next_sequence.get(&(producer_id, epoch)).copied().unwrap_or(0);
+            states.record(&header(producer_id, epoch, first, count), offset as u64 * 10, timestamp);
+            next_sequence.insert((producer_id, epoch), first + count);
+        }
+        let bytes = encode(&states, 10_000, 5);
+        let snapshot = decode(&bytes).expect("own encoding decodes");
+        prop_assert_eq!(snapshot.producers, entries(&states));
+    }
+}
+
+// ------------------------------------------------------------ against a real log
+
+fn run<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(make)
+        .expect("spawn executor")
+        .join()
+        .expect("executor thread");
+}
+
+/// On the repository's disk (the log uses O_DIRECT; tmpfs ignores it).
+fn test_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("KAFKI_TEST_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/broker-unit-tests"),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&base).expect("test base dir");
+    tempfile::tempdir_in(base).expect("tempdir")
+}
+
+/// A producer batch of `count` records with the given idempotence fields
+/// (producer id -1 for a plain one), CRC recomputed.
+fn batch(producer_id: i64, epoch: i16, first: i32, count: usize, timestamp: i64) -> Bytes {
+    let values: Vec<&[u8]> = (0..count).map(|_| b"value".as_slice()).collect();
+    let mut bytes = build_batch(timestamp, &values).to_vec();
+    bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    bytes[51..53].copy_from_slice(&epoch.to_be_bytes());
+    bytes[53..57].copy_from_slice(&first.to_be_bytes());
+    let crc = compute_crc(&bytes);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(bytes)
+}
+
+fn now() -> i64 {
+    crate::shard::now_ms()
+}
+
+async fn open(dir: &Path, fallback_bytes_max: u64, limits: ProducerLimits) -> Partition {
+    let log = PartitionLog::open(dir, LogConfig::default())
+        .await
+        .expect("open log");
+    let loaded = load_with_fallback(&log, "t-0".into(), limits, now(), fallback_bytes_max).await;
+    Partition::new("t".into(), 0, log, true, loaded)
+}
+
+/// Appends as the produce path does: check, append, record.
+fn produce(partition: &Partition, batch: Bytes) -> SequenceCheck {
+    let header = BatchHeader::parse(&batch).expect("header");
+    let verdict = partition.producers.borrow().check(&header);
+    if verdict == SequenceCheck::Accept {
+        let info = partition.log.append_now(batch, 0).expect("append");
+        partition
+            .producers
+            .borrow_mut()
+            .record(&header, info.base_offset, now());
+    }
+    verdict
+}
+
+fn out_of_order() -> SequenceCheck {
+    SequenceCheck::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
+}
+
+/// Producer 7 writes offsets 0..3, then many segments of plain batches
+/// follow: its last batch lies far behind the last segment.
+async fn log_with_an_old_producer(dir: &Path) -> Partition {
+    let partition = open(dir, 0, ProducerLimits::default()).await;
+    assert_eq!(
+        produce(&partition, batch(7, 0, 0, 3, now())),
+        SequenceCheck::Accept
+    );
+    for _ in 0..4 {
+        partition.log.roll();
+        for _ in 0..3 {
+            assert_eq!(
+                produce(&partition, batch(-1, -1, -1, 2, now())),
+                SequenceCheck::Accept
+            );
+        }
+    }
+    assert!(partition.log.segment_bases().len() >= 5);
+    partition
+}
+
+#[test]
+fn a_snapshot_carries_producers_across_segments_and_restarts() {
+    run(|| async {
+        let dir = test_dir();
+        let partition = log_with_an_old_producer(dir.path()).await;
+        assert!(is_due(&partition, Instant::now()), "no snapshot yet");
+        let offset = write(&partition).await.expect("snapshot");
+        assert_eq!(offset, partition.log.offsets().next_offset);
+        assert!(!is_due(&partition, Instant::now()), "just written");
+        assert!(is_current(&partition));
+        // Plain appends without a roll: due only once the snapshot is old.
+        assert_eq!(
+            produce(&partition, batch(-1, -1, -1, 1, now())),
+            SequenceCheck::Accept
+        );
+        assert!(!is_due(&partition, Instant::now()));
+        assert!(is_due(&partition, Instant::now() + SNAPSHOT_AGE_MAX));
+        // A roll makes it due at once (it bounds what a crash replays).
+        partition.log.roll();
+        assert_eq!(
+            produce(&partition, batch(-1, -1, -1, 1, now())),
+            SequenceCheck::Accept
+        );
+        assert!(is_due(&partition, Instant::now()));
+        let offset = write(&partition).await.expect("snapshot");
+        assert!(
+            !is_due(&partition, Instant::now() + SNAPSHOT_AGE_MAX),
+            "nothing new"
+        );
+        // After the snapshot, producer 7 appends again and producer 8 starts:
+        // the open must replay these from the log.
+        assert_eq!(
+            produce(&partition, batch(7, 0, 3, 1, now())),
+            SequenceCheck::Accept
+        );
+        assert_eq!(
+            produce(&partition, batch(8, 0, 0, 1, now())),
+            SequenceCheck::Accept
+        );
+        assert!(!is_current(&partition));
+        partition.log.close().await.expect("close");
+
+        let reopened = open(dir.path(), 0, ProducerLimits::default()).await;
+        assert_eq!(reopened.snapshot.mark().offset, Some(offset));
+        assert_eq!(
+            produce(&reopened, batch(7, 0, 0, 3, now())),
+            SequenceCheck::Duplicate { base_offset: 0 },
+            "the first batch, in the first segment, is still known"
+        );
+        assert_eq!(
+            produce(&reopened, batch(7, 0, 3, 1, now())),
+            SequenceCheck::Duplicate {
+                base_offset: offset
+            },
+            "the batch after the snapshot was replayed"
+        );
+        assert_eq!(produce(&reopened, batch(7, 0, 5, 1, now())), out_of_order());
+        assert_eq!(
+            produce(&reopened, batch(7, 0, 4, 1, now())),
+            SequenceCheck::Accept
+        );
+        assert_eq!(
+            produce(&reopened, batch(8, 0, 1, 1, now())),
+            SequenceCheck::Accept
+        );
+        reopened.log.close().await.expect("close");
+
+        // Without the snapshot, the same log (last segment only) has lost
+        // 7's first batch: a retry of it is no longer a duplicate.
+        std::fs::remove_file(dir.path().join(SNAPSHOT_FILE)).expect("remove");
+        let forgetful = open(dir.path(), 0, ProducerLimits::default()).await;
+        assert_eq!(forgetful.snapshot.mark().offset, None);
+        assert_eq!(
+            produce(&forgetful, batch(7, 0, 0, 3, now())),
+            out_of_order()
+        );
+        forgetful.log.close().await.expect("close");
+    });
+}
+
+#[test]
+fn the_fallback_reaches_back_within_its_bound() {
+    run(|| async {
+        let dir = test_dir();
+        let partition = log_with_an_old_producer(dir.path()).await;
+        partition.log.close().await.expect("close");
+        // No snapshot, but the sealed segments fit in the default bound.
+        let log = PartitionLog::open(dir.path(), LogConfig::default())
+            .await
+            .expect("open");
+        let loaded = load(&log, "t-0".into(), ProducerLimits::default(), now()).await;
+        let reopened = Partition::new("t".into(), 0, log, true, loaded);
+        assert_eq!(
+            produce(&reopened, batch(7, 0, 0, 3, now())),
+            SequenceCheck::Duplicate { base_offset: 0 }
+        );
+        reopened.log.close().await.expect("close");
+    });
+}
+
+/// Writes a valid snapshot of producer 7 and returns its bytes' offset.
+async fn snapshot_then_close(dir: &Path) -> u64 {
+    let partition = log_with_an_old_producer(dir).await;
+    let offset = write(&partition).await.expect("snapshot");
+    partition.log.close().await.expect("close");
+    offset
+}
+
+async fn assert_refused_and_removed(dir: &Path) {
+    let reopened = open(dir, 0, ProducerLimits::default()).await;
+    assert_eq!(reopened.snapshot.mark().offset, None, "the file was used");
+    assert!(
+        !dir.join(SNAPSHOT_FILE).exists(),
+        "a refused snapshot must be removed"
+    );
+    assert_eq!(produce(&reopened, batch(7, 0, 3, 1, now())), out_of_order());
+    // The partition still works, and the next snapshot is due at once.
+    assert_eq!(
+        produce(&reopened, batch(5, 0, 0, 1, now())),
+        SequenceCheck::Accept
+    );
+    assert!(is_due(&reopened, Instant::now()));
+    reopened.log.close().await.expect("close");
+}
+
+#[test]
+fn damaged_files_are_refused_and_removed() {
+    run(|| async {
+        let dir = test_dir();
+        snapshot_then_close(dir.path()).await;
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("damage");
+        assert_refused_and_removed(dir.path()).await;
+
+        let dir = test_dir();
+        snapshot_then_close(dir.path()).await;
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+        assert_refused_and_removed(dir.path()).await;
+    });
+}
+
+#[test]
+fn a_snapshot_beyond_the_log_end_is_refused() {
+    run(|| async {
+        // As after a crash that cut the log's tail below the snapshot.
+        let dir = test_dir();
+        let offset = snapshot_then_close(dir.path()).await;
+        let mut states = ProducerStates::default();
+        states.record(&header(7, 0, 0, 3), 0, now());
+        let beyond = encode(&states, offset + 10, now());
+        write_file(dir.path(), beyond).await.expect("write");
+        assert_refused_and_removed(dir.path()).await;
+    });
+}
+
+#[test]
+fn a_snapshot_below_the_log_start_is_refused() {
+    run(|| async {
+        let dir = test_dir();
+        let partition = log_with_an_old_producer(dir.path()).await;
+        let offset = write(&partition).await.expect("snapshot");
+        assert_eq!(
+            produce(&partition, batch(-1, -1, -1, 2, now())),
+            SequenceCheck::Accept
+        );
+        partition.log.flush().await.expect("flush");
+        // DeleteRecords past the snapshot's offset.
+        partition
+            .log
+            .truncate_before(offset + 1)
+            .await
+            .expect("delete records");
+        assert!(
+            is_due(&partition, Instant::now()),
+            "a stale snapshot is due"
+        );
+        partition.log.close().await.expect("close");
+        assert_refused_and_removed(dir.path()).await;
+    });
+}
+
+#[test]
+fn expired_producers_are_dropped_at_load_and_the_cap_holds() {
+    run(|| async {
+        let dir = test_dir();
+        let partition = open(dir.path(), 0, ProducerLimits::default()).await;
+        // Producer 1 wrote a day and a bit ago (client timestamps are what
+        // the log keeps); producers 2..=4 just now.
+        let old = now() - 86_400_000 - 60_000;
+        assert_eq!(
+            produce(&partition, batch(1, 0, 0, 1, old)),
+            SequenceCheck::Accept
+        );
+        for producer_id in 2..=4 {
+            assert_eq!(
+                produce(&partition, batch(producer_id, 0, 0, 1, now())),
+                SequenceCheck::Accept
+            );
+        }
+        partition.log.close().await.expect("close");
+        // No snapshot: the replay stamps producers with their batches'
+        // timestamps, so producer 1 expires; the cap of 2 keeps the newest.
+        let reopened = open(dir.path(), 0, limits(86_400_000, 2)).await;
+        {
+            let states = reopened.producers.borrow();
+            assert_eq!(states.len(), 2);
+            assert!(states.get(1).is_none() && states.get(2).is_none());
+            assert!(states.get(3).is_some() && states.get(4).is_some());
+        }
+        reopened.log.close().await.expect("close");
+    });
+}
