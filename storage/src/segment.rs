@@ -259,8 +259,9 @@ pub enum OffsetRule {
 
 /// Walks the batches of `file` from `position` up to `scan_end`, calling
 /// `visit(position, header)` for each valid one; `visit` returns `false` to
-/// stop early. Checks length bounds, magic, offsets (the first batch at or
-/// after `expected_offset`, then as `rule` says) and, in `VerifyCrc` mode,
+/// stop early. Checks length bounds, magic, offsets (the first batch at
+/// `expected_offset` when the scan starts at the file's start, at or after
+/// it otherwise, then as `rule` says) and, in `VerifyCrc` mode,
 /// the CRC32C. Memory stays bounded by the scan chunk size whatever lengths
 /// the file claims.
 pub async fn scan_batches(
@@ -274,6 +275,7 @@ pub async fn scan_batches(
 ) -> LogResult<ScanOutcome> {
     let mut next_offset = expected_offset;
     let mut first = true;
+    let from_start = position == 0;
     // `window` holds file bytes starting at `position`.
     let mut window = BytesMut::new();
     let outcome = |valid_end, next_offset, damage: Option<String>| ScanOutcome {
@@ -310,6 +312,14 @@ pub async fn scan_batches(
         let base = header.base_offset;
         let offset_ok = match rule {
             _ if base < 0 => false,
+            // From the start of the file, the first batch starts at the
+            // segment's base offset (or after a gap the cleaner made); a
+            // scan from inside the file only knows it is not below it.
+            OffsetRule::Contiguous if first && from_start => base as u64 == expected_offset,
+            OffsetRule::Increasing { gaps_until, .. } if first && from_start => {
+                base as u64 == expected_offset
+                    || (base as u64 > expected_offset && base as u64 <= gaps_until)
+            }
             _ if first => base as u64 >= expected_offset,
             OffsetRule::Contiguous => base as u64 == next_offset,
             OffsetRule::Increasing { gaps_until, .. } => {

@@ -601,7 +601,8 @@ async fn run_model(seed: u64, operations: usize, dir: PathBuf) {
                 );
                 assert!(
                     recovered <= model.next_offset(),
-                    "{context}: recovered more than appended"
+                    "{context}: recovered more than appended: {recovered} > {}",
+                    model.next_offset()
                 );
                 model.truncate_to(recovered);
                 if model.next_offset() < recovered {
