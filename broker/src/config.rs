@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kafki_storage::{LogConfig, SyncPolicy, TimestampType};
+use kafki_storage::{CleanerLimits, CompactionConfig, LogConfig, SyncPolicy, TimestampType};
 
 /// `kafki serve` flags.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -45,6 +45,7 @@ pub struct ServeArgs {
 pub enum SettingKind {
     Int,
     Long,
+    Double,
     Bool,
     String,
 }
@@ -138,6 +139,30 @@ pub const SETTINGS: &[Setting] = &[
         SettingKind::String,
     ),
     setting(
+        Some("min.cleanable.dirty.ratio"),
+        "log.cleaner.min.cleanable.ratio",
+        Some("0.5"),
+        SettingKind::Double,
+    ),
+    setting(
+        Some("delete.retention.ms"),
+        "log.cleaner.delete.retention.ms",
+        Some("86400000"),
+        SettingKind::Long,
+    ),
+    setting(
+        Some("min.compaction.lag.ms"),
+        "log.cleaner.min.compaction.lag.ms",
+        Some("0"),
+        SettingKind::Long,
+    ),
+    setting(
+        Some("max.compaction.lag.ms"),
+        "log.cleaner.max.compaction.lag.ms",
+        Some("9223372036854775807"),
+        SettingKind::Long,
+    ),
+    setting(
         Some("min.insync.replicas"),
         "min.insync.replicas",
         Some("1"),
@@ -201,6 +226,25 @@ pub const SETTINGS: &[Setting] = &[
         Some("300000"),
         SettingKind::Long,
     ),
+    setting(None, "log.cleaner.enable", Some("true"), SettingKind::Bool),
+    setting(
+        None,
+        "log.cleaner.backoff.ms",
+        Some("15000"),
+        SettingKind::Long,
+    ),
+    setting(
+        None,
+        "log.cleaner.dedupe.buffer.size",
+        Some("134217728"),
+        SettingKind::Long,
+    ),
+    setting(
+        None,
+        "offsets.topic.segment.bytes",
+        Some("104857600"),
+        SettingKind::Int,
+    ),
     // Idempotent-producer state (handlers/producer.rs): forget a producer
     // whose last batch is older (Kafka's name and default, one day; here
     // also per topic), how often to look, and Kafki's cap on producers
@@ -255,6 +299,10 @@ pub fn check_value(setting: &Setting, value: &str) -> anyhow::Result<()> {
             .parse::<i32>()
             .is_ok_and(|number| at_least(i64::from(number))),
         SettingKind::Long => value.parse::<i64>().is_ok_and(at_least),
+        // Kafka's only double setting here is a ratio in [0, 1].
+        SettingKind::Double => value
+            .parse::<f64>()
+            .is_ok_and(|ratio| (0.0..=1.0).contains(&ratio)),
         SettingKind::Bool => matches!(value, "true" | "false"),
         SettingKind::String => match setting.broker_name {
             "log.message.timestamp.type" => matches!(value, "CreateTime" | "LogAppendTime"),
@@ -348,6 +396,7 @@ pub fn log_config_for(overrides: &BTreeMap<String, String>, broker: &KafkaSettin
     };
     let number = |topic_name: &str| value(topic_name).and_then(|text| text.parse::<i64>().ok());
     let defaults = LogConfig::default();
+    let policy = CleanupPolicy::parse(value("cleanup.policy").as_deref().unwrap_or("delete"));
     let positive = |raw: Option<i64>| raw.filter(|number| *number > 0).map(|number| number as u64);
     let flush_messages = positive(number("flush.messages"));
     let flush_ms = positive(number("flush.ms"));
@@ -358,7 +407,7 @@ pub fn log_config_for(overrides: &BTreeMap<String, String>, broker: &KafkaSettin
             interval: Duration::from_millis(interval.unwrap_or(u64::MAX / 4)),
         },
     };
-    LogConfig {
+    let mut config = LogConfig {
         segment_bytes: positive(number("segment.bytes"))
             .unwrap_or(defaults.segment_bytes)
             .clamp(1 << 14, i32::MAX as u64),
@@ -374,7 +423,92 @@ pub fn log_config_for(overrides: &BTreeMap<String, String>, broker: &KafkaSettin
         } else {
             TimestampType::CreateTime
         },
+        compaction: policy.compact.then(|| compaction_config(&value)),
         ..defaults
+    };
+    if !policy.delete {
+        // `compact` alone: Kafka deletes nothing by size or age.
+        config.retention_bytes = None;
+        config.retention_age = None;
+    }
+    config
+}
+
+/// What `cleanup.policy` (a list: `delete`, `compact`, or both) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    pub delete: bool,
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub fn parse(value: &str) -> Self {
+        let has = |wanted: &str| value.split(',').any(|policy| policy.trim() == wanted);
+        Self {
+            delete: has("delete"),
+            compact: has("compact"),
+        }
+    }
+}
+
+/// The compaction settings of a compacted topic (per-topic overrides, then
+/// the `log.cleaner.*` broker values, then Kafka's defaults).
+fn compaction_config(value: &dyn Fn(&str) -> Option<String>) -> CompactionConfig {
+    let defaults = CompactionConfig::default();
+    let millis = |name: &str| value(name).and_then(|text| text.parse::<i64>().ok());
+    let ratio = value("min.cleanable.dirty.ratio")
+        .and_then(|text| text.parse::<f64>().ok())
+        .filter(|ratio| (0.0..=1.0).contains(ratio))
+        .unwrap_or(defaults.min_cleanable_dirty_ratio);
+    CompactionConfig {
+        min_cleanable_dirty_ratio: ratio,
+        min_compaction_lag: millis("min.compaction.lag.ms")
+            .filter(|ms| *ms >= 0)
+            .map_or(defaults.min_compaction_lag, |ms| {
+                Duration::from_millis(ms as u64)
+            }),
+        // Kafka's default, Long.MAX_VALUE, means "no maximum".
+        max_compaction_lag: millis("max.compaction.lag.ms")
+            .filter(|ms| *ms > 0 && *ms < i64::MAX)
+            .map(|ms| Duration::from_millis(ms as u64)),
+        delete_retention: millis("delete.retention.ms")
+            .filter(|ms| *ms >= 0)
+            .map_or(defaults.delete_retention, |ms| {
+                Duration::from_millis(ms as u64)
+            }),
+    }
+}
+
+/// The broker-wide cleaner settings (`log.cleaner.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanerSettings {
+    pub enabled: bool,
+    pub backoff: Duration,
+    /// Each shard runs one cleaner, so each gets an equal share of
+    /// `log.cleaner.dedupe.buffer.size` (Kafka: shared by its cleaner threads).
+    pub limits: CleanerLimits,
+}
+
+impl CleanerSettings {
+    pub fn from_kafka(settings: &KafkaSettings, shards: usize) -> Self {
+        let backoff_ms = settings
+            .get_i64("log.cleaner.backoff.ms")
+            .filter(|ms| *ms > 0)
+            .unwrap_or(15_000) as u64;
+        let buffer = settings
+            .get_i64("log.cleaner.dedupe.buffer.size")
+            .filter(|bytes| *bytes > 0)
+            .unwrap_or(128 << 20) as u64;
+        Self {
+            enabled: settings.get_bool("log.cleaner.enable"),
+            backoff: Duration::from_millis(backoff_ms),
+            limits: CleanerLimits {
+                dedupe_buffer_bytes: buffer / shards.max(1) as u64,
+                decompressed_batch_bytes_max:
+                    crate::handlers::offsets::DECOMPRESSED_BATCH_BYTES_MAX,
+                ..CleanerLimits::default()
+            },
+        }
     }
 }
 
@@ -634,6 +768,43 @@ mod tests {
         assert!(settings.set("num.partitions", "many").is_err());
         assert!(settings.set("auto.create.topics.enable", "yes").is_err());
         assert!(settings.set("message.timestamp.type", "Wallclock").is_err());
+    }
+
+    #[test]
+    fn cleanup_policy_and_compaction_settings() {
+        let mut broker = KafkaSettings::default();
+        broker
+            .set("log.cleaner.delete.retention.ms", "1000")
+            .expect("set");
+        assert!(broker.set("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(broker.set("log.cleaner.min.cleanable.ratio", "x").is_err());
+        let plain = log_config_for(&BTreeMap::new(), &broker);
+        assert!(plain.compaction.is_none());
+        assert!(plain.retention_age.is_some());
+        let compact = BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact".to_string()),
+            ("min.cleanable.dirty.ratio".to_string(), "0.01".to_string()),
+            ("max.compaction.lag.ms".to_string(), "60000".to_string()),
+        ]);
+        let log = log_config_for(&compact, &broker);
+        let compaction = log.compaction.expect("compacted");
+        assert_eq!(compaction.min_cleanable_dirty_ratio, 0.01);
+        assert_eq!(compaction.delete_retention, Duration::from_millis(1000));
+        assert_eq!(compaction.max_compaction_lag, Some(Duration::from_secs(60)));
+        assert_eq!(compaction.min_compaction_lag, Duration::ZERO);
+        assert_eq!(log.retention_age, None, "compact alone deletes nothing");
+        let both = BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact,delete".to_string()),
+            ("retention.bytes".to_string(), "100000".to_string()),
+        ]);
+        let log = log_config_for(&both, &broker);
+        assert!(log.compaction.is_some());
+        assert_eq!(log.retention_bytes, Some(100_000));
+        assert_eq!(log.compaction.expect("c").max_compaction_lag, None);
+        let cleaner = CleanerSettings::from_kafka(&broker, 2);
+        assert!(cleaner.enabled);
+        assert_eq!(cleaner.backoff, Duration::from_millis(15_000));
+        assert_eq!(cleaner.limits.dedupe_buffer_bytes, 64 << 20);
     }
 
     #[test]

@@ -81,6 +81,10 @@ struct Families {
     inflight: IntGaugeVec,
     connections_refused: IntCounterVec,
     frames_refused: IntCounterVec,
+    cleaner_passes: IntCounterVec,
+    cleaner_read_bytes: IntCounterVec,
+    cleaner_written_bytes: IntCounterVec,
+    cleaner_removed_records: IntCounterVec,
     partition_moves: IntCounterVec,
 }
 
@@ -175,6 +179,30 @@ impl Families {
                 "Request frames refused (too large, malformed, over budget...), by shard and reason.",
                 &["shard", "reason"],
             ),
+            cleaner_passes: counter_vec(
+                &registry,
+                "kafki_cleaner_passes_total",
+                "Log cleaning (compaction) passes that ran, by shard.",
+                &["shard"],
+            ),
+            cleaner_read_bytes: counter_vec(
+                &registry,
+                "kafki_cleaner_read_bytes_total",
+                "Bytes the log cleaner read (key map and rewrite), by shard.",
+                &["shard"],
+            ),
+            cleaner_written_bytes: counter_vec(
+                &registry,
+                "kafki_cleaner_written_bytes_total",
+                "Bytes the log cleaner wrote into cleaned segments, by shard.",
+                &["shard"],
+            ),
+            cleaner_removed_records: counter_vec(
+                &registry,
+                "kafki_cleaner_removed_records_total",
+                "Records the log cleaner removed (superseded, expired tombstones, without key), by shard.",
+                &["shard"],
+            ),
             partition_moves: counter_vec(
                 &registry,
                 "kafki_partition_moves_total",
@@ -226,6 +254,8 @@ pub struct ShardMetrics {
     /// Refusal reasons seen so far (few, and refusals are rare).
     connections_refused: RefCell<Vec<(&'static str, IntCounter)>>,
     frames_refused: RefCell<Vec<(&'static str, IntCounter)>>,
+    /// Passes, bytes read, bytes written, records removed.
+    cleaner: [IntCounter; 4],
 }
 
 impl std::fmt::Debug for ShardMetrics {
@@ -260,6 +290,12 @@ impl ShardMetrics {
             inflight: families.inflight.with_label_values(&[label]),
             connections_refused: RefCell::new(Vec::new()),
             frames_refused: RefCell::new(Vec::new()),
+            cleaner: [
+                families.cleaner_passes.with_label_values(&[label]),
+                families.cleaner_read_bytes.with_label_values(&[label]),
+                families.cleaner_written_bytes.with_label_values(&[label]),
+                families.cleaner_removed_records.with_label_values(&[label]),
+            ],
             shard,
         }
     }
@@ -329,6 +365,17 @@ impl ShardMetrics {
     /// written, dropped, or its connection closed).
     pub fn request_finished(&self) {
         self.inflight.dec();
+    }
+
+    /// Counts one cleaning pass that ran.
+    pub fn record_clean(&self, report: &kafki_storage::CleanReport) {
+        if !report.ran {
+            return;
+        }
+        self.cleaner[0].inc();
+        self.cleaner[1].inc_by(report.bytes_read);
+        self.cleaner[2].inc_by(report.bytes_written);
+        self.cleaner[3].inc_by(report.records_removed);
     }
 
     /// A connection was refused at accept, e.g. `"connection_limit"`.
@@ -417,6 +464,13 @@ mod tests {
         metrics.connection_refused("connection_limit");
         metrics.connection_refused("connection_limit");
         metrics.frame_refused("too_large");
+        metrics.record_clean(&kafki_storage::CleanReport {
+            ran: true,
+            bytes_read: 100,
+            bytes_written: 40,
+            records_removed: 7,
+            ..Default::default()
+        });
 
         let text = render();
         for name in [
@@ -430,6 +484,10 @@ mod tests {
             "kafki_inflight_requests",
             "kafki_connections_refused_total",
             "kafki_frames_refused_total",
+            "kafki_cleaner_passes_total",
+            "kafki_cleaner_read_bytes_total",
+            "kafki_cleaner_written_bytes_total",
+            "kafki_cleaner_removed_records_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),
@@ -496,6 +554,16 @@ mod tests {
         check(
             &format!(r#"kafki_frames_refused_total{{reason="too_large",{s}}}"#),
             1.0,
+        );
+        check(&format!(r#"kafki_cleaner_passes_total{{{s}}}"#), 1.0);
+        check(&format!(r#"kafki_cleaner_read_bytes_total{{{s}}}"#), 100.0);
+        check(
+            &format!(r#"kafki_cleaner_written_bytes_total{{{s}}}"#),
+            40.0,
+        );
+        check(
+            &format!(r#"kafki_cleaner_removed_records_total{{{s}}}"#),
+            7.0,
         );
 
         // Exposition text: every line is a comment or `name{labels} value`.

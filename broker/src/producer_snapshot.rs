@@ -639,6 +639,10 @@ async fn replay(
             Ok(read) => read,
             Err(error) => return (batches, Some(format!("reading offset {offset}: {error}"))),
         };
+        if read.chunks.is_empty() {
+            // Compaction removed every batch from here to `to`.
+            break;
+        }
         if read.next_offset <= offset {
             return (batches, Some(format!("no progress at offset {offset}")));
         }

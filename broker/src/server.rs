@@ -120,6 +120,7 @@ async fn shard_main(
     shared.shards_ready.fetch_add(1, Ordering::SeqCst);
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
     let retention = glommio::spawn_local(retention_loop(shard.clone()));
+    let cleaner = start_cleaner(&shard);
     let producer_state = glommio::spawn_local(producer_state_loop(shard.clone()));
     let commands = (shard.id == 0)
         .then(|| {
@@ -137,6 +138,11 @@ async fn shard_main(
     shard.shutting_down.set(true);
     accept.cancel().await;
     retention.cancel().await;
+    if let Some(cleaner) = cleaner {
+        // A pass dropped mid-way removes its unfinished output; the swap
+        // itself never awaits, so it is not cut in half.
+        cleaner.cancel().await;
+    }
     // Before the partitions close, which write their final snapshots.
     producer_state.cancel().await;
     group_timer.cancel().await;
@@ -219,6 +225,45 @@ fn start_admin(
     let handle = crate::admin::spawn_admin(config.admin_listen, health, layout, Some(assignments))?;
     tracing::info!(admin = %handle.local_addr(), "admin listener: /metrics /health /v1/layout /v1/assignments /v1/partitions/{{topic}}/{{partition}}/shard");
     Ok(handle)
+}
+
+/// Starts the shard's log cleaner (`log.cleaner.enable`) in a task queue
+/// of its own with a small share of the CPU, so that under load appends
+/// and fetches go first.
+fn start_cleaner(shard: &Rc<Shard>) -> Option<glommio::Task<()>> {
+    let settings = crate::config::CleanerSettings::from_kafka(&shard.config.kafka, shard.count);
+    if !settings.enabled {
+        tracing::info!(
+            shard = shard.id,
+            "log cleaner disabled (log.cleaner.enable=false)"
+        );
+        return None;
+    }
+    let queue = glommio::executor().create_task_queue(
+        glommio::Shares::Static(CLEANER_SHARES),
+        glommio::Latency::NotImportant,
+        "log-cleaner",
+    );
+    match glommio::spawn_local_into(cleaner_loop(shard.clone(), settings), queue) {
+        Ok(task) => Some(task),
+        Err(error) => {
+            tracing::error!(shard = shard.id, %error, "cannot start the log cleaner");
+            None
+        }
+    }
+}
+
+/// CPU shares of the cleaner's task queue (glommio's default queue has 1000).
+const CLEANER_SHARES: usize = 100;
+
+async fn cleaner_loop(shard: Rc<Shard>, settings: crate::config::CleanerSettings) {
+    loop {
+        glommio::timer::sleep(settings.backoff).await;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as i64);
+        shard.clean_partitions(now_ms, &settings.limits).await;
+    }
 }
 
 /// One warning for every explicit assignment naming a shard this start

@@ -711,6 +711,36 @@ impl Shard {
         owned
     }
 
+    /// Runs one cleaning pass on every owned compacted partition, one after
+    /// another (each pass yields between batches), and counts what it did.
+    pub async fn clean_partitions(&self, now_ms: i64, limits: &kafki_storage::CleanerLimits) {
+        let partitions: Vec<Rc<Partition>> = self
+            .partitions
+            .borrow()
+            .values()
+            .filter(|partition| partition.log.config().compaction.is_some())
+            .cloned()
+            .collect();
+        for partition in partitions {
+            if self.shutting_down.get() {
+                return;
+            }
+            // Each idempotent producer's last batch stays (see `compact_retaining`).
+            let retain = partition.producers.borrow().last_batch_offsets();
+            match partition
+                .log
+                .compact_retaining(now_ms, limits, &retain)
+                .await
+            {
+                Ok(report) => self.metrics.record_clean(&report),
+                Err(error) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, %error, "log cleaning failed")
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
     /// Applies retention to every owned partition.
     pub async fn enforce_retention(&self, now_ms: i64) {
         let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();

@@ -33,6 +33,38 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
+/// How the cleaner compacts a log (`cleanup.policy=compact`), with Kafka's
+/// per-topic settings and defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionConfig {
+    /// Clean only when dirty bytes / (clean + dirty bytes) reach this
+    /// (`min.cleanable.dirty.ratio`, 0.5).
+    pub min_cleanable_dirty_ratio: f64,
+    /// A record stays uncompacted for at least this long: sealed segments
+    /// whose newest timestamp is younger are not cleaned yet
+    /// (`min.compaction.lag.ms`, 0).
+    pub min_compaction_lag: Duration,
+    /// A record stays ineligible for compaction at most this long: the log
+    /// is cleaned whatever its dirty ratio once its oldest dirty batch is
+    /// older, and the active segment is rolled once it is older
+    /// (`max.compaction.lag.ms`; `None` = Kafka's default, `Long.MAX_VALUE`).
+    pub max_compaction_lag: Option<Duration>,
+    /// How long a tombstone stays after the cleaning that first moved it
+    /// into the clean part of the log (`delete.retention.ms`, 1 day).
+    pub delete_retention: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag: Duration::ZERO,
+            max_compaction_lag: None,
+            delete_retention: Duration::from_millis(86_400_000),
+        }
+    }
+}
+
 /// Settings of one partition log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -45,7 +77,9 @@ pub struct LogConfig {
     /// (`log.index.interval.bytes`, 4096).
     pub index_interval_bytes: u64,
     /// Delete the oldest sealed segments while the log is larger than this
-    /// (`log.retention.bytes`; `None` = unlimited).
+    /// (`log.retention.bytes`; `None` = unlimited). Both retention limits
+    /// apply only with `cleanup.policy` `delete` (or `compact,delete`): the
+    /// broker sets them to `None` for a compact-only topic.
     pub retention_bytes: Option<u64>,
     /// Delete sealed segments whose newest timestamp is older than this
     /// (`log.retention.ms`, 7 days; `None` = forever).
@@ -67,6 +101,8 @@ pub struct LogConfig {
     /// buffer inside glommio's registered I/O memory (10 MiB by default);
     /// deeper queues fall back to fresh heap buffers and measured slower here.
     pub write_depth: usize,
+    /// `Some` when the log is compacted (`cleanup.policy` holds `compact`).
+    pub compaction: Option<CompactionConfig>,
 }
 
 impl Default for LogConfig {
@@ -85,6 +121,7 @@ impl Default for LogConfig {
             hot_tail_bytes_max: 16 << 20,
             write_chunk_bytes: 1 << 20,
             write_depth: 8,
+            compaction: None,
         }
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod cleaner;
 pub mod compression;
 pub mod config;
 pub mod dma;
@@ -26,7 +27,8 @@ pub mod log;
 pub mod records;
 pub mod segment;
 
-pub use config::{LogConfig, SyncPolicy, TimestampType};
+pub use cleaner::{CleanReport, CleanerLimits};
+pub use config::{CompactionConfig, LogConfig, SyncPolicy, TimestampType};
 pub use error::{BatchError, LogError, LogResult};
 pub use log::{
     AppendInfo, LogOffsets, LogStats, PartitionLog, ReadChunk, ReadResult, TimestampHit,

@@ -4,8 +4,10 @@
 //! Lives on exactly one glommio executor (the partition's shard); it is
 //! `!Send` and uses no locks on the data path. Its invariants:
 //!
-//! * Offsets are contiguous: every batch starts right after the previous
-//!   batch's last offset, across segments too.
+//! * Offsets strictly increase: every batch starts after the previous
+//!   batch's last offset. They are contiguous (the next batch starts right
+//!   after it, across segments too) everywhere except below the cleaner
+//!   checkpoint, where compaction removed records (see `compaction.rs`).
 //! * `log_start_offset <= durable_offset <= written_offset <= next_offset`
 //!   except that the log start may pass the durable point after DeleteRecords.
 //! * Every batch that is not yet written (at or above `written_offset`) is in
@@ -34,15 +36,17 @@ use glommio::io::DmaBuffer;
 use glommio::sync::Semaphore;
 
 use crate::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
-use crate::checkpoint::{self, LeaderEpochCache};
+use crate::checkpoint::{self, CleanerCheckpoint, LeaderEpochCache};
 use crate::config::{LogConfig, SyncPolicy, TimestampType};
 use crate::dma::prime_device;
 use crate::error::{glommio_io, LogError, LogResult};
 use crate::index::SegmentIndex;
 use crate::segment::{
     align_down, align_up, log_file_name, offset_index_name, parse_log_file_name, scan_batches,
-    time_index_name, ScanMode, Segment, SegmentFile, BLOCK_BYTES,
+    time_index_name, OffsetRule, ScanMode, Segment, SegmentFile, BLOCK_BYTES,
 };
+
+mod compaction;
 
 /// What an append was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +191,9 @@ struct LogState {
     failed: Option<String>,
     closing: bool,
     stats: LogStats,
+    /// Where compaction stands; every batch it removed lies below
+    /// `cleaner.first_dirty()`.
+    cleaner: CleanerCheckpoint,
 }
 
 impl LogState {
@@ -204,6 +211,31 @@ impl LogState {
         self.segments
             .binary_search_by_key(&base_offset, |segment| segment.base_offset)
             .ok()
+    }
+
+    /// The segment a read plan was made for, if it is still the same one: the
+    /// cleaner may have replaced it (same base offset, new file) since.
+    fn planned_segment(
+        &mut self,
+        base_offset: u64,
+        file: &Rc<SegmentFile>,
+    ) -> Option<&mut Segment> {
+        let position = self.segment_index(base_offset)?;
+        let segment = &mut self.segments[position];
+        segment
+            .file
+            .as_ref()
+            .is_some_and(|known| Rc::ptr_eq(known, file))
+            .then_some(segment)
+    }
+
+    /// How scans of the segment at `position` check offsets.
+    fn offset_rule(&self, position: usize) -> OffsetRule {
+        let next_base = self
+            .segments
+            .get(position + 1)
+            .map(|segment| segment.base_offset);
+        self.segments[position].offset_rule(next_base, self.cleaner.gaps_below())
     }
 
     /// Index of the segment that holds `offset` (or the first after a gap).
@@ -282,6 +314,10 @@ struct Shared {
     flusher_waker: RefCell<Option<Waker>>,
     /// Woken after every flush: stage waiters and appenders waiting for room.
     progress: WaitList,
+    /// A cleaning pass is running (one at a time).
+    compacting: Cell<bool>,
+    /// `cleaner-checkpoint` on disk may still list a pass's pending groups.
+    cleaner_pending: Cell<bool>,
 }
 
 /// A partition log. Create with [`PartitionLog::open`]; end with
@@ -321,6 +357,8 @@ impl PartitionLog {
             flusher_work: Cell::new(false),
             flusher_waker: RefCell::new(None),
             progress: WaitList::default(),
+            compacting: Cell::new(false),
+            cleaner_pending: Cell::new(false),
         });
         let flusher = glommio::spawn_local(run_flusher(shared.clone()));
         Ok(Self {
@@ -540,10 +578,12 @@ impl PartitionLog {
         self.wait_durable(end).await
     }
 
-    /// Reads whole batches starting with the one holding `offset`, up to
-    /// `max_bytes` (the first batch is returned whole even if larger, as
-    /// Kafka does) and never a batch reaching `upper_bound` (the high
-    /// watermark or last stable offset).
+    /// Reads whole batches starting with the one holding `offset` (or, where
+    /// compaction removed it, the next batch after it), up to `max_bytes`
+    /// (the first batch is returned whole even if larger, as Kafka does) and
+    /// never a batch reaching `upper_bound` (the high watermark or last
+    /// stable offset). An empty result below `upper_bound` means compaction
+    /// removed everything from `offset` to the end of the log.
     pub async fn read(
         &self,
         offset: u64,
@@ -573,7 +613,29 @@ impl PartitionLog {
             {
                 return Ok(read_hot(&state, offset, max_bytes, upper));
             }
-            let segment = &state.segments[state.segment_for_offset(offset)];
+            let position = state.segment_for_offset(offset);
+            let segment = &state.segments[position];
+            if segment.size_bytes == 0 {
+                // The empty active segment after a gap compaction left.
+                return Ok(ReadResult {
+                    next_offset: offset,
+                    ..ReadResult::default()
+                });
+            }
+            // In a gap before a segment the cleaner never rewrote, the next
+            // batch is that segment's first, which may be in the hot tail only.
+            let first_wanted = if segment.base_offset > offset && !segment.cleaned {
+                segment.base_offset
+            } else {
+                offset
+            };
+            if state
+                .hot
+                .front()
+                .is_some_and(|front| front.base_offset <= first_wanted)
+            {
+                return Ok(read_hot(&state, offset, max_bytes, upper));
+            }
             let Some(file) = segment.file.clone() else {
                 return Err(LogError::Damaged {
                     path: segment.path_in(&self.shared.dir),
@@ -585,6 +647,7 @@ impl PartitionLog {
                 base_offset: segment.base_offset,
                 scan_from: u64::from(segment.index.scan_start(segment.relative(offset))),
                 written_bytes: segment.written_bytes,
+                rule: state.offset_rule(position),
                 upper,
             }
         };
@@ -599,13 +662,14 @@ impl PartitionLog {
             let plan = {
                 let state = self.shared.state.borrow();
                 let log_start = state.log_start_offset;
-                let Some(segment) = state.segments.iter().find(|segment| {
+                let Some(position) = state.segments.iter().position(|segment| {
                     after_base.is_none_or(|base| segment.base_offset > base)
                         && segment.max_timestamp >= timestamp
                         && segment.next_offset > log_start
                 }) else {
                     return Ok(None);
                 };
+                let segment = &state.segments[position];
                 let hot_hit = state
                     .hot
                     .iter()
@@ -622,6 +686,7 @@ impl PartitionLog {
                     scan_from: u64::from(segment.index.time_scan_start(timestamp)),
                     written_bytes: segment.written_bytes,
                     base_offset: segment.base_offset,
+                    rule: state.offset_rule(position),
                     log_start,
                     hot_hit,
                 }
@@ -633,6 +698,7 @@ impl PartitionLog {
                     plan.scan_from,
                     plan.written_bytes,
                     plan.base_offset,
+                    plan.rule,
                     ScanMode::HeadersOnly,
                     |_, header| {
                         let last_offset = header.last_offset() as u64;
@@ -703,7 +769,13 @@ impl PartitionLog {
         };
         checkpoint::write_offset(&self.shared.dir, checkpoint::LOG_START_FILE, new_start)?;
         delete_segments_where(&self.shared, |segment, _| segment.next_offset <= new_start)?;
-        Ok(new_start)
+        // After a gap compaction left, the first remaining segment may start
+        // past `new_start`: the log start moves up to it (as in Kafka).
+        let start = self.shared.state.borrow().log_start_offset;
+        if start != new_start {
+            checkpoint::write_offset(&self.shared.dir, checkpoint::LOG_START_FILE, start)?;
+        }
+        Ok(start)
     }
 
     /// Deletes sealed segments beyond the retention limits (bytes, age).
@@ -937,6 +1009,7 @@ struct TimestampPlan {
     scan_from: u64,
     written_bytes: u64,
     base_offset: u64,
+    rule: OffsetRule,
     log_start: u64,
     hot_hit: Option<TimestampHit>,
 }
@@ -946,6 +1019,7 @@ struct FileReadPlan {
     base_offset: u64,
     scan_from: u64,
     written_bytes: u64,
+    rule: OffsetRule,
     /// No batch reaching this offset is returned.
     upper: u64,
 }
@@ -964,6 +1038,7 @@ async fn read_file(
         plan.scan_from,
         plan.written_bytes,
         plan.base_offset,
+        plan.rule,
         ScanMode::HeadersOnly,
         |position, header| {
             if header.last_offset() as u64 >= offset {
@@ -979,6 +1054,13 @@ async fn read_file(
     )
     .await?;
     let Some((start_position, first_bytes, first_last_offset)) = start else {
+        if outcome.damage.is_none() && outcome.valid_end >= plan.written_bytes {
+            // Nothing at or after `offset` in the written part of the file:
+            // compaction emptied the rest of a segment that became active
+            // again, and what follows (if anything) is not written yet.
+            let state = shared.state.borrow();
+            return Ok(read_hot(&state, offset, max_bytes, upper_bound));
+        }
         // The segment holds `offset` (the plan said so), so not finding its
         // batch means the headers on the way are damaged.
         let reason = outcome
@@ -999,10 +1081,9 @@ async fn read_file(
     // Only when the read may end anywhere in the segment: index entries
     // know nothing of the upper bound.
     let jump = {
-        let state = shared.state.borrow();
+        let mut state = shared.state.borrow_mut();
         state
-            .segment_index(plan.base_offset)
-            .map(|position| &state.segments[position])
+            .planned_segment(plan.base_offset, &plan.file)
             .filter(|segment| upper_bound >= segment.next_offset)
             .and_then(|segment| {
                 // Strictly below the written end: a boundary *at* it starts a
@@ -1026,6 +1107,7 @@ async fn read_file(
             walk_from,
             plan.written_bytes,
             plan.base_offset,
+            plan.rule,
             ScanMode::HeadersOnly,
             |position, header| {
                 let total = header.total_bytes() as u64;
@@ -1070,12 +1152,11 @@ async fn verify_region(
     next_offset: u64,
 ) -> LogResult<(u64, u64)> {
     let (verified, damaged_at) = {
-        let state = shared.state.borrow();
-        match state.segment_index(plan.base_offset) {
-            Some(position) => {
-                let segment = &state.segments[position];
-                (segment.verified_bytes, segment.damaged_at)
-            }
+        let mut state = shared.state.borrow_mut();
+        match state.planned_segment(plan.base_offset, &plan.file) {
+            Some(segment) => (segment.verified_bytes, segment.damaged_at),
+            // Deleted, or replaced by the cleaner, which read (and so
+            // CRC-checked) every batch of a segment before replacing it.
             None => return Ok((end, next_offset)),
         }
     };
@@ -1095,14 +1176,14 @@ async fn verify_region(
         verified,
         end,
         plan.base_offset,
+        plan.rule,
         ScanMode::VerifyCrc,
         |_, _| true,
     )
     .await?;
     {
         let mut state = shared.state.borrow_mut();
-        if let Some(position) = state.segment_index(plan.base_offset) {
-            let segment = &mut state.segments[position];
+        if let Some(segment) = state.planned_segment(plan.base_offset, &plan.file) {
             segment.verified_bytes = segment.verified_bytes.max(outcome.valid_end);
         }
     }
@@ -1124,8 +1205,7 @@ async fn verify_region(
 /// logs it once. Returns the error for reads that start at the damage.
 fn mark_damaged(shared: &Shared, plan: &FileReadPlan, position: u64, reason: String) -> LogError {
     let mut state = shared.state.borrow_mut();
-    if let Some(index) = state.segment_index(plan.base_offset) {
-        let segment = &mut state.segments[index];
+    if let Some(segment) = state.planned_segment(plan.base_offset, &plan.file) {
         if segment.damaged_at.is_none_or(|known| position < known) {
             segment.damaged_at = Some(position);
             tracing::error!(path = %plan.file.path.display(), position, %reason, "damaged batch in segment; it will not be served");
@@ -1449,7 +1529,7 @@ async fn create_segment_file(shared: &Shared, base_offset: u64) -> LogResult<Rc<
     Ok(file)
 }
 
-fn sync_dir(dir: &Path) -> LogResult<()> {
+pub(crate) fn sync_dir(dir: &Path) -> LogResult<()> {
     std::fs::File::open(dir)
         .and_then(|handle| handle.sync_all())
         .map_err(|source| LogError::io("fsync dir", dir, source))
@@ -1597,8 +1677,9 @@ fn delete_segments_where(
     Ok(deleted)
 }
 
-/// Cuts the log so it ends at the start of the batch holding `offset`.
-/// Everything is written already (caller flushed) and the lock is held.
+/// Cuts the log so it ends at the start of the batch holding `offset`, or at
+/// `offset` itself where compaction left a gap there. Everything is written
+/// already (caller flushed) and the lock is held.
 async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
     let (doomed, keep) = {
         let state = shared.state.borrow();
@@ -1619,8 +1700,9 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
     for base in &doomed {
         remove_segment_files(&shared.dir, *base)?;
     }
-    let (file, base_offset, scan_from, size, verified) = {
+    let (file, base_offset, scan_from, size, verified, cleaned, gaps_until) = {
         let mut state = shared.state.borrow_mut();
+        let gaps_until = state.cleaner.gaps_below();
         state.segments.truncate(keep + 1);
         let segment = state.active_mut();
         segment.sealed = false;
@@ -1630,12 +1712,25 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
             u64::from(segment.index.scan_start(segment.relative(offset))),
             segment.size_bytes,
             segment.verified_bytes,
+            segment.cleaned,
+            gaps_until,
         )
+    };
+    // It is the last segment now: no next segment bounds its offsets.
+    let rule = if cleaned {
+        OffsetRule::Increasing {
+            gaps_until,
+            below: u64::MAX,
+        }
+    } else {
+        OffsetRule::Contiguous
     };
     // Sealed index files of a segment that becomes active again are stale.
     remove_index_files(&shared.dir, base_offset)?;
     let mut cut_position = 0;
+    let mut cut_base = None;
     let mut segment = Segment::new(base_offset, now_ms());
+    segment.cleaned = cleaned;
     if let Some(file) = &file {
         let mut cut = None;
         scan_batches(
@@ -1643,17 +1738,19 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
             scan_from,
             size,
             base_offset,
+            rule,
             ScanMode::HeadersOnly,
             |position, header| {
                 if header.last_offset() as u64 >= offset {
-                    cut = Some(position);
+                    cut = Some((position, header.base_offset as u64));
                     return false;
                 }
                 true
             },
         )
         .await?;
-        cut_position = cut.unwrap_or(size);
+        cut_base = cut.map(|(_, base)| base);
+        cut_position = cut.map_or(size, |(position, _)| position);
         file.dma
             .truncate(cut_position)
             .await
@@ -1662,7 +1759,7 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
             .fdatasync()
             .await
             .map_err(|error| LogError::io("fdatasync", &file.path, glommio_io(error)))?;
-        rebuild_metadata(shared, file, &mut segment, cut_position).await?;
+        rebuild_metadata(shared, file, &mut segment, cut_position, rule).await?;
         segment.file = Some(file.clone());
         segment.tail_block = read_tail_block(file, cut_position).await?;
         segment.allocated_bytes = cut_position;
@@ -1670,9 +1767,20 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
     }
     sync_dir(&shared.dir)?;
     let mut state = shared.state.borrow_mut();
-    let new_end = segment.next_offset;
+    // Where the cut batch started. In a cleaned segment `offset` may lie in
+    // a gap compaction made: then no batch holds it, nothing below it goes,
+    // and the log ends at `offset` itself, as Kafka's truncation does.
+    let new_end = if segment.cleaned {
+        cut_base
+            .map_or(offset, |base| base.min(offset))
+            .max(segment.next_offset)
+    } else {
+        segment.next_offset
+    };
     debug_assert_eq!(segment.size_bytes, cut_position);
     segment.written_bytes = segment.size_bytes;
+    segment.next_offset = new_end;
+    segment.cleaned = segment.cleaned && segment.base_offset < new_end;
     *state.active_mut() = segment;
     state.next_offset = new_end;
     state.written_offset = state.written_offset.min(new_end);
@@ -1685,8 +1793,16 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
     state.unwritten_bytes = 0;
     state.epochs.truncate_from(new_end);
     let epochs = state.epochs.clone();
+    // Offsets from here on are dirty again (new appends will land there).
+    let cleaner = state
+        .cleaner
+        .truncate(new_end)
+        .then(|| state.cleaner.clone());
     drop(state);
     epochs.store(&shared.dir)?;
+    if let Some(cleaner) = cleaner {
+        cleaner.store(&shared.dir)?;
+    }
     if log_start_moved {
         checkpoint::write_offset(&shared.dir, checkpoint::LOG_START_FILE, new_end)?;
     }
@@ -1717,6 +1833,7 @@ async fn rebuild_metadata(
     file: &SegmentFile,
     segment: &mut Segment,
     end: u64,
+    rule: OffsetRule,
 ) -> LogResult<()> {
     let interval = shared.config.index_interval_bytes;
     scan_batches(
@@ -1724,6 +1841,7 @@ async fn rebuild_metadata(
         0,
         end,
         segment.base_offset,
+        rule,
         ScanMode::HeadersOnly,
         |position, header| {
             segment.note_batch(header, position, interval);
@@ -1751,6 +1869,16 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
         checkpoint::read_offset(dir, checkpoint::RECOVERY_POINT_FILE)?.unwrap_or(0);
     let saved_log_start = checkpoint::read_offset(dir, checkpoint::LOG_START_FILE)?;
     let mut epochs = LeaderEpochCache::load(dir)?;
+    // First finish (or discard) a compaction swap a crash interrupted, so
+    // the segment files below are either all old or all new.
+    crate::cleaner::recover_swap(dir)?;
+    let loaded_cleaner = CleanerCheckpoint::load(dir)?;
+    // Batches the cleaner removed lie below this offset, and only there.
+    // An unreadable checkpoint could hide any gap: accept gaps everywhere.
+    let gaps_below = loaded_cleaner
+        .as_ref()
+        .map_or(u64::MAX, CleanerCheckpoint::gaps_below);
+    let mut cleaner = loaded_cleaner.clone().unwrap_or_default();
     let bases = list_segments(dir)?;
     let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
     let mut cut_rest = false;
@@ -1762,7 +1890,15 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
             continue;
         }
         if let Some(previous) = segments.last() {
-            if previous.next_offset != *base {
+            // After a cleaned segment the next one may start later (the
+            // cleaner removed the batches in between), never earlier.
+            let continues = if previous.cleaned {
+                previous.next_offset == *base
+                    || (previous.next_offset < *base && *base <= gaps_below)
+            } else {
+                previous.next_offset == *base
+            };
+            if !continues {
                 tracing::warn!(dir = %dir.display(), base_offset = base, expected = previous.next_offset, "segment does not continue the log; deleting it and later segments");
                 remove_segment_files(dir, *base)?;
                 cut_rest = true;
@@ -1771,16 +1907,32 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
         }
         let next_base = bases.get(position + 1).copied();
         let trusted = clean || next_base.is_some_and(|next| next <= recovery_point);
-        let (segment, index_rebuilt) =
-            open_segment(dir, config, *base, trusted, &mut epochs).await?;
+        let cleaned = *base < gaps_below;
+        let rule = if cleaned {
+            OffsetRule::Increasing {
+                gaps_until: gaps_below,
+                below: next_base.unwrap_or(u64::MAX),
+            }
+        } else {
+            OffsetRule::Contiguous
+        };
+        let (mut segment, index_rebuilt, damaged) =
+            open_segment(dir, config, *base, trusted, rule, &mut epochs).await?;
+        segment.cleaned = cleaned;
         if segment.size_bytes == 0 && position > 0 {
             tracing::info!(dir = %dir.display(), base_offset = base, "removing empty segment");
             remove_segment_files(dir, *base)?;
-            cut_rest = true;
+            // An empty cleaned segment is a gap like any other; an empty
+            // dirty one is where the written log ended.
+            cut_rest = !cleaned;
             continue;
         }
         let is_last = position + 1 == bases.len();
-        let ended_early = next_base.is_some_and(|next| segment.next_offset != next);
+        let ended_early = if cleaned {
+            damaged
+        } else {
+            next_base.is_some_and(|next| segment.next_offset != next)
+        };
         segments.push(segment);
         rebuilt.push(index_rebuilt);
         if ended_early && !is_last {
@@ -1791,6 +1943,16 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
     if segments.is_empty() {
         let start = saved_log_start.unwrap_or(0);
         segments.push(Segment::new(start, now));
+    }
+    if let Some(last) = segments.last() {
+        // (A damaged checkpoint counts as 0 here: no gap is known to end.)
+        let gaps_end = cleaner.gaps_below();
+        if last.cleaned && last.next_offset < gaps_end {
+            // The cleaner emptied the end of the last cleaned segment and the
+            // active segment after it had no file yet: the log still ends at
+            // the first dirty offset, whose offsets were handed out.
+            segments.push(Segment::new(gaps_end, now));
+        }
     }
     let last = segments.len() - 1;
     for (position, segment) in segments.iter_mut().enumerate() {
@@ -1833,6 +1995,12 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
     if epochs.truncate_from(next_offset) {
         epochs.store(dir)?;
     }
+    if loaded_cleaner.is_none() {
+        cleaner = CleanerCheckpoint::restart_with_gaps_below(next_offset);
+        cleaner.store(dir)?;
+    } else if cleaner.truncate(next_offset) {
+        cleaner.store(dir)?;
+    }
     // Everything now on disk is synced: it is the recovered log.
     checkpoint::write_offset(
         dir,
@@ -1862,6 +2030,7 @@ async fn recover(dir: &Path, config: &LogConfig) -> LogResult<LogState> {
         failed: None,
         closing: false,
         stats: LogStats::default(),
+        cleaner,
     })
 }
 
@@ -1899,13 +2068,16 @@ fn list_segments(dir: &Path) -> LogResult<Vec<u64>> {
 /// Opens one segment. A trusted segment keeps its index files if they pass
 /// the checks and only its last index interval is walked; an untrusted one
 /// is scanned whole with CRC checks and cut at the first invalid batch.
+/// Returns the segment, whether its index was rebuilt, and whether a scan
+/// found damage (and cut the segment there).
 async fn open_segment(
     dir: &Path,
     config: &LogConfig,
     base_offset: u64,
     trusted: bool,
+    rule: OffsetRule,
     epochs: &mut LeaderEpochCache,
-) -> LogResult<(Segment, bool)> {
+) -> LogResult<(Segment, bool, bool)> {
     let path = dir.join(log_file_name(base_offset));
     let file = Rc::new(SegmentFile::open(path.clone(), false).await?);
     let file_bytes = file.file_bytes().await?;
@@ -1933,6 +2105,7 @@ async fn open_segment(
                 resume,
                 file_bytes,
                 base_offset,
+                rule,
                 ScanMode::HeadersOnly,
                 |position, header| {
                     tail.note_batch(header, position, interval);
@@ -1953,7 +2126,7 @@ async fn open_segment(
                     base_offset
                 };
                 segment.file = Some(file);
-                return Ok((segment, false));
+                return Ok((segment, false, false));
             }
             tracing::warn!(path = %path.display(), "segment does not match its index; scanning it whole");
             segment = Segment::new(base_offset, now_ms());
@@ -1965,6 +2138,7 @@ async fn open_segment(
         0,
         file_bytes,
         base_offset,
+        rule,
         ScanMode::VerifyCrc,
         |position, header| {
             segment.note_batch(header, position, interval);
@@ -2000,7 +2174,7 @@ async fn open_segment(
     segment.verified_bytes = outcome.valid_end;
     segment.next_offset = outcome.next_offset.max(base_offset);
     segment.file = Some(file);
-    Ok((segment, true))
+    Ok((segment, true, outcome.damage.is_some()))
 }
 
 fn load_index(dir: &Path, base_offset: u64, segment_bytes: u64) -> Option<SegmentIndex> {

@@ -38,6 +38,9 @@ pub struct Record<'a> {
     pub value: Option<&'a [u8]>,
     header_count: usize,
     headers_raw: &'a [u8],
+    /// The record as encoded in the section, length prefix included: the
+    /// cleaner copies kept records byte for byte into a rewritten batch.
+    pub encoded: &'a [u8],
 }
 
 impl<'a> Record<'a> {
@@ -100,6 +103,7 @@ fn decode_record(record: &[u8]) -> Result<Record<'_>, &'static str> {
         value,
         header_count,
         headers_raw,
+        encoded: record,
     })
 }
 
@@ -132,6 +136,7 @@ impl<'a> Iterator for Records<'a> {
         let index = self.index;
         self.index += 1;
         let malformed = |reason| Some(Err(RecordError::Malformed { index, reason }));
+        let start = self.rest;
         let Some(length) = read_varint(&mut self.rest) else {
             self.remaining = 0;
             return malformed("truncated record length");
@@ -146,8 +151,9 @@ impl<'a> Iterator for Records<'a> {
         }
         let (record, rest) = self.rest.split_at(length);
         self.rest = rest;
+        let encoded = &start[..start.len() - rest.len()];
         match decode_record(record) {
-            Ok(record) => Some(Ok(record)),
+            Ok(record) => Some(Ok(Record { encoded, ..record })),
             Err(reason) => {
                 self.remaining = 0;
                 malformed(reason)
@@ -172,6 +178,23 @@ pub fn batch_records(
             codec, section, limit,
         )?)),
     }
+}
+
+/// The index of the first record without a key in the batch at the start
+/// of `batch`, decompressing at most `limit` bytes; `Ok(None)` when every
+/// record has one. A compacted topic refuses such batches (Kafka: "Compacted
+/// topic cannot accept message without key"), so the broker calls this for
+/// compacted topics only, off the path of every other topic.
+pub fn first_keyless_record(batch: &[u8], limit: usize) -> Result<Option<usize>, RecordError> {
+    let header = BatchHeader::parse(batch)?;
+    header.check_shape(batch.len())?;
+    let section = batch_records(&batch[..header.total_bytes()], limit)?;
+    for (index, record) in records(&section, header.records_count).enumerate() {
+        if record?.key.is_none() {
+            return Ok(Some(index));
+        }
+    }
+    Ok(None)
 }
 
 /// Length of a zig-zag varint.
@@ -421,6 +444,16 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .expect("decodes");
             assert_eq!(decoded.len(), 3);
+            let concatenated: Vec<u8> = decoded
+                .iter()
+                .flat_map(|record| record.encoded.to_vec())
+                .collect();
+            assert_eq!(
+                concatenated,
+                section.to_vec(),
+                "encoded spans tile the section"
+            );
+            assert_eq!(first_keyless_record(&batch, 1 << 20), Ok(Some(1)));
             for (got, want) in decoded.iter().zip(&wanted) {
                 assert_eq!(got.key, want.key);
                 assert_eq!(got.value, want.value);

@@ -136,6 +136,10 @@ pub struct Segment {
     pub verified_bytes: u64,
     /// Where a read found damage in a segment trusted at open, if it did.
     pub damaged_at: Option<u64>,
+    /// The segment lies (at least partly) below the cleaner checkpoint: the
+    /// cleaner may have removed batches, so offsets inside it and up to the
+    /// next segment are strictly increasing instead of contiguous.
+    pub cleaned: bool,
 }
 
 impl Segment {
@@ -156,6 +160,21 @@ impl Segment {
             allocated_bytes: 0,
             verified_bytes: 0,
             damaged_at: None,
+            cleaned: false,
+        }
+    }
+
+    /// How a scan of this segment checks offsets; `next_base` is the base
+    /// offset of the following segment, if there is one, and `gaps_until`
+    /// the cleaner checkpoint's bound on gaps.
+    pub fn offset_rule(&self, next_base: Option<u64>, gaps_until: u64) -> OffsetRule {
+        if self.cleaned {
+            OffsetRule::Increasing {
+                gaps_until,
+                below: next_base.unwrap_or(u64::MAX),
+            }
+        } else {
+            OffsetRule::Contiguous
         }
     }
 
@@ -222,22 +241,41 @@ pub enum ScanMode {
     HeadersOnly,
 }
 
+/// How the scanner checks the base offsets of consecutive batches. Base
+/// offset and length lie outside the CRC, so these checks are what catches a
+/// damaged offset field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetRule {
+    /// Every batch starts right after the previous one's last offset: a
+    /// segment the cleaner never rewrote.
+    Contiguous,
+    /// A cleaned segment: every batch starts after the previous one's last
+    /// offset, either right after it or, where the cleaner removed what lay
+    /// between, at most at `gaps_until` (the cleaner never removes anything
+    /// at or after its checkpoint, so no gap ends later); and every batch
+    /// ends below `below` (the next segment's base offset).
+    Increasing { gaps_until: u64, below: u64 },
+}
+
 /// Walks the batches of `file` from `position` up to `scan_end`, calling
 /// `visit(position, header)` for each valid one; `visit` returns `false` to
-/// stop early. Checks length bounds, magic, offset continuity (each batch
-/// starts right after the previous one's last offset, the first at or after
-/// `expected_offset`) and, in `VerifyCrc` mode, the CRC32C. Memory stays
-/// bounded by the scan chunk size whatever lengths the file claims.
+/// stop early. Checks length bounds, magic, offsets (the first batch at
+/// `expected_offset` when the scan starts at the file's start, at or after
+/// it otherwise, then as `rule` says) and, in `VerifyCrc` mode,
+/// the CRC32C. Memory stays bounded by the scan chunk size whatever lengths
+/// the file claims.
 pub async fn scan_batches(
     file: &SegmentFile,
     mut position: u64,
     scan_end: u64,
     expected_offset: u64,
+    rule: OffsetRule,
     mode: ScanMode,
     mut visit: impl FnMut(u64, &BatchHeader) -> bool,
 ) -> LogResult<ScanOutcome> {
     let mut next_offset = expected_offset;
     let mut first = true;
+    let from_start = position == 0;
     // `window` holds file bytes starting at `position`.
     let mut window = BytesMut::new();
     let outcome = |valid_end, next_offset, damage: Option<String>| ScanOutcome {
@@ -271,17 +309,36 @@ pub async fn scan_batches(
                 tail_damage(&window, &error.to_string()),
             ));
         }
-        let offset_ok = if first {
-            header.base_offset >= 0 && header.base_offset as u64 >= expected_offset
-        } else {
-            header.base_offset >= 0 && header.base_offset as u64 == next_offset
+        let base = header.base_offset;
+        let offset_ok = match rule {
+            _ if base < 0 => false,
+            // From the start of the file, the first batch starts at the
+            // segment's base offset (or after a gap the cleaner made); a
+            // scan from inside the file only knows it is not below it.
+            OffsetRule::Contiguous if first && from_start => base as u64 == expected_offset,
+            OffsetRule::Increasing { gaps_until, .. } if first && from_start => {
+                base as u64 == expected_offset
+                    || (base as u64 > expected_offset && base as u64 <= gaps_until)
+            }
+            _ if first => base as u64 >= expected_offset,
+            OffsetRule::Contiguous => base as u64 == next_offset,
+            OffsetRule::Increasing { gaps_until, .. } => {
+                base as u64 == next_offset
+                    || (base as u64 > next_offset && base as u64 <= gaps_until)
+            }
         };
         if !offset_ok {
-            let reason = format!(
-                "batch base offset {} where {} was expected",
-                header.base_offset, next_offset
-            );
+            let reason = format!("batch base offset {base} where {next_offset} was expected");
             return Ok(outcome(position, next_offset, Some(reason)));
+        }
+        if let OffsetRule::Increasing { below, .. } = rule {
+            if header.last_offset() as u64 >= below {
+                let reason = format!(
+                    "batch last offset {} reaches the next segment at {below}",
+                    header.last_offset()
+                );
+                return Ok(outcome(position, next_offset, Some(reason)));
+            }
         }
         let total = header.total_bytes();
         if mode == ScanMode::VerifyCrc {

@@ -11,8 +11,11 @@
 //! Damage (counted by `--verify`): a batch whose CRC32C, length, magic or
 //! record count is wrong; a batch or header cut short by the end of the
 //! file; bytes that are not a batch; offsets that do not increase, or that
-//! skip (Kafki's recovery cuts a segment at a gap; `--allow-gaps` makes gaps
-//! warnings for logs Apache Kafka compacted); leader epochs that go
+//! skip where Kafki's cleaner made no gap (gaps ending at or below the bound
+//! in the partition's `cleaner-checkpoint` are compaction's and fine, as
+//! Kafki's recovery accepts them; elsewhere recovery cuts a segment at a gap;
+//! `--allow-gaps` makes every gap a warning, for logs Apache Kafka
+//! compacted); leader epochs that go
 //! backwards; index entries that point past the data or between batches; a
 //! time index that goes backwards; a recovery point beyond the end of the
 //! log; a file that cannot be read. Warnings: checkpoint files that do not
@@ -43,7 +46,8 @@ use kafki_storage::batch::{
     BATCH_HEADER_BYTES, BATCH_LENGTH_MIN, CRC_START, LENGTH_FIELD_END,
 };
 use kafki_storage::checkpoint::{
-    LeaderEpochCache, CLEAN_SHUTDOWN_FILE, LEADER_EPOCH_FILE, LOG_START_FILE, RECOVERY_POINT_FILE,
+    CleanerCheckpoint, LeaderEpochCache, CLEANER_FILE, CLEAN_SHUTDOWN_FILE, LEADER_EPOCH_FILE,
+    LOG_START_FILE, RECOVERY_POINT_FILE,
 };
 use kafki_storage::compression::Compression;
 use kafki_storage::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
@@ -1252,6 +1256,9 @@ pub struct Dumper<'s> {
     output_error: Option<io::Error>,
     totals: Totals,
     first_damage: Option<Problem>,
+    /// Offset gaps ending at or below this are the cleaner's (the bound of
+    /// the partition's `cleaner-checkpoint`; 0 without one).
+    gaps_below: u64,
 }
 
 impl<'s> Dumper<'s> {
@@ -1262,7 +1269,35 @@ impl<'s> Dumper<'s> {
             output_error: None,
             totals: Totals::default(),
             first_damage: None,
+            gaps_below: 0,
         }
+    }
+
+    /// The gap bound of the partition directory `dir`: the cleaner
+    /// checkpoint's, `u64::MAX` (with a warning) when it does not decode, as
+    /// Kafki's recovery treats it.
+    fn load_gaps_below(&mut self, dir: &Path, tally: &mut Tally) {
+        let path = dir.join(CLEANER_FILE);
+        self.gaps_below = match fs::read_to_string(&path) {
+            Err(_) => 0,
+            Ok(text) => match CleanerCheckpoint::decode(&text) {
+                Some(checkpoint) => checkpoint.gaps_below(),
+                None => {
+                    let label = path.display().to_string();
+                    self.report(
+                        tally,
+                        warning(
+                            "cleaner_checkpoint",
+                            &label,
+                            None,
+                            None,
+                            "cleaner checkpoint does not parse: offset gaps are accepted everywhere, as Kafki's recovery does".into(),
+                        ),
+                    );
+                    u64::MAX
+                }
+            },
+        };
     }
 
     /// The totals, the first damage found, and the first output error.
@@ -1321,6 +1356,9 @@ impl<'s> Dumper<'s> {
             if name.ends_with(".log") {
                 let mut epochs = EpochTrack::default();
                 let base = parse_log_file_name(&name);
+                if let Some(dir) = path.parent() {
+                    self.load_gaps_below(dir, &mut Tally::default());
+                }
                 self.dump_segment_file(path, base, None, &mut epochs);
             } else if let Some(stem) = name
                 .strip_suffix(".index")
@@ -1422,6 +1460,7 @@ impl<'s> Dumper<'s> {
                 LOG_START_FILE,
                 RECOVERY_POINT_FILE,
                 CLEAN_SHUTDOWN_FILE,
+                CLEANER_FILE,
             ]
             .contains(&name.as_str())
             {
@@ -1438,6 +1477,7 @@ impl<'s> Dumper<'s> {
             other_files,
         });
         let mut tally = Tally::default();
+        self.load_gaps_below(dir, &mut tally);
         index_stems.sort();
         for (stem, file) in &index_stems {
             if !dir.join(format!("{stem}.log")).exists() {
@@ -1486,7 +1526,9 @@ impl<'s> Dumper<'s> {
                         base_offset,
                         format!("segment base offset {base} skips offsets {expected}..{} after the previous segment", base_offset - 1),
                     );
-                    self.report(&mut tally, problem);
+                    if let Some(problem) = problem {
+                        self.report(&mut tally, problem);
+                    }
                 }
             }
             let outcome = self.dump_segment_file(path, Some(*base), next_offset, &mut epochs);
@@ -1526,16 +1568,20 @@ impl<'s> Dumper<'s> {
         Ok(())
     }
 
-    /// An offset gap: damage for Kafki (its recovery cuts there), a warning
-    /// with `--allow-gaps`.
+    /// An offset gap ending at `offset`: nothing when Kafki's cleaner made
+    /// it (it ends at or below the cleaner checkpoint's bound), else damage
+    /// for Kafki (its recovery cuts there), a warning with `--allow-gaps`.
     fn gap_problem(
         &self,
         path: &str,
         position: Option<u64>,
         offset: i64,
         message: String,
-    ) -> Problem {
-        if self.options.allow_gaps {
+    ) -> Option<Problem> {
+        if u64::try_from(offset).is_ok_and(|offset| offset <= self.gaps_below) {
+            return None;
+        }
+        Some(if self.options.allow_gaps {
             warning("offset_gap", path, position, Some(offset), message)
         } else {
             damage(
@@ -1545,7 +1591,7 @@ impl<'s> Dumper<'s> {
                 Some(offset),
                 format!("{message} (Kafki's recovery cuts the log here; --allow-gaps for logs Apache Kafka compacted)"),
             )
-        }
+        })
     }
 
     fn check_checkpoints(
@@ -2220,7 +2266,7 @@ impl<'s> Dumper<'s> {
                         header.base_offset - 1
                     ),
                 );
-                problems.push(problem);
+                problems.extend(problem);
             }
         }
         *first_batch = false;
@@ -2514,6 +2560,7 @@ fn is_partition_dir(dir: &Path) -> anyhow::Result<bool> {
                 LOG_START_FILE,
                 RECOVERY_POINT_FILE,
                 CLEAN_SHUTDOWN_FILE,
+                CLEANER_FILE,
             ]
             .contains(&name.as_str());
         if is_partition_file {

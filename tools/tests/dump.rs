@@ -369,3 +369,67 @@ fn lists_an_index_file_and_decodes_records() {
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("cannot read /nonexistent/kafki-dump-test"));
 }
+
+/// A compacted log has offset gaps below its cleaner checkpoint: `--verify`
+/// accepts them there (as Kafki's recovery does) and only there.
+#[test]
+fn verify_accepts_the_gaps_of_a_compacted_log_below_its_cleaner_checkpoint() {
+    let dir = test_dir();
+    let partition = dir.path().join("compacted-0");
+    let path = partition.clone();
+    run_executor(move || async move {
+        let config = LogConfig {
+            compaction: Some(kafki_storage::CompactionConfig {
+                min_cleanable_dirty_ratio: 0.0,
+                ..Default::default()
+            }),
+            ..small_segments()
+        };
+        let log = PartitionLog::open(&path, config).await.expect("open");
+        // Seven keys over and over, between batches of keys of their own:
+        // the cleaner removes the first kind, leaving gaps between the others.
+        for index in 0..CLEAN_BATCHES * 2 {
+            log.append(producer_batch(index, Compression::None), 0)
+                .await
+                .expect("append");
+            let key = format!("own-{index}");
+            let value = vec![b'v'; 200];
+            let own = kafki_storage::batch::build_keyed_batch(
+                1_700_000_000_000,
+                &[(Some(key.as_bytes()), Some(&value))],
+            );
+            log.append(own, 0).await.expect("append");
+        }
+        log.flush().await.expect("flush");
+        let report = log
+            .compact(1_700_000_000_000, &kafki_storage::CleanerLimits::default())
+            .await
+            .expect("compact");
+        assert!(report.records_removed > 0, "{report:?}");
+        log.close().await.expect("close");
+    });
+    let label = partition.to_str().expect("utf-8 path");
+    let output = kafki(&["dump", "--verify", "--json", label]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let events = json_lines(&output);
+    assert!(of_type(&events, "problem").is_empty());
+    let batches = of_type(&events, "batch");
+    let gaps = batches.windows(2).any(|pair| {
+        pair[1]["base_offset"].as_i64() > pair[0]["last_offset"].as_i64().map(|last| last + 1)
+    });
+    assert!(gaps, "the compacted log has gaps");
+
+    // Without the checkpoint nothing vouches for those gaps: damage.
+    std::fs::remove_file(partition.join("cleaner-checkpoint")).expect("remove");
+    let output = kafki(&["dump", "--verify", "--json", label]);
+    assert!(!output.status.success(), "{}", stdout(&output));
+    let events = json_lines(&output);
+    assert!(of_type(&events, "problem")
+        .iter()
+        .any(|problem| problem["code"] == "offset_gap"));
+}

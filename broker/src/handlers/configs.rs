@@ -37,6 +37,7 @@ fn config_type(kind: SettingKind) -> i8 {
         SettingKind::String => 2,
         SettingKind::Int => 3,
         SettingKind::Long => 5,
+        SettingKind::Double => 6,
     }
 }
 

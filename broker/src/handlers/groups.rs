@@ -90,7 +90,19 @@ async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), i16> {
     if shard.metadata().topic(OFFSETS_TOPIC).is_some() {
         return Ok(());
     }
-    let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    // Kafka's defaults for the offsets topic: compacted, in segments of
+    // `offsets.topic.segment.bytes` (100 MiB) so that the cleaner, which
+    // never touches the active segment, gets sealed segments to clean.
+    let segment_bytes = shard
+        .config
+        .kafka
+        .get_i64("offsets.topic.segment.bytes")
+        .filter(|bytes| *bytes > 0)
+        .unwrap_or(104_857_600);
+    let configs = BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("segment.bytes".to_string(), segment_bytes.to_string()),
+    ]);
     match shard
         .create_topic(
             OFFSETS_TOPIC.to_string(),

@@ -7,6 +7,10 @@
 //! * `acks=-1` (all): answered at the topic's commit stage: *durable*
 //!   (`fdatasync`, group-committed) unless the topic has a relaxed flush
 //!   policy (`flush.messages` > 1 or `flush.ms`), then *written*.
+//!
+//! A compacted topic (`cleanup.policy` with `compact`) refuses a batch with
+//! a record without a key, as Kafka does (`INVALID_RECORD`, nothing of the
+//! request appended). Only those topics decode records to check it.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -14,11 +18,12 @@ use std::rc::Rc;
 use bytes::Bytes;
 use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_net::kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafki_net::kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafki_storage::batch::{BatchHeader, LENGTH_FIELD_END};
 
+use super::offsets::DECOMPRESSED_BATCH_BYTES_MAX;
 use super::producer::SequenceCheck;
 use super::str_bytes;
 use crate::errors::code_for_log_error;
@@ -40,6 +45,10 @@ struct PartitionOutcome {
     base_offset: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
+    /// A more precise message than the error code's (Produce v8+).
+    error_message: Option<&'static str>,
+    /// The refused record's index in its batch (`record_errors`, v8+).
+    record_index: Option<i32>,
 }
 
 impl PartitionOutcome {
@@ -50,9 +59,14 @@ impl PartitionOutcome {
             base_offset: -1,
             log_append_time_ms: -1,
             log_start_offset: -1,
+            error_message: None,
+            record_index: None,
         }
     }
 }
+
+/// Kafka's message for a record without a key in a compacted topic.
+const KEYLESS_IN_COMPACTED: &str = "Compacted topic cannot accept message without key";
 
 pub async fn produce(
     shard: &Rc<Shard>,
@@ -149,9 +163,19 @@ pub async fn produce(
                             .with_log_append_time_ms(outcome.log_append_time_ms)
                             .with_log_start_offset(outcome.log_start_offset);
                         if outcome.error_code != 0 && version >= 8 {
-                            let message = ResponseError::try_from_code(outcome.error_code)
-                                .map(|error| error.to_string())
-                                .unwrap_or_default();
+                            let message = match outcome.error_message {
+                                Some(message) => message.to_string(),
+                                None => ResponseError::try_from_code(outcome.error_code)
+                                    .map(|error| error.to_string())
+                                    .unwrap_or_default(),
+                            };
+                            if let Some(index) = outcome.record_index {
+                                response = response.with_record_errors(vec![
+                                    BatchIndexAndErrorMessage::default()
+                                        .with_batch_index(index)
+                                        .with_batch_index_error_message(Some(str_bytes(&message))),
+                                ]);
+                            }
                             response = response.with_error_message(Some(str_bytes(&message)));
                         }
                         response
@@ -219,6 +243,7 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
         Err(code) => return PartitionOutcome::failed(slot, code),
     };
     // Validate every batch first: a request is appended whole or not at all.
+    let compacted = partition.log.config().compaction.is_some();
     for batch in &batches {
         if batch.len() > partition.log.config().max_batch_bytes {
             return PartitionOutcome::failed(slot, ResponseError::MessageTooLarge.code());
@@ -229,6 +254,12 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
                 slot,
                 code_for_log_error(&kafki_storage::LogError::InvalidBatch(error)),
             );
+        }
+        if compacted {
+            if let Err(outcome) = check_keys(slot, batch) {
+                tracing::debug!(topic = %write.topic, partition = write.partition, "refusing a record without a key for a compacted topic");
+                return outcome;
+            }
         }
     }
     let mut first: Option<(u64, Option<i64>)> = None;
@@ -289,12 +320,62 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
         base_offset: first_offset as i64,
         log_append_time_ms: log_append_time_ms.unwrap_or(-1),
         log_start_offset: partition.log.offsets().log_start_offset as i64,
+        error_message: None,
+        record_index: None,
+    }
+}
+
+/// A compacted topic needs a key on every record (decompressing at most
+/// [`DECOMPRESSED_BATCH_BYTES_MAX`]).
+fn check_keys(slot: usize, batch: &[u8]) -> Result<(), PartitionOutcome> {
+    use kafki_storage::compression::CompressionError;
+    use kafki_storage::records::{first_keyless_record, RecordError};
+    match first_keyless_record(batch, DECOMPRESSED_BATCH_BYTES_MAX) {
+        Ok(None) => Ok(()),
+        Ok(Some(index)) => Err(PartitionOutcome {
+            error_message: Some(KEYLESS_IN_COMPACTED),
+            record_index: i32::try_from(index).ok(),
+            ..PartitionOutcome::failed(slot, ResponseError::InvalidRecord.code())
+        }),
+        Err(RecordError::Compression(CompressionError::TooLarge { .. })) => Err(PartitionOutcome {
+            error_message: Some("batch decompresses beyond the broker's limit"),
+            ..PartitionOutcome::failed(slot, ResponseError::InvalidRecord.code())
+        }),
+        Err(_) => Err(PartitionOutcome::failed(
+            slot,
+            ResponseError::CorruptMessage.code(),
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compacted_topics_need_a_key_on_every_record() {
+        let keyed = kafki_storage::batch::build_keyed_batch(1, &[(Some(b"k"), Some(b"v"))]);
+        assert!(check_keys(0, &keyed).is_ok());
+        let mixed = kafki_storage::batch::build_keyed_batch(
+            1,
+            &[
+                (Some(b"k"), Some(b"v")),
+                (None, Some(b"v")),
+                (Some(b"k"), None),
+            ],
+        );
+        let refused = check_keys(3, &mixed).expect_err("refused");
+        assert_eq!(refused.error_code, ResponseError::InvalidRecord.code());
+        assert_eq!(refused.error_code, 87);
+        assert_eq!(refused.record_index, Some(1));
+        assert_eq!(refused.slot, 3);
+        let mut damaged = mixed.to_vec();
+        damaged[kafki_storage::batch::BATCH_HEADER_BYTES] = 0x7f;
+        assert_eq!(
+            check_keys(0, &damaged).expect_err("refused").error_code,
+            ResponseError::CorruptMessage.code()
+        );
+    }
 
     #[test]
     fn split_refuses_lengths_beyond_the_bytes() {

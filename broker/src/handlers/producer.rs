@@ -331,6 +331,18 @@ impl ProducerStates {
         })
     }
 
+    /// The base offset of every producer's last batch. The log cleaner
+    /// keeps these batches (empty if all their records go), so that a
+    /// replay of the log after the last snapshot restores each producer's
+    /// sequence, as Kafka's cleaner does.
+    pub fn last_batch_offsets(&self) -> std::collections::HashSet<u64> {
+        self.producers
+            .values()
+            .filter(|entry| !entry.batches.is_empty())
+            .map(ProducerEntry::last_offset)
+            .collect()
+    }
+
     pub fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.producers.get(&producer_id)
     }

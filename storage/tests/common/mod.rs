@@ -94,3 +94,92 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A record as the tests see it: offset, key, value (`None` is null).
+pub type TestRecord = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A batch of `(key, value)` records compressed with `codec`, stamped
+/// `timestamp` (record `i` at `timestamp + i`).
+pub fn keyed_batch(
+    codec: kafki_storage::compression::Compression,
+    timestamp: i64,
+    records: &[kafki_storage::batch::KeyValueRef<'_>],
+) -> Bytes {
+    use kafki_storage::records::{assemble_batch, encode_record, BatchFields, NewRecord};
+    let mut section = Vec::new();
+    for (index, (key, value)) in records.iter().enumerate() {
+        encode_record(
+            &mut section,
+            &NewRecord {
+                offset_delta: index as i32,
+                timestamp_delta: index as i64,
+                key: *key,
+                value: *value,
+                headers: &[],
+            },
+        );
+    }
+    let fields = BatchFields {
+        last_offset_delta: records.len() as i32 - 1,
+        base_timestamp: timestamp,
+        max_timestamp: timestamp + records.len() as i64 - 1,
+        records_count: records.len() as i32,
+        ..BatchFields::default()
+    };
+    let mut batch = Vec::new();
+    assemble_batch(&mut batch, &fields, codec, &section);
+    Bytes::from(batch)
+}
+
+/// The records of one stored batch, with their offsets.
+pub fn records_of(batch: &[u8]) -> Vec<TestRecord> {
+    let header = BatchHeader::parse(batch).expect("header");
+    let section = kafki_storage::records::batch_records(batch, 64 << 20).expect("records section");
+    kafki_storage::records::records(&section, header.records_count)
+        .map(|record| {
+            let record = record.expect("record decodes");
+            (
+                header.base_offset as u64 + record.offset_delta as u64,
+                record.key.map(<[u8]>::to_vec),
+                record.value.map(<[u8]>::to_vec),
+            )
+        })
+        .collect()
+}
+
+/// Every batch of the log from `from` to its end, read the way consumers
+/// do (each read continues after the last batch returned). Checks that
+/// offsets strictly increase.
+pub async fn read_all_batches(log: &kafki_storage::PartitionLog, from: u64) -> Vec<Vec<u8>> {
+    let end = log.offsets().next_offset;
+    let mut offset = from;
+    let mut batches: Vec<Vec<u8>> = Vec::new();
+    while offset < end {
+        let read = log.read(offset, 64 * 1024, u64::MAX).await.expect("read");
+        let bytes = read.load().await.expect("load");
+        if bytes.is_empty() {
+            // Compaction removed everything from here to the end.
+            break;
+        }
+        for (header, batch) in split_batches(&bytes) {
+            assert!(
+                header.last_offset() as u64 >= offset,
+                "offsets go back at {offset}"
+            );
+            offset = header.last_offset() as u64 + 1;
+            batches.push(batch);
+        }
+        assert_eq!(read.next_offset, offset);
+    }
+    batches
+}
+
+/// Every record of the log, in order.
+pub async fn read_all_records(log: &kafki_storage::PartitionLog) -> Vec<TestRecord> {
+    let start = log.offsets().log_start_offset;
+    read_all_batches(log, start)
+        .await
+        .iter()
+        .flat_map(|batch| records_of(batch))
+        .collect()
+}
