@@ -132,6 +132,15 @@ pub const SETTINGS: &[Setting] = &[
         Some("CreateTime"),
         SettingKind::String,
     ),
+    // Kafki's own: how segment files get room ahead of appends (storage/src/space.rs).
+    // true: zeros are written ahead, so appends are overwrites whose fdatasync
+    // has no metadata to write; false: fallocate (each byte written once).
+    setting(
+        None,
+        "log.preallocate.zero.fill",
+        Some("false"),
+        SettingKind::Bool,
+    ),
     setting(
         Some("cleanup.policy"),
         "log.cleanup.policy",
@@ -418,6 +427,11 @@ pub fn log_config_for(overrides: &BTreeMap<String, String>, broker: &KafkaSettin
         max_batch_bytes: positive(number("max.message.bytes"))
             .map_or(defaults.max_batch_bytes, |bytes| bytes as usize),
         sync_policy,
+        preallocation: if broker.get_bool("log.preallocate.zero.fill") {
+            kafki_storage::space::Preallocation::Zeroed
+        } else {
+            kafki_storage::space::Preallocation::Reserve
+        },
         timestamp_type: if value("message.timestamp.type").as_deref() == Some("LogAppendTime") {
             TimestampType::LogAppendTime
         } else {

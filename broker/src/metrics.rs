@@ -86,6 +86,10 @@ struct Families {
     cleaner_written_bytes: IntCounterVec,
     cleaner_removed_records: IntCounterVec,
     partition_moves: IntCounterVec,
+    log_writes: IntCounterVec,
+    log_written_bytes: IntCounterVec,
+    log_zero_filled_bytes: IntCounterVec,
+    log_fsyncs: IntCounterVec,
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(Families::new);
@@ -209,6 +213,30 @@ impl Families {
                 "Partition hand-overs between shards run by the controller, by outcome (completed, aborted).",
                 &["outcome"],
             ),
+            log_writes: counter_vec(
+                &registry,
+                "kafki_log_writes_total",
+                "O_DIRECT writes of appended data submitted by the partition logs, by shard.",
+                &["shard"],
+            ),
+            log_written_bytes: counter_vec(
+                &registry,
+                "kafki_log_written_bytes_total",
+                "Appended bytes written to segment files, by shard.",
+                &["shard"],
+            ),
+            log_zero_filled_bytes: counter_vec(
+                &registry,
+                "kafki_log_zero_filled_bytes_total",
+                "Zeros written ahead of appends to initialise segment space (log.preallocate.zero.fill), by shard.",
+                &["shard"],
+            ),
+            log_fsyncs: counter_vec(
+                &registry,
+                "kafki_log_fsyncs_total",
+                "fdatasync calls of the partition logs (group commits and seals), by shard.",
+                &["shard"],
+            ),
             registry,
         }
     }
@@ -256,6 +284,8 @@ pub struct ShardMetrics {
     frames_refused: RefCell<Vec<(&'static str, IntCounter)>>,
     /// Passes, bytes read, bytes written, records removed.
     cleaner: [IntCounter; 4],
+    /// Writes, written bytes, zero-filled bytes, fsyncs.
+    storage: [IntCounter; 4],
 }
 
 impl std::fmt::Debug for ShardMetrics {
@@ -295,6 +325,12 @@ impl ShardMetrics {
                 families.cleaner_read_bytes.with_label_values(&[label]),
                 families.cleaner_written_bytes.with_label_values(&[label]),
                 families.cleaner_removed_records.with_label_values(&[label]),
+            ],
+            storage: [
+                families.log_writes.with_label_values(&[label]),
+                families.log_written_bytes.with_label_values(&[label]),
+                families.log_zero_filled_bytes.with_label_values(&[label]),
+                families.log_fsyncs.with_label_values(&[label]),
             ],
             shard,
         }
@@ -376,6 +412,14 @@ impl ShardMetrics {
         self.cleaner[1].inc_by(report.bytes_read);
         self.cleaner[2].inc_by(report.bytes_written);
         self.cleaner[3].inc_by(report.records_removed);
+    }
+
+    /// Adds one log's write and sync counts since its last report.
+    pub fn add_storage(&self, delta: &kafki_storage::LogStats) {
+        self.storage[0].inc_by(delta.writes);
+        self.storage[1].inc_by(delta.written_bytes);
+        self.storage[2].inc_by(delta.zero_filled_bytes);
+        self.storage[3].inc_by(delta.fsyncs);
     }
 
     /// A connection was refused at accept, e.g. `"connection_limit"`.

@@ -24,6 +24,8 @@ type ControllerInbox = Arc<std::sync::Mutex<Option<AssignmentReceiver>>>;
 
 /// Capacity of each cross-shard channel (calls queued to one peer).
 const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// How often shards add their logs' write and sync counts to the metrics.
+const STORAGE_STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often shards look for the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
@@ -131,8 +133,13 @@ async fn shard_main(
         })
         .flatten()
         .map(|inbox| glommio::spawn_local(crate::reassign::serve_commands(shard.clone(), inbox)));
+    let mut last_stats = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
+        if last_stats.elapsed() >= STORAGE_STATS_INTERVAL {
+            shard.report_storage_stats();
+            last_stats = std::time::Instant::now();
+        }
     }
     tracing::info!(shard = shard.id, "shutting down");
     shard.shutting_down.set(true);

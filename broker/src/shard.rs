@@ -57,6 +57,8 @@ pub struct Partition {
     released: Cell<bool>,
     /// Tasks waiting for `released` (fetch long polls).
     release_waiters: RefCell<Vec<Waker>>,
+    /// The log's counters as last added to the shard's metrics.
+    reported_stats: Cell<kafki_storage::LogStats>,
 }
 
 impl Partition {
@@ -78,6 +80,24 @@ impl Partition {
             snapshot: crate::producer_snapshot::SnapshotSlot::new(loaded.mark),
             released: Cell::new(false),
             release_waiters: RefCell::new(Vec::new()),
+            reported_stats: Cell::new(kafki_storage::LogStats::default()),
+        }
+    }
+
+    /// What the log counted since the last call (for the shard's metrics).
+    pub fn take_stats_delta(&self) -> kafki_storage::LogStats {
+        let now = self.log.stats();
+        let before = self.reported_stats.replace(now);
+        kafki_storage::LogStats {
+            appended_batches: now.appended_batches.saturating_sub(before.appended_batches),
+            appended_bytes: now.appended_bytes.saturating_sub(before.appended_bytes),
+            writes: now.writes.saturating_sub(before.writes),
+            written_bytes: now.written_bytes.saturating_sub(before.written_bytes),
+            zero_filled_bytes: now
+                .zero_filled_bytes
+                .saturating_sub(before.zero_filled_bytes),
+            fsyncs: now.fsyncs.saturating_sub(before.fsyncs),
+            segments: now.segments,
         }
     }
 
@@ -738,6 +758,15 @@ impl Shard {
                 }
             }
             glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Adds what every open log wrote and synced since the last call to the
+    /// shard's storage counters (called once a second).
+    pub fn report_storage_stats(&self) {
+        let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for partition in partitions {
+            self.metrics.add_storage(&partition.take_stats_delta());
         }
     }
 

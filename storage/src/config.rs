@@ -88,8 +88,11 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
     pub sync_policy: SyncPolicy,
     pub timestamp_type: TimestampType,
-    /// Segment files grow by this many bytes at a time (`fallocate`).
+    /// Segment files grow by at most this many bytes at a time.
     pub preallocate_bytes: u64,
+    /// How they grow: `fallocate` (default), or zeros written ahead of the
+    /// data (see [`crate::space`]).
+    pub preallocation: crate::space::Preallocation,
     /// Appended bytes not yet written to the file: appends wait above this.
     pub write_buffer_bytes_max: u64,
     /// Recently appended batches kept in memory for readers, in bytes.
@@ -117,6 +120,7 @@ impl Default for LogConfig {
             sync_policy: SyncPolicy::EveryAppend,
             timestamp_type: TimestampType::CreateTime,
             preallocate_bytes: 32 << 20,
+            preallocation: crate::space::Preallocation::Reserve,
             write_buffer_bytes_max: 32 << 20,
             hot_tail_bytes_max: 16 << 20,
             write_chunk_bytes: 1 << 20,

@@ -26,6 +26,7 @@ pub mod index;
 pub mod log;
 pub mod records;
 pub mod segment;
+pub mod space;
 
 pub use cleaner::{CleanReport, CleanerLimits};
 pub use config::{CompactionConfig, LogConfig, SyncPolicy, TimestampType};

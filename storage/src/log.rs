@@ -45,6 +45,7 @@ use crate::segment::{
     align_down, align_up, log_file_name, offset_index_name, parse_log_file_name, scan_batches,
     time_index_name, OffsetRule, ScanMode, Segment, SegmentFile, BLOCK_BYTES,
 };
+use crate::space::{self, PendingFill, Preallocation};
 
 mod compaction;
 
@@ -139,6 +140,8 @@ pub struct LogStats {
     pub appended_bytes: u64,
     pub writes: u64,
     pub written_bytes: u64,
+    /// Zeros written ahead of the data ([`Preallocation::Zeroed`]).
+    pub zero_filled_bytes: u64,
     pub fsyncs: u64,
     pub segments: u64,
 }
@@ -821,7 +824,7 @@ impl PartitionLog {
         let permit = shared.lock().await?;
         write_pending(&shared).await?;
         sync_active(&shared).await?;
-        let (file, segment_bytes, index, next_offset, epochs) = {
+        let (file, segment_bytes, index, next_offset, epochs, fill) = {
             let mut state = shared.state.borrow_mut();
             state.closing = true;
             let next_offset = state.next_offset;
@@ -834,9 +837,11 @@ impl PartitionLog {
                 active.index.clone(),
                 next_offset,
                 epochs,
+                space::take_fill(active),
             )
         };
         if let Some(file) = &file {
+            space::finish_fill(fill, file).await;
             file.dma
                 .truncate(segment_bytes)
                 .await
@@ -867,6 +872,8 @@ impl PartitionLog {
     pub async fn abandon(mut self) -> LogOffsets {
         if let Ok(permit) = self.shared.lock().await {
             self.shared.state.borrow_mut().closing = true;
+            // Zero writes already submitted complete too, as on a device.
+            finish_all_fills(&self.shared).await;
             drop(permit);
         }
         let offsets = self.offsets();
@@ -1364,14 +1371,7 @@ async fn execute_write(shared: &Rc<Shared>, plan: WritePlan) -> LogResult<()> {
         Some(file) => file,
         None => create_segment_file(shared, plan.segment_base).await?,
     };
-    let mut allocated = plan.allocated_bytes;
-    if align_up(plan.end_position) > allocated {
-        allocated = align_up(plan.end_position) + config.preallocate_bytes;
-        file.dma
-            .pre_allocate(allocated, false)
-            .await
-            .map_err(|error| LogError::io("preallocate", &file.path, glommio_io(error)))?;
-    }
+    let allocated = ensure_room(shared, &file, &plan).await?;
     let (new_tail, writes) = if plan.end_position > plan.start_position {
         write_blocks(&file, &plan, config).await?
     } else {
@@ -1401,11 +1401,124 @@ async fn execute_write(shared: &Rc<Shared>, plan: WritePlan) -> LogResult<()> {
         state.stats.writes += writes;
         let budget = config.hot_tail_bytes_max;
         state.evict_hot(budget);
+        if !plan.seal_after {
+            let scheduled = schedule_fill(
+                config,
+                &file,
+                &mut state.segments[position],
+                plan.end_position,
+            );
+            state.stats.zero_filled_bytes += scheduled;
+        }
     }
     if plan.seal_after {
         seal_segment(shared, plan.segment_base, &file).await?;
     }
     Ok(())
+}
+
+/// Makes the file ready for writes up to the plan's end and returns how far
+/// it is ready: reaps the segment's background zero fill (waiting for it
+/// only when the writes need its region), and when that is not enough fills
+/// (or, with [`Preallocation::Reserve`], reserves) the rest now.
+async fn ensure_room(shared: &Shared, file: &Rc<SegmentFile>, plan: &WritePlan) -> LogResult<u64> {
+    let config = &shared.config;
+    let need = align_up(plan.end_position);
+    let mut allocated = plan.allocated_bytes;
+    let pending = {
+        let mut state = shared.state.borrow_mut();
+        state
+            .segment_index(plan.segment_base)
+            .and_then(|position| state.segments[position].pending_fill.take())
+    };
+    if let Some(mut fill) = pending {
+        if need > allocated || fill.is_finished() {
+            match fill.finish().await {
+                Ok(end) => allocated = allocated.max(end),
+                // Filled again below if the writes need it.
+                Err(error) => {
+                    tracing::warn!(path = %file.path.display(), %error, "zero fill ahead of the data failed")
+                }
+            }
+        } else {
+            let mut state = shared.state.borrow_mut();
+            if let Some(position) = state.segment_index(plan.segment_base) {
+                state.segments[position].pending_fill = Some(fill);
+            }
+        }
+    }
+    if need <= allocated {
+        return Ok(allocated);
+    }
+    match config.preallocation {
+        Preallocation::Reserve => {
+            let target = need + config.preallocate_bytes;
+            file.dma
+                .pre_allocate(target, false)
+                .await
+                .map_err(|error| LogError::io("preallocate", &file.path, glommio_io(error)))?;
+            Ok(target)
+        }
+        Preallocation::Zeroed => {
+            // Only what these writes need (and a little): the background
+            // fill goes further without holding them up.
+            let from = align_up(allocated);
+            let segment_end = align_up(config.segment_bytes).max(need);
+            let target = (need + space::FILL_STEP_MIN_BYTES).min(segment_end);
+            PendingFill::start(file.clone(), from, target, config.write_chunk_bytes)
+                .finish()
+                .await?;
+            shared.state.borrow_mut().stats.zero_filled_bytes += target - from;
+            Ok(target)
+        }
+    }
+}
+
+/// Starts the next background zero fill of the segment if its ready space
+/// runs short (at most one per segment at a time). Returns the bytes the
+/// fill will write.
+fn schedule_fill(
+    config: &LogConfig,
+    file: &Rc<SegmentFile>,
+    segment: &mut Segment,
+    end: u64,
+) -> u64 {
+    if config.preallocation != Preallocation::Zeroed || segment.pending_fill.is_some() {
+        return 0;
+    }
+    let ready = align_up(segment.allocated_bytes);
+    let Some((from, to)) =
+        space::next_fill(ready, end, config.segment_bytes, config.preallocate_bytes)
+    else {
+        return 0;
+    };
+    segment.pending_fill = Some(PendingFill::start(
+        file.clone(),
+        from,
+        to,
+        config.write_chunk_bytes,
+    ));
+    to - from
+}
+
+/// Waits for the background fills of every segment (before a truncation).
+async fn finish_all_fills(shared: &Shared) {
+    let fills: Vec<(PendingFill, Option<Rc<SegmentFile>>)> = {
+        let mut state = shared.state.borrow_mut();
+        state
+            .segments
+            .iter_mut()
+            .filter_map(|segment| {
+                let file = segment.file.clone();
+                space::take_fill(segment).map(|fill| (fill, file))
+            })
+            .collect()
+    };
+    for (fill, file) in fills {
+        if let Some(file) = file {
+            space::finish_fill(Some(fill), &file).await;
+        }
+    }
 }
 
 /// Copies the tail block and the pending batches into aligned DMA buffers
@@ -1538,7 +1651,7 @@ pub(crate) fn sync_dir(dir: &Path) -> LogResult<()> {
 /// Seals a fully written segment: trims preallocated space, syncs it,
 /// writes its indexes and moves the recovery point past it.
 async fn seal_segment(shared: &Shared, base_offset: u64, file: &SegmentFile) -> LogResult<()> {
-    let (size, index, next_offset) = {
+    let (size, index, next_offset, fill) = {
         let mut state = shared.state.borrow_mut();
         let Some(position) = state.segment_index(base_offset) else {
             return Ok(());
@@ -1549,8 +1662,10 @@ async fn seal_segment(shared: &Shared, base_offset: u64, file: &SegmentFile) -> 
             segment.size_bytes,
             segment.index.clone(),
             segment.next_offset,
+            space::take_fill(segment),
         )
     };
+    space::finish_fill(fill, file).await;
     file.dma
         .truncate(size)
         .await
@@ -1681,6 +1796,7 @@ fn delete_segments_where(
 /// `offset` itself where compaction left a gap there. Everything is written
 /// already (caller flushed) and the lock is held.
 async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
+    finish_all_fills(shared).await;
     let (doomed, keep) = {
         let state = shared.state.borrow();
         if offset >= state.next_offset {

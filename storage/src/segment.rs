@@ -128,8 +128,11 @@ pub struct Segment {
     /// Bytes of the last partially filled block, already written once and to
     /// be rewritten (with more data after it) by the next flush.
     pub tail_block: Vec<u8>,
-    /// File bytes reserved with `fallocate`.
+    /// File bytes ready for writes: zeroed (or reserved with `fallocate`,
+    /// see [`crate::space::Preallocation`]).
     pub allocated_bytes: u64,
+    /// A zero fill extending `allocated_bytes`, running in the background.
+    pub pending_fill: Option<crate::space::PendingFill>,
     /// A prefix of the file whose batches passed their CRC check since open
     /// (scanned at recovery, written by us, or checked by a read). Reads
     /// check the rest before serving it, so a damaged batch is never served.
@@ -158,6 +161,7 @@ impl Segment {
             sealed: false,
             tail_block: Vec::new(),
             allocated_bytes: 0,
+            pending_fill: None,
             verified_bytes: 0,
             damaged_at: None,
             cleaned: false,

@@ -687,3 +687,71 @@ fn recovery_of_a_segment_truncated_to_nothing_and_a_missing_index() {
         .expect("truncate");
     reopen_and_check(path, move |next| next == base);
 }
+
+#[test]
+fn zero_filled_space_holds_data_through_close_crash_and_truncation() {
+    let dir = test_dir();
+    let path = dir.path().join("topic-0");
+    let config = LogConfig {
+        preallocation: kafki_storage::space::Preallocation::Zeroed,
+        // Large enough that fills run ahead inside one segment.
+        segment_bytes: 8 << 20,
+        ..small_config()
+    };
+    run(move || async move {
+        let log = PartitionLog::open(&path, config.clone())
+            .await
+            .expect("open");
+        let mut sent = Vec::new();
+        for index in 0..400u64 {
+            let batch = make_batch(1_000 + index as i64, 4, 1000, index as u8);
+            log.append(batch.clone(), 0).await.expect("append");
+            sent.push(batch);
+        }
+        log.flush().await.expect("flush");
+        let stats = log.stats();
+        // ~1.6 MB appended: the first fill (1 MiB) and at least one more ran.
+        assert!(
+            stats.zero_filled_bytes >= 2 << 20,
+            "zero fills: {}",
+            stats.zero_filled_bytes
+        );
+        let segment = segment_files(&path)[0].clone();
+        let file_bytes = std::fs::metadata(&segment).expect("stat").len();
+        assert!(
+            file_bytes > stats.appended_bytes,
+            "initialised space ahead of the data: file {file_bytes}, data {}",
+            stats.appended_bytes
+        );
+        // A crash leaves the zeros: recovery reads them as the end of data.
+        let offsets = log.abandon().await;
+        assert_eq!(offsets.durable_offset, 1600);
+        let log = PartitionLog::open(&path, config.clone())
+            .await
+            .expect("reopen after crash");
+        assert_eq!(log.offsets().next_offset, 1600);
+        let result = log.read(0, 64 << 20, u64::MAX).await.expect("read");
+        let batches = split_batches(&result.load().await.expect("load"));
+        assert_eq!(batches.len(), 400);
+        for (header, bytes) in &batches {
+            let index = header.base_offset as usize / 4;
+            assert_eq!(bytes[61..], sent[index][61..], "batch {index} body");
+        }
+        // Appends after recovery fill again and land after the old data;
+        // a truncation waits for the fill in flight before cutting the file.
+        for index in 0..50u64 {
+            let batch = make_batch(5_000 + index as i64, 4, 1000, 7);
+            log.append(batch, 0).await.expect("append after recovery");
+        }
+        log.flush().await.expect("flush");
+        log.truncate_to(1700).await.expect("truncate");
+        assert_eq!(log.offsets().next_offset, 1700);
+        log.close().await.expect("close");
+        // A clean close trims the file to its data.
+        let file_bytes = std::fs::metadata(&segment).expect("stat").len();
+        let log = PartitionLog::open(&path, config).await.expect("reopen");
+        assert_eq!(log.offsets().next_offset, 1700);
+        assert_eq!(log.offsets().size_bytes, file_bytes);
+        log.close().await.expect("close");
+    });
+}

@@ -35,6 +35,7 @@ use common::{
 };
 use kafki_storage::batch::BatchHeader;
 use kafki_storage::compression::Compression;
+use kafki_storage::space::Preallocation;
 use kafki_storage::{
     CleanerLimits, CompactionConfig, LogConfig, LogError, PartitionLog, SyncPolicy,
 };
@@ -133,6 +134,11 @@ fn config_for(rng: &mut SmallRng, compacted: bool) -> LogConfig {
         retention_bytes: Some(rng.random_range(64..512) * 1024),
         retention_age: None,
         sync_policy,
+        preallocation: if rng.random_bool(0.5) {
+            Preallocation::Zeroed
+        } else {
+            Preallocation::Reserve
+        },
         compaction: compacted.then(|| CompactionConfig {
             min_cleanable_dirty_ratio: [0.0, 0.3, 0.6][rng.random_range(0..3)],
             // Tombstones either go at the next cleaning or stay.
