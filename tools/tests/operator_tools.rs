@@ -556,8 +556,17 @@ fn every_operator_tool_against_kafki() {
         "the live group to be stable",
         Duration::from_secs(20),
         || {
-            live = tools.ok(&["groups", "describe", "--group", "live"], "");
-            live.contains("State: Stable")
+            // Until the member's first JoinGroup lands the group does not
+            // exist yet and describe says GROUP_ID_NOT_FOUND: keep waiting.
+            let run = tools.run(&["groups", "describe", "--group", "live"], "");
+            assert!(
+                run.code == 0 || run.stderr.contains("GROUP_ID_NOT_FOUND"),
+                "describe of the live group failed:\nstdout: {}\nstderr: {}",
+                run.stdout,
+                run.stderr
+            );
+            live = run.stdout;
+            run.code == 0 && live.contains("State: Stable")
         },
     );
     assert!(

@@ -479,7 +479,33 @@ impl Client {
     }
 
     /// The offset `spec` names for each of `partitions` of `topic`, asking each leader.
+    /// Retriable errors (a leader not elected yet, as Apache Kafka answers right after
+    /// creating a topic) are retried with fresh metadata and a growing pause, up to the
+    /// request timeout.
     pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        spec: OffsetSpec,
+    ) -> ClientResult<BTreeMap<i32, i64>> {
+        let deadline = tokio::time::Instant::now() + self.config().connection.request_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.list_offsets_once(topic, partitions, spec).await {
+                Err(error)
+                    if error.is_retriable() && tokio::time::Instant::now() + backoff < deadline =>
+                {
+                    tracing::debug!(topic, %error, "ListOffsets: retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    self.refresh_metadata(&[topic]).await?;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn list_offsets_once(
         &self,
         topic: &str,
         partitions: &[i32],
