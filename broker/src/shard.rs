@@ -37,6 +37,10 @@ const RELEASE_POLL: Duration = Duration::from_millis(10);
 /// A unit of work sent to another shard.
 pub type ShardTask = Box<dyn FnOnce(Rc<Shard>) -> LocalBoxFuture<'static, ()> + Send>;
 
+/// How long after a hand-over an out-of-sequence batch is taken for one
+/// sent before the client saw its predecessor refused by the move.
+const MOVE_IN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A partition owned by this shard.
 pub struct Partition {
     pub topic: String,
@@ -57,6 +61,9 @@ pub struct Partition {
     released: Cell<bool>,
     /// Tasks waiting for `released` (fetch long polls).
     release_waiters: RefCell<Vec<Waker>>,
+    /// When a hand-over from another shard opened it here (see
+    /// [`Partition::out_of_sequence_code`]).
+    moved_in_at: Cell<Option<std::time::Instant>>,
     /// The log's counters as last added to the shard's metrics.
     reported_stats: Cell<kafki_storage::LogStats>,
 }
@@ -80,6 +87,7 @@ impl Partition {
             snapshot: crate::producer_snapshot::SnapshotSlot::new(loaded.mark),
             released: Cell::new(false),
             release_waiters: RefCell::new(Vec::new()),
+            moved_in_at: Cell::new(None),
             reported_stats: Cell::new(kafki_storage::LogStats::default()),
         }
     }
@@ -98,6 +106,22 @@ impl Partition {
                 .saturating_sub(before.zero_filled_bytes),
             fsyncs: now.fsyncs.saturating_sub(before.fsyncs),
             segments: now.segments,
+        }
+    }
+
+    /// The error for a producer batch whose sequence does not follow the
+    /// producer's last one. Normally `OUT_OF_ORDER_SEQUENCE_NUMBER`. Shortly
+    /// after a hand-over it is `NOT_LEADER_OR_FOLLOWER`: a client pipelining
+    /// produce requests had batch *k* refused while the partition moved and
+    /// batch *k+1*, sent before it saw that answer, arrives once the move is
+    /// done. With Kafka the old leader would refuse *k+1* the same way as *k*
+    /// and the client would resend both in order; out-of-sequence instead
+    /// makes librdkafka bump its epoch (and reset its sequences) for what was
+    /// only a move. Retriable, so the batch comes back after *k*.
+    pub fn out_of_sequence_code(&self) -> i16 {
+        match self.moved_in_at.get() {
+            Some(at) if at.elapsed() < MOVE_IN_GRACE => ResponseError::NotLeaderOrFollower.code(),
+            _ => ResponseError::OutOfOrderSequenceNumber.code(),
         }
     }
 
@@ -173,6 +197,9 @@ pub struct Shard {
     partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
     /// Serialises opening and closing partitions on this shard.
     open_lock: Semaphore,
+    /// Partitions a hand-over just gave this shard, with when, until their
+    /// log is opened here (see [`Partition::out_of_sequence_code`]).
+    moved_in: RefCell<HashMap<(String, i32), std::time::Instant>>,
     /// Controller only: serialises metadata changes.
     controller_lock: Semaphore,
     /// Controller only: a partition move is running (a second one is
@@ -246,6 +273,7 @@ impl Shard {
             metadata: RefCell::new(metadata),
             partitions: RefCell::new(HashMap::new()),
             open_lock: Semaphore::new(1),
+            moved_in: RefCell::new(HashMap::new()),
             controller_lock: Semaphore::new(1),
             move_running: Cell::new(false),
             shutting_down: Cell::new(false),
@@ -334,6 +362,12 @@ impl Shard {
         // From the moment a hand-over's first snapshot is installed here, the
         // partition is served by nobody, even while its log is still open.
         if self.metadata.borrow().is_moving(topic, index) {
+            tracing::debug!(
+                shard = self.id,
+                topic,
+                partition = index,
+                "not serving a partition being handed over"
+            );
             return Err(ResponseError::NotLeaderOrFollower.code());
         }
         if let Some(found) = self.partitions.borrow().get(&(topic.to_string(), index)) {
@@ -372,6 +406,10 @@ impl Shard {
             commit_durable,
             loaded,
         ));
+        let key = (topic.to_string(), index);
+        if let Some(at) = self.moved_in.borrow_mut().remove(&key) {
+            partition.moved_in_at.set(Some(at));
+        }
         self.partitions
             .borrow_mut()
             .insert((topic.to_string(), index), partition.clone());
@@ -398,6 +436,18 @@ impl Shard {
     /// topics that disappeared (or whose id changed).
     pub async fn install_metadata(&self, next: Arc<ClusterMetadata>) {
         let previous = self.metadata.replace(next.clone());
+        // Noted before any await, so no request sees the partition here
+        // without it: the move's final snapshot gives it to this shard.
+        if let Some((topic, index)) = &previous.moving {
+            if next.moving.is_none()
+                && next.owner_of(topic, *index, self.count) == self.id
+                && previous.owner_of(topic, *index, self.count) != self.id
+            {
+                self.moved_in
+                    .borrow_mut()
+                    .insert((topic.clone(), *index), std::time::Instant::now());
+            }
+        }
         let doomed: Vec<(String, i32)> = self
             .partitions
             .borrow()

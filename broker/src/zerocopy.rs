@@ -7,8 +7,12 @@
 //! so it never blocks on the socket: when the socket is full we get `EAGAIN`
 //! and wait cooperatively (a short, growing sleep on the shard's timer)
 //! until `poll` says it is writable. The file → pipe step reads through the
-//! page cache; a cold region is read synchronously by the kernel (a known
-//! cost; io_uring `Splice` would make it asynchronous).
+//! page cache. Regions read for the first time since the broker started were
+//! just CRC-checked through that cache (storage's `SegmentFile`), so they are
+//! there; others are advised with `POSIX_FADV_WILLNEED` when the fetch is
+//! planned ([`prefetch`]), and a page still missing at splice time is read
+//! synchronously by the kernel (io_uring `Splice` would make that wait
+//! asynchronous too).
 
 use std::fs::File;
 use std::io;
@@ -43,6 +47,26 @@ impl WirePart {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Asks the kernel to start reading a file region into the page cache now,
+/// without waiting for it. A fetch builds all its file regions before it
+/// sends the first: advising each one as it is planned puts every cold
+/// partition's read in flight at once, instead of one synchronous page-in
+/// per splice while the shard waits (the file side of `splice` cannot be
+/// made non-blocking). Advice is only advice: a failure changes nothing.
+pub fn prefetch(file: &File, position: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(position), i64::try_from(len)) else {
+        return;
+    };
+    if let Err(error) = nix::fcntl::posix_fadvise(
+        std::os::fd::AsRawFd::as_raw_fd(file),
+        offset,
+        len,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+    ) {
+        tracing::debug!(%error, "posix_fadvise(WILLNEED) refused");
     }
 }
 

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 
 use crate::batch::{validate_stored_batch, BatchHeader, BATCH_HEADER_BYTES, CRC_START};
 use crate::error::{glommio_io, LogError, LogResult};
@@ -20,8 +20,16 @@ use crate::index::SegmentIndex;
 /// Direct-I/O alignment used for every write position and length.
 pub const BLOCK_BYTES: u64 = 4096;
 
-/// How much of a segment file the scanner reads at a time.
+/// How much of a segment file the scanner reads at a time (at most).
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// A headers-only scan's first read. Lookups start at an index entry, a few
+/// KiB before the batch they want, and need only its 61-byte header: reading
+/// a whole scan chunk there (as recovery does) read a MiB from the device for
+/// every fetch of a cold partition, twice the data the fetch then sent. Each
+/// further read of the same scan doubles, up to `SCAN_CHUNK_BYTES`, so a walk
+/// over many small batches still takes few reads.
+const HEADER_SCAN_FIRST_BYTES: usize = 8 << 10;
 
 pub fn log_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}.log")
@@ -53,9 +61,22 @@ pub fn align_up(value: u64) -> u64 {
 }
 
 /// The open files of one segment.
+///
+/// Writes go through `dma` (`O_DIRECT`); every read goes through the page
+/// cache: `buffered` for the reads the log itself makes (batch lookups, CRC
+/// checks, compaction), asynchronous through io_uring, and `plain` for the
+/// network layer's `splice`. One cache for both matters: a fetch of a cold
+/// region after a restart is CRC-checked once before it is served, and with
+/// `O_DIRECT` reads that check read the region from the device a first time
+/// and the splice a second. Through the cache the check's read is the one
+/// device read (with readahead) and the splice finds the pages there. The
+/// kernel keeps the cache coherent with the `O_DIRECT` writes (it drops the
+/// cached pages a direct write covers when the write completes), and reads
+/// never go past the written end.
 pub struct SegmentFile {
     pub path: PathBuf,
     pub dma: DmaFile,
+    pub buffered: BufferedFile,
     pub plain: std::fs::File,
 }
 
@@ -68,9 +89,17 @@ impl SegmentFile {
             .dma_open(&path)
             .await
             .map_err(|error| LogError::io("open segment", &path, glommio_io(error)))?;
+        let buffered = BufferedFile::open(&path)
+            .await
+            .map_err(|error| LogError::io("open segment", &path, glommio_io(error)))?;
         let plain = std::fs::File::open(&path)
             .map_err(|source| LogError::io("open segment", &path, source))?;
-        Ok(Self { path, dma, plain })
+        Ok(Self {
+            path,
+            dma,
+            buffered,
+            plain,
+        })
     }
 
     /// Raw descriptor for zero-copy sends (`sendfile`, `splice`).
@@ -88,18 +117,34 @@ impl SegmentFile {
 
     /// Reads `len` bytes at `position` into memory.
     pub async fn read_bytes(&self, position: u64, len: usize) -> LogResult<Vec<u8>> {
-        let result = self
-            .dma
-            .read_at(position, len)
-            .await
-            .map_err(|error| LogError::io("read segment", &self.path, glommio_io(error)))?;
-        if result.len() != len {
-            return Err(LogError::Damaged {
-                path: self.path.clone(),
-                reason: format!("short read at {position}: {} of {len} bytes", result.len()),
-            });
+        let mut out = BytesMut::with_capacity(len);
+        self.read_into(position, len, &mut out).await?;
+        Ok(out.to_vec())
+    }
+
+    /// Appends exactly `len` bytes of the file from `position` to `out`,
+    /// read through the page cache (see the type's comment). A read that
+    /// ends early is retried from where it stopped; one that finds the end
+    /// of the file first is damage (a file shorter than its metadata).
+    pub async fn read_into(&self, position: u64, len: usize, out: &mut BytesMut) -> LogResult<()> {
+        out.reserve(len);
+        let mut done = 0usize;
+        while done < len {
+            let chunk = self
+                .buffered
+                .read_at(position + done as u64, len - done)
+                .await
+                .map_err(|error| LogError::io("read segment", &self.path, glommio_io(error)))?;
+            if chunk.is_empty() {
+                return Err(LogError::Damaged {
+                    path: self.path.clone(),
+                    reason: format!("short read at {position}: {done} of {len} bytes"),
+                });
+            }
+            out.extend_from_slice(&chunk);
+            done += chunk.len();
         }
-        Ok(result.to_vec())
+        Ok(())
     }
 }
 
@@ -282,6 +327,10 @@ pub async fn scan_batches(
     let from_start = position == 0;
     // `window` holds file bytes starting at `position`.
     let mut window = BytesMut::new();
+    let mut chunk_bytes = match mode {
+        ScanMode::VerifyCrc => SCAN_CHUNK_BYTES,
+        ScanMode::HeadersOnly => HEADER_SCAN_FIRST_BYTES,
+    };
     let outcome = |valid_end, next_offset, damage: Option<String>| ScanOutcome {
         valid_end,
         next_offset,
@@ -293,7 +342,8 @@ pub async fn scan_batches(
             return Ok(outcome(position, next_offset, None));
         }
         if (window.len() as u64) < (BATCH_HEADER_BYTES as u64).min(remaining) {
-            fill(file, &mut window, position, scan_end).await?;
+            fill(file, &mut window, position, scan_end, chunk_bytes).await?;
+            chunk_bytes = (chunk_bytes * 2).min(SCAN_CHUNK_BYTES);
         }
         if (window.len() as u64) < BATCH_HEADER_BYTES as u64 {
             return Ok(outcome(
@@ -379,22 +429,21 @@ fn tail_damage(window: &[u8], reason: &str) -> Option<String> {
     }
 }
 
-/// Appends the next chunk of the file (from `position + window.len()`) to
-/// `window`, never past `scan_end`.
+/// Appends the next `chunk_bytes` of the file (from `position +
+/// window.len()`) to `window`, never past `scan_end`.
 async fn fill(
     file: &SegmentFile,
     window: &mut BytesMut,
     position: u64,
     scan_end: u64,
+    chunk_bytes: usize,
 ) -> LogResult<()> {
     let from = position + window.len() as u64;
-    let len = scan_end.saturating_sub(from).min(SCAN_CHUNK_BYTES as u64) as usize;
+    let len = scan_end.saturating_sub(from).min(chunk_bytes as u64) as usize;
     if len == 0 {
         return Ok(());
     }
-    let bytes = file.read_bytes(from, len).await?;
-    window.extend_from_slice(&bytes);
-    Ok(())
+    file.read_into(from, len, window).await
 }
 
 /// Checks the CRC of the batch at the start of `window`, streaming the parts
@@ -408,7 +457,7 @@ async fn verify_crc(
     header: &BatchHeader,
 ) -> LogResult<Option<String>> {
     if window.len() < total && total <= SCAN_CHUNK_BYTES {
-        fill(file, window, position, scan_end).await?;
+        fill(file, window, position, scan_end, SCAN_CHUNK_BYTES).await?;
     }
     if window.len() >= total {
         let batch = window.split_to(total);

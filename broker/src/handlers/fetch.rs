@@ -358,6 +358,7 @@ async fn read_partition(
                         len,
                     } => match file.plain.try_clone() {
                         Ok(handle) => {
+                            crate::zerocopy::prefetch(&handle, position, len);
                             shard.metrics.add_fetch_bytes(FetchPath::Sendfile, len);
                             parts.push(WirePart::File {
                                 file: std::sync::Arc::new(handle),

@@ -273,6 +273,7 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
         // A hand-over took the partition away while we waited: refuse, so it
         // need not wait for us, and the client retries on the new owner.
         if partition.is_released() {
+            tracing::debug!(topic = %write.topic, partition = write.partition, "refusing an append: the partition was handed over");
             return PartitionOutcome::failed(slot, ResponseError::NotLeaderOrFollower.code());
         }
         let Ok(header) = BatchHeader::parse(&batch) else {
@@ -285,7 +286,21 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
                 last_offset = base_offset + header.last_offset_delta as u64;
                 continue;
             }
-            SequenceCheck::Refuse(code) => return PartitionOutcome::failed(slot, code),
+            SequenceCheck::Refuse(mut code) => {
+                if code == ResponseError::OutOfOrderSequenceNumber.code() {
+                    code = partition.out_of_sequence_code();
+                }
+                tracing::debug!(
+                    topic = %write.topic,
+                    partition = write.partition,
+                    producer_id = header.producer_id,
+                    producer_epoch = header.producer_epoch,
+                    base_sequence = header.base_sequence,
+                    code,
+                    "refusing a producer batch"
+                );
+                return PartitionOutcome::failed(slot, code);
+            }
         }
         match partition.log.append_now(batch, partition.leader_epoch) {
             Ok(info) => {
