@@ -37,6 +37,52 @@ const RELEASE_POLL: Duration = Duration::from_millis(10);
 /// A unit of work sent to another shard.
 pub type ShardTask = Box<dyn FnOnce(Rc<Shard>) -> LocalBoxFuture<'static, ()> + Send>;
 
+/// The future of [`Partition::wait_released`]. Its waker is registered
+/// under its own key and removed when it is dropped: a registry that only
+/// grew (every long poll adding a waker, none leaving until a hand-over)
+/// cost a scan per poll that grew with every fetch ever parked.
+pub struct ReleaseWait<'a> {
+    partition: &'a Partition,
+    key: Option<u64>,
+}
+
+impl std::future::Future for ReleaseWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<()> {
+        let partition = self.partition;
+        if partition.released.get() {
+            return Poll::Ready(());
+        }
+        let key = match self.key {
+            Some(key) => key,
+            None => {
+                let key = partition.next_release_waiter.get();
+                partition.next_release_waiter.set(key.wrapping_add(1));
+                self.key = Some(key);
+                key
+            }
+        };
+        let mut waiters = partition.release_waiters.borrow_mut();
+        match waiters.get_mut(&key) {
+            Some(known) if known.will_wake(context.waker()) => {}
+            Some(known) => *known = context.waker().clone(),
+            None => {
+                waiters.insert(key, context.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for ReleaseWait<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.partition.release_waiters.borrow_mut().remove(&key);
+        }
+    }
+}
+
 /// How long after a hand-over an out-of-sequence batch is taken for one
 /// sent before the client saw its predecessor refused by the move.
 const MOVE_IN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -59,8 +105,11 @@ pub struct Partition {
     /// shard): requests still holding it must not append any more, and
     /// long polls parked on it must let go.
     released: Cell<bool>,
-    /// Tasks waiting for `released` (fetch long polls).
-    release_waiters: RefCell<Vec<Waker>>,
+    /// Tasks waiting for `released` (fetch long polls), by waiter key; a
+    /// wait removes its entry when it ends, so the map holds only the
+    /// long polls parked right now.
+    release_waiters: RefCell<HashMap<u64, Waker>>,
+    next_release_waiter: Cell<u64>,
     /// When a hand-over from another shard opened it here (see
     /// [`Partition::out_of_sequence_code`]).
     moved_in_at: Cell<Option<std::time::Instant>>,
@@ -86,7 +135,8 @@ impl Partition {
             producers: RefCell::new(loaded.states),
             snapshot: crate::producer_snapshot::SnapshotSlot::new(loaded.mark),
             released: Cell::new(false),
-            release_waiters: RefCell::new(Vec::new()),
+            release_waiters: RefCell::new(HashMap::new()),
+            next_release_waiter: Cell::new(0),
             moved_in_at: Cell::new(None),
             reported_stats: Cell::new(kafki_storage::LogStats::default()),
         }
@@ -136,7 +186,7 @@ impl Partition {
     fn release(&self) {
         self.released.set(true);
         let waiters = std::mem::take(&mut *self.release_waiters.borrow_mut());
-        for waker in waiters {
+        for waker in waiters.into_values() {
             waker.wake();
         }
     }
@@ -148,18 +198,11 @@ impl Partition {
 
     /// Returns once the partition is released. Fetch long polls race this
     /// against log progress so a hand-over does not wait for their timeout.
-    pub async fn wait_released(&self) {
-        futures::future::poll_fn(|context| {
-            if self.released.get() {
-                return Poll::Ready(());
-            }
-            let mut waiters = self.release_waiters.borrow_mut();
-            if !waiters.iter().any(|known| known.will_wake(context.waker())) {
-                waiters.push(context.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+    pub fn wait_released(&self) -> ReleaseWait<'_> {
+        ReleaseWait {
+            partition: self,
+            key: None,
+        }
     }
 
     /// The high watermark: on one node, the offset up to which the commit
