@@ -42,6 +42,7 @@ w3_seconds=60
 w4_bytes=$((1 << 30))
 out=""
 cross_check=0
+bench_timeout=600
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
@@ -164,8 +165,9 @@ cleanup() { [ -n "$kind" ] && stop_broker || true; }
 trap cleanup EXIT
 
 cpu_ticks() {
-  # Sum over the process (all threads, io_uring workers included).
-  awk '{print $14 + $15}' "/proc/$pid/stat"
+  # Sum over the process (all threads, io_uring workers included); 0 once the
+  # broker is gone (a peer killed by the OOM killer must not end the run).
+  if [ -r "/proc/$pid/stat" ]; then awk '{print $14 + $15}' "/proc/$pid/stat"; else echo 0; fi
 }
 
 fetch_bytes_by_path() { # prints "sendfile memory copy" byte counters of kafki
@@ -187,9 +189,13 @@ run_bench() {
   local json="$out/$name-$kind-$run.json"
   local before after
   before=$(cpu_ticks)
-  taskset -c "$load_cpu" "$kafki" bench "$@" --bootstrap "127.0.0.1:$port" --json "$json" \
+  # Bounded: a bench whose broker died would otherwise retry until killed.
+  timeout --signal=INT --kill-after=30 "$bench_timeout" \
+    taskset -c "$load_cpu" "$kafki" bench "$@" --bootstrap "127.0.0.1:$port" --json "$json" \
     >"$out/$name-$kind-$run.txt" 2>"$out/$name-$kind-$run.err" || {
-      say "$name on $kind run $run failed: $(tail -3 "$out/$name-$kind-$run.err")"
+      local reason; reason=$(tail -2 "$out/$name-$kind-$run.err" | cut -c1-300)
+      [ -d "/proc/$pid" ] || reason="the broker is gone (pid $pid; see its log, dmesg for the OOM killer): $reason"
+      say "$name on $kind run $run failed: $reason"
       rm -f "$json"; return 0; }
   after=$(cpu_ticks)
   python3 - "$json" "$before" "$after" "$ticks_per_second" <<'PY'
