@@ -105,6 +105,11 @@ pub struct ProduceArgs {
     /// Bytes of unacknowledged records per producer before sending waits (buffer.memory).
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub buffer_bytes: usize,
+    /// How long a batch may take to be acknowledged, retries included, before it fails
+    /// (Kafka's delivery.timeout.ms; shorter than Kafka's 120 s default so a run whose
+    /// broker went away ends soon).
+    #[arg(long, default_value_t = 30_000)]
+    pub delivery_timeout_ms: u64,
 }
 
 /// `--acks` as clap parses it (shared with `kafki produce`).
@@ -152,6 +157,9 @@ impl ProduceArgs {
         if !(self.linger_ms.is_finite() && self.linger_ms >= 0.0) {
             bail!("--linger-ms must be zero or positive");
         }
+        if self.delivery_timeout_ms == 0 {
+            bail!("--delivery-timeout-ms must be positive");
+        }
         Ok(())
     }
 
@@ -164,6 +172,7 @@ impl ProduceArgs {
             buffer_bytes: self.buffer_bytes,
             max_request_bytes: (1024 * 1024).max(self.batch_bytes * 2),
             track_record_times,
+            delivery_timeout: Duration::from_millis(self.delivery_timeout_ms),
             ..ProducerConfig::default()
         }
     }

@@ -257,6 +257,12 @@ async fn drive_producer(
         if past_deadline {
             break;
         }
+        // A failed batch makes the run invalid: stop sending, so the summary (with the
+        // error) comes now rather than after the whole count fails too.
+        if index.is_multiple_of(64) && producer.records_failed() > 0 {
+            tracing::warn!("stopping: a batch failed (the summary gives the first error)");
+            break;
+        }
         if let (Some(stamp), Some(due)) = (plan.stamp, due) {
             let intended_ns = u64::try_from(due.saturating_duration_since(stamp.origin).as_nanos())
                 .unwrap_or(u64::MAX);
@@ -301,6 +307,7 @@ mod tests {
             batch_bytes: 16384,
             linger_ms: 5.0,
             buffer_bytes: 1 << 25,
+            delivery_timeout_ms: 30_000,
         }
     }
 

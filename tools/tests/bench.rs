@@ -284,3 +284,49 @@ fn produce_and_consume_against_tansu() {
         &["--acks", "1"],
     );
 }
+
+/// A broker that goes away mid-run: the bench stops sending at the first failed batch,
+/// fails what is still buffered once the delivery timeout passes (instead of retrying
+/// it batch by batch for minutes), and exits non-zero with the error in its summary.
+#[test]
+fn a_broker_that_goes_away_ends_the_run_with_its_error() {
+    let dir = work_dir();
+    let server = KafkiServer::start(Path::new(KAFKI), &dir.path().join("broker"))
+        .expect("kafki serve starts");
+    let json_path = dir.path().join("gone.json");
+    let child = Command::new(KAFKI)
+        .args(["bench", "produce", "--bootstrap", &server.bootstrap])
+        .args(["--topic", "gone", "--record-bytes", "100", "--acks", "1"])
+        .args([
+            "--duration",
+            "120",
+            "--delivery-timeout-ms",
+            "2000",
+            "--json",
+        ])
+        .arg(&json_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kafki bench starts");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    drop(server);
+    let stopped = std::time::Instant::now();
+    let output = child.wait_with_output().expect("kafki bench ends");
+    let waited = stopped.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a run with failed batches must fail:\n{stdout}"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(40),
+        "the bench took {waited:?} after the broker went away:\nstdout: {stdout}\nstderr (last lines): {}",
+        stderr.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        stdout.contains("errors:"),
+        "summary with the error: {stdout}"
+    );
+}

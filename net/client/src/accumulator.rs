@@ -467,6 +467,26 @@ impl Accumulator {
         }
     }
 
+    /// Takes out the sealed batches waiting to be sent (or sent again) that were
+    /// created at or before `created_by`: their delivery timeout has passed. A queue is
+    /// in creation order (a requeued batch goes back before the later ones), so the
+    /// expired batches are each queue's front.
+    pub fn take_expired(&mut self, created_by: Instant) -> Vec<SealedBatch> {
+        let mut expired = Vec::new();
+        for queue in &mut self.partitions {
+            while queue
+                .ready
+                .front()
+                .is_some_and(|batch| batch.created <= created_by)
+            {
+                if let Some(batch) = queue.ready.pop_front() {
+                    expired.push(batch);
+                }
+            }
+        }
+        expired
+    }
+
     /// Drops every batch not yet sent (the producer is closing without flushing), and
     /// returns how many records that was.
     pub fn abandon(&mut self) -> u64 {
@@ -655,6 +675,39 @@ mod tests {
             accumulator.append(partition, &value(&[0u8; 100]), now),
             Appended::Done { .. }
         ));
+    }
+
+    #[test]
+    fn expired_batches_are_taken_out_and_later_ones_stay() {
+        let mut accumulator = Accumulator::new(config(16384, 0));
+        let partition = accumulator.register("t", 0);
+        let start = Instant::now();
+        let later = start + Duration::from_secs(10);
+        // No leader known: both batches are sealed and wait in the queue.
+        accumulator.append(partition, &value(b"old"), start);
+        assert!(
+            accumulator
+                .drain(start, &[None], |_| 1, 1 << 20)
+                .waiting_for_leader
+        );
+        accumulator.append(partition, &value(b"new"), later);
+        assert!(
+            accumulator
+                .drain(later, &[None], |_| 1, 1 << 20)
+                .waiting_for_leader
+        );
+        let expired = accumulator.take_expired(start + Duration::from_secs(5));
+        assert_eq!(expired.len(), 1);
+        let section = batch_records(&expired[0].bytes, 1024).expect("records");
+        let record = records(&section, 1).next().expect("one").expect("decodes");
+        assert_eq!(record.value, Some(&b"old"[..]));
+        for batch in expired {
+            accumulator.complete(batch);
+        }
+        assert_eq!(accumulator.records_pending(), 1);
+        let left = all_ready(&mut accumulator, later);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].created, later);
     }
 
     #[test]

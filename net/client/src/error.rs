@@ -126,6 +126,14 @@ pub enum ClientError {
     ProducerClosed,
     #[error("{records} records failed; first error: {first_error}")]
     DeliveryFailed { records: u64, first_error: String },
+    #[error(
+        "batch for {topic}-{partition} not acknowledged within the delivery timeout ({timeout:?})"
+    )]
+    DeliveryTimeout {
+        topic: String,
+        partition: i32,
+        timeout: std::time::Duration,
+    },
 }
 
 impl ClientError {

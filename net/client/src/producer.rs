@@ -90,6 +90,11 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// Time between retries and metadata refreshes [`retry.backoff.ms`].
     pub retry_backoff: Duration,
+    /// How long a batch may take from its creation to its acknowledgement, retries
+    /// included, before it fails with [`ClientError::DeliveryTimeout`]
+    /// [`delivery.timeout.ms`]. Without it a broker that went away is retried batch by
+    /// batch, a retry backoff each, for as long as the buffer holds batches.
+    pub delivery_timeout: Duration,
     /// Record per record when it was handed over, for per-record latency in
     /// [`Delivery::record_latencies_us`] (4 bytes per record in flight).
     pub track_record_times: bool,
@@ -107,6 +112,7 @@ impl Default for ProducerConfig {
             produce_timeout: Duration::from_secs(30),
             retries: 5,
             retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(120),
             track_record_times: false,
         }
     }
@@ -410,6 +416,11 @@ impl Producer {
         self.shared.stats()
     }
 
+    /// Records whose batch failed for good so far.
+    pub fn records_failed(&self) -> u64 {
+        self.shared.records_failed.load(Ordering::Relaxed)
+    }
+
     /// Records handed over and not yet acknowledged or failed.
     pub fn records_pending(&self) -> u64 {
         self.shared.accumulator().records_pending()
@@ -451,6 +462,7 @@ impl Sender {
         let mut refreshing = false;
         loop {
             self.update_leaders();
+            self.fail_expired();
             let closing = self.shared.closing.load(Ordering::Acquire);
             let drained = {
                 let mut accumulator = self.shared.accumulator();
@@ -544,6 +556,91 @@ impl Sender {
         self.leaders_from = Some(metadata);
     }
 
+    /// Tells the listener and the counters that `batch` is done, acknowledged or failed
+    /// for good (the caller hands it back to the accumulator).
+    fn report(
+        &mut self,
+        batch: &SealedBatch,
+        result: ClientResult<Option<i64>>,
+        acknowledged_at: Instant,
+    ) {
+        let (base_offset, error) = match &result {
+            Ok(offset) => (*offset, None),
+            Err(error) => (None, Some(error)),
+        };
+        if let Some(listener) = self.listener.as_mut() {
+            listener.on_delivery(&Delivery {
+                topic: &batch.topic,
+                partition: batch.partition,
+                handle: batch.handle,
+                base_offset,
+                record_count: batch.record_count,
+                payload_bytes: batch.payload_bytes,
+                error,
+                batch_created: batch.created,
+                acknowledged_at,
+                record_times_us: &batch.record_times_us,
+            });
+        }
+        match error {
+            None => {
+                self.shared
+                    .records_acknowledged
+                    .fetch_add(u64::from(batch.record_count), Ordering::Relaxed);
+                self.shared
+                    .batches_acknowledged
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Some(error) => {
+                // One warning for the first failure; a broker gone away fails every
+                // buffered batch, and a line each would bury it.
+                let failed_before = self
+                    .shared
+                    .records_failed
+                    .fetch_add(u64::from(batch.record_count), Ordering::Relaxed);
+                if failed_before == 0 {
+                    tracing::warn!(topic = %batch.topic, partition = batch.partition, %error, "batch failed (later failures are logged at debug level)");
+                } else {
+                    tracing::debug!(topic = %batch.topic, partition = batch.partition, %error, "batch failed");
+                }
+                let mut first = self
+                    .shared
+                    .first_error
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if first.is_none() {
+                    *first = Some(error.to_string());
+                }
+            }
+        }
+    }
+
+    /// Fails the batches whose delivery timeout has passed before they were sent (again).
+    fn fail_expired(&mut self) {
+        let Some(created_by) = Instant::now().checked_sub(self.config.delivery_timeout) else {
+            return;
+        };
+        let expired = self.shared.accumulator().take_expired(created_by);
+        if expired.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for batch in &expired {
+            let error = ClientError::DeliveryTimeout {
+                topic: batch.topic.to_string(),
+                partition: batch.partition,
+                timeout: self.config.delivery_timeout,
+            };
+            self.report(batch, Err(error), now);
+        }
+        let mut accumulator = self.shared.accumulator();
+        for batch in expired {
+            accumulator.complete(batch);
+        }
+        drop(accumulator);
+        self.shared.progress.notify_waiters();
+    }
+
     fn on_produced(&mut self, outcome: ProduceOutcome) {
         if let Some(count) = self.in_flight_per_broker.get_mut(&outcome.broker) {
             *count = count.saturating_sub(1);
@@ -552,54 +649,17 @@ impl Sender {
         let mut done_batches = Vec::new();
         for (batch, result) in outcome.batches.into_iter().zip(outcome.results) {
             match result {
-                Err(error) if error.is_retriable() && batch.attempts < self.config.retries => {
+                Err(error)
+                    if error.is_retriable()
+                        && batch.attempts < self.config.retries
+                        && batch.created.elapsed() < self.config.delivery_timeout =>
+                {
                     tracing::debug!(topic = %batch.topic, partition = batch.partition, %error, "retrying batch");
                     self.shared.retries.fetch_add(1, Ordering::Relaxed);
                     retry_batches.push(batch);
                 }
                 result => {
-                    let (base_offset, error) = match &result {
-                        Ok(offset) => (*offset, None),
-                        Err(error) => (None, Some(error)),
-                    };
-                    if let Some(listener) = self.listener.as_mut() {
-                        listener.on_delivery(&Delivery {
-                            topic: &batch.topic,
-                            partition: batch.partition,
-                            handle: batch.handle,
-                            base_offset,
-                            record_count: batch.record_count,
-                            payload_bytes: batch.payload_bytes,
-                            error,
-                            batch_created: batch.created,
-                            acknowledged_at: outcome.acknowledged_at,
-                            record_times_us: &batch.record_times_us,
-                        });
-                    }
-                    match error {
-                        None => {
-                            self.shared
-                                .records_acknowledged
-                                .fetch_add(u64::from(batch.record_count), Ordering::Relaxed);
-                            self.shared
-                                .batches_acknowledged
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(error) => {
-                            tracing::warn!(topic = %batch.topic, partition = batch.partition, %error, "batch failed");
-                            self.shared
-                                .records_failed
-                                .fetch_add(u64::from(batch.record_count), Ordering::Relaxed);
-                            let mut first = self
-                                .shared
-                                .first_error
-                                .lock()
-                                .unwrap_or_else(|poisoned| poisoned.into_inner());
-                            if first.is_none() {
-                                *first = Some(error.to_string());
-                            }
-                        }
-                    }
+                    self.report(&batch, result, outcome.acknowledged_at);
                     done_batches.push(batch);
                 }
             }
