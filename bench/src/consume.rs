@@ -86,12 +86,7 @@ async fn run_async(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for index in 0..args.fetch.consumers {
-        let mine: Vec<i32> = partitions
-            .iter()
-            .copied()
-            .skip(index)
-            .step_by(args.fetch.consumers)
-            .collect();
+        let mine = args.fetch.partitions_of(&partitions, index);
         if mine.is_empty() {
             continue;
         }

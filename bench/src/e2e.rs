@@ -106,12 +106,7 @@ async fn run_async(
     // Consumers first, positioned at the end, so they see every record of this run.
     let mut consumers = Vec::new();
     for index in 0..args.fetch.consumers {
-        let mine: Vec<i32> = partitions
-            .iter()
-            .copied()
-            .skip(index)
-            .step_by(args.fetch.consumers)
-            .collect();
+        let mine = args.fetch.partitions_of(&partitions, index);
         if mine.is_empty() {
             continue;
         }

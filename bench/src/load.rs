@@ -199,6 +199,17 @@ pub struct FetchArgs {
 }
 
 impl FetchArgs {
+    /// The partitions consumer `index` reads: every `consumers`-th, from its index on
+    /// (empty when there are more consumers than partitions).
+    pub fn partitions_of(&self, partitions: &[i32], index: usize) -> Vec<i32> {
+        partitions
+            .iter()
+            .copied()
+            .skip(index)
+            .step_by(self.consumers.max(1))
+            .collect()
+    }
+
     pub fn fetch_config(&self) -> FetchConfig {
         FetchConfig {
             max_wait: Duration::from_millis(self.fetch_max_wait_ms),

@@ -118,7 +118,7 @@ impl ReadResult {
                     file,
                     position,
                     len,
-                } => out.extend_from_slice(&file.read_bytes(*position, *len as usize).await?),
+                } => file.read_into(*position, *len as usize, &mut out).await?,
             }
         }
         Ok(out.freeze())

@@ -119,7 +119,7 @@ impl SegmentFile {
     pub async fn read_bytes(&self, position: u64, len: usize) -> LogResult<Vec<u8>> {
         let mut out = BytesMut::with_capacity(len);
         self.read_into(position, len, &mut out).await?;
-        Ok(out.to_vec())
+        Ok(Vec::from(out))
     }
 
     /// Appends exactly `len` bytes of the file from `position` to `out`,

@@ -462,10 +462,13 @@ impl Sender {
         let mut refreshing = false;
         loop {
             self.update_leaders();
-            self.fail_expired();
             let closing = self.shared.closing.load(Ordering::Acquire);
-            let drained = {
+            let (drained, expired) = {
                 let mut accumulator = self.shared.accumulator();
+                let expired = Instant::now()
+                    .checked_sub(self.config.delivery_timeout)
+                    .map(|created_by| accumulator.take_expired(created_by))
+                    .unwrap_or_default();
                 accumulator
                     .set_space_waiters(self.shared.space_waiters.load(Ordering::Acquire) as usize);
                 let max_in_flight = self.client.config().connection.max_in_flight;
@@ -484,11 +487,13 @@ impl Sender {
                         tracing::warn!(records = abandoned, "producer closed with unsent records");
                     }
                     drop(accumulator);
+                    self.fail_expired(expired);
                     self.shared.progress.notify_waiters();
                     return;
                 }
-                drained
+                (drained, expired)
             };
+            self.fail_expired(expired);
             for (broker, batches) in drained.requests {
                 *self.in_flight_per_broker.entry(broker).or_insert(0) += 1;
                 self.shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -615,12 +620,8 @@ impl Sender {
         }
     }
 
-    /// Fails the batches whose delivery timeout has passed before they were sent (again).
-    fn fail_expired(&mut self) {
-        let Some(created_by) = Instant::now().checked_sub(self.config.delivery_timeout) else {
-            return;
-        };
-        let expired = self.shared.accumulator().take_expired(created_by);
+    /// Fails the batches whose delivery timeout passed before they were sent (again).
+    fn fail_expired(&mut self, expired: Vec<SealedBatch>) {
         if expired.is_empty() {
             return;
         }
