@@ -25,6 +25,9 @@
 # --cross-check also runs W1's record size and acks with Kafka's own
 # ProducerPerformance (scripts/produce-perf.sh) against Kafki and Kafka.
 #
+# KAFKI_SERVE_BIN=PATH serves Kafki from another build (a before/after
+# figure) while the load generator stays target/release/kafki;
+# KAFKI_SERVE_ARGS="..." adds `kafki serve` arguments (e.g. --set NAME=VALUE).
 # Needs: a release build (cargo build --release -p kafki), the Kafka jars
 # (scripts/install-test-deps.sh), and the Tansu binary (peers.sh fetches it).
 # Results: DIR/results.json, DIR/results.md, and each run's bench JSON and
@@ -54,11 +57,17 @@ while [ $# -gt 0 ]; do
     --w4-bytes) w4_bytes=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --cross-check) cross_check=1; shift ;;
-    -h|--help) sed -n 2,31p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,34p "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 kafki="$root/target/release/kafki"
+# KAFKI_SERVE_BIN: another build to serve as the Kafki broker (e.g. an older
+# commit, for a before/after figure); the load generator stays this build.
+kafki_serve="${KAFKI_SERVE_BIN:-$kafki}"
+# KAFKI_SERVE_ARGS: extra `kafki serve` arguments (word-split), e.g.
+# "--set log.segment.bytes=8388608" to measure latency while segments roll.
+read -r -a kafki_serve_args <<<"${KAFKI_SERVE_ARGS:-}"
 [ -x "$kafki" ] || { echo "build first: cargo build --release -p kafki" >&2; exit 2; }
 [ "$(nproc)" -ge 2 ] || { echo "needs at least 2 CPUs (broker on 0, load on 1)" >&2; exit 2; }
 out=${out:-$root/target/compare/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -88,8 +97,9 @@ wait_port() {
 }
 
 launch_kafki() {
-  taskset -c "$broker_cpu" "$kafki" serve --cores "$broker_cpu" --listen "127.0.0.1:$port" \
-    --admin-listen "127.0.0.1:$admin_port" --data-dir "$data" >>"$out/kafki-$port.log" 2>&1 &
+  taskset -c "$broker_cpu" "$kafki_serve" serve --cores "$broker_cpu" --listen "127.0.0.1:$port" \
+    --admin-listen "127.0.0.1:$admin_port" --data-dir "$data" ${kafki_serve_args[@]+"${kafki_serve_args[@]}"} \
+    >>"$out/kafki-$port.log" 2>&1 &
   pid=$!
   wait_port "$port"
   # every shard accepting (one here)

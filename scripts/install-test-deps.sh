@@ -54,6 +54,8 @@ apt_need() { # apt_need <command-to-check> <package>
   $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
 }
 apt_need kcat kcat
+# The full-disk test (tests/broker/test_full_disk.py) makes a small ext4 filesystem.
+apt_need mkfs.ext4 e2fsprogs
 apt_need java openjdk-17-jre-headless
 apt_need node nodejs
 apt_need npm npm

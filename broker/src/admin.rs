@@ -77,10 +77,13 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
-/// What `GET /health` reports. `ready == false` answers `503`.
+/// What `GET /health` reports. `ready == false` answers `503`; a ready
+/// broker with logs that refuse writes (a full disk) answers `200` with
+/// status `degraded`: it still serves reads, so it stays in rotation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthReport {
     pub ready: bool,
+    pub degraded: bool,
     /// Included as `detail` in the JSON body (e.g. shards up, partitions
     /// open, or why the broker is not ready).
     pub detail: serde_json::Value,
@@ -560,7 +563,9 @@ async fn call<T: Send + 'static>(
 }
 
 fn health_response(report: &HealthReport) -> Response<Full<Bytes>> {
-    let (status, word) = if report.ready {
+    let (status, word) = if report.ready && report.degraded {
+        (StatusCode::OK, "degraded")
+    } else if report.ready {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -605,6 +610,7 @@ mod tests {
         let flag = ready.clone();
         let health: HealthFn = Arc::new(move || HealthReport {
             ready: flag.load(Ordering::SeqCst),
+            degraded: false,
             detail: serde_json::json!({ "shards": 2 }),
         });
         let layout: LayoutFn = Arc::new(|| r#"{"shards":[{"shard":0,"cpu":1}]}"#.to_string());
@@ -750,6 +756,7 @@ mod tests {
             addr,
             Arc::new(|| HealthReport {
                 ready: true,
+                degraded: false,
                 detail: serde_json::Value::Null,
             }),
             Arc::new(String::new),
@@ -850,6 +857,7 @@ mod tests {
             free_port(),
             Arc::new(|| HealthReport {
                 ready: true,
+                degraded: false,
                 detail: serde_json::Value::Null,
             }),
             Arc::new(String::new),
@@ -962,6 +970,7 @@ mod tests {
             free_port(),
             Arc::new(|| HealthReport {
                 ready: true,
+                degraded: false,
                 detail: serde_json::Value::Null,
             }),
             Arc::new(String::new),
@@ -993,6 +1002,7 @@ mod tests {
                 free_port(),
                 Arc::new(|| HealthReport {
                     ready: true,
+                    degraded: false,
                     detail: serde_json::Value::Null,
                 }),
                 Arc::new(String::new),

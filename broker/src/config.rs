@@ -223,6 +223,9 @@ pub const SETTINGS: &[Setting] = &[
         Some("3000"),
         SettingKind::Int,
     ),
+    // The node's id in Metadata, FindCoordinator and DescribeCluster
+    // answers (and, in a cluster, among its peers). Kafka's KRaft name.
+    setting(None, "node.id", Some("1"), SettingKind::Int),
     setting(
         None,
         "offsets.topic.num.partitions",
@@ -236,6 +239,14 @@ pub const SETTINGS: &[Setting] = &[
         SettingKind::Long,
     ),
     setting(None, "log.cleaner.enable", Some("true"), SettingKind::Bool),
+    // Kafki's own: a preallocated file in the data directory released when
+    // a metadata change finds the disk full (broker/src/disk.rs); 0: none.
+    setting(
+        None,
+        "log.dir.reserve.bytes",
+        Some("16777216"),
+        SettingKind::Long,
+    ),
     setting(
         None,
         "log.cleaner.backoff.ms",
@@ -369,6 +380,12 @@ impl KafkaSettings {
 
     pub fn get_bool(&self, broker_name: &str) -> bool {
         self.get(broker_name) == Some("true")
+    }
+
+    /// The value in force if it is a positive number (the runtime's
+    /// settings treat zero, negative and unparsable values as unset).
+    pub fn positive(&self, broker_name: &str) -> Option<i64> {
+        self.get_i64(broker_name).filter(|value| *value > 0)
     }
 }
 
@@ -506,20 +523,17 @@ pub struct CleanerSettings {
 impl CleanerSettings {
     pub fn from_kafka(settings: &KafkaSettings, shards: usize) -> Self {
         let backoff_ms = settings
-            .get_i64("log.cleaner.backoff.ms")
-            .filter(|ms| *ms > 0)
+            .positive("log.cleaner.backoff.ms")
             .unwrap_or(15_000) as u64;
         let buffer = settings
-            .get_i64("log.cleaner.dedupe.buffer.size")
-            .filter(|bytes| *bytes > 0)
+            .positive("log.cleaner.dedupe.buffer.size")
             .unwrap_or(128 << 20) as u64;
         Self {
             enabled: settings.get_bool("log.cleaner.enable"),
             backoff: Duration::from_millis(backoff_ms),
             limits: CleanerLimits {
                 dedupe_buffer_bytes: buffer / shards.max(1) as u64,
-                decompressed_batch_bytes_max:
-                    crate::handlers::offsets::DECOMPRESSED_BATCH_BYTES_MAX,
+                decompressed_batch_bytes_max: crate::records::DECOMPRESSED_BATCH_BYTES_MAX,
                 ..CleanerLimits::default()
             },
         }
@@ -532,18 +546,17 @@ impl CleanerSettings {
 pub fn producer_limits_for(
     overrides: &BTreeMap<String, String>,
     broker: &KafkaSettings,
-) -> crate::handlers::producer::ProducerLimits {
-    let defaults = crate::handlers::producer::ProducerLimits::default();
+) -> crate::producer::ProducerLimits {
+    let defaults = crate::producer::ProducerLimits::default();
     let expiration_ms = find_setting("producer.id.expiration.ms")
         .and_then(|setting| resolve_topic_setting(setting, overrides, broker).0)
         .and_then(|value| value.parse::<i64>().ok())
         .filter(|ms| *ms > 0)
         .unwrap_or(defaults.expiration_ms);
     let producers_max = broker
-        .get_i64("producer.id.max.per.partition")
-        .filter(|max| *max > 0)
+        .positive("producer.id.max.per.partition")
         .map_or(defaults.producers_max, |max| max as usize);
-    crate::handlers::producer::ProducerLimits {
+    crate::producer::ProducerLimits {
         expiration_ms,
         producers_max,
     }
@@ -570,6 +583,22 @@ fn retention_ms(overrides: &BTreeMap<String, String>, broker: &KafkaSettings) ->
     (parsed > 0).then_some(parsed as u64)
 }
 
+/// `node.id`: a non-negative 32-bit id. Refused at start when invalid
+/// rather than replaced by the default: two nodes silently sharing an id
+/// would route clients wrongly.
+pub fn node_id_of(kafka: &KafkaSettings) -> anyhow::Result<i32> {
+    let text = kafka.get("node.id").unwrap_or("1");
+    text.parse::<i32>()
+        .ok()
+        .filter(|id| *id >= 0)
+        .with_context(|| {
+            format!(
+                "node.id {text:?} must be a whole number from 0 to {}",
+                i32::MAX
+            )
+        })
+}
+
 /// The broker's resolved configuration.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -580,6 +609,8 @@ pub struct BrokerConfig {
     pub cores: Vec<usize>,
     pub admin_listen: SocketAddr,
     pub kafka: KafkaSettings,
+    /// `kafka` resolved into the typed fields the runtime reads.
+    pub settings: crate::settings::BrokerSettings,
     pub node_id: i32,
     pub cluster_id: String,
 }
@@ -716,19 +747,15 @@ impl BrokerConfig {
             data_dir,
             cores,
             admin_listen,
+            node_id: node_id_of(&kafka)?,
+            settings: crate::settings::BrokerSettings::resolve(&kafka),
             kafka,
-            node_id: 1,
             cluster_id: String::new(),
         })
     }
 
     pub fn frame_bytes_max(&self) -> usize {
-        self.kafka
-            .get_i64("socket.request.max.bytes")
-            .filter(|bytes| *bytes > 0)
-            .map_or(kafki_net::SOCKET_REQUEST_MAX_BYTES_DEFAULT, |bytes| {
-                bytes as usize
-            })
+        self.settings.socket_request_max_bytes
     }
 }
 
@@ -773,6 +800,22 @@ mod tests {
         assert_eq!(log.segment_bytes, 1 << 20);
         assert_eq!(log.retention_age, Some(Duration::from_millis(1000)));
         assert_eq!(log.sync_policy, SyncPolicy::EveryAppend);
+    }
+
+    #[test]
+    fn the_node_id_is_configurable_and_checked() {
+        let serve = |settings: Vec<String>| {
+            BrokerConfig::from_args(&ServeArgs {
+                data_dir: Some("/tmp/y".into()),
+                cores: Some("0".into()),
+                settings,
+                ..ServeArgs::default()
+            })
+        };
+        assert_eq!(serve(Vec::new()).expect("default").node_id, 1);
+        assert_eq!(serve(vec!["node.id=7".into()]).expect("set").node_id, 7);
+        assert!(serve(vec!["node.id=-1".into()]).is_err());
+        assert!(serve(vec!["node.id=4294967296".into()]).is_err());
     }
 
     #[test]

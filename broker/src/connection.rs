@@ -42,17 +42,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let config = shard.config.clone();
     let frame_limit = config.frame_bytes_max();
-    let budget_bytes = config
-        .kafka
-        .get_i64("queued.max.request.bytes")
-        .filter(|bytes| *bytes > 0)
-        .map_or(100 << 20, |bytes| bytes as u64)
-        .max(frame_limit as u64);
-    let queue_depth = config
-        .kafka
-        .get_i64("queued.max.requests")
-        .filter(|depth| *depth > 0)
-        .map_or(32, |depth| depth as usize);
+    let budget_bytes = config.settings.queued_max_request_bytes;
+    let queue_depth = config.settings.queued_max_requests;
     let budget = Rc::new(Semaphore::new(budget_bytes));
     let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let mut splicer: Option<Splicer> = None;

@@ -1,7 +1,63 @@
-//! The one place where internal errors become Kafka error codes.
+//! The one place where internal errors become Kafka error codes, and the
+//! broker's error shape for answering clients: [`KafkaError`], a Kafka
+//! error code with the message Kafka would send beside it, if any. Paths
+//! whose responses carry no message field (a fetched partition, a group
+//! call) pass the bare code (`i16`); internal failures that only reach the
+//! log are `String`s or the crate's own error types.
 
 use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_storage::{BatchError, LogError};
+
+/// Why a request (or one partition or resource of it) is refused: Kafka's
+/// error code, and a message for the response's `error_message` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaError {
+    pub code: i16,
+    pub message: Option<String>,
+}
+
+impl KafkaError {
+    /// `error` with a message (an empty one counts as none).
+    pub fn new(error: ResponseError, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            code: error.code(),
+            message: (!message.is_empty()).then_some(message),
+        }
+    }
+
+    /// A bare code, with no message.
+    pub fn code(code: i16) -> Self {
+        Self {
+            code,
+            message: None,
+        }
+    }
+
+    /// What a storage error is answered with.
+    pub fn from_log(error: &LogError) -> Self {
+        Self::code(code_for_log_error(error))
+    }
+}
+
+impl From<ResponseError> for KafkaError {
+    fn from(error: ResponseError) -> Self {
+        Self::code(error.code())
+    }
+}
+
+impl std::fmt::Display for KafkaError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = ResponseError::try_from_code(self.code).map_or_else(
+            || format!("error {}", self.code),
+            |error| format!("{error:?}"),
+        );
+        match &self.message {
+            Some(message) => write!(formatter, "{name}: {message}"),
+            None => formatter.write_str(&name),
+        }
+    }
+}
 
 /// Kafka's code for a storage error, as the produce and fetch paths report it.
 pub fn code_for_log_error(error: &LogError) -> i16 {
@@ -15,14 +71,13 @@ pub fn code_for_log_error(error: &LogError) -> i16 {
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         LogError::Damaged { .. } => ResponseError::KafkaStorageError,
-        LogError::Io { .. } | LogError::Failed(_) => ResponseError::KafkaStorageError,
+        // Retriable for every client (Java: KafkaStorageException).
+        LogError::Io { .. } | LogError::Failed(_) | LogError::Paused(_) => {
+            ResponseError::KafkaStorageError
+        }
         LogError::Closed => ResponseError::NotLeaderOrFollower,
     };
     response.code()
-}
-
-pub fn code(error: ResponseError) -> i16 {
-    error.code()
 }
 
 #[cfg(test)]

@@ -4,17 +4,24 @@
 //! Kafka API handlers; cluster metadata.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod descriptors;
+pub mod disk;
 pub mod errors;
+pub mod fetch_session;
 pub mod group;
 pub mod handlers;
 pub mod metadata;
 pub mod metrics;
+pub mod partition;
+pub mod partition_dirs;
 pub mod placement;
-pub mod producer_snapshot;
+pub mod producer;
 pub mod reassign;
 pub mod records;
 pub mod server;
+pub mod settings;
 pub mod shard;
 pub mod zerocopy;

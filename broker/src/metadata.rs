@@ -1,18 +1,48 @@
 //! Cluster metadata: topics, their ids, partition counts, config overrides
-//! and explicit partition → shard assignments. One immutable snapshot (`Arc<ClusterMetadata>`) is shared by
-//! every shard; changes are made only by the controller shard (shard 0),
-//! written to `<data-dir>/cluster-metadata.json` atomically, then the new
-//! snapshot is broadcast to all shards before the change is acknowledged.
-//! This is the seam where a replicated metadata log will plug in.
+//! and explicit partition → shard assignments. One immutable snapshot
+//! (`Arc<ClusterMetadata>`) is shared by every shard; changes are made only
+//! by the controller shard (shard 0) as [`MetadataRecord`]s applied to the
+//! image (pure: [`ClusterMetadata::apply`]), stored through a
+//! [`MetadataStore`] (today [`JsonFileStore`]: `<data-dir>/cluster-metadata.json`,
+//! written atomically), then broadcast to all shards before the change is
+//! acknowledged. The records and the store are the seams where the cluster's
+//! replicated metadata log plugs in.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
+use crate::errors::KafkaError;
 use anyhow::Context;
+use kafki_net::kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 
 pub const METADATA_FILE: &str = "cluster-metadata.json";
+
+/// Where the metadata image lives between starts.
+pub trait MetadataStore {
+    /// The stored image, or a new empty one (stored) if there is none.
+    fn load_or_create(&self) -> anyhow::Result<ClusterMetadata>;
+    /// Replaces the stored image, durably, before the change is answered.
+    fn store(&self, image: &ClusterMetadata) -> anyhow::Result<()>;
+}
+
+/// The single node's store: one JSON file in the data directory, replaced
+/// atomically (temp file, fsync, rename, directory fsync).
+#[derive(Debug, Clone)]
+pub struct JsonFileStore {
+    pub data_dir: std::path::PathBuf,
+}
+
+impl MetadataStore for JsonFileStore {
+    fn load_or_create(&self) -> anyhow::Result<ClusterMetadata> {
+        ClusterMetadata::load_or_create(&self.data_dir)
+    }
+
+    fn store(&self, image: &ClusterMetadata) -> anyhow::Result<()> {
+        image.store(&self.data_dir)
+    }
+}
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Our limit on partitions per topic (bounded memory per topic).
@@ -27,6 +57,30 @@ pub struct TopicMeta {
     pub internal: bool,
 }
 
+/// One change of the cluster metadata. Every change is a record applied to
+/// the image ([`ClusterMetadata::apply`]), so the same records can later be
+/// the entries of a replicated metadata log (the cluster's quorum) rather
+/// than closures run on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataRecord {
+    /// A topic created, or changed under the same id (configs, partitions).
+    Topic(TopicMeta),
+    /// A topic deleted, with its shard assignments.
+    TopicRemoved { name: String },
+    /// A partition explicitly assigned to a shard, or (`None`) given back
+    /// to the placement function.
+    ShardAssignment {
+        topic: String,
+        partition: i32,
+        shard: Option<usize>,
+    },
+    /// A partition being handed over between shards (or none).
+    Moving(Option<(String, i32)>),
+    /// A partition got a new leader (today: another shard took it over; in
+    /// a cluster: an election): its leader epoch grows by one.
+    LeaderChange { topic: String, partition: i32 },
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMetadata {
     /// Increases with every change.
@@ -39,12 +93,66 @@ pub struct ClusterMetadata {
     /// existed load with none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shard_assignments: BTreeMap<String, BTreeMap<i32, usize>>,
+    /// Leader epochs above 0: topic → partition → epoch. A partition's
+    /// epoch grows by one each time its leader changes
+    /// ([`MetadataRecord::LeaderChange`]: today a hand-over between shards,
+    /// in a cluster an election). Files written before this field existed load with none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub leader_epochs: BTreeMap<String, BTreeMap<i32, i32>>,
     /// The partition being handed over between shards, if any. While set,
     /// no shard serves it (clients get `NOT_LEADER_OR_FOLLOWER` and retry).
     /// Never stored: a restart mid-move finds the old or the new owner in
     /// the file, never a move in progress.
     #[serde(skip)]
     pub moving: Option<(String, i32)>,
+}
+
+/// Checks a CreateTopics entry against Kafka's rules and builds the topic.
+pub fn validate_new_topic(
+    current: &ClusterMetadata,
+    config: &crate::config::BrokerConfig,
+    name: &str,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<TopicMeta, KafkaError> {
+    check_topic_name(name)
+        .map_err(|reason| KafkaError::new(ResponseError::InvalidTopicException, reason))?;
+    if current.topic(name).is_some() {
+        return Err(KafkaError::new(
+            ResponseError::TopicAlreadyExists,
+            format!("Topic '{name}' already exists."),
+        ));
+    }
+    let partitions = if partitions == -1 {
+        config.settings.num_partitions
+    } else {
+        partitions
+    };
+    if !(1..=PARTITIONS_MAX).contains(&partitions) {
+        return Err(KafkaError::new(
+            ResponseError::InvalidPartitions,
+            format!("Number of partitions must be between 1 and {PARTITIONS_MAX}."),
+        ));
+    }
+    for (key, value) in configs {
+        let setting = crate::config::find_setting(key)
+            .filter(|setting| setting.topic_name == Some(key.as_str()))
+            .ok_or_else(|| {
+                KafkaError::new(
+                    ResponseError::InvalidConfig,
+                    format!("Unknown topic config name: {key}"),
+                )
+            })?;
+        crate::config::check_value(setting, value)
+            .map_err(|error| KafkaError::new(ResponseError::InvalidConfig, error.to_string()))?;
+    }
+    Ok(TopicMeta {
+        name: name.to_string(),
+        id: uuid::Uuid::new_v4(),
+        partitions,
+        configs: configs.clone(),
+        internal: name.starts_with("__"),
+    })
 }
 
 /// Why a topic name is refused (Kafka's rules).
@@ -89,8 +197,25 @@ impl ClusterMetadata {
         }
     }
 
-    /// Writes the metadata atomically and durably.
+    /// Writes the metadata file atomically (temp file, fsync, rename, dir
+    /// fsync). On a full disk it releases the space reserve and tries once
+    /// more ([`crate::disk`]), so deleting topics still works there.
     pub fn store(&self, data_dir: &Path) -> anyhow::Result<()> {
+        crate::disk::write_with_reserve(data_dir, || self.store_once(data_dir))
+    }
+
+    /// [`ClusterMetadata::store`] on the executor's blocking threads: a write
+    /// and two fsyncs on the shard itself would stall every partition it
+    /// serves (milliseconds each on this disk).
+    pub async fn store_off_shard(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let snapshot = self.clone();
+        let store = JsonFileStore {
+            data_dir: data_dir.to_path_buf(),
+        };
+        kafki_storage::checkpoint::off_executor(move || store.store(&snapshot)).await
+    }
+
+    fn store_once(&self, data_dir: &Path) -> anyhow::Result<()> {
         let path = data_dir.join(METADATA_FILE);
         let temp = data_dir.join(format!("{METADATA_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(self)?;
@@ -103,6 +228,14 @@ impl ClusterMetadata {
         Ok(())
     }
 
+    /// Whether clients are refused writes, record deletion and deletion of
+    /// this topic: the broker's own topics, as Kafka's `Topic.isInternal`
+    /// lists them. Deleting `__consumer_offsets` would lose every group's
+    /// offsets; a client's record there could forge or erase commits.
+    pub fn is_internal_topic(name: &str) -> bool {
+        matches!(name, "__consumer_offsets" | "__transaction_state")
+    }
+
     pub fn topic(&self, name: &str) -> Option<&TopicMeta> {
         self.topics.get(name)
     }
@@ -111,22 +244,91 @@ impl ClusterMetadata {
         self.topics.values().find(|topic| topic.id == id)
     }
 
-    /// A copy with `topic` added.
-    pub fn with_topic(&self, topic: TopicMeta) -> Self {
+    /// The image after `records`, applied in order; the version rises by
+    /// one per record. Pure: validation happened before the records were
+    /// made (the controller's handlers), so applying never fails, and the
+    /// same records give the same image wherever they are applied.
+    pub fn apply_all(&self, records: &[MetadataRecord]) -> Self {
         let mut next = self.clone();
-        next.version += 1;
-        next.topics.insert(topic.name.clone(), topic);
+        for record in records {
+            next.apply_in_place(record);
+        }
         next
     }
 
-    /// A copy without `name` (and without its shard assignments, so a new
-    /// topic of the same name starts on the placement function).
+    /// The image after one record.
+    pub fn apply(&self, record: &MetadataRecord) -> Self {
+        self.apply_all(std::slice::from_ref(record))
+    }
+
+    fn apply_in_place(&mut self, record: &MetadataRecord) {
+        self.version += 1;
+        match record {
+            MetadataRecord::Topic(topic) => {
+                self.topics.insert(topic.name.clone(), topic.clone());
+            }
+            MetadataRecord::TopicRemoved { name } => {
+                self.topics.remove(name);
+                // A new topic of the same name starts on the placement
+                // function, in epoch 0.
+                self.shard_assignments.remove(name);
+                self.leader_epochs.remove(name);
+            }
+            MetadataRecord::ShardAssignment {
+                topic,
+                partition,
+                shard,
+            } => match shard {
+                Some(shard) => {
+                    self.shard_assignments
+                        .entry(topic.clone())
+                        .or_default()
+                        .insert(*partition, *shard);
+                }
+                None => {
+                    if let Some(partitions) = self.shard_assignments.get_mut(topic) {
+                        partitions.remove(partition);
+                        if partitions.is_empty() {
+                            self.shard_assignments.remove(topic);
+                        }
+                    }
+                }
+            },
+            MetadataRecord::LeaderChange { topic, partition } => {
+                // A new leader epoch, so the batches the new leader appends
+                // and the clients' requests tell the two leaderships apart.
+                let epoch = self
+                    .leader_epochs
+                    .entry(topic.clone())
+                    .or_default()
+                    .entry(*partition)
+                    .or_insert(0);
+                *epoch = epoch.saturating_add(1);
+            }
+            MetadataRecord::Moving(moving) => self.moving = moving.clone(),
+        }
+    }
+
+    /// A copy with `topic` added (or replaced).
+    pub fn with_topic(&self, topic: TopicMeta) -> Self {
+        self.apply(&MetadataRecord::Topic(topic))
+    }
+
+    /// A copy without `name` (and without its shard assignments).
     pub fn without_topic(&self, name: &str) -> Self {
-        let mut next = self.clone();
-        next.version += 1;
-        next.topics.remove(name);
-        next.shard_assignments.remove(name);
-        next
+        self.apply(&MetadataRecord::TopicRemoved {
+            name: name.to_string(),
+        })
+    }
+
+    /// The leader epoch of `topic`/`partition` (0 until its leader first
+    /// changes).
+    pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        self.leader_epochs
+            .get(topic)
+            .and_then(|partitions| partitions.get(&partition))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The explicit assignment of `topic`/`partition`, whether or not that
@@ -155,34 +357,17 @@ impl ClusterMetadata {
     /// A copy with `topic`/`partition` explicitly assigned to `shard`, or
     /// with its assignment dropped (`None`).
     pub fn with_assignment(&self, topic: &str, partition: i32, shard: Option<usize>) -> Self {
-        let mut next = self.clone();
-        next.version += 1;
-        match shard {
-            Some(shard) => {
-                next.shard_assignments
-                    .entry(topic.to_string())
-                    .or_default()
-                    .insert(partition, shard);
-            }
-            None => {
-                if let Some(partitions) = next.shard_assignments.get_mut(topic) {
-                    partitions.remove(&partition);
-                    if partitions.is_empty() {
-                        next.shard_assignments.remove(topic);
-                    }
-                }
-            }
-        }
-        next
+        self.apply(&MetadataRecord::ShardAssignment {
+            topic: topic.to_string(),
+            partition,
+            shard,
+        })
     }
 
     /// A copy marking `topic`/`partition` as being handed over (or, with
     /// `None`, no partition).
     pub fn with_moving(&self, moving: Option<(String, i32)>) -> Self {
-        let mut next = self.clone();
-        next.version += 1;
-        next.moving = moving;
-        next
+        self.apply(&MetadataRecord::Moving(moving))
     }
 
     /// Assignments naming a shard that does not exist among `shard_count`
@@ -263,6 +448,75 @@ mod tests {
             configs: BTreeMap::new(),
             internal: false,
         }
+    }
+
+    #[test]
+    fn records_applied_in_order_give_one_image_wherever_they_are_applied() {
+        let t = topic("t", 2);
+        let records = vec![
+            MetadataRecord::Topic(t.clone()),
+            MetadataRecord::ShardAssignment {
+                topic: "t".into(),
+                partition: 1,
+                shard: Some(3),
+            },
+            MetadataRecord::Moving(Some(("t".into(), 1))),
+            MetadataRecord::Moving(None),
+            MetadataRecord::Topic(TopicMeta {
+                partitions: 4,
+                ..t.clone()
+            }),
+        ];
+        let start = ClusterMetadata::default();
+        let image = start.apply_all(&records);
+        assert_eq!(image.version, start.version + records.len() as u64);
+        assert_eq!(image.topic("t").map(|topic| topic.partitions), Some(4));
+        assert_eq!(image.assigned_shard("t", 1), Some(3));
+        assert!(!image.is_moving("t", 1));
+        // Records survive a round trip (a replicated log will carry them)
+        // and replaying them one by one gives the same image.
+        let text = serde_json::to_string(&records).expect("encode");
+        let decoded: Vec<MetadataRecord> = serde_json::from_str(&text).expect("decode");
+        let replayed = decoded
+            .iter()
+            .fold(start.clone(), |image, record| image.apply(record));
+        assert_eq!(replayed, image);
+        // Removing the topic drops its assignments and epochs too.
+        let removed = image.apply(&MetadataRecord::TopicRemoved { name: "t".into() });
+        assert!(removed.topic("t").is_none());
+        assert_eq!(removed.assigned_shard("t", 1), None);
+        assert_eq!(removed.leader_epoch("t", 1), 0);
+    }
+
+    #[test]
+    fn each_change_of_leader_starts_a_new_epoch() {
+        let image = ClusterMetadata::default().with_topic(topic("t", 2));
+        assert_eq!(image.leader_epoch("t", 0), 0);
+        let change = MetadataRecord::LeaderChange {
+            topic: "t".into(),
+            partition: 0,
+        };
+        let moved = image.apply(&change);
+        assert_eq!(moved.leader_epoch("t", 0), 1);
+        assert_eq!(moved.leader_epoch("t", 1), 0, "only the moved partition");
+        // An assignment alone (the owner may stay the same) is no new leader.
+        let pinned = moved.apply(&MetadataRecord::ShardAssignment {
+            topic: "t".into(),
+            partition: 0,
+            shard: Some(1),
+        });
+        assert_eq!(pinned.leader_epoch("t", 0), 1);
+        let back = pinned.apply(&change);
+        assert_eq!(back.leader_epoch("t", 0), 2);
+        // Stored and loaded with the image; a config change keeps it.
+        let text = serde_json::to_string(&back).expect("encode");
+        let loaded: ClusterMetadata = serde_json::from_str(&text).expect("decode");
+        assert_eq!(loaded.leader_epoch("t", 0), 2);
+        let changed = loaded.with_topic(TopicMeta {
+            partitions: 3,
+            ..topic("t", 2)
+        });
+        assert_eq!(changed.leader_epoch("t", 0), 2);
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub enum FetchPath {
     Sendfile,
     /// Served from an in-memory buffer (e.g. the active segment's tail).
     Memory,
-    /// Read from disk into a buffer, then written.
+    /// Read from the file into a buffer, then written: a region whose
+    /// descriptor could not be shared (the descriptor table was full).
+    /// TLS connections will take this path too.
     Copy,
 }
 
@@ -90,6 +92,8 @@ struct Families {
     log_written_bytes: IntCounterVec,
     log_zero_filled_bytes: IntCounterVec,
     log_fsyncs: IntCounterVec,
+    logs_unwritable: IntGaugeVec,
+    data_dir_bytes: IntGaugeVec,
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(Families::new);
@@ -138,7 +142,7 @@ impl Families {
             fetch_bytes: counter_vec(
                 &registry,
                 "kafki_fetch_bytes_total",
-                "Record bytes returned by Fetch, by shard and how they reached the socket (sendfile, memory, copy).",
+                "Record bytes returned by Fetch, by shard and how they reached the socket (sendfile: spliced from the file; memory: from the hot tail; copy: read from the file into memory).",
                 &["shard", "path"],
             ),
             bytes_in: counter_vec(
@@ -237,6 +241,18 @@ impl Families {
                 "fdatasync calls of the partition logs (group commits and seals), by shard.",
                 &["shard"],
             ),
+            logs_unwritable: gauge_vec(
+                &registry,
+                "kafki_logs_unwritable",
+                "Partition logs that refuse writes, by shard and state: paused (disk or descriptor table full; resumes by itself) or failed (an I/O error; needs a restart).",
+                &["shard", "state"],
+            ),
+            data_dir_bytes: gauge_vec(
+                &registry,
+                "kafki_data_dir_bytes",
+                "The data directory's filesystem: free (available to the broker) and total bytes.",
+                &["kind"],
+            ),
             registry,
         }
     }
@@ -286,6 +302,8 @@ pub struct ShardMetrics {
     cleaner: [IntCounter; 4],
     /// Writes, written bytes, zero-filled bytes, fsyncs.
     storage: [IntCounter; 4],
+    /// Logs paused, logs failed.
+    unwritable: [IntGauge; 2],
 }
 
 impl std::fmt::Debug for ShardMetrics {
@@ -331,6 +349,14 @@ impl ShardMetrics {
                 families.log_written_bytes.with_label_values(&[label]),
                 families.log_zero_filled_bytes.with_label_values(&[label]),
                 families.log_fsyncs.with_label_values(&[label]),
+            ],
+            unwritable: [
+                families
+                    .logs_unwritable
+                    .with_label_values(&[label, "paused"]),
+                families
+                    .logs_unwritable
+                    .with_label_values(&[label, "failed"]),
             ],
             shard,
         }
@@ -415,6 +441,12 @@ impl ShardMetrics {
     }
 
     /// Adds one log's write and sync counts since its last report.
+    /// How many of the shard's logs refuse writes now.
+    pub fn set_unwritable(&self, paused: usize, failed: usize) {
+        self.unwritable[0].set(paused as i64);
+        self.unwritable[1].set(failed as i64);
+    }
+
     pub fn add_storage(&self, delta: &kafki_storage::LogStats) {
         self.storage[0].inc_by(delta.writes);
         self.storage[1].inc_by(delta.written_bytes);
@@ -470,6 +502,19 @@ pub fn render() -> String {
     }
     String::from_utf8(out)
         .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+}
+
+/// Records the data directory's free and total bytes (process-wide).
+pub fn set_data_dir_space(space: crate::disk::Space) {
+    let families = &*FAMILIES;
+    families
+        .data_dir_bytes
+        .with_label_values(&["free"])
+        .set(space.free_bytes.min(i64::MAX as u64) as i64);
+    families
+        .data_dir_bytes
+        .with_label_values(&["total"])
+        .set(space.total_bytes.min(i64::MAX as u64) as i64);
 }
 
 /// The `Content-Type` of [`render`]'s output.

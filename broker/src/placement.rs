@@ -45,11 +45,6 @@ pub fn resolve_owner(
     }
 }
 
-/// The shard that coordinates consumer group `group` (and owns its offsets).
-pub fn shard_for_group(group: &str, shard_count: usize) -> usize {
-    (u64::from(fnv1a_32(group.as_bytes())) % shard_count.max(1) as u64) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +103,5 @@ mod tests {
     #[test]
     fn single_shard_owns_everything() {
         assert_eq!(shard_for("x", 7, 1), 0);
-        assert_eq!(shard_for_group("g", 1), 0);
     }
 }

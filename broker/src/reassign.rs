@@ -47,7 +47,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::metadata::ClusterMetadata;
+use crate::metadata::{ClusterMetadata, MetadataRecord};
 use crate::shard::{Released, Shard};
 
 /// Commands queued from the admin thread to the controller.
@@ -265,12 +265,19 @@ fn plan_move(
         Target::Shard(shard) => Some(shard),
         Target::Placement => None,
     };
-    let next = current.with_assignment(topic, partition, assignment);
-    Ok(MovePlan {
-        from: current.owner_of(topic, partition, shard_count),
-        to: next.owner_of(topic, partition, shard_count),
-        next,
-    })
+    let mut next = current.with_assignment(topic, partition, assignment);
+    let (from, to) = (
+        current.owner_of(topic, partition, shard_count),
+        next.owner_of(topic, partition, shard_count),
+    );
+    // Another shard leads it from the hand-over on: a new leader epoch.
+    if from != to {
+        next = next.apply(&MetadataRecord::LeaderChange {
+            topic: topic.to_string(),
+            partition,
+        });
+    }
+    Ok(MovePlan { from, to, next })
 }
 
 /// Marks the controller's single move slot as taken while alive.
@@ -323,7 +330,7 @@ async fn move_partition(
     if from == to {
         // Only the recorded assignment changes; the log stays where it is.
         if plan.next.shard_assignments != current.shard_assignments {
-            store(shard, &plan.next)?;
+            store(shard, &plan.next).await?;
             shard.broadcast_metadata(Arc::new(plan.next)).await;
         }
         return Ok(report(false));
@@ -409,7 +416,7 @@ impl Handover<'_> {
     ) -> Result<Result<(), AssignmentError>, AssignmentError> {
         done.version = self.moving_version + 1;
         done.moving = None;
-        if let Err(error) = store(self.shard, &done) {
+        if let Err(error) = store(self.shard, &done).await {
             // The old owner closed the log cleanly; restoring the old
             // snapshot reopens it there, as the file (still naming it) says.
             return Err(self.abort(error).await);
@@ -452,11 +459,13 @@ impl Handover<'_> {
 
 /// Stores `next` as the cluster metadata file (atomically: a crash leaves
 /// the old file or the new one).
-fn store(shard: &Shard, next: &ClusterMetadata) -> Result<(), AssignmentError> {
-    next.store(&shard.config.data_dir).map_err(|error| {
-        tracing::error!(%error, "cannot store cluster metadata");
-        AssignmentError::Failed(format!("cannot store the cluster metadata: {error:#}"))
-    })
+async fn store(shard: &Shard, next: &ClusterMetadata) -> Result<(), AssignmentError> {
+    next.store_off_shard(&shard.config.data_dir)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot store cluster metadata");
+            AssignmentError::Failed(format!("cannot store the cluster metadata: {error:#}"))
+        })
 }
 
 #[cfg(test)]
@@ -486,9 +495,19 @@ mod tests {
         let plan = plan_move(&current, 2, "t", 1, Target::Shard(1 - pure)).expect("plan");
         assert_eq!((plan.from, plan.to), (pure, 1 - pure));
         assert_eq!(plan.next.assigned_shard("t", 1), Some(1 - pure));
+        assert_eq!(
+            plan.next.leader_epoch("t", 1),
+            1,
+            "a new owner leads in a new epoch"
+        );
         let back = plan_move(&plan.next, 2, "t", 1, Target::Placement).expect("plan");
         assert_eq!((back.from, back.to), (1 - pure, pure));
         assert_eq!(back.next.assigned_shard("t", 1), None);
+        assert_eq!(back.next.leader_epoch("t", 1), 2);
+        // Pinned to the shard it already lives on: no leader change.
+        let pinned = plan_move(&current, 2, "t", 1, Target::Shard(pure)).expect("plan");
+        assert_eq!(pinned.from, pinned.to);
+        assert_eq!(pinned.next.leader_epoch("t", 1), 0);
     }
 
     #[test]

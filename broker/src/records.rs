@@ -6,6 +6,11 @@ use bytes::Bytes;
 use kafki_storage::batch::{read_varint, BatchHeader, BATCH_HEADER_BYTES};
 
 pub use kafki_storage::batch::KeyValueRef;
+/// Most bytes the broker decompresses of one batch (a timestamp lookup, the
+/// key check of a compacted topic): a hostile batch can expand
+/// a thousandfold; Kafka's own default `message.max.bytes` is 1 MiB.
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
+
 /// A record's key and value as read back.
 pub type KeyValue = (Option<Bytes>, Option<Bytes>);
 

@@ -26,6 +26,8 @@ type ControllerInbox = Arc<std::sync::Mutex<Option<AssignmentReceiver>>>;
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// How often shards add their logs' write and sync counts to the metrics.
 const STORAGE_STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// Threads per shard for blocking file work (`spawn_blocking`).
+const BLOCKING_THREADS: usize = 8;
 /// How often shards look for the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
@@ -33,7 +35,18 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let reserve_bytes = config.settings.reserve_bytes;
+    crate::disk::warn_if_full(&config.data_dir, reserve_bytes);
+    crate::disk::ensure_reserve(&config.data_dir, reserve_bytes);
+    let metadata_existed = config
+        .data_dir
+        .join(crate::metadata::METADATA_FILE)
+        .exists();
+    let descriptor_limit = crate::descriptors::raise_limit();
     let metadata = ClusterMetadata::load_or_create(&config.data_dir)?;
+    if metadata_existed {
+        crate::partition_dirs::sweep_strays(&config.data_dir, &metadata);
+    }
     config.cluster_id = metadata.cluster_id.clone();
     warn_stale_assignments(&metadata, config.cores.len());
     let config = Arc::new(config);
@@ -49,6 +62,10 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         "starting kafki"
     );
     let shared = Arc::new(SharedState::default());
+    if descriptor_limit > 0 {
+        shared.descriptors.set_limit(descriptor_limit);
+        check_descriptor_limit(&config, &metadata, descriptor_limit, &shared);
+    }
     let (assignments, controller_inbox) = crate::reassign::command_channel();
     let controller_inbox: ControllerInbox = Arc::new(std::sync::Mutex::new(Some(controller_inbox)));
     let admin = start_admin(&config, &shared, assignments)?;
@@ -62,6 +79,9 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         let inbox = controller_inbox.clone();
         let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
             .name(&format!("kafki-shard-{position}"))
+            // Small-file writes and syncs (log checkpoints at close) run
+            // here, several at once, so their syncs overlap.
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_THREADS))
             .spawn(move || async move {
                 shard_main(config, metadata, mesh, stop, cpu, shared, inbox).await
             })
@@ -93,6 +113,34 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
     }
 }
 
+/// Warns once, before any partition opens, when the descriptor limit is
+/// too low for the segment files on disk (each open segment holds
+/// [`crate::descriptors::DESCRIPTORS_PER_SEGMENT`]): the partitions that fit
+/// are served, the others answer `KAFKA_STORAGE_ERROR`.
+fn check_descriptor_limit(
+    config: &BrokerConfig,
+    metadata: &ClusterMetadata,
+    limit: u64,
+    shared: &SharedState,
+) {
+    let segments = crate::descriptors::segment_files_on_disk(&config.data_dir);
+    let needed = crate::descriptors::needed_for(segments);
+    let partitions: i64 = metadata
+        .topics
+        .values()
+        .map(|topic| i64::from(topic.partitions))
+        .sum();
+    if needed > limit && shared.descriptors.first_warning() {
+        tracing::warn!(
+            partitions,
+            segments,
+            needed,
+            limit,
+            "descriptor limit (RLIMIT_NOFILE) too low for the partitions held: raise the hard limit to {needed} (ulimit -Hn, LimitNOFILE=); partitions that do not fit answer KAFKA_STORAGE_ERROR"
+        );
+    }
+}
+
 async fn shard_main(
     config: Arc<BrokerConfig>,
     metadata: Arc<ClusterMetadata>,
@@ -114,8 +162,8 @@ async fn shard_main(
     }
     shard.open_owned_partitions().await;
     shard.publish_partitions();
-    crate::handlers::groups::load_groups(&shard).await;
-    let group_timer = glommio::spawn_local(crate::handlers::groups::run_group_timer(shard.clone()));
+    crate::group::runtime::load_groups(&shard).await;
+    let group_timer = glommio::spawn_local(crate::group::runtime::run_group_timer(shard.clone()));
     let listener = TcpListener::bind(config.listen)
         .map_err(|error| anyhow::anyhow!("listening on {}: {error}", config.listen))?;
     tracing::info!(shard = shard.id, listen = %config.listen, "accepting Kafka connections");
@@ -134,10 +182,15 @@ async fn shard_main(
         .flatten()
         .map(|inbox| glommio::spawn_local(crate::reassign::serve_commands(shard.clone(), inbox)));
     let mut last_stats = std::time::Instant::now();
+    let mut stats_ticks = 0u64;
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(SHUTDOWN_POLL).await;
         if last_stats.elapsed() >= STORAGE_STATS_INTERVAL {
             shard.report_storage_stats();
+            if shard.id == 0 {
+                watch_data_dir(&config, stats_ticks);
+            }
+            stats_ticks += 1;
             last_stats = std::time::Instant::now();
         }
     }
@@ -158,17 +211,52 @@ async fn shard_main(
         commands.cancel().await;
     }
     shard.close_partitions().await;
+    outlive_blocking_work(&shard).await;
     Ok(())
 }
 
+/// Keeps the shard's executor alive until file work on the blocking threads
+/// is over. glommio's blocking thread panics when the executor that asked
+/// for work is gone when the work ends, and a stopping broker still has
+/// such work: tasks dropped mid-operation (a request opening a partition),
+/// glommio's own truncates and renames, other shards' closes. So every
+/// shard waits for all shards to have closed their partitions, then for the
+/// counted work ([`kafki_storage::checkpoint::wait_blocking_idle`]), then a
+/// short grace for glommio's uncounted operations. Bounded: a stop never
+/// hangs here for more than about 20 s.
+async fn outlive_blocking_work(shard: &Shard) {
+    const WAIT_MAX: Duration = Duration::from_secs(10);
+    const GRACE: Duration = Duration::from_millis(100);
+    shard.shared.shards_stopped.fetch_add(1, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    while shard.shared.shards_stopped.load(Ordering::SeqCst) < shard.count
+        && started.elapsed() < WAIT_MAX
+    {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    kafki_storage::checkpoint::wait_blocking_idle(WAIT_MAX).await;
+    glommio::timer::sleep(GRACE).await;
+}
+
+/// Shard 0, once a second: the data directory's free space for `/metrics`,
+/// and every [`RESERVE_CHECK_TICKS`] seconds the space reserve made again if
+/// a full disk used it up and room came back. Both are a `statvfs` or two
+/// (no device I/O) except when the reserve is actually made.
+fn watch_data_dir(config: &BrokerConfig, tick: u64) {
+    if let Ok(space) = crate::disk::Space::of(&config.data_dir) {
+        crate::metrics::set_data_dir_space(space);
+    }
+    if tick.is_multiple_of(RESERVE_CHECK_TICKS) {
+        crate::disk::ensure_reserve(&config.data_dir, config.settings.reserve_bytes);
+    }
+}
+
+/// How often (in storage-stats ticks, one a second) the reserve is checked.
+const RESERVE_CHECK_TICKS: u64 = 10;
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     // Broker-wide, as Kafka counts it: every shard shares one counter.
-    let limit = shard
-        .config
-        .kafka
-        .get_i64("max.connections")
-        .filter(|limit| *limit > 0)
-        .map_or(10_000, |limit| limit as usize);
+    let limit = shard.config.settings.max_connections;
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -210,11 +298,46 @@ fn start_admin(
 ) -> anyhow::Result<crate::admin::AdminHandle> {
     let shards = config.cores.len();
     let health_state = shared.clone();
+    let data_dir = config.data_dir.clone();
+    let reserve_bytes = config.settings.reserve_bytes;
     let health: crate::admin::HealthFn = Arc::new(move || {
         let ready = health_state.shards_ready.load(Ordering::SeqCst);
+        let unwritable: Vec<crate::shard::UnwritableLog> = health_state
+            .unwritable
+            .lock()
+            .map(|by_shard| by_shard.values().flatten().cloned().collect())
+            .unwrap_or_default();
+        let paused = unwritable
+            .iter()
+            .filter(|log| log.state == "paused")
+            .count();
+        let failed = unwritable.len() - paused;
+        let disk = match crate::disk::Space::of(&data_dir) {
+            Ok(space) => serde_json::json!({
+                "data_dir": data_dir.display().to_string(),
+                "free_bytes": space.free_bytes,
+                "total_bytes": space.total_bytes,
+                "reserve_in_place": reserve_bytes == 0 || data_dir.join(crate::disk::RESERVE_FILE).exists(),
+            }),
+            Err(error) => {
+                serde_json::json!({ "data_dir": data_dir.display().to_string(), "error": error.to_string() })
+            }
+        };
+        // At most this many logs are named; the counts cover them all.
+        const LISTED_MAX: usize = 20;
         crate::admin::HealthReport {
             ready: ready == shards,
-            detail: serde_json::json!({ "shards_ready": ready, "shards": shards }),
+            degraded: !unwritable.is_empty(),
+            detail: serde_json::json!({
+                "shards_ready": ready,
+                "shards": shards,
+                "disk": disk,
+                "logs": {
+                    "paused": paused,
+                    "failed": failed,
+                    "unwritable": unwritable.iter().take(LISTED_MAX).collect::<Vec<_>>(),
+                },
+            }),
         }
     });
     let layout_state = shared.clone();
@@ -293,14 +416,9 @@ fn warn_stale_assignments(metadata: &ClusterMetadata, shards: usize) {
 }
 
 async fn retention_loop(shard: Rc<Shard>) {
-    let interval = shard
-        .config
-        .kafka
-        .get_i64("log.retention.check.interval.ms")
-        .filter(|ms| *ms > 0)
-        .map_or(300_000, |ms| ms as u64);
+    let interval = shard.config.settings.retention_check_interval;
     loop {
-        glommio::timer::sleep(Duration::from_millis(interval)).await;
+        glommio::timer::sleep(interval).await;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as i64);
@@ -309,20 +427,13 @@ async fn retention_loop(shard: Rc<Shard>) {
 }
 
 /// The producer-state tick: snapshots that are due every
-/// [`crate::producer_snapshot::SNAPSHOT_CHECK_INTERVAL`], expiry every
+/// [`crate::producer::snapshot::SNAPSHOT_CHECK_INTERVAL`], expiry every
 /// `producer.id.expiration.check.interval.ms` (Kafka's setting). Its own
 /// task rather than the retention loop, whose interval (minutes) is far too
 /// slow to bound what a crash has to replay.
 async fn producer_state_loop(shard: Rc<Shard>) {
-    let check = crate::producer_snapshot::SNAPSHOT_CHECK_INTERVAL;
-    let expiry_every = shard
-        .config
-        .kafka
-        .get_i64("producer.id.expiration.check.interval.ms")
-        .filter(|ms| *ms > 0)
-        .map_or(Duration::from_secs(600), |ms| {
-            Duration::from_millis(ms as u64)
-        });
+    let check = crate::producer::snapshot::SNAPSHOT_CHECK_INTERVAL;
+    let expiry_every = shard.config.settings.producer_expiration_check_interval;
     let mut last_expiry = std::time::Instant::now();
     loop {
         glommio::timer::sleep(check.min(expiry_every)).await;

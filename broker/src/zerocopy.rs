@@ -2,11 +2,16 @@
 //! `splice(2)`, never through user space.
 //!
 //! glommio's sockets are blocking-mode descriptors, so a plain `sendfile`
-//! would block the whole shard once the socket buffer fills. `splice` with
-//! `SPLICE_F_NONBLOCK` into a socket sends with `MSG_DONTWAIT` (fs/splice.c),
-//! so it never blocks on the socket: when the socket is full we get `EAGAIN`
-//! and wait cooperatively (a short, growing sleep on the shard's timer)
-//! until `poll` says it is writable. The file → pipe step reads through the
+//! would block the whole shard once the socket buffer fills. `splice` into
+//! a socket sends with `MSG_DONTWAIT` only when the *socket's* file has
+//! `O_NONBLOCK` (fs/splice.c `splice_to_socket`; `SPLICE_F_NONBLOCK` only
+//! makes the pipe side non-blocking): a consumer that stopped reading froze
+//! its whole shard in `sk_stream_wait_memory`. So the pipe → socket step
+//! runs with `O_NONBLOCK` set on the socket for that one call (no await in
+//! between, so nothing else of this shard touches the socket meanwhile, and
+//! glommio's io_uring operations do not consult the flag): when the socket
+//! is full we get `EAGAIN` and wait cooperatively (a short, growing sleep
+//! on the shard's timer) until `poll` says it is writable. The file → pipe step reads through the
 //! page cache. Regions read for the first time since the broker started were
 //! just CRC-checked through that cache (storage's `SegmentFile`), so they are
 //! there; others are advised with `POSIX_FADV_WILLNEED` when the fetch is
@@ -16,7 +21,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,14 +141,17 @@ impl Splicer {
                     Err(error) => return Err(error.into()),
                 }
             }
-            match splice(
-                self.pipe_read.as_fd(),
-                None,
-                socket,
-                None,
-                in_pipe,
-                SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
-            ) {
+            let sent = with_nonblocking(socket, || {
+                splice(
+                    self.pipe_read.as_fd(),
+                    None,
+                    socket,
+                    None,
+                    in_pipe,
+                    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+                )
+            });
+            match sent {
                 Ok(sent) => {
                     in_pipe -= sent;
                     wait = Duration::from_micros(50);
@@ -158,6 +166,30 @@ impl Splicer {
         }
         Ok(())
     }
+}
+
+/// Runs `call` with `O_NONBLOCK` set on `socket`'s file, restoring its flags
+/// after. A failure to set the flag is returned as the call's error rather
+/// than risking a blocking call on the shard.
+fn with_nonblocking(
+    socket: BorrowedFd<'_>,
+    call: impl FnOnce() -> nix::Result<usize>,
+) -> nix::Result<usize> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(socket.as_raw_fd(), FcntlArg::F_GETFL)?);
+    if flags.contains(OFlag::O_NONBLOCK) {
+        return call();
+    }
+    fcntl(
+        socket.as_raw_fd(),
+        FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+    )?;
+    let outcome = call();
+    // Back to blocking mode, as glommio expects its sockets.
+    if let Err(error) = fcntl(socket.as_raw_fd(), FcntlArg::F_SETFL(flags)) {
+        tracing::warn!(%error, "cannot restore a socket's flags after a splice");
+    }
+    outcome
 }
 
 /// Waits cooperatively until `socket` is writable: checks with a zero

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::MeshBuilder;
 use kafki_broker::config::{BrokerConfig, KafkaSettings};
 use kafki_broker::metadata::{ClusterMetadata, TopicMeta};
+use kafki_broker::partition::Acks;
 use kafki_broker::shard::{Shard, ShardTask, SharedState};
 use kafki_net::kafka_protocol::error::ResponseError;
 
@@ -34,6 +35,7 @@ fn config(data_dir: PathBuf) -> BrokerConfig {
         cores: vec![0],
         admin_listen: local,
         kafka: KafkaSettings::default(),
+        settings: kafki_broker::settings::BrokerSettings::default(),
         node_id: 0,
         cluster_id: "test".into(),
     }
@@ -66,11 +68,10 @@ fn release_waits_for_holders_aborts_on_timeout_and_closes_cleanly() {
             );
             let partition = shard.partition("t", 0).await.expect("open");
             let batch = kafki_storage::batch::build_batch(1, &[b"acknowledged".as_slice()]);
-            let appended = partition.log.append(batch, 0).await.expect("append");
             partition
-                .wait_committed(appended.last_offset + 1)
+                .append(vec![batch], Acks::All, None)
                 .await
-                .expect("commit");
+                .expect("append");
 
             // Phase 1 installed: the partition is handed to nobody.
             let moving = Arc::new(before.with_moving(Some(("t".into(), 0))));
@@ -102,13 +103,16 @@ fn release_waits_for_holders_aborts_on_timeout_and_closes_cleanly() {
             assert!(woken.get(), "a parked waiter was not woken");
             // Aborted: back in place, untouched, usable after a restore.
             assert!(!busy.is_released());
-            assert!(busy.log.is_healthy());
+            assert!(busy.is_healthy());
             assert_eq!(shard.owned_partitions(), vec![("t".to_string(), 0)]);
             shard
                 .install_metadata(Arc::new(before.with_moving(None)))
                 .await;
             let again = shard.partition("t", 0).await.expect("restored");
-            assert!(Rc::ptr_eq(&again, &busy), "the same open log, not a reopen");
+            assert!(
+                std::ptr::eq(&*again, &*busy),
+                "the same open log, not a reopen"
+            );
             drop(again);
 
             // Released for real once the holder is gone.
@@ -139,7 +143,7 @@ fn release_waits_for_holders_aborts_on_timeout_and_closes_cleanly() {
                 .install_metadata(Arc::new(before.with_moving(None)))
                 .await;
             let reopened = shard.partition("t", 0).await.expect("reopen");
-            assert_eq!(reopened.log.offsets().next_offset, 1);
+            assert_eq!(reopened.offsets().log_end_offset, 1);
             assert_eq!(reopened.high_watermark(), 1);
             drop(reopened);
             shard.close_partitions().await;

@@ -32,6 +32,78 @@ pub const CLEANER_FILE: &str = "cleaner-checkpoint";
 /// many entries whatever the cleaning frequency.
 const CLEANER_BUCKETS_PER_RETENTION: i64 = 64;
 
+/// Runs blocking file work (writes and syncs of small files) on the
+/// executor's blocking threads rather than on the shard itself: the shard
+/// keeps serving meanwhile, and when it closes or opens many logs at once
+/// their syncs overlap instead of queueing one after the other.
+///
+/// The work is counted while it runs ([`wait_blocking_idle`]): glommio's
+/// blocking thread panics if its executor is gone when the work ends, which
+/// happens when a task that started it is dropped at shutdown.
+pub async fn off_executor<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
+    BLOCKING_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    glommio::executor()
+        .spawn_blocking(move || {
+            let result = work();
+            BLOCKING_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            result
+        })
+        .await
+}
+
+/// Blocking work started with [`off_executor`] and not finished, process-wide.
+static BLOCKING_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits (at most `max`) until no work started with [`off_executor`] is
+/// running, then a little longer for its answer to reach the executor. An
+/// executor calls this last, before it ends.
+pub async fn wait_blocking_idle(max: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while BLOCKING_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && started.elapsed() < max
+    {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+}
+
+/// [`write_atomically`] for several files with one directory sync: each
+/// written to a temp file and synced, then all renamed, then the directory
+/// synced once.
+pub fn write_all_atomically<N: AsRef<str>, C: AsRef<[u8]>>(
+    dir: &Path,
+    files: &[(N, C)],
+) -> LogResult<()> {
+    for (name, contents) in files {
+        let name = name.as_ref();
+        fs::File::create(dir.join(format!("{name}.tmp")))
+            .and_then(|mut file| {
+                file.write_all(contents.as_ref())?;
+                file.sync_data()
+            })
+            .map_err(|source| LogError::io("write checkpoint", dir.join(name), source))?;
+    }
+    for (name, _) in files {
+        let name = name.as_ref();
+        let final_path = dir.join(name);
+        fs::rename(dir.join(format!("{name}.tmp")), &final_path)
+            .map_err(|source| LogError::io("write checkpoint", &final_path, source))?;
+    }
+    fs::File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| LogError::io("write checkpoint", dir, source))
+}
+
+/// Creates the (empty) clean-shutdown marker and syncs the directory: for a
+/// log with nothing else to write (an empty file has no data to sync, so
+/// the temp-file dance of [`write_atomically`] buys nothing).
+pub fn mark_clean(dir: &Path) -> LogResult<()> {
+    let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+    fs::File::create(&marker)
+        .and_then(|_| fs::File::open(dir)?.sync_all())
+        .map_err(|source| LogError::io("write marker", &marker, source))
+}
+
 /// Writes `contents` to `dir/name` and syncs the file (not the directory):
 /// the first half of an atomic replace whose rename comes later.
 pub fn write_synced(dir: &Path, name: &str, contents: &[u8]) -> LogResult<()> {
@@ -55,16 +127,7 @@ pub fn rename_synced(dir: &Path, from: &str, to: &str) -> LogResult<()> {
 
 /// Writes `contents` to `dir/name` atomically and durably.
 pub fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> LogResult<()> {
-    let final_path = dir.join(name);
-    let temp_path = dir.join(format!("{name}.tmp"));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&temp_path)?;
-        file.write_all(contents)?;
-        file.sync_data()?;
-        fs::rename(&temp_path, &final_path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|source| LogError::io("write checkpoint", &final_path, source))
+    write_all_atomically(dir, &[(name, contents)])
 }
 
 /// Reads a checkpoint file; `Ok(None)` if it does not exist.

@@ -503,16 +503,8 @@ impl CleanedWriter {
             self.write_pending(len).await?;
         }
         let size = self.flushed;
-        self.file
-            .dma
-            .truncate(size)
-            .await
-            .map_err(|error| LogError::io("truncate", &self.file.path, glommio_io(error)))?;
-        self.file
-            .dma
-            .fdatasync()
-            .await
-            .map_err(|error| LogError::io("fdatasync", &self.file.path, glommio_io(error)))?;
+        self.file.truncate(size).await?;
+        self.file.sync_data().await?;
         let mut segment = self.segment;
         assert_eq!(segment.size_bytes, size, "metadata and file agree");
         segment.finish_time_index();

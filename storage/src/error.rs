@@ -3,28 +3,7 @@
 
 use std::path::PathBuf;
 
-/// Why a record batch was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BatchError {
-    #[error("batch truncated: needs {needed} bytes, {present} present")]
-    Truncated { needed: usize, present: usize },
-    #[error("unsupported record batch magic {0} (only v2 is accepted)")]
-    UnsupportedMagic(i8),
-    #[error("batch length {0} is below the header size")]
-    BadLength(i32),
-    #[error("batch of {batch_bytes} bytes followed by {} more bytes", buffer_bytes - batch_bytes)]
-    TrailingBytes {
-        batch_bytes: usize,
-        buffer_bytes: usize,
-    },
-    #[error("records count {records_count} does not match last offset delta {last_offset_delta}")]
-    BadRecordCount {
-        records_count: i32,
-        last_offset_delta: i32,
-    },
-    #[error("CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    CrcMismatch { stored: u32, computed: u32 },
-}
+pub use kafki_records::BatchError;
 
 /// Errors of the partition log.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +31,33 @@ pub enum LogError {
     Closed,
     #[error("the log failed earlier and refuses further writes: {0}")]
     Failed(String),
+    /// A write failed for a reason that passes (the disk or the process's
+    /// descriptor table is full): the unwritten batches stay in memory and
+    /// are retried, appends are refused until a retry succeeds.
+    #[error("writes are paused until the disk has room again: {0}")]
+    Paused(String),
     #[error("segment {} is damaged: {reason}", path.display())]
     Damaged { path: PathBuf, reason: String },
 }
 
 impl LogError {
+    /// Whether the error passes without intervention on the log itself:
+    /// a full filesystem or quota (space comes back when data is deleted
+    /// or the filesystem grows), or a full descriptor table (descriptors
+    /// come back when files close). Anything else (EIO, damage) is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            // A failed fdatasync is never retried as if nothing happened:
+            // what it should have flushed is in doubt (Linux may drop the
+            // failed pages and report success next time).
+            LogError::Io {
+                operation, source, ..
+            } => *operation != "fdatasync" && is_transient_io(source),
+            LogError::Paused(_) => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(
         operation: &'static str,
         path: impl Into<PathBuf>,
@@ -68,6 +69,21 @@ impl LogError {
             source: source.into(),
         }
     }
+}
+
+/// ENOSPC, EDQUOT, EMFILE, ENFILE: see [`LogError::is_transient`].
+pub fn is_transient_io(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc_codes::ENOSPC | libc_codes::EDQUOT | libc_codes::EMFILE | libc_codes::ENFILE)
+    )
+}
+
+mod libc_codes {
+    pub const ENOSPC: i32 = nix::errno::Errno::ENOSPC as i32;
+    pub const EDQUOT: i32 = nix::errno::Errno::EDQUOT as i32;
+    pub const EMFILE: i32 = nix::errno::Errno::EMFILE as i32;
+    pub const ENFILE: i32 = nix::errno::Errno::ENFILE as i32;
 }
 
 /// Converts a glommio error into the std error it wraps (or describes).

@@ -12,25 +12,28 @@
 //! The log itself knows the record-batch header and never decodes individual
 //! records on the produce or fetch path; [`records`] and [`compression`]
 //! decode them off that path (compaction, exact timestamp lookups, the
-//! broker's internal topics, the client side). The crate depends on nothing
-//! else in the workspace.
+//! broker's internal topics). The record-batch format itself is the pure
+//! `kafki-records` crate, re-exported here; nothing else in the workspace is
+//! a dependency.
 
-pub mod batch;
 pub mod checkpoint;
 pub mod cleaner;
-pub mod compression;
 pub mod config;
 pub mod dma;
 pub mod error;
 pub mod index;
 pub mod log;
-pub mod records;
 pub mod segment;
 pub mod space;
+
+// The record-batch format lives in `kafki-records` (pure, shared with the
+// client); re-exported so the engine's users keep one path.
+pub use kafki_records::{batch, compression, records};
 
 pub use cleaner::{CleanReport, CleanerLimits};
 pub use config::{CompactionConfig, LogConfig, SyncPolicy, TimestampType};
 pub use error::{BatchError, LogError, LogResult};
 pub use log::{
     AppendInfo, LogOffsets, LogStats, PartitionLog, ReadChunk, ReadResult, TimestampHit,
+    WriteState, PAUSED_RETRY,
 };

@@ -32,6 +32,10 @@ use crate::segment::{align_up, Segment, SegmentFile};
 
 /// Smallest zero fill: an idle partition's file starts at this.
 pub const FILL_STEP_MIN_BYTES: u64 = 1 << 20;
+/// Smallest `fallocate` reservation ([`Preallocation::Reserve`]): a
+/// partition that holds one record reserves this much, not a whole
+/// `preallocate_bytes` (5 000 such partitions reserved 160 GB at 32 MiB).
+pub const RESERVE_STEP_MIN_BYTES: u64 = 64 << 10;
 /// Zero writes of one fill in flight at once.
 const FILL_DEPTH: usize = 2;
 
@@ -166,6 +170,24 @@ pub fn next_fill(
     (end > initialised).then_some((initialised, end))
 }
 
+/// How far to reserve (`fallocate`) a segment file that is reserved up to
+/// `allocated` when the writes need room up to `need` (block aligned).
+/// The step doubles with the file, from [`RESERVE_STEP_MIN_BYTES`] up to
+/// `preallocate_bytes`, so the reservation follows the partition's write
+/// rate: an idle partition holds tens of KiB, a busy one reaches the full
+/// step after a few MiB and keeps the few-`fallocate`s-per-segment cost of
+/// a fixed step. Sealing trims what a segment did not use.
+///
+/// Not capped at `segment_bytes` (as the zero fill is): with the
+/// reservation ending at the data of 16 KiB segments, the broker's
+/// compaction test kept a superseded record in 5 of 22 runs
+/// (`tests/broker/test_compaction.py`), uncapped in none of 8 (nor main in
+/// 6). The cause is not found; `preallocate_bytes = 0` may show it too.
+pub fn reserve_target(allocated: u64, need: u64, preallocate_bytes: u64) -> u64 {
+    let step = allocated.max(RESERVE_STEP_MIN_BYTES).min(preallocate_bytes);
+    need + step
+}
+
 /// Waits for a segment's fill before its file is cut or sealed. Errors of
 /// the fill do not matter then (the region lies past the data) and are
 /// only logged.
@@ -185,6 +207,21 @@ pub fn take_fill(segment: &mut Segment) -> Option<PendingFill> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservations_grow_with_the_segment() {
+        let kib = 1u64 << 10;
+        let mib = 1u64 << 20;
+        // A fresh segment with one small batch: the minimal step.
+        assert_eq!(reserve_target(0, 4 * kib, 32 * mib), 68 * kib);
+        // The step doubles with the reserved size...
+        assert_eq!(reserve_target(68 * kib, 72 * kib, 32 * mib), 140 * kib);
+        assert_eq!(reserve_target(4 * mib, 5 * mib, 32 * mib), 9 * mib);
+        // ...up to preallocate_bytes.
+        assert_eq!(reserve_target(100 * mib, 101 * mib, 32 * mib), 133 * mib);
+        // No preallocation: exactly what the writes need.
+        assert_eq!(reserve_target(0, 8 * kib, 0), 8 * kib);
+    }
 
     #[test]
     fn fills_grow_with_the_segment_and_stop_at_its_size() {

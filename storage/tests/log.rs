@@ -755,3 +755,75 @@ fn zero_filled_space_holds_data_through_close_crash_and_truncation() {
         log.close().await.expect("close");
     });
 }
+
+/// A log opened after a clean shutdown and closed again without a change
+/// writes nothing (its marker and index files stay as they were), and the
+/// first change removes the marker before touching a file, so a crash
+/// after it is recovered as a crash. A segment holding one small batch
+/// reserves a small, growing amount of disk, not `preallocate_bytes`.
+#[test]
+fn idle_logs_close_without_writing_and_reserve_little() {
+    let dir = test_dir();
+    let path = dir.path().join("topic-0");
+    run(move || async move {
+        let config = LogConfig {
+            preallocate_bytes: 32 << 20,
+            ..small_config()
+        };
+        let log = PartitionLog::open(&path, config.clone())
+            .await
+            .expect("open");
+        log.append(make_batch(1_000, 1, 100, 1), 0)
+            .await
+            .expect("append");
+        log.flush().await.expect("flush");
+        let segment = path.join("00000000000000000000.log");
+        let reserved = std::fs::metadata(&segment).expect("stat").len();
+        assert!(
+            reserved <= 128 * 1024,
+            "one small batch reserved {reserved} bytes"
+        );
+        log.close().await.expect("close");
+        let marker = path.join(".kafki-clean-shutdown");
+        let stamp = |name: &str| {
+            std::fs::metadata(path.join(name))
+                .and_then(|meta| meta.modified())
+                .expect("stat")
+        };
+        let before = [
+            stamp(".kafki-clean-shutdown"),
+            stamp("00000000000000000000.index"),
+            stamp("00000000000000000000.timeindex"),
+        ];
+
+        // Open, read, close: nothing written.
+        let log = PartitionLog::open(&path, config.clone())
+            .await
+            .expect("reopen");
+        assert!(marker.exists(), "the marker stays while nothing changed");
+        let read = log.read(0, 1 << 20, u64::MAX).await.expect("read");
+        assert_eq!(read.next_offset, 1);
+        log.close().await.expect("close idle");
+        let after = [
+            stamp(".kafki-clean-shutdown"),
+            stamp("00000000000000000000.index"),
+            stamp("00000000000000000000.timeindex"),
+        ];
+        assert_eq!(before, after, "an idle close rewrote files");
+
+        // The first append removes the marker before it is written.
+        let log = PartitionLog::open(&path, config.clone())
+            .await
+            .expect("reopen");
+        log.append(make_batch(2_000, 1, 100, 2), 0)
+            .await
+            .expect("append");
+        log.flush().await.expect("flush");
+        assert!(!marker.exists(), "a changed log must not look clean");
+        let offsets = log.abandon().await;
+        assert_eq!(offsets.next_offset, 2);
+        let log = PartitionLog::open(&path, config).await.expect("recover");
+        assert_eq!(log.offsets().next_offset, 2);
+        log.close().await.expect("close");
+    });
+}

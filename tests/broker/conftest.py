@@ -13,15 +13,15 @@ from kafki_harness import Broker, new_workdir
 
 @pytest.fixture
 def broker_factory(request):
-    """broker_factory(settings=None, extra_args=None, start=True) -> Broker.
+    """broker_factory(settings=None, extra_args=None, start=True, nofile=None) -> Broker.
 
     Brokers are SIGKILLed at teardown if still running. A panic in any run's log
     fails the test. Work dirs of passed tests are removed."""
     made: list[Broker] = []
 
     def make(settings: dict[str, str] | None = None, extra_args: list[str] | None = None,
-             start: bool = True) -> Broker:
-        b = Broker(new_workdir(request.node.name), settings, extra_args)
+             start: bool = True, nofile: tuple[int, int] | None = None) -> Broker:
+        b = Broker(new_workdir(request.node.name), settings, extra_args, nofile)
         made.append(b)
         if start:
             b.start()

@@ -61,7 +61,8 @@ class Broker:
     """One `kafki serve` process bound to fixed ports and a data dir, restartable."""
 
     def __init__(self, workdir: Path, settings: dict[str, str] | None = None,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None,
+                 nofile: tuple[int, int] | None = None):
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +70,8 @@ class Broker:
         self.admin_port = free_port()
         self.settings = {"group.initial.rebalance.delay.ms": "0", **(settings or {})}
         self.extra_args = extra_args or []
+        # (soft, hard) RLIMIT_NOFILE for the broker process; None inherits ours.
+        self.nofile = nofile
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.log_path: Path | None = None
@@ -96,9 +99,16 @@ class Broker:
         for k, v in self.settings.items():
             cmd += ["--set", f"{k}={v}"]
         env = dict(os.environ, NO_COLOR="1")
+        nofile = self.nofile
+
+        def limit_descriptors():
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         preexec_fn=limit_descriptors if nofile else None)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float):
@@ -166,6 +176,14 @@ class Broker:
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def nofile_limits(self) -> tuple[int, int]:
+        """The broker's (soft, hard) RLIMIT_NOFILE as /proc shows it."""
+        for line in Path(f"/proc/{self.pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+        raise AssertionError("no 'Max open files' in /proc/PID/limits")
 
     def partition_dir(self, topic: str, partition: int) -> Path:
         return self.data_dir / f"{topic}-{partition}"

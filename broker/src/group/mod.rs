@@ -5,7 +5,11 @@
 //! are answered later through [`GroupCoordinator::take_completed`]; everything to
 //! persist comes out of [`GroupCoordinator::take_records`] as `__consumer_offsets`
 //! records in Kafka's format ([`records`]); [`GroupCoordinator::next_deadline`] says
-//! when to call [`GroupCoordinator::tick`].
+//! when to call [`GroupCoordinator::tick`]. A committed offset becomes visible only
+//! once its record is stored: OffsetCommit leaves it pending
+//! ([`GroupCoordinator::take_pending_commits`]) and the runtime applies it with
+//! [`GroupCoordinator::apply_commits`] after the append reached its commit stage, or
+//! drops it and answers an error.
 //!
 //! The behaviour follows Apache Kafka's `GroupMetadataManager` (classic-group part),
 //! `ClassicGroup` and `OffsetMetadataManager` (Kafka 4.x): see `rebalance.rs` for the
@@ -18,6 +22,7 @@
 mod ops;
 mod rebalance;
 pub mod records;
+pub mod runtime;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -122,6 +127,16 @@ pub struct LoadStats {
 struct Effects {
     completed: Vec<Completion>,
     records: Vec<OffsetsRecord>,
+    commits: Vec<PendingCommit>,
+}
+
+/// An accepted offset commit whose record is not stored yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingCommit {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub committed: CommittedOffset,
 }
 
 /// The coordinator for every classic group it owns.
@@ -158,6 +173,27 @@ impl GroupCoordinator {
     /// Records to append to `__consumer_offsets` since the last call, in order.
     pub fn take_records(&mut self) -> Vec<OffsetsRecord> {
         std::mem::take(&mut self.effects.records)
+    }
+
+    /// Offset commits accepted since the last call, whose records are among
+    /// those of [`GroupCoordinator::take_records`].
+    pub fn take_pending_commits(&mut self) -> Vec<PendingCommit> {
+        std::mem::take(&mut self.effects.commits)
+    }
+
+    /// Makes stored commits visible, in the order their records were
+    /// appended. A commit for a group deleted meanwhile is dropped (its
+    /// tombstone came after it in the log).
+    pub fn apply_commits(&mut self, commits: Vec<PendingCommit>) {
+        for commit in commits {
+            if let Some(group) = self.groups.get_mut(&commit.group) {
+                group
+                    .offsets
+                    .entry(commit.topic)
+                    .or_default()
+                    .insert(commit.partition, commit.committed);
+            }
+        }
     }
 
     /// State of a group, if it exists (for tests and admin tools).

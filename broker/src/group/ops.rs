@@ -709,6 +709,7 @@ impl GroupCoordinator {
             _ => None,
         };
         let mut records_out = Vec::new();
+        let mut pending_out = Vec::new();
         for topic in &request.topics {
             let topic_name: &str = &topic.name.0;
             let mut partitions = Vec::with_capacity(topic.partitions.len().min(1024));
@@ -744,11 +745,13 @@ impl GroupCoordinator {
                                 partition.partition_index,
                                 &committed,
                             ));
-                            group
-                                .offsets
-                                .entry(topic_name.to_owned())
-                                .or_default()
-                                .insert(partition.partition_index, committed);
+                            // Visible once stored (`apply_commits`).
+                            pending_out.push(super::PendingCommit {
+                                group: group_id.to_owned(),
+                                topic: topic_name.to_owned(),
+                                partition: partition.partition_index,
+                                committed,
+                            });
                             None
                         }
                     }
@@ -767,6 +770,7 @@ impl GroupCoordinator {
             );
         }
         self.effects.records.extend(records_out);
+        self.effects.commits.extend(pending_out);
         OffsetCommitResponse::default().with_topics(topics)
     }
 

@@ -458,12 +458,58 @@ fn fetch_v7(c: &GroupCoordinator, partitions: Vec<i32>) -> OffsetFetchResponse {
     c.fetch_offsets(7, &request)
 }
 
+/// OffsetCommit followed by what the runtime does once the records are
+/// stored: the commits become visible.
+fn commit_stored(
+    c: &mut GroupCoordinator,
+    now_ms: u64,
+    version: i16,
+    request: &OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let response = c.commit_offsets(now_ms, version, request);
+    let pending = c.take_pending_commits();
+    c.apply_commits(pending);
+    response
+}
+
+#[test]
+fn a_commit_is_visible_only_once_stored() {
+    let mut c = coordinator();
+    let member = single_member_group(&mut c);
+    let _ = c.take_records();
+    let response = c.commit_offsets(5, 8, &commit_request(&member, 1, Some("m")));
+    assert_eq!(response.topics[0].partitions[0].error_code, 0);
+    // Not stored yet: OffsetFetch does not show it.
+    assert_eq!(
+        fetch_v7(&c, vec![0]).topics[0].partitions[0].committed_offset,
+        -1
+    );
+    let pending = c.take_pending_commits();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(c.take_records().len(), 1);
+    // The append failed: the runtime drops the commit, nothing is kept.
+    drop(pending);
+    assert_eq!(
+        fetch_v7(&c, vec![0]).topics[0].partitions[0].committed_offset,
+        -1
+    );
+    assert!(c.take_pending_commits().is_empty());
+    // Committed again and stored: visible.
+    let _ = c.commit_offsets(6, 8, &commit_request(&member, 1, Some("m")));
+    let pending = c.take_pending_commits();
+    c.apply_commits(pending);
+    assert_eq!(
+        fetch_v7(&c, vec![0]).topics[0].partitions[0].committed_offset,
+        42
+    );
+}
+
 #[test]
 fn commit_and_fetch_round_trip_metadata() {
     let mut c = coordinator();
     let member = single_member_group(&mut c);
     for metadata in [Some("hello ✓"), Some(""), None] {
-        let response = c.commit_offsets(5, 8, &commit_request(&member, 1, metadata));
+        let response = commit_stored(&mut c, 5, 8, &commit_request(&member, 1, metadata));
         assert_eq!(response.topics[0].partitions[0].error_code, 0);
         let fetched = fetch_v7(&c, vec![0, 1]);
         let partition = &fetched.topics[0].partitions[0];
@@ -474,25 +520,25 @@ fn commit_and_fetch_round_trip_metadata() {
         assert_eq!(fetched.topics[0].partitions[1].committed_offset, -1);
     }
     // stale generation and unknown members are refused
-    let stale = c.commit_offsets(6, 8, &commit_request(&member, 0, Some("x")));
+    let stale = commit_stored(&mut c, 6, 8, &commit_request(&member, 0, Some("x")));
     assert_eq!(
         stale.topics[0].partitions[0].error_code,
         ResponseError::IllegalGeneration.code()
     );
-    let unknown = c.commit_offsets(6, 8, &commit_request("ghost", 1, Some("x")));
+    let unknown = commit_stored(&mut c, 6, 8, &commit_request("ghost", 1, Some("x")));
     assert_eq!(
         unknown.topics[0].partitions[0].error_code,
         ResponseError::UnknownMemberId.code()
     );
     // simple commits are refused while the group has members
-    let simple = c.commit_offsets(6, 8, &commit_request("", -1, Some("x")));
+    let simple = commit_stored(&mut c, 6, 8, &commit_request("", -1, Some("x")));
     assert_eq!(
         simple.topics[0].partitions[0].error_code,
         ResponseError::UnknownMemberId.code()
     );
     // too much metadata
     let big = "x".repeat(4097);
-    let response = c.commit_offsets(6, 8, &commit_request(&member, 1, Some(&big)));
+    let response = commit_stored(&mut c, 6, 8, &commit_request(&member, 1, Some(&big)));
     assert_eq!(
         response.topics[0].partitions[0].error_code,
         ResponseError::OffsetMetadataTooLarge.code()
@@ -516,17 +562,17 @@ fn simple_commit_creates_a_group_and_unknown_group_fetch_is_minus_one() {
     let fetched = fetch_v7(&c, vec![0]);
     assert_eq!(fetched.topics[0].partitions[0].committed_offset, -1);
     assert_eq!(fetched.topics[0].partitions[0].error_code, 0);
-    let refused = c.commit_offsets(0, 9, &commit_request("m", 3, None));
+    let refused = commit_stored(&mut c, 0, 9, &commit_request("m", 3, None));
     assert_eq!(
         refused.topics[0].partitions[0].error_code,
         ResponseError::GroupIdNotFound.code()
     );
-    let refused = c.commit_offsets(0, 8, &commit_request("m", 3, None));
+    let refused = commit_stored(&mut c, 0, 8, &commit_request("m", 3, None));
     assert_eq!(
         refused.topics[0].partitions[0].error_code,
         ResponseError::IllegalGeneration.code()
     );
-    let simple = c.commit_offsets(0, 8, &commit_request("", -1, Some("s")));
+    let simple = commit_stored(&mut c, 0, 8, &commit_request("", -1, Some("s")));
     assert_eq!(simple.topics[0].partitions[0].error_code, 0);
     assert_eq!(c.group_state(GROUP), Some(GroupState::Empty));
     let list = c.list(
@@ -545,8 +591,8 @@ fn simple_commit_creates_a_group_and_unknown_group_fetch_is_minus_one() {
 fn persistence_round_trip_restores_offsets_and_groups() {
     let mut c = coordinator();
     let member = single_member_group(&mut c);
-    let _ = c.commit_offsets(5, 8, &commit_request(&member, 1, Some("meta")));
-    let _ = c.commit_offsets(6, 8, &commit_request(&member, 1, None));
+    let _ = commit_stored(&mut c, 5, 8, &commit_request(&member, 1, Some("meta")));
+    let _ = commit_stored(&mut c, 6, 8, &commit_request(&member, 1, None));
     let records = c.take_records();
     let mut restored = coordinator();
     let stats = restored.load(records.iter().map(|r| (&r.key[..], r.value.as_deref())));
@@ -571,7 +617,7 @@ fn persistence_round_trip_restores_offsets_and_groups() {
 fn delete_only_empty_groups_and_tombstones() {
     let mut c = coordinator();
     let member = single_member_group(&mut c);
-    let _ = c.commit_offsets(5, 8, &commit_request(&member, 1, Some("m")));
+    let _ = commit_stored(&mut c, 5, 8, &commit_request(&member, 1, Some("m")));
     let request = DeleteGroupsRequest::default()
         .with_groups_names(vec![GroupId(s(GROUP)), GroupId(s("nope"))]);
     let response = c.delete(0, 2, &request);
@@ -703,8 +749,12 @@ fn randomized_operations_keep_invariants() {
                     let _ = c.leave(now, 3, &leave);
                 }
                 5 => {
-                    let _ =
-                        c.commit_offsets(now, 8, &commit_request(&member, generation, Some("m")));
+                    let _ = commit_stored(
+                        &mut c,
+                        now,
+                        8,
+                        &commit_request(&member, generation, Some("m")),
+                    );
                 }
                 _ => {
                     now += next() % 8000;

@@ -22,6 +22,7 @@ use super::str_bytes;
 use crate::config::{
     check_value, find_setting, resolve_topic_setting, SettingKind, ValueSource, SETTINGS,
 };
+use crate::errors::KafkaError;
 use crate::shard::Shard;
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -143,18 +144,18 @@ pub async fn describe_configs(
 async fn replace_topic_configs(
     shard: &Rc<Shard>,
     topic: String,
-    change: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, (i16, String)>
+    change: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, KafkaError>
         + Send
         + 'static,
     validate_only: bool,
-) -> Result<(), (i16, String)> {
+) -> Result<(), KafkaError> {
     let outcome = shard
         .invoke_on(0, move |controller| async move {
             controller
                 .controller_change(|current| {
                     let Some(meta) = current.topic(&topic) else {
-                        return Err((
-                            ResponseError::UnknownTopicOrPartition.code(),
+                        return Err(KafkaError::new(
+                            ResponseError::UnknownTopicOrPartition,
                             format!("Topic {topic} does not exist"),
                         ));
                     };
@@ -162,33 +163,37 @@ async fn replace_topic_configs(
                     for (key, value) in &configs {
                         let setting = find_setting(key)
                             .filter(|setting| setting.topic_name == Some(key.as_str()))
-                            .ok_or((
-                                ResponseError::InvalidConfig.code(),
+                            .ok_or(KafkaError::new(
+                                ResponseError::InvalidConfig,
                                 format!("Unknown topic config name: {key}"),
                             ))?;
                         check_value(setting, value).map_err(|error| {
-                            (ResponseError::InvalidConfig.code(), error.to_string())
+                            KafkaError::new(ResponseError::InvalidConfig, error.to_string())
                         })?;
                     }
                     if validate_only {
-                        return Ok(None);
+                        return Ok(Vec::new());
                     }
                     let mut updated = meta.clone();
                     updated.configs = configs;
-                    Ok(Some(current.with_topic(updated)))
+                    Ok(vec![crate::metadata::MetadataRecord::Topic(updated)])
                 })
                 .await
                 .map(|_| ())
         })
         .await;
-    outcome
-        .unwrap_or_else(|error| Err((ResponseError::UnknownServerError.code(), error.to_string())))
+    outcome.unwrap_or_else(|error| {
+        Err(KafkaError::new(
+            ResponseError::UnknownServerError,
+            error.to_string(),
+        ))
+    })
 }
 
-fn broker_static() -> (i16, String) {
-    (
-        ResponseError::InvalidRequest.code(),
-        "Broker settings are static in Kafki: set them in the config file or with --set".into(),
+fn broker_static() -> KafkaError {
+    KafkaError::new(
+        ResponseError::InvalidRequest,
+        "Broker settings are static in Kafki: set them in the config file or with --set",
     )
 }
 
@@ -223,16 +228,16 @@ pub async fn alter_configs(
                 .await
             }
             RESOURCE_BROKER => Err(broker_static()),
-            _ => Err((
-                ResponseError::InvalidRequest.code(),
-                "Unsupported resource type".into(),
+            _ => Err(KafkaError::new(
+                ResponseError::InvalidRequest,
+                "Unsupported resource type",
             )),
         };
         responses.push(match outcome {
             Ok(()) => result,
-            Err((code, message)) => result
+            Err(KafkaError { code, message }) => result
                 .with_error_code(code)
-                .with_error_message(Some(str_bytes(&message))),
+                .with_error_message(message.as_deref().map(str_bytes)),
         });
     }
     AlterConfigsResponse::default().with_responses(responses)
@@ -275,8 +280,8 @@ pub async fn incremental_alter_configs(
                                     next.remove(&name);
                                 }
                                 _ => {
-                                    return Err((
-                                        ResponseError::InvalidRequest.code(),
+                                    return Err(KafkaError::new(
+                                        ResponseError::InvalidRequest,
                                         format!("Operation {operation} on {name} is not supported"),
                                     ))
                                 }
@@ -289,16 +294,16 @@ pub async fn incremental_alter_configs(
                 .await
             }
             RESOURCE_BROKER => Err(broker_static()),
-            _ => Err((
-                ResponseError::InvalidRequest.code(),
-                "Unsupported resource type".into(),
+            _ => Err(KafkaError::new(
+                ResponseError::InvalidRequest,
+                "Unsupported resource type",
             )),
         };
         responses.push(match outcome {
             Ok(()) => result,
-            Err((code, message)) => result
+            Err(KafkaError { code, message }) => result
                 .with_error_code(code)
-                .with_error_message(Some(str_bytes(&message))),
+                .with_error_message(message.as_deref().map(str_bytes)),
         });
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)

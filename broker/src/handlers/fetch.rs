@@ -3,14 +3,13 @@
 //! woken by the owners' log progress.
 //!
 //! A read starts with the whole batch holding the fetch offset (Kafka
-//! returns whole batches; clients skip records before their offset). Budgets:
-//! `partition_max_bytes` per partition and `max_bytes` for the response;
-//! the first batch of the response is returned whole even if larger
-//! (KIP-74). This increment copies file data into the response (the copy
-//! path); the zero-copy writer comes next.
-//!
-//! Fetch sessions (KIP-227) are not kept yet: every answer carries session
-//! id 0, which tells clients to keep sending full fetch requests.
+//! returns whole batches; clients skip records before their offset). Budgets,
+//! counted in record bytes: `partition_max_bytes` per partition and
+//! `max_bytes` for the response; the first batch of the response is returned
+//! whole even if larger (KIP-74). Record bytes go out as wire parts: hot-tail
+//! buffers from memory, older data as file regions spliced to the socket
+//! (`crate::zerocopy`). Incremental fetch sessions (KIP-227) live in
+//! `fetch_session.rs`, on the connection's shard.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -21,9 +20,9 @@ use kafki_net::kafka_protocol::messages::FetchRequest;
 use kafki_net::{CorrelationId, FetchPartitionHead, FetchResponseHead, FetchTopicHead};
 use kafki_storage::ReadChunk;
 
-use super::fetch_session::{FetchSessions, PartitionAnswer};
 use super::Reply;
 use crate::errors::code_for_log_error;
+use crate::fetch_session::{FetchSessions, PartitionAnswer};
 use crate::metrics::FetchPath;
 use crate::shard::Shard;
 use crate::zerocopy::WirePart;
@@ -38,6 +37,7 @@ struct PartitionRead {
     partition: i32,
     offset: i64,
     max_bytes: i32,
+    current_leader_epoch: i32,
 }
 
 #[derive(Clone)]
@@ -104,19 +104,12 @@ pub async fn fetch(
             partition: read.partition,
             offset: read.fetch_offset,
             max_bytes: read.max_bytes,
+            current_leader_epoch: read.current_leader_epoch,
         })
         .collect();
     let mut outcomes = read_all(shard, &reads, max_bytes).await;
     loop {
-        let bytes: u64 = outcomes
-            .iter()
-            .map(|outcome| {
-                outcome
-                    .records
-                    .as_ref()
-                    .map_or(0, |records| records.len() as u64)
-            })
-            .sum();
+        let bytes: u64 = outcomes.iter().map(ReadOutcome::records_bytes).sum();
         let errors = outcomes.iter().any(|outcome| outcome.error_code != 0);
         let elapsed = started.elapsed();
         if bytes >= min_bytes.max(1) || errors || elapsed >= max_wait || shard.shutting_down.get() {
@@ -253,12 +246,7 @@ async fn read_all(shard: &Rc<Shard>, reads: &[PartitionRead], max_bytes: u64) ->
                     .collect()
             });
         for outcome in results {
-            budget = budget.saturating_sub(
-                outcome
-                    .records
-                    .as_ref()
-                    .map_or(0, |records| records.len() as u64),
-            );
+            budget = budget.saturating_sub(outcome.records_bytes());
             let slot = outcome.slot;
             if let Some(entry) = outcomes.get_mut(slot) {
                 *entry = Some(outcome);
@@ -286,10 +274,7 @@ async fn read_on_owner(
     let mut outcomes = Vec::with_capacity(reads.len());
     for read in reads {
         let outcome = read_partition(&shard, &read, budget, first_in_response).await;
-        let taken = outcome
-            .records
-            .as_ref()
-            .map_or(0, |records| records.len() as u64);
+        let taken = outcome.records_bytes();
         if taken > 0 {
             first_in_response = false;
         }
@@ -313,13 +298,17 @@ async fn read_partition(
             return outcome;
         }
     };
-    let offsets = partition.log.offsets();
-    let high_watermark = partition.high_watermark_of(&offsets);
+    if let Err(code) = partition.check_leader_epoch(read.current_leader_epoch) {
+        outcome.error_code = code;
+        return outcome;
+    }
+    let offsets = partition.offsets();
+    let high_watermark = offsets.high_watermark;
     outcome.high_watermark = high_watermark as i64;
     outcome.log_start_offset = offsets.log_start_offset as i64;
     if read.offset < 0
         || (read.offset as u64) < offsets.log_start_offset
-        || read.offset as u64 > offsets.next_offset
+        || read.offset as u64 > offsets.log_end_offset
     {
         outcome.error_code = ResponseError::OffsetOutOfRange.code();
         return outcome;
@@ -334,11 +323,7 @@ async fn read_partition(
     if limit == 0 || read.offset as u64 >= high_watermark {
         return outcome;
     }
-    match partition
-        .log
-        .read(read.offset as u64, limit, high_watermark)
-        .await
-    {
+    match partition.read(read.offset as u64, limit).await {
         Ok(result) => {
             if !first_in_response && result.bytes > budget {
                 return outcome;
@@ -356,7 +341,7 @@ async fn read_partition(
                         file,
                         position,
                         len,
-                    } => match file.plain.try_clone() {
+                    } => match file.share() {
                         Ok(handle) => {
                             crate::zerocopy::prefetch(&handle, position, len);
                             shard.metrics.add_fetch_bytes(FetchPath::Sendfile, len);
@@ -366,11 +351,21 @@ async fn read_partition(
                                 len,
                             });
                         }
-                        Err(error) => {
-                            tracing::error!(path = %file.path.display(), %error, "cannot share segment file");
-                            outcome.error_code = ResponseError::KafkaStorageError.code();
-                            return outcome;
-                        }
+                        // Out of descriptors (one response over thousands
+                        // of partitions holds one per region until it is
+                        // sent): copy the region instead of failing it.
+                        Err(error) => match file.read_bytes(position, len as usize).await {
+                            Ok(bytes) => {
+                                tracing::debug!(path = %file.path.display(), %error, "segment file not shareable; region copied");
+                                shard.metrics.add_fetch_bytes(FetchPath::Copy, len);
+                                parts.push(WirePart::Bytes(bytes.into()));
+                            }
+                            Err(read_error) => {
+                                tracing::error!(path = %file.path.display(), %error, %read_error, "cannot share or read segment file");
+                                outcome.error_code = ResponseError::KafkaStorageError.code();
+                                return outcome;
+                            }
+                        },
                     },
                 }
             }
@@ -422,21 +417,10 @@ async fn wait_on_owner(shard: Rc<Shard>, partitions: Vec<(String, i32, i64)>, ti
             // re-read reports it now rather than after the whole wait.
             return;
         };
-        waits.push(Box::pin(async move {
-            loop {
-                let since = partition.log.offsets();
-                if partition.high_watermark_of(&since) as i64 > seen
-                    || !partition.log.is_healthy()
-                    || partition.is_released()
-                {
-                    return;
-                }
-                let progress = std::pin::pin!(partition.log.wait_for_progress(since));
-                let released = std::pin::pin!(partition.wait_released());
-                futures::future::select(progress, released).await;
-            }
-        })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>);
+        waits.push(
+            Box::pin(async move { partition.wait_for_high_watermark_beyond(seen).await })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+        );
     }
     let timer = Box::pin(glommio::timer::sleep(timeout));
     if waits.is_empty() {

@@ -1,17 +1,11 @@
-//! Consumer groups (classic protocol) on top of the pure coordinator in
-//! [`crate::group`]: routing, parking JoinGroup/SyncGroup until their
-//! rebalance completes, and persisting the coordinator's records in the
-//! internal topic `__consumer_offsets`.
-//!
-//! Group `g` is coordinated by the shard that owns partition
-//! `fnv1a(g) mod offsets.topic.num.partitions` of `__consumer_offsets`, so a
-//! group's state and its offsets records live on the same core. A commit is
-//! answered only after its records reached the topic's commit stage
-//! (durable by default), so a committed offset survives a crash.
+//! Consumer-group requests (classic protocol): each is translated into a
+//! call of the pure coordinator ([`crate::group`]) run on the group's
+//! coordinator shard by the runtime ([`crate::group::runtime`]), and its
+//! answer into the response. A commit is answered only after its records
+//! reached `__consumer_offsets`' commit stage (durable by default), so a
+//! committed offset survives a crash.
 
-use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_net::kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -24,297 +18,11 @@ use kafki_net::kafka_protocol::messages::{
 };
 
 use super::str_bytes;
-use crate::group::{records, CompletedResponse, GroupConfig, GroupCoordinator, Outcome};
-use crate::placement::fnv1a_32;
+use crate::group::runtime::{
+    ensure_offsets_topic, on_coordinator, on_coordinator_parked, on_coordinator_stored,
+};
+use crate::group::{CompletedResponse, Outcome};
 use crate::shard::Shard;
-
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
-
-/// Longest pause of the per-shard group timer.
-const TICK_MAX: Duration = Duration::from_millis(100);
-
-/// The per-shard group state: the coordinator and the parked requests.
-pub struct GroupShard {
-    pub coordinator: std::cell::RefCell<GroupCoordinator>,
-    waiters: std::cell::RefCell<HashMap<u64, futures::channel::oneshot::Sender<CompletedResponse>>>,
-}
-
-impl GroupShard {
-    pub fn new(config: &crate::config::BrokerConfig, shard_id: usize) -> Self {
-        let delay = config
-            .kafka
-            .get_i64("group.initial.rebalance.delay.ms")
-            .filter(|delay| *delay >= 0)
-            .unwrap_or(3000) as u64;
-        let seed = uuid::Uuid::new_v4().as_u64_pair().0 ^ shard_id as u64;
-        let group_config = GroupConfig {
-            initial_rebalance_delay_ms: delay,
-            member_id_seed: seed,
-            ..GroupConfig::default()
-        };
-        Self {
-            coordinator: std::cell::RefCell::new(GroupCoordinator::new(group_config)),
-            waiters: std::cell::RefCell::new(HashMap::new()),
-        }
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-fn offsets_partitions(shard: &Shard) -> i32 {
-    shard
-        .config
-        .kafka
-        .get_i64("offsets.topic.num.partitions")
-        .filter(|count| *count > 0 && *count <= 1000)
-        .unwrap_or(50) as i32
-}
-
-pub fn offsets_partition_for(group: &str, partitions: i32) -> i32 {
-    (fnv1a_32(group.as_bytes()) % partitions.max(1) as u32) as i32
-}
-
-fn coordinator_shard(shard: &Shard, group: &str) -> usize {
-    shard.owner_of(
-        OFFSETS_TOPIC,
-        offsets_partition_for(group, offsets_partitions(shard)),
-    )
-}
-
-/// Creates `__consumer_offsets` if it does not exist yet.
-async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), i16> {
-    if shard.metadata().topic(OFFSETS_TOPIC).is_some() {
-        return Ok(());
-    }
-    // Kafka's defaults for the offsets topic: compacted, in segments of
-    // `offsets.topic.segment.bytes` (100 MiB) so that the cleaner, which
-    // never touches the active segment, gets sealed segments to clean.
-    let segment_bytes = shard
-        .config
-        .kafka
-        .get_i64("offsets.topic.segment.bytes")
-        .filter(|bytes| *bytes > 0)
-        .unwrap_or(104_857_600);
-    let configs = BTreeMap::from([
-        ("cleanup.policy".to_string(), "compact".to_string()),
-        ("segment.bytes".to_string(), segment_bytes.to_string()),
-    ]);
-    match shard
-        .create_topic(
-            OFFSETS_TOPIC.to_string(),
-            offsets_partitions(shard),
-            configs,
-            false,
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err((code, _)) if code == ResponseError::TopicAlreadyExists.code() => Ok(()),
-        Err((code, message)) => {
-            tracing::error!(code, %message, "cannot create {OFFSETS_TOPIC}");
-            Err(ResponseError::CoordinatorNotAvailable.code())
-        }
-    }
-}
-
-/// Drains what the coordinator produced: answers parked requests and
-/// persists records, in order. Runs on the coordinator's shard.
-async fn settle(shard: &Rc<Shard>) {
-    let (completions, records) = {
-        let mut coordinator = shard.groups.coordinator.borrow_mut();
-        (coordinator.take_completed(), coordinator.take_records())
-    };
-    for completion in completions {
-        if let Some(waiter) = shard
-            .groups
-            .waiters
-            .borrow_mut()
-            .remove(&completion.ticket.0)
-        {
-            let _ = waiter.send(completion.response);
-        }
-    }
-    persist(shard, records).await;
-}
-
-/// Appends coordinator records to their `__consumer_offsets` partitions and
-/// waits for the commit stage.
-async fn persist(shard: &Rc<Shard>, records: Vec<records::OffsetsRecord>) {
-    if records.is_empty() {
-        return;
-    }
-    let partitions = offsets_partitions(shard);
-    let mut by_partition: BTreeMap<i32, Vec<records::OffsetsRecord>> = BTreeMap::new();
-    for record in records {
-        let group = match records::decode_key(&record.key) {
-            Ok(records::RecordKey::Offset { group, .. })
-            | Ok(records::RecordKey::Group { group }) => group,
-            Err(error) => {
-                tracing::error!(%error, "coordinator produced an undecodable key");
-                continue;
-            }
-        };
-        by_partition
-            .entry(offsets_partition_for(&group, partitions))
-            .or_default()
-            .push(record);
-    }
-    for (index, batch_records) in by_partition {
-        let pairs: Vec<crate::records::KeyValueRef<'_>> = batch_records
-            .iter()
-            .map(|record| (Some(record.key.as_ref()), record.value.as_deref()))
-            .collect();
-        let batch = crate::records::build_keyed_batch(&pairs, now_ms() as i64);
-        let partition = match shard.partition(OFFSETS_TOPIC, index).await {
-            Ok(partition) => partition,
-            Err(code) => {
-                tracing::error!(
-                    code,
-                    partition = index,
-                    "offsets partition unavailable; records not persisted"
-                );
-                continue;
-            }
-        };
-        match partition.log.append(batch, partition.leader_epoch).await {
-            Ok(info) => {
-                if let Err(error) = partition.wait_committed(info.last_offset + 1).await {
-                    tracing::error!(%error, "offsets records not committed");
-                }
-            }
-            Err(error) => tracing::error!(%error, "offsets records not appended"),
-        }
-    }
-}
-
-/// The per-shard timer: expires sessions and rebalances.
-pub async fn run_group_timer(shard: Rc<Shard>) {
-    loop {
-        let now = now_ms();
-        let wait = shard
-            .groups
-            .coordinator
-            .borrow()
-            .next_deadline()
-            .map_or(TICK_MAX, |deadline| {
-                Duration::from_millis(deadline.saturating_sub(now)).min(TICK_MAX)
-            });
-        glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
-        shard.groups.coordinator.borrow_mut().tick(now_ms());
-        settle(&shard).await;
-    }
-}
-
-/// Rebuilds the coordinator from the `__consumer_offsets` partitions this
-/// shard owns (at start-up, before serving).
-pub async fn load_groups(shard: &Rc<Shard>) {
-    if shard.metadata().topic(OFFSETS_TOPIC).is_none() {
-        return;
-    }
-    for index in 0..offsets_partitions(shard) {
-        if shard.owner_of(OFFSETS_TOPIC, index) != shard.id {
-            continue;
-        }
-        let Ok(partition) = shard.partition(OFFSETS_TOPIC, index).await else {
-            continue;
-        };
-        let offsets = partition.log.offsets();
-        let end = partition.high_watermark_of(&offsets);
-        let mut offset = offsets.log_start_offset;
-        while offset < end {
-            let read = match partition.log.read(offset, 1 << 20, end).await {
-                Ok(read) if read.next_offset > offset => read,
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::error!(partition = index, %error, "cannot replay offsets partition");
-                    break;
-                }
-            };
-            offset = read.next_offset;
-            let Ok(bytes) = read.load().await else { break };
-            let (pairs, skipped) = crate::records::read_keyed_records(&bytes);
-            let stats = shard
-                .groups
-                .coordinator
-                .borrow_mut()
-                .load(pairs.iter().filter_map(|(key, value)| {
-                    key.as_ref().map(|key| (key.as_ref(), value.as_deref()))
-                }));
-            if skipped > 0 || stats.malformed > 0 {
-                tracing::warn!(
-                    partition = index,
-                    skipped,
-                    malformed = stats.malformed,
-                    "skipped offsets records"
-                );
-            }
-        }
-    }
-    let groups = shard.groups.coordinator.borrow().group_count();
-    if groups > 0 {
-        tracing::info!(shard = shard.id, groups, "consumer groups loaded");
-    }
-}
-
-/// Runs `operation` on `group`'s coordinator shard, then settles.
-async fn on_coordinator<R, F>(shard: &Rc<Shard>, group: &str, operation: F) -> Result<R, i16>
-where
-    R: Send + 'static,
-    F: FnOnce(&mut GroupCoordinator, u64) -> R + Send + 'static,
-{
-    ensure_offsets_topic(shard).await?;
-    let target = coordinator_shard(shard, group);
-    shard
-        .invoke_on(target, move |owner| async move {
-            let result = operation(&mut owner.groups.coordinator.borrow_mut(), now_ms());
-            settle(&owner).await;
-            result
-        })
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "group coordinator shard unreachable");
-            ResponseError::CoordinatorNotAvailable.code()
-        })
-}
-
-/// Like [`on_coordinator`] for JoinGroup/SyncGroup, which may park.
-async fn on_coordinator_parked<F>(
-    shard: &Rc<Shard>,
-    group: &str,
-    operation: F,
-) -> Result<CompletedResponse, i16>
-where
-    F: FnOnce(&mut GroupCoordinator, u64) -> Outcome<CompletedResponse> + Send + 'static,
-{
-    ensure_offsets_topic(shard).await?;
-    let target = coordinator_shard(shard, group);
-    let answer = shard
-        .invoke_on(target, move |owner| async move {
-            let outcome = operation(&mut owner.groups.coordinator.borrow_mut(), now_ms());
-            let receiver = match outcome {
-                Outcome::Ready(response) => {
-                    settle(&owner).await;
-                    return Some(response);
-                }
-                Outcome::Pending(ticket) => {
-                    let (sender, receiver) = futures::channel::oneshot::channel();
-                    owner.groups.waiters.borrow_mut().insert(ticket.0, sender);
-                    receiver
-                }
-            };
-            settle(&owner).await;
-            receiver.await.ok()
-        })
-        .await;
-    match answer {
-        Ok(Some(response)) => Ok(response),
-        _ => Err(ResponseError::CoordinatorNotAvailable.code()),
-    }
-}
 
 pub async fn find_coordinator(
     shard: &Rc<Shard>,
@@ -470,12 +178,24 @@ pub async fn offset_commit(
             )
         })
         .collect();
-    match on_coordinator(shard, &group, move |coordinator, now| {
+    let outcome = on_coordinator_stored(shard, &group, move |coordinator, now| {
         coordinator.commit_offsets(now, version, &request)
     })
-    .await
-    {
-        Ok(response) => response,
+    .await;
+    match outcome {
+        Ok((response, Ok(()))) => response,
+        // Accepted but not stored: every partition the coordinator
+        // accepted is answered with the storage failure instead.
+        Ok((mut response, Err(code))) => {
+            for topic in &mut response.topics {
+                for partition in &mut topic.partitions {
+                    if partition.error_code == 0 {
+                        partition.error_code = code;
+                    }
+                }
+            }
+            response
+        }
         Err(code) => {
             // Every partition carries the error, as Kafka answers.
             let topics = topics

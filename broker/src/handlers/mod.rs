@@ -17,7 +17,6 @@ use crate::shard::Shard;
 
 pub mod configs;
 pub mod fetch;
-pub mod fetch_session;
 pub mod groups;
 pub mod offsets;
 pub mod partitions;

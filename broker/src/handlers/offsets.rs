@@ -3,7 +3,7 @@
 //!
 //! Storage finds the first *batch* whose max timestamp is ≥ T; the exact
 //! record is then found by walking that batch's records, decompressing a
-//! compressed batch up to [`DECOMPRESSED_BATCH_BYTES_MAX`]. A batch that
+//! compressed batch up to [`DECOMPRESSED_BATCH_BYTES_MAX`](crate::records::DECOMPRESSED_BATCH_BYTES_MAX). A batch that
 //! decompresses to more (or fails to) answers its base offset, which is at
 //! or before the exact answer, so a consumer starting there misses nothing.
 
@@ -23,15 +23,13 @@ use crate::shard::Shard;
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
 const MAX_TIMESTAMP: i64 = -3;
-/// Most bytes one timestamp lookup decompresses (a hostile batch can expand
-/// a thousandfold; Kafka's own default `message.max.bytes` is 1 MiB).
-pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy)]
 struct Lookup {
     slot: usize,
     partition: i32,
     timestamp: i64,
+    current_leader_epoch: i32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +38,8 @@ struct Found {
     error_code: i16,
     timestamp: i64,
     offset: i64,
+    /// The leader epoch of the batch holding `offset` (-1 when unknown).
+    leader_epoch: i32,
 }
 
 pub async fn list_offsets(
@@ -58,6 +58,7 @@ pub async fn list_offsets(
                 slot: slots,
                 partition: wanted.partition_index,
                 timestamp: wanted.timestamp,
+                current_leader_epoch: wanted.current_leader_epoch,
             };
             slots += 1;
             partitions.push(wanted.partition_index);
@@ -98,6 +99,7 @@ pub async fn list_offsets(
                         error_code: ResponseError::UnknownServerError.code(),
                         timestamp: -1,
                         offset: -1,
+                        leader_epoch: -1,
                     });
                     slot += 1;
                     ListOffsetsPartitionResponse::default()
@@ -105,7 +107,11 @@ pub async fn list_offsets(
                         .with_error_code(result.error_code)
                         .with_timestamp(result.timestamp)
                         .with_offset(result.offset)
-                        .with_leader_epoch(if version >= 4 { 0 } else { -1 })
+                        .with_leader_epoch(if version >= 4 {
+                            result.leader_epoch
+                        } else {
+                            -1
+                        })
                 })
                 .collect();
             ListOffsetsTopicResponse::default()
@@ -122,6 +128,7 @@ async fn lookup_on_owner(shard: &Shard, topic: &str, lookup: Lookup) -> Found {
         error_code: 0,
         timestamp: -1,
         offset: -1,
+        leader_epoch: -1,
     };
     let partition = match shard.partition(topic, lookup.partition).await {
         Ok(partition) => partition,
@@ -130,31 +137,31 @@ async fn lookup_on_owner(shard: &Shard, topic: &str, lookup: Lookup) -> Found {
             return found;
         }
     };
-    let offsets = partition.log.offsets();
-    let high_watermark = partition.high_watermark_of(&offsets) as i64;
+    if let Err(code) = partition.check_leader_epoch(lookup.current_leader_epoch) {
+        found.error_code = code;
+        return found;
+    }
+    let offsets = partition.offsets();
+    let high_watermark = offsets.high_watermark as i64;
     match lookup.timestamp {
         EARLIEST => found.offset = offsets.log_start_offset as i64,
         LATEST => found.offset = high_watermark,
         MAX_TIMESTAMP => {
-            if let Some((timestamp, offset)) = partition.log.max_timestamp() {
+            if let Some((timestamp, offset)) = partition.max_timestamp() {
                 if (offset as i64) < high_watermark {
                     found.timestamp = timestamp;
                     found.offset = offset as i64;
                 }
             }
         }
-        timestamp if timestamp >= 0 => match partition.log.find_by_timestamp(timestamp).await {
+        timestamp if timestamp >= 0 => match partition.find_by_timestamp(timestamp).await {
             Ok(Some(hit)) if (hit.base_offset as i64) < high_watermark => {
-                let exact = match partition
-                    .log
-                    .read(hit.base_offset, 1, high_watermark as u64)
-                    .await
-                {
+                let exact = match partition.read(hit.base_offset, 1).await {
                     Ok(read) => match read.load().await {
                         Ok(bytes) => match first_record_at_or_after(
                             &bytes,
                             timestamp,
-                            DECOMPRESSED_BATCH_BYTES_MAX,
+                            crate::records::DECOMPRESSED_BATCH_BYTES_MAX,
                         ) {
                             Ok(exact) => exact,
                             Err(error) => {
@@ -178,5 +185,12 @@ async fn lookup_on_owner(shard: &Shard, topic: &str, lookup: Lookup) -> Found {
         },
         _ => found.error_code = ResponseError::InvalidRequest.code(),
     }
+    // Kafka answers the latest epoch for the log end, else the epoch of the
+    // batch the offset lies in.
+    found.leader_epoch = match (found.error_code, lookup.timestamp) {
+        (0, LATEST) => partition.latest_epoch(),
+        (0, _) if found.offset >= 0 => partition.epoch_at(found.offset as u64),
+        _ => -1,
+    };
     found
 }

@@ -19,6 +19,7 @@ use kafki_net::kafka_protocol::messages::{
 
 use super::str_bytes;
 use crate::errors::code_for_log_error;
+use crate::errors::KafkaError;
 use crate::metadata::PARTITIONS_MAX;
 use crate::shard::Shard;
 
@@ -38,43 +39,34 @@ pub async fn create_partitions(
                 controller
                     .controller_change(|current| {
                         let Some(meta) = current.topic(&name) else {
-                            return Err((
-                                ResponseError::UnknownTopicOrPartition.code(),
-                                format!("Topic {name} does not exist"),
-                            ));
+                            return Err(KafkaError::new(ResponseError::UnknownTopicOrPartition, format!("Topic {name} does not exist")));
                         };
                         if has_assignments {
-                            return Err((
-                                ResponseError::InvalidReplicaAssignment.code(),
-                                "Manual replica assignment is not supported yet.".into(),
-                            ));
+                            return Err(KafkaError::new(ResponseError::InvalidReplicaAssignment, "Manual replica assignment is not supported yet."));
                         }
                         if count <= meta.partitions || count > PARTITIONS_MAX {
-                            return Err((
-                                ResponseError::InvalidPartitions.code(),
-                                format!(
+                            return Err(KafkaError::new(ResponseError::InvalidPartitions, format!(
                                     "Topic {name} has {} partitions; the new count must be larger and at most {PARTITIONS_MAX}.",
                                     meta.partitions
-                                ),
-                            ));
+                                )));
                         }
                         if validate_only {
-                            return Ok(None);
+                            return Ok(Vec::new());
                         }
                         let mut grown = meta.clone();
                         grown.partitions = count;
-                        Ok(Some(current.with_topic(grown)))
+                        Ok(vec![crate::metadata::MetadataRecord::Topic(grown)])
                     })
                     .await
                     .map(|_| ())
             })
             .await
-            .unwrap_or_else(|error| Err((ResponseError::UnknownServerError.code(), error.to_string())));
+            .unwrap_or_else(|error| Err(KafkaError::new(ResponseError::UnknownServerError, error.to_string())));
         let mut result = CreatePartitionsTopicResult::default().with_name(topic.name);
-        if let Err((code, message)) = outcome {
+        if let Err(KafkaError { code, message }) = outcome {
             result = result
                 .with_error_code(code)
-                .with_error_message(Some(str_bytes(&message)));
+                .with_error_message(message.as_deref().map(str_bytes));
         }
         results.push(result);
     }
@@ -138,6 +130,11 @@ pub async fn delete_records(
 }
 
 async fn delete_before(shard: &Shard, topic: &str, index: i32, offset: i64) -> Result<i64, i16> {
+    // Kafka refuses this too (InvalidTopicException): the group coordinator
+    // owns what is in there.
+    if crate::metadata::ClusterMetadata::is_internal_topic(topic) {
+        return Err(ResponseError::InvalidTopicException.code());
+    }
     let partition = shard.partition(topic, index).await?;
     let high_watermark = partition.high_watermark() as i64;
     let target = if offset == -1 { high_watermark } else { offset };
@@ -145,8 +142,7 @@ async fn delete_before(shard: &Shard, topic: &str, index: i32, offset: i64) -> R
         return Err(ResponseError::OffsetOutOfRange.code());
     }
     partition
-        .log
-        .truncate_before(target as u64)
+        .delete_records_before(target as u64)
         .await
         .map(|start| start as i64)
         .map_err(|error| code_for_log_error(&error))
@@ -169,12 +165,11 @@ pub async fn offset_for_leader_epoch(
             let answer = shard
                 .invoke_on(owner, move |owner| async move {
                     let partition = owner.partition(&topic_name, wanted.partition).await?;
-                    let high_watermark = partition.high_watermark();
+                    partition.check_leader_epoch(wanted.current_leader_epoch)?;
                     Ok::<_, i16>(
                         partition
-                            .log
                             .end_offset_for_epoch(wanted.leader_epoch)
-                            .map(|(epoch, end)| (epoch, end.min(high_watermark) as i64)),
+                            .map(|(epoch, end)| (epoch, end as i64)),
                     )
                 })
                 .await

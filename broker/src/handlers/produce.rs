@@ -1,19 +1,13 @@
-//! Produce: split the request by owning shard, append on each owner, wait
-//! for the stage `acks` asks for, gather the answers in request order.
-//!
-//! * `acks=0`: appended (ordered), no response is sent.
-//! * `acks=1`: answered once the batches are *written* (`O_DIRECT` write
-//!   completed): a process crash loses nothing acknowledged.
-//! * `acks=-1` (all): answered at the topic's commit stage: *durable*
-//!   (`fdatasync`, group-committed) unless the topic has a relaxed flush
-//!   policy (`flush.messages` > 1 or `flush.ms`), then *written*.
-//!
-//! A compacted topic (`cleanup.policy` with `compact`) refuses a batch with
-//! a record without a key, as Kafka does (`INVALID_RECORD`, nothing of the
-//! request appended). Only those topics decode records to check it.
+//! Produce: refuse what no partition may take (transactions, internal
+//! topics, unknown `acks`), split the request by owning shard, split each
+//! partition's records into batches, hand them to the partition
+//! ([`crate::partition::Partition::append`]: validation, sequences, the
+//! wait `acks` asks for within `timeout_ms`), and gather the answers in
+//! request order. `acks=0` sends no response.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafki_net::kafka_protocol::error::ResponseError;
@@ -21,12 +15,11 @@ use kafki_net::kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafki_net::kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use kafki_storage::batch::{BatchHeader, LENGTH_FIELD_END};
+use kafki_storage::batch::LENGTH_FIELD_END;
 
-use super::offsets::DECOMPRESSED_BATCH_BYTES_MAX;
-use super::producer::SequenceCheck;
 use super::str_bytes;
-use crate::errors::code_for_log_error;
+use crate::metadata::ClusterMetadata;
+use crate::partition::Acks;
 use crate::shard::Shard;
 
 /// One partition's share of a produce request, sent to its owner.
@@ -38,7 +31,7 @@ struct PartitionWrite {
 }
 
 /// The owner's answer for one partition.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PartitionOutcome {
     slot: usize,
     error_code: i16,
@@ -46,7 +39,7 @@ struct PartitionOutcome {
     log_append_time_ms: i64,
     log_start_offset: i64,
     /// A more precise message than the error code's (Produce v8+).
-    error_message: Option<&'static str>,
+    error_message: Option<String>,
     /// The refused record's index in its batch (`record_errors`, v8+).
     record_index: Option<i32>,
 }
@@ -65,15 +58,23 @@ impl PartitionOutcome {
     }
 }
 
-/// Kafka's message for a record without a key in a compacted topic.
-const KEYLESS_IN_COMPACTED: &str = "Compacted topic cannot accept message without key";
+/// Kafka's message for a client's produce to an internal topic.
+const INTERNAL_TOPIC: &str = "Cannot append to internal topic";
 
 pub async fn produce(
     shard: &Rc<Shard>,
     request: ProduceRequest,
     version: i16,
 ) -> Option<ProduceResponse> {
-    let acks = request.acks;
+    let wire_acks = request.acks;
+    let acks = Acks::from_wire(wire_acks);
+    // Kafka bounds the wait for acks by the request's `timeout_ms`; a
+    // client sending 0 or less gets no bound rather than an instant
+    // timeout (the single node's commit is an fsync, never instant).
+    let timeout = u64::try_from(request.timeout_ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
     let mut layout: Vec<(TopicName, Vec<i32>)> = Vec::new();
     let mut by_shard: BTreeMap<usize, Vec<PartitionWrite>> = BTreeMap::new();
     let mut outcomes: Vec<Option<PartitionOutcome>> = Vec::new();
@@ -91,7 +92,15 @@ pub async fn produce(
                 )));
                 continue;
             }
-            if acks != 0 && acks != 1 && acks != -1 {
+            if ClusterMetadata::is_internal_topic(&name) {
+                tracing::debug!(topic = %name, "refusing a client's produce to an internal topic");
+                outcomes.push(Some(PartitionOutcome {
+                    error_message: Some(INTERNAL_TOPIC.to_string()),
+                    ..PartitionOutcome::failed(slot, ResponseError::InvalidTopicException.code())
+                }));
+                continue;
+            }
+            if acks.is_none() {
                 outcomes.push(Some(PartitionOutcome::failed(
                     slot,
                     ResponseError::InvalidRequiredAcks.code(),
@@ -114,7 +123,7 @@ pub async fn produce(
         async move {
             match shard
                 .invoke_on(owner, move |owner| async move {
-                    append_on_owner(owner, writes, acks).await
+                    append_on_owner(owner, writes, acks.unwrap_or(Acks::All), timeout).await
                 })
                 .await
             {
@@ -138,49 +147,45 @@ pub async fn produce(
             }
         }
     }
-    if acks == 0 {
+    if wire_acks == 0 {
         return None;
     }
     let mut slot = 0;
     let responses = layout
         .into_iter()
         .map(|(name, partitions)| {
-            let partition_responses =
-                partitions
-                    .into_iter()
-                    .map(|index| {
-                        let outcome = outcomes.get(slot).copied().flatten().unwrap_or(
-                            PartitionOutcome::failed(
-                                slot,
-                                ResponseError::UnknownServerError.code(),
-                            ),
-                        );
-                        slot += 1;
-                        let mut response = PartitionProduceResponse::default()
-                            .with_index(index)
-                            .with_error_code(outcome.error_code)
-                            .with_base_offset(outcome.base_offset)
-                            .with_log_append_time_ms(outcome.log_append_time_ms)
-                            .with_log_start_offset(outcome.log_start_offset);
-                        if outcome.error_code != 0 && version >= 8 {
-                            let message = match outcome.error_message {
-                                Some(message) => message.to_string(),
-                                None => ResponseError::try_from_code(outcome.error_code)
-                                    .map(|error| error.to_string())
-                                    .unwrap_or_default(),
-                            };
-                            if let Some(index) = outcome.record_index {
-                                response = response.with_record_errors(vec![
-                                    BatchIndexAndErrorMessage::default()
-                                        .with_batch_index(index)
-                                        .with_batch_index_error_message(Some(str_bytes(&message))),
-                                ]);
-                            }
-                            response = response.with_error_message(Some(str_bytes(&message)));
+            let partition_responses = partitions
+                .into_iter()
+                .map(|index| {
+                    let outcome = outcomes.get_mut(slot).and_then(Option::take).unwrap_or(
+                        PartitionOutcome::failed(slot, ResponseError::UnknownServerError.code()),
+                    );
+                    slot += 1;
+                    let mut response = PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_error_code(outcome.error_code)
+                        .with_base_offset(outcome.base_offset)
+                        .with_log_append_time_ms(outcome.log_append_time_ms)
+                        .with_log_start_offset(outcome.log_start_offset);
+                    if outcome.error_code != 0 && version >= 8 {
+                        let message = match outcome.error_message {
+                            Some(message) => message,
+                            None => ResponseError::try_from_code(outcome.error_code)
+                                .map(|error| error.to_string())
+                                .unwrap_or_default(),
+                        };
+                        if let Some(index) = outcome.record_index {
+                            response = response.with_record_errors(vec![
+                                BatchIndexAndErrorMessage::default()
+                                    .with_batch_index(index)
+                                    .with_batch_index_error_message(Some(str_bytes(&message))),
+                            ]);
                         }
-                        response
-                    })
-                    .collect();
+                        response = response.with_error_message(Some(str_bytes(&message)));
+                    }
+                    response
+                })
+                .collect();
             TopicProduceResponse::default()
                 .with_name(name)
                 .with_partition_responses(partition_responses)
@@ -220,16 +225,22 @@ fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, i16> {
 async fn append_on_owner(
     shard: Rc<Shard>,
     writes: Vec<PartitionWrite>,
-    acks: i16,
+    acks: Acks,
+    timeout: Option<Duration>,
 ) -> Vec<PartitionOutcome> {
     let appends = writes.into_iter().map(|write| {
         let shard = shard.clone();
-        async move { append_partition(&shard, write, acks).await }
+        async move { append_partition(&shard, write, acks, timeout).await }
     });
     futures::future::join_all(appends).await
 }
 
-async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> PartitionOutcome {
+async fn append_partition(
+    shard: &Shard,
+    write: PartitionWrite,
+    acks: Acks,
+    timeout: Option<Duration>,
+) -> PartitionOutcome {
     let slot = write.slot;
     let partition = match shard.partition(&write.topic, write.partition).await {
         Ok(partition) => partition,
@@ -242,155 +253,27 @@ async fn append_partition(shard: &Shard, write: PartitionWrite, acks: i16) -> Pa
         Ok(batches) => batches,
         Err(code) => return PartitionOutcome::failed(slot, code),
     };
-    // Validate every batch first: a request is appended whole or not at all.
-    let compacted = partition.log.config().compaction.is_some();
-    for batch in &batches {
-        if batch.len() > partition.log.config().max_batch_bytes {
-            return PartitionOutcome::failed(slot, ResponseError::MessageTooLarge.code());
-        }
-        if let Err(error) = kafki_storage::batch::validate_producer_batch(batch) {
-            tracing::debug!(topic = %write.topic, partition = write.partition, %error, "refusing batch");
-            return PartitionOutcome::failed(
-                slot,
-                code_for_log_error(&kafki_storage::LogError::InvalidBatch(error)),
-            );
-        }
-        if compacted {
-            if let Err(outcome) = check_keys(slot, batch) {
-                tracing::debug!(topic = %write.topic, partition = write.partition, "refusing a record without a key for a compacted topic");
-                return outcome;
-            }
-        }
-    }
-    let mut first: Option<(u64, Option<i64>)> = None;
-    let mut last_offset = 0;
-    for batch in batches {
-        // Wait for room first, so the sequence check and the append happen
-        // with no await between them (no other append can interleave).
-        if let Err(error) = partition.log.wait_for_buffer_room().await {
-            return PartitionOutcome::failed(slot, code_for_log_error(&error));
-        }
-        // A hand-over took the partition away while we waited: refuse, so it
-        // need not wait for us, and the client retries on the new owner.
-        if partition.is_released() {
-            tracing::debug!(topic = %write.topic, partition = write.partition, "refusing an append: the partition was handed over");
-            return PartitionOutcome::failed(slot, ResponseError::NotLeaderOrFollower.code());
-        }
-        let Ok(header) = BatchHeader::parse(&batch) else {
-            return PartitionOutcome::failed(slot, ResponseError::CorruptMessage.code());
-        };
-        match partition.producers.borrow().check(&header) {
-            SequenceCheck::Accept => {}
-            SequenceCheck::Duplicate { base_offset } => {
-                first.get_or_insert((base_offset, None));
-                last_offset = base_offset + header.last_offset_delta as u64;
-                continue;
-            }
-            SequenceCheck::Refuse(mut code) => {
-                if code == ResponseError::OutOfOrderSequenceNumber.code() {
-                    code = partition.out_of_sequence_code();
-                }
-                tracing::debug!(
-                    topic = %write.topic,
-                    partition = write.partition,
-                    producer_id = header.producer_id,
-                    producer_epoch = header.producer_epoch,
-                    base_sequence = header.base_sequence,
-                    code,
-                    "refusing a producer batch"
-                );
-                return PartitionOutcome::failed(slot, code);
-            }
-        }
-        match partition.log.append_now(batch, partition.leader_epoch) {
-            Ok(info) => {
-                partition.producers.borrow_mut().record(
-                    &header,
-                    info.base_offset,
-                    crate::shard::now_ms(),
-                );
-                first.get_or_insert((info.base_offset, info.log_append_time_ms));
-                last_offset = info.last_offset;
-            }
-            Err(error) => {
-                tracing::warn!(topic = %write.topic, partition = write.partition, %error, "append failed");
-                return PartitionOutcome::failed(slot, code_for_log_error(&error));
-            }
-        }
-    }
-    let Some((first_offset, log_append_time_ms)) = first else {
-        return PartitionOutcome::failed(slot, ResponseError::CorruptMessage.code());
-    };
-    let waited = match acks {
-        0 => Ok(()),
-        1 => partition.log.wait_written(last_offset + 1).await,
-        _ => partition.wait_committed(last_offset + 1).await,
-    };
-    if let Err(error) = waited {
-        return PartitionOutcome::failed(slot, code_for_log_error(&error));
-    }
-    PartitionOutcome {
-        slot,
-        error_code: 0,
-        base_offset: first_offset as i64,
-        log_append_time_ms: log_append_time_ms.unwrap_or(-1),
-        log_start_offset: partition.log.offsets().log_start_offset as i64,
-        error_message: None,
-        record_index: None,
-    }
-}
-
-/// A compacted topic needs a key on every record (decompressing at most
-/// [`DECOMPRESSED_BATCH_BYTES_MAX`]).
-fn check_keys(slot: usize, batch: &[u8]) -> Result<(), PartitionOutcome> {
-    use kafki_storage::compression::CompressionError;
-    use kafki_storage::records::{first_keyless_record, RecordError};
-    match first_keyless_record(batch, DECOMPRESSED_BATCH_BYTES_MAX) {
-        Ok(None) => Ok(()),
-        Ok(Some(index)) => Err(PartitionOutcome {
-            error_message: Some(KEYLESS_IN_COMPACTED),
-            record_index: i32::try_from(index).ok(),
-            ..PartitionOutcome::failed(slot, ResponseError::InvalidRecord.code())
-        }),
-        Err(RecordError::Compression(CompressionError::TooLarge { .. })) => Err(PartitionOutcome {
-            error_message: Some("batch decompresses beyond the broker's limit"),
-            ..PartitionOutcome::failed(slot, ResponseError::InvalidRecord.code())
-        }),
-        Err(_) => Err(PartitionOutcome::failed(
+    match partition.append(batches, acks, timeout).await {
+        Ok(appended) => PartitionOutcome {
             slot,
-            ResponseError::CorruptMessage.code(),
-        )),
+            error_code: 0,
+            base_offset: appended.base_offset as i64,
+            log_append_time_ms: appended.log_append_time_ms.unwrap_or(-1),
+            log_start_offset: appended.log_start_offset as i64,
+            error_message: None,
+            record_index: None,
+        },
+        Err(refused) => PartitionOutcome {
+            error_message: refused.error.message,
+            record_index: refused.record_index,
+            ..PartitionOutcome::failed(slot, refused.error.code)
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn compacted_topics_need_a_key_on_every_record() {
-        let keyed = kafki_storage::batch::build_keyed_batch(1, &[(Some(b"k"), Some(b"v"))]);
-        assert!(check_keys(0, &keyed).is_ok());
-        let mixed = kafki_storage::batch::build_keyed_batch(
-            1,
-            &[
-                (Some(b"k"), Some(b"v")),
-                (None, Some(b"v")),
-                (Some(b"k"), None),
-            ],
-        );
-        let refused = check_keys(3, &mixed).expect_err("refused");
-        assert_eq!(refused.error_code, ResponseError::InvalidRecord.code());
-        assert_eq!(refused.error_code, 87);
-        assert_eq!(refused.record_index, Some(1));
-        assert_eq!(refused.slot, 3);
-        let mut damaged = mixed.to_vec();
-        damaged[kafki_storage::batch::BATCH_HEADER_BYTES] = 0x7f;
-        assert_eq!(
-            check_keys(0, &damaged).expect_err("refused").error_code,
-            ResponseError::CorruptMessage.code()
-        );
-    }
 
     #[test]
     fn split_refuses_lengths_beyond_the_bytes() {

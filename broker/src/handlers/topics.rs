@@ -18,57 +18,10 @@ use kafki_net::kafka_protocol::messages::{
 use kafki_net::kafka_protocol::protocol::StrBytes;
 
 use super::str_bytes;
-use crate::config::{check_value, find_setting, resolve_topic_setting, BrokerConfig, ValueSource};
-use crate::metadata::{check_topic_name, ClusterMetadata, TopicMeta, PARTITIONS_MAX};
+use crate::config::{resolve_topic_setting, BrokerConfig, ValueSource};
+use crate::errors::KafkaError;
+use crate::metadata::{check_topic_name, ClusterMetadata, TopicMeta};
 use crate::shard::Shard;
-
-/// Checks a CreateTopics entry against Kafka's rules and builds the topic.
-pub fn validate_new_topic(
-    current: &ClusterMetadata,
-    config: &BrokerConfig,
-    name: &str,
-    partitions: i32,
-    configs: &BTreeMap<String, String>,
-) -> Result<TopicMeta, (i16, String)> {
-    check_topic_name(name)
-        .map_err(|reason| (ResponseError::InvalidTopicException.code(), reason))?;
-    if current.topic(name).is_some() {
-        return Err((
-            ResponseError::TopicAlreadyExists.code(),
-            format!("Topic '{name}' already exists."),
-        ));
-    }
-    let partitions = if partitions == -1 {
-        config.kafka.get_i64("num.partitions").unwrap_or(1) as i32
-    } else {
-        partitions
-    };
-    if !(1..=PARTITIONS_MAX).contains(&partitions) {
-        return Err((
-            ResponseError::InvalidPartitions.code(),
-            format!("Number of partitions must be between 1 and {PARTITIONS_MAX}."),
-        ));
-    }
-    for (key, value) in configs {
-        let setting = find_setting(key)
-            .filter(|setting| setting.topic_name == Some(key.as_str()))
-            .ok_or_else(|| {
-                (
-                    ResponseError::InvalidConfig.code(),
-                    format!("Unknown topic config name: {key}"),
-                )
-            })?;
-        check_value(setting, value)
-            .map_err(|error| (ResponseError::InvalidConfig.code(), error.to_string()))?;
-    }
-    Ok(TopicMeta {
-        name: name.to_string(),
-        id: uuid::Uuid::new_v4(),
-        partitions,
-        configs: configs.clone(),
-        internal: name.starts_with("__"),
-    })
-}
 
 fn broker_entry(shard: &Shard) -> MetadataResponseBroker {
     MetadataResponseBroker::default()
@@ -77,13 +30,19 @@ fn broker_entry(shard: &Shard) -> MetadataResponseBroker {
         .with_port(i32::from(shard.config.advertise_port))
 }
 
-fn topic_entry(topic: &TopicMeta, node_id: i32, version: i16) -> MetadataResponseTopic {
+fn topic_entry(
+    metadata: &ClusterMetadata,
+    topic: &TopicMeta,
+    node_id: i32,
+    version: i16,
+) -> MetadataResponseTopic {
     let partitions = (0..topic.partitions)
         .map(|index| {
+            let epoch = metadata.leader_epoch(&topic.name, index);
             MetadataResponsePartition::default()
                 .with_partition_index(index)
                 .with_leader_id(BrokerId(node_id))
-                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                .with_leader_epoch(if version >= 7 { epoch } else { -1 })
                 .with_replica_nodes(vec![BrokerId(node_id)])
                 .with_isr_nodes(vec![BrokerId(node_id)])
         })
@@ -120,17 +79,17 @@ pub async fn metadata(
             metadata
                 .topics
                 .values()
-                .map(|topic| topic_entry(topic, node_id, version)),
+                .map(|topic| topic_entry(&metadata, topic, node_id, version)),
         ),
         // v0 has no null: an empty list means "all topics".
         Some(requested) if requested.is_empty() && version == 0 => topics.extend(
             metadata
                 .topics
                 .values()
-                .map(|topic| topic_entry(topic, node_id, version)),
+                .map(|topic| topic_entry(&metadata, topic, node_id, version)),
         ),
         Some(requested) => {
-            let auto_create = shard.config.kafka.get_bool("auto.create.topics.enable")
+            let auto_create = shard.config.settings.auto_create_topics
                 && (version < 4 || request.allow_auto_topic_creation);
             for wanted in requested {
                 let found = match &wanted.name {
@@ -138,26 +97,40 @@ pub async fn metadata(
                     None => shard.metadata().topic_by_id(wanted.topic_id).cloned(),
                 };
                 match (found, wanted.name) {
-                    (Some(topic), _) => topics.push(topic_entry(&topic, node_id, version)),
+                    (Some(topic), _) => {
+                        topics.push(topic_entry(&shard.metadata(), &topic, node_id, version))
+                    }
                     (None, Some(name)) if auto_create => {
                         match shard
                             .create_topic(name.to_string(), -1, BTreeMap::new(), false)
                             .await
                         {
-                            Ok(topic) => topics.push(topic_entry(&topic, node_id, version)),
+                            Ok(topic) => topics.push(topic_entry(
+                                &shard.metadata(),
+                                &topic,
+                                node_id,
+                                version,
+                            )),
                             // Another request created it meanwhile.
-                            Err((code, _)) if code == ResponseError::TopicAlreadyExists.code() => {
+                            Err(KafkaError { code, .. })
+                                if code == ResponseError::TopicAlreadyExists.code() =>
+                            {
                                 match shard.metadata().topic(&name).cloned() {
-                                    Some(topic) => {
-                                        topics.push(topic_entry(&topic, node_id, version))
-                                    }
+                                    Some(topic) => topics.push(topic_entry(
+                                        &shard.metadata(),
+                                        &topic,
+                                        node_id,
+                                        version,
+                                    )),
                                     None => topics.push(topic_error(
                                         Some(name),
                                         ResponseError::LeaderNotAvailable.code(),
                                     )),
                                 }
                             }
-                            Err((code, _)) => topics.push(topic_error(Some(name), code)),
+                            Err(KafkaError { code, .. }) => {
+                                topics.push(topic_error(Some(name), code))
+                            }
                         }
                     }
                     (None, name) => {
@@ -240,10 +213,10 @@ pub async fn create_topics(
                         .with_configs(Some(describe_topic_configs(&created, &shard.config)));
                 }
             }
-            Err((code, message)) => {
+            Err(KafkaError { code, message }) => {
                 result = result
                     .with_error_code(code)
-                    .with_error_message(Some(str_bytes(&message)));
+                    .with_error_message(message.as_deref().map(str_bytes));
             }
         }
         results.push(result);
@@ -319,18 +292,34 @@ pub async fn delete_topics(
         if version >= 6 {
             result = result.with_topic_id(topic.id);
         }
+        if ClusterMetadata::is_internal_topic(&topic.name) {
+            let message = (version >= 5).then(|| {
+                str_bytes(&format!(
+                    "{} is an internal topic of the broker and cannot be deleted",
+                    topic.name
+                ))
+            });
+            responses.push(
+                result
+                    .with_error_code(ResponseError::InvalidTopicException.code())
+                    .with_error_message(message),
+            );
+            continue;
+        }
         let doomed = topic.name.clone();
         let outcome = shard
             .invoke_on(0, move |controller| async move {
                 controller
                     .controller_change(|current| {
                         if current.topic(&doomed).is_none() {
-                            return Err((
-                                ResponseError::UnknownTopicOrPartition.code(),
+                            return Err(KafkaError::new(
+                                ResponseError::UnknownTopicOrPartition,
                                 String::new(),
                             ));
                         }
-                        Ok(Some(current.without_topic(&doomed)))
+                        Ok(vec![crate::metadata::MetadataRecord::TopicRemoved {
+                            name: doomed.clone(),
+                        }])
                     })
                     .await
                     .map(|_| ())
@@ -338,8 +327,8 @@ pub async fn delete_topics(
             .await;
         match outcome {
             Ok(Ok(())) => responses.push(result),
-            Ok(Err((code, message))) => {
-                let message = (version >= 5).then(|| StrBytes::from_string(message));
+            Ok(Err(KafkaError { code, message })) => {
+                let message = message.filter(|_| version >= 5).map(StrBytes::from_string);
                 responses.push(result.with_error_code(code).with_error_message(message))
             }
             Err(error) => {

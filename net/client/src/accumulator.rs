@@ -1,9 +1,9 @@
 //! The producer's record accumulator, pure (no I/O; the caller passes the time in).
 //!
 //! Each partition has at most one *open* batch: records are encoded straight into its
-//! records buffer (`kafki_storage::records::encode_record`, no allocation per record once
+//! records buffer (`kafki_records::records::encode_record`, no allocation per record once
 //! the buffer has grown). A batch is *sealed* into a complete v2 batch (header, optional
-//! compression, CRC32C, by `kafki_storage::records::assemble_batch`) when the next record
+//! compression, CRC32C, by `kafki_records::records::assemble_batch`) when the next record
 //! would not fit in `batch_bytes` (Kafka's `batch.size`), or at drain time once it is
 //! `linger` old (`linger.ms`), or while someone flushes or waits for buffer space. Sealed
 //! batches wait per partition, in order, until [`Accumulator::drain`] groups them into
@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kafki_storage::batch::BATCH_HEADER_BYTES;
-use kafki_storage::compression::Compression;
-use kafki_storage::records::{assemble_batch, encode_record, BatchFields, NewRecord};
+use kafki_records::batch::BATCH_HEADER_BYTES;
+use kafki_records::compression::Compression;
+use kafki_records::records::{assemble_batch, encode_record, BatchFields, NewRecord};
 
 /// A partition registered with a producer: an index, so the hot path never hashes a topic
 /// name.
@@ -509,8 +509,8 @@ impl Accumulator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafki_storage::batch::validate_producer_batch;
-    use kafki_storage::records::{batch_records, records};
+    use kafki_records::batch::validate_producer_batch;
+    use kafki_records::records::{batch_records, records};
 
     fn config(batch_bytes: usize, linger_ms: u64) -> AccumulatorConfig {
         AccumulatorConfig {

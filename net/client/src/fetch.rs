@@ -8,11 +8,11 @@
 
 use std::borrow::Cow;
 
-use kafki_storage::batch::{
+use kafki_records::batch::{
     validate_stored_batch, BatchHeader, ATTRIBUTE_LOG_APPEND_TIME, LENGTH_FIELD_END,
 };
-use kafki_storage::error::BatchError;
-use kafki_storage::records::{batch_records, records, Record, RecordError};
+use kafki_records::records::{batch_records, records, Record, RecordError};
+use kafki_records::BatchError;
 
 /// One whole batch of a fetch answer.
 #[derive(Debug, Clone, Copy)]
@@ -166,8 +166,8 @@ impl<'a> Iterator for RecordBatches<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafki_storage::compression::Compression;
-    use kafki_storage::records::{assemble_batch, encode_record, BatchFields, NewRecord};
+    use kafki_records::compression::Compression;
+    use kafki_records::records::{assemble_batch, encode_record, BatchFields, NewRecord};
 
     fn batch(base_offset: i64, values: &[&[u8]], codec: Compression) -> Vec<u8> {
         let mut section = Vec::new();

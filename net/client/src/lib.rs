@@ -53,7 +53,7 @@ pub use group::{
     TopicPartition,
 };
 pub use kafki_net;
-pub use kafki_storage::compression::Compression;
+pub use kafki_records::compression::Compression;
 pub use membership::{Generation, GroupConfig, GroupMember};
 pub use metadata::{BrokerAddress, ClusterMetadata, PartitionMetadata, TopicMetadata};
 pub use partitioner::{murmur2, partition_for_key};

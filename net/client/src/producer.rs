@@ -27,7 +27,7 @@ use kafki_net::kafka_protocol::messages::produce_request::{
 };
 use kafki_net::kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafki_net::kafka_protocol::protocol::StrBytes;
-use kafki_storage::compression::Compression;
+use kafki_records::compression::Compression;
 use tokio::sync::Notify;
 use uuid::Uuid;
 

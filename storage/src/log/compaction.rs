@@ -31,7 +31,7 @@
 //!    segments in memory and drop their batches from the hot tail.
 //!
 //! Idempotent-producer state: the broker snapshots it and, at open, replays
-//! the batch headers after the snapshot (`producer_snapshot.rs`), which may
+//! the batch headers after the snapshot (`broker/src/producer/snapshot.rs`), which may
 //! reach into cleaned segments. So the caller names the batches to keep
 //! ([`PartitionLog::compact_retaining`]: each producer's last batch); one
 //! whose records all go stays as an empty batch with its header fields, as
@@ -258,7 +258,8 @@ impl PartitionLog {
             // The last pass could not clear its pending groups: no new
             // cleaned file may exist before they are (see `crate::cleaner`).
             let cleared = self.shared.state.borrow().cleaner.clone();
-            cleared.store(&self.shared.dir)?;
+            let dir = self.shared.dir.clone();
+            checkpoint::off_executor(move || cleared.store(&dir)).await?;
             self.shared.cleaner_pending.set(false);
         }
         self.roll_for_max_lag(&config, now_ms);
@@ -663,15 +664,23 @@ impl PartitionLog {
         if !keep {
             return Ok(GroupOutput::Replaced { group, new: None });
         }
-        for (name, bytes) in [
+        let index_files = [
             (
-                offset_index_name(group.base),
+                cleaned_name(&offset_index_name(group.base)),
                 segment.index.encode_offsets(),
             ),
-            (time_index_name(group.base), segment.index.encode_times()),
-        ] {
-            checkpoint::write_atomically(&self.shared.dir, &cleaned_name(&name), &bytes)?;
-        }
+            (
+                cleaned_name(&time_index_name(group.base)),
+                segment.index.encode_times(),
+            ),
+        ];
+        let dir = self.shared.dir.clone();
+        checkpoint::off_executor(move || {
+            index_files
+                .iter()
+                .try_for_each(|(name, bytes)| checkpoint::write_atomically(&dir, name, bytes))
+        })
+        .await?;
         segment.file = Some(Rc::new(file));
         Ok(GroupOutput::Replaced {
             group,
@@ -741,13 +750,18 @@ impl PartitionLog {
         // Written and synced now, so that the commit under the lock is a
         // rename and one directory sync.
         let record = checkpoint.with_pending(swap_groups.clone());
-        checkpoint::write_synced(&dir, CHECKPOINT_SWAP_FILE, record.encode().as_bytes())?;
+        let (swap_dir, encoded) = (dir.clone(), record.encode());
+        checkpoint::off_executor(move || {
+            checkpoint::write_synced(&swap_dir, CHECKPOINT_SWAP_FILE, encoded.as_bytes())
+        })
+        .await?;
         if self.simulate_crash(context.crash_at, SwapStep::BeforeCommit, report) {
             // A killed process leaves its files behind.
             files.disarm();
             return Ok(());
         }
         let permit = self.shared.lock().await?;
+        super::maintenance::leave_clean_state(&self.shared).await?;
         let locked = Instant::now();
         let committed = self.swap_locked(
             context,
@@ -765,11 +779,13 @@ impl PartitionLog {
         // Until cleared, no pass may write a cleaned file (see `crate::cleaner`).
         self.shared.cleaner_pending.set(true);
         // The renames are durable before the groups stop being pending.
-        super::sync_dir(&dir)?;
+        let synced_dir = dir.clone();
+        checkpoint::off_executor(move || super::sync_dir(&synced_dir)).await?;
         if self.simulate_crash(context.crash_at, SwapStep::BeforeCleared, report) {
             return Ok(());
         }
-        checkpoint.store(&dir)?;
+        let (cleared_dir, cleared) = (dir.clone(), checkpoint.clone());
+        checkpoint::off_executor(move || cleared.store(&cleared_dir)).await?;
         self.shared.cleaner_pending.set(false);
         Ok(())
     }

@@ -11,25 +11,8 @@ use kafki_storage::LogConfig;
 use proptest::prelude::*;
 
 use super::*;
-use crate::handlers::producer::SequenceCheck;
-
-fn header(producer_id: i64, epoch: i16, first: i32, count: i32) -> BatchHeader {
-    BatchHeader {
-        base_offset: 0,
-        batch_length: 100,
-        partition_leader_epoch: 0,
-        magic: 2,
-        crc: 0,
-        attributes: 0,
-        last_offset_delta: count - 1,
-        base_timestamp: 0,
-        max_timestamp: 0,
-        producer_id,
-        producer_epoch: epoch,
-        base_sequence: first,
-        records_count: count,
-    }
-}
+use crate::producer::state::test_header as header;
+use crate::producer::SequenceCheck;
 
 fn limits(expiration_ms: i64, producers_max: usize) -> ProducerLimits {
     ProducerLimits {
@@ -257,7 +240,38 @@ fn batch(producer_id: i64, epoch: i16, first: i32, count: usize, timestamp: i64)
 }
 
 fn now() -> i64 {
-    crate::shard::now_ms()
+    crate::clock::now_ms()
+}
+
+/// A partition as its snapshot sees it: the log and its producers,
+/// committed at the durable stage (the broker's default).
+struct Partition {
+    log: PartitionLog,
+    producers: PartitionProducers,
+}
+
+impl Partition {
+    fn new(log: PartitionLog, loaded: Loaded) -> Self {
+        Self {
+            log,
+            producers: PartitionProducers::new(loaded),
+        }
+    }
+}
+
+fn due(partition: &Partition, now: Instant) -> bool {
+    is_due(&partition.log, &partition.producers, now)
+}
+
+fn current(partition: &Partition) -> bool {
+    is_current(&partition.log, &partition.producers)
+}
+
+async fn write_snapshot(partition: &Partition) -> Result<u64, String> {
+    write(&partition.log, &partition.producers, |end| {
+        partition.log.wait_durable(end)
+    })
+    .await
 }
 
 async fn open(dir: &Path, fallback_bytes_max: u64, limits: ProducerLimits) -> Partition {
@@ -265,17 +279,18 @@ async fn open(dir: &Path, fallback_bytes_max: u64, limits: ProducerLimits) -> Pa
         .await
         .expect("open log");
     let loaded = load_with_fallback(&log, "t-0".into(), limits, now(), fallback_bytes_max).await;
-    Partition::new("t".into(), 0, log, true, loaded)
+    Partition::new(log, loaded)
 }
 
 /// Appends as the produce path does: check, append, record.
 fn produce(partition: &Partition, batch: Bytes) -> SequenceCheck {
     let header = BatchHeader::parse(&batch).expect("header");
-    let verdict = partition.producers.borrow().check(&header);
+    let verdict = partition.producers.states.borrow().check(&header);
     if verdict == SequenceCheck::Accept {
         let info = partition.log.append_now(batch, 0).expect("append");
         partition
             .producers
+            .states
             .borrow_mut()
             .record(&header, info.base_offset, now());
     }
@@ -312,28 +327,28 @@ fn a_snapshot_carries_producers_across_segments_and_restarts() {
     run(|| async {
         let dir = test_dir();
         let partition = log_with_an_old_producer(dir.path()).await;
-        assert!(is_due(&partition, Instant::now()), "no snapshot yet");
-        let offset = write(&partition).await.expect("snapshot");
+        assert!(due(&partition, Instant::now()), "no snapshot yet");
+        let offset = write_snapshot(&partition).await.expect("snapshot");
         assert_eq!(offset, partition.log.offsets().next_offset);
-        assert!(!is_due(&partition, Instant::now()), "just written");
-        assert!(is_current(&partition));
+        assert!(!due(&partition, Instant::now()), "just written");
+        assert!(current(&partition));
         // Plain appends without a roll: due only once the snapshot is old.
         assert_eq!(
             produce(&partition, batch(-1, -1, -1, 1, now())),
             SequenceCheck::Accept
         );
-        assert!(!is_due(&partition, Instant::now()));
-        assert!(is_due(&partition, Instant::now() + SNAPSHOT_AGE_MAX));
+        assert!(!due(&partition, Instant::now()));
+        assert!(due(&partition, Instant::now() + SNAPSHOT_AGE_MAX));
         // A roll makes it due at once (it bounds what a crash replays).
         partition.log.roll();
         assert_eq!(
             produce(&partition, batch(-1, -1, -1, 1, now())),
             SequenceCheck::Accept
         );
-        assert!(is_due(&partition, Instant::now()));
-        let offset = write(&partition).await.expect("snapshot");
+        assert!(due(&partition, Instant::now()));
+        let offset = write_snapshot(&partition).await.expect("snapshot");
         assert!(
-            !is_due(&partition, Instant::now() + SNAPSHOT_AGE_MAX),
+            !due(&partition, Instant::now() + SNAPSHOT_AGE_MAX),
             "nothing new"
         );
         // After the snapshot, producer 7 appends again and producer 8 starts:
@@ -346,11 +361,11 @@ fn a_snapshot_carries_producers_across_segments_and_restarts() {
             produce(&partition, batch(8, 0, 0, 1, now())),
             SequenceCheck::Accept
         );
-        assert!(!is_current(&partition));
+        assert!(!current(&partition));
         partition.log.close().await.expect("close");
 
         let reopened = open(dir.path(), 0, ProducerLimits::default()).await;
-        assert_eq!(reopened.snapshot.mark().offset, Some(offset));
+        assert_eq!(reopened.producers.snapshot.mark().offset, Some(offset));
         assert_eq!(
             produce(&reopened, batch(7, 0, 0, 3, now())),
             SequenceCheck::Duplicate { base_offset: 0 },
@@ -378,7 +393,7 @@ fn a_snapshot_carries_producers_across_segments_and_restarts() {
         // 7's first batch: a retry of it is no longer a duplicate.
         std::fs::remove_file(dir.path().join(SNAPSHOT_FILE)).expect("remove");
         let forgetful = open(dir.path(), 0, ProducerLimits::default()).await;
-        assert_eq!(forgetful.snapshot.mark().offset, None);
+        assert_eq!(forgetful.producers.snapshot.mark().offset, None);
         assert_eq!(
             produce(&forgetful, batch(7, 0, 0, 3, now())),
             out_of_order()
@@ -398,7 +413,7 @@ fn the_fallback_reaches_back_within_its_bound() {
             .await
             .expect("open");
         let loaded = load(&log, "t-0".into(), ProducerLimits::default(), now()).await;
-        let reopened = Partition::new("t".into(), 0, log, true, loaded);
+        let reopened = Partition::new(log, loaded);
         assert_eq!(
             produce(&reopened, batch(7, 0, 0, 3, now())),
             SequenceCheck::Duplicate { base_offset: 0 }
@@ -410,14 +425,18 @@ fn the_fallback_reaches_back_within_its_bound() {
 /// Writes a valid snapshot of producer 7 and returns its bytes' offset.
 async fn snapshot_then_close(dir: &Path) -> u64 {
     let partition = log_with_an_old_producer(dir).await;
-    let offset = write(&partition).await.expect("snapshot");
+    let offset = write_snapshot(&partition).await.expect("snapshot");
     partition.log.close().await.expect("close");
     offset
 }
 
 async fn assert_refused_and_removed(dir: &Path) {
     let reopened = open(dir, 0, ProducerLimits::default()).await;
-    assert_eq!(reopened.snapshot.mark().offset, None, "the file was used");
+    assert_eq!(
+        reopened.producers.snapshot.mark().offset,
+        None,
+        "the file was used"
+    );
     assert!(
         !dir.join(SNAPSHOT_FILE).exists(),
         "a refused snapshot must be removed"
@@ -428,7 +447,7 @@ async fn assert_refused_and_removed(dir: &Path) {
         produce(&reopened, batch(5, 0, 0, 1, now())),
         SequenceCheck::Accept
     );
-    assert!(is_due(&reopened, Instant::now()));
+    assert!(due(&reopened, Instant::now()));
     reopened.log.close().await.expect("close");
 }
 
@@ -472,7 +491,7 @@ fn a_snapshot_below_the_log_start_is_refused() {
     run(|| async {
         let dir = test_dir();
         let partition = log_with_an_old_producer(dir.path()).await;
-        let offset = write(&partition).await.expect("snapshot");
+        let offset = write_snapshot(&partition).await.expect("snapshot");
         assert_eq!(
             produce(&partition, batch(-1, -1, -1, 2, now())),
             SequenceCheck::Accept
@@ -484,10 +503,7 @@ fn a_snapshot_below_the_log_start_is_refused() {
             .truncate_before(offset + 1)
             .await
             .expect("delete records");
-        assert!(
-            is_due(&partition, Instant::now()),
-            "a stale snapshot is due"
-        );
+        assert!(due(&partition, Instant::now()), "a stale snapshot is due");
         partition.log.close().await.expect("close");
         assert_refused_and_removed(dir.path()).await;
     });
@@ -516,7 +532,7 @@ fn expired_producers_are_dropped_at_load_and_the_cap_holds() {
         // timestamps, so producer 1 expires; the cap of 2 keeps the newest.
         let reopened = open(dir.path(), 0, limits(86_400_000, 2)).await;
         {
-            let states = reopened.producers.borrow();
+            let states = reopened.producers.states.borrow();
             assert_eq!(states.len(), 2);
             assert!(states.get(1).is_none() && states.get(2).is_none());
             assert!(states.get(3).is_some() && states.get(4).is_some());

@@ -23,7 +23,7 @@ pub enum RecordError {
     #[error("record {index}: {reason}")]
     Malformed { index: usize, reason: &'static str },
     #[error("batch: {0}")]
-    Batch(#[from] crate::error::BatchError),
+    Batch(#[from] crate::BatchError),
     #[error(transparent)]
     Compression(#[from] CompressionError),
 }

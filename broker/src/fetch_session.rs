@@ -34,6 +34,8 @@ pub struct PlannedRead {
     pub partition: i32,
     pub fetch_offset: i64,
     pub max_bytes: i32,
+    /// The leader epoch the client believes current (-1: no check).
+    pub current_leader_epoch: i32,
 }
 
 /// What the broker is about to tell the client about one partition.
@@ -87,6 +89,7 @@ fn reads_of(request: &FetchRequest) -> Vec<PlannedRead> {
                 partition: partition.partition,
                 fetch_offset: partition.fetch_offset,
                 max_bytes: partition.partition_max_bytes,
+                current_leader_epoch: partition.current_leader_epoch,
             })
         })
         .collect()

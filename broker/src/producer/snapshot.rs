@@ -53,21 +53,22 @@
 //! offsets it names will be reused by different batches. Nothing here can
 //! make the open fail. Expiry and the cap are applied to the loaded state.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use glommio::io::{BufferedFile, Directory};
 use glommio::sync::Semaphore;
 use kafki_storage::batch::BatchHeader;
-use kafki_storage::PartitionLog;
+use kafki_storage::{LogResult, PartitionLog};
 
-use crate::handlers::producer::{
+use crate::clock::now_ms;
+use crate::producer::state::{
     ProducerEntry, ProducerLimits, ProducerStates, SequencedBatch, PRODUCERS_MAX_DEFAULT,
     REMEMBERED_BATCHES,
 };
-use crate::shard::Partition;
 
 pub const SNAPSHOT_FILE: &str = "producer-state-snapshot";
 const SNAPSHOT_TEMP_FILE: &str = "producer-state-snapshot.tmp";
@@ -132,12 +133,6 @@ pub enum SnapshotError {
         "its offset {offset} is beyond the log end {log_end}: the log's tail was cut (a crash?)"
     )]
     BeyondLogEnd { offset: u64, log_end: u64 },
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 fn crc_of(bytes: &[u8]) -> u32 {
@@ -430,7 +425,13 @@ pub async fn read_file(dir: &Path, bytes_max: u64) -> Result<Option<Vec<u8>>, Sn
 /// Replaces the snapshot file of `dir` with `bytes`, atomically and durably
 /// (temp file, `fdatasync`, rename, directory sync).
 pub async fn write_file(dir: &Path, bytes: Vec<u8>) -> std::io::Result<()> {
-    let temp = dir.join(SNAPSHOT_TEMP_FILE);
+    // A name of its own per write: a write cut short (its task dropped at a
+    // stop, its rename still running on a blocking thread) must not have
+    // its temp file taken or renamed away by the next writer's.
+    let temp = dir.join(format!(
+        "{SNAPSHOT_TEMP_FILE}.{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let file = BufferedFile::create(&temp).await.map_err(io_error)?;
     let written = async {
         let total = bytes.len();
@@ -499,10 +500,10 @@ fn active_segment_base(log: &PartitionLog) -> u64 {
     log.segment_bases().last().copied().unwrap_or(0)
 }
 
-/// Whether the tick should write a new snapshot of `partition` now (see the
-/// module docs for the rules).
-pub fn is_due(partition: &Partition, now: Instant) -> bool {
-    if partition
+/// Whether the tick should write a new snapshot of a partition's producers
+/// now (see the module docs for the rules).
+pub fn is_due(log: &PartitionLog, producers: &PartitionProducers, now: Instant) -> bool {
+    if producers
         .snapshot
         .retry_at
         .get()
@@ -510,25 +511,25 @@ pub fn is_due(partition: &Partition, now: Instant) -> bool {
     {
         return false;
     }
-    let mark = partition.snapshot.mark();
-    let offsets = partition.log.offsets();
-    let states = partition.producers.borrow();
+    let mark = producers.snapshot.mark();
+    let offsets = log.offsets();
+    let states = producers.states.borrow();
     let Some(offset) = mark.offset else {
         return !states.is_empty() || offsets.next_offset > offsets.log_start_offset;
     };
     let stale = offset < offsets.log_start_offset;
     let grew = offsets.next_offset > offset;
     let changed = states.changes() != mark.changes;
-    let rolled = grew && active_segment_base(&partition.log) != mark.segment_base;
+    let rolled = grew && active_segment_base(log) != mark.segment_base;
     let old = now.duration_since(mark.at) >= SNAPSHOT_AGE_MAX;
     stale || rolled || ((changed || grew) && old)
 }
 
 /// Whether the file on disk already holds exactly the live state.
-fn is_current(partition: &Partition) -> bool {
-    let mark = partition.snapshot.mark();
-    let offsets = partition.log.offsets();
-    let states = partition.producers.borrow();
+fn is_current(log: &PartitionLog, producers: &PartitionProducers) -> bool {
+    let mark = producers.snapshot.mark();
+    let offsets = log.offsets();
+    let states = producers.states.borrow();
     match mark.offset {
         Some(offset) => {
             offset == offsets.next_offset
@@ -539,57 +540,97 @@ fn is_current(partition: &Partition) -> bool {
     }
 }
 
-/// Writes `partition`'s snapshot unless the file already matches the live
-/// state. Returns the offset written, if any. For closes: the final word
-/// before the log closes (another shard may open it next).
-pub async fn write_unless_current(partition: &Partition) -> Result<Option<u64>, String> {
-    if is_current(partition) {
+/// Writes the snapshot unless the file already matches the live state.
+/// Returns the offset written, if any. For closes: the final word before
+/// the log closes (another shard may open it next).
+pub async fn write_unless_current<F, Committed>(
+    log: &PartitionLog,
+    producers: &PartitionProducers,
+    wait_committed: F,
+) -> Result<Option<u64>, String>
+where
+    F: FnOnce(u64) -> Committed,
+    Committed: Future<Output = LogResult<()>>,
+{
+    if is_current(log, producers) {
         return Ok(None);
     }
-    write(partition).await.map(Some)
+    write(log, producers, wait_committed).await.map(Some)
 }
 
-/// Writes `partition`'s snapshot: the state and offset taken together,
-/// then (after the log committed that offset) the file. Returns the offset.
-pub async fn write(partition: &Partition) -> Result<u64, String> {
-    let written = write_now(partition).await;
+/// Writes the snapshot: the state and offset taken together, then (once
+/// `wait_committed` says the partition committed that offset) the file.
+/// Returns the offset.
+pub async fn write<F, Committed>(
+    log: &PartitionLog,
+    producers: &PartitionProducers,
+    wait_committed: F,
+) -> Result<u64, String>
+where
+    F: FnOnce(u64) -> Committed,
+    Committed: Future<Output = LogResult<()>>,
+{
+    let written = write_now(log, producers, wait_committed).await;
     let retry_at = written
         .is_err()
         .then(|| Instant::now() + SNAPSHOT_RETRY_AFTER);
-    partition.snapshot.retry_at.set(retry_at);
+    producers.snapshot.retry_at.set(retry_at);
     written
 }
 
-async fn write_now(partition: &Partition) -> Result<u64, String> {
-    let _permit = partition
+async fn write_now<F, Committed>(
+    log: &PartitionLog,
+    producers: &PartitionProducers,
+    wait_committed: F,
+) -> Result<u64, String>
+where
+    F: FnOnce(u64) -> Committed,
+    Committed: Future<Output = LogResult<()>>,
+{
+    let _permit = producers
         .snapshot
         .lock
         .acquire_permit(1)
         .await
         .map_err(|_| "the partition is closing".to_string())?;
     // No await from here to `encode`: the state is exactly that of `offset`.
-    let offset = partition.log.offsets().next_offset;
-    let segment_base = active_segment_base(&partition.log);
+    let offset = log.offsets().next_offset;
+    let segment_base = active_segment_base(log);
     let (bytes, changes) = {
-        let states = partition.producers.borrow();
+        let states = producers.states.borrow();
         (encode(&states, offset, now_ms()), states.changes())
     };
     // A file naming an offset the log could still lose would be refused at
     // the next open anyway; waiting makes it usable after a crash too.
-    partition
-        .wait_committed(offset)
+    wait_committed(offset)
         .await
         .map_err(|error| format!("the log did not commit offset {offset}: {error}"))?;
-    write_file(partition.log.dir(), bytes)
+    write_file(log.dir(), bytes)
         .await
         .map_err(|error| format!("cannot write {SNAPSHOT_FILE}: {error}"))?;
-    partition.snapshot.mark.set(SnapshotMark {
+    producers.snapshot.mark.set(SnapshotMark {
         offset: Some(offset),
         changes,
         segment_base,
         at: Instant::now(),
     });
     Ok(offset)
+}
+
+/// What a partition holds of the producer room: the live sequence state
+/// and what its snapshot file covers. Lives in its partition, on its shard.
+pub struct PartitionProducers {
+    pub states: RefCell<ProducerStates>,
+    pub snapshot: SnapshotSlot,
+}
+
+impl PartitionProducers {
+    pub fn new(loaded: Loaded) -> Self {
+        Self {
+            states: RefCell::new(loaded.states),
+            snapshot: SnapshotSlot::new(loaded.mark),
+        }
+    }
 }
 
 /// The state loaded at open, and what the file on disk covers.
@@ -600,22 +641,18 @@ pub struct Loaded {
 
 /// Where a replay without a usable snapshot starts: the last segment, and
 /// older sealed segments while they add up to at most
-/// [`FALLBACK_SCAN_BYTES_MAX`] (sealed segments are trimmed to their data,
-/// so their file sizes are their data sizes).
+/// [`FALLBACK_SCAN_BYTES_MAX`] (sizes from the log's memory, not a `stat`
+/// of each file on the shard).
 fn fallback_start(log: &PartitionLog, bytes_max: u64) -> u64 {
-    let bases = log.segment_bases();
+    let sizes = log.segment_sizes();
     let log_start = log.offsets().log_start_offset;
-    let mut from = bases.last().copied().unwrap_or(0);
+    let mut from = sizes.last().map_or(0, |(base, _)| *base);
     let mut budget = bytes_max;
-    for base in bases.iter().rev().skip(1) {
-        let path = log.dir().join(kafki_storage::segment::log_file_name(*base));
-        let Ok(metadata) = std::fs::metadata(&path) else {
-            break;
-        };
-        if metadata.len() > budget {
+    for (base, size) in sizes.iter().rev().skip(1) {
+        if *size > budget {
             break;
         }
-        budget -= metadata.len();
+        budget -= size;
         from = *base;
     }
     from.max(log_start)
@@ -689,6 +726,27 @@ pub async fn load(
     load_with_fallback(log, label, limits, now_ms, FALLBACK_SCAN_BYTES_MAX).await
 }
 
+/// Removes temp files of snapshot writes that never finished (a crash, or
+/// a stop that dropped the write): at open no write of this partition runs.
+async fn remove_stale_temp_files(dir: &Path) {
+    let dir = dir.to_path_buf();
+    kafki_storage::checkpoint::off_executor(move || {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(SNAPSHOT_TEMP_FILE)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    })
+    .await
+}
+
 /// [`load`], with the fallback replay reaching back over at most
 /// `fallback_bytes_max` of sealed segments (tests use 0: the last segment).
 async fn load_with_fallback(
@@ -701,6 +759,7 @@ async fn load_with_fallback(
     let offsets = log.offsets();
     let (log_start, log_end) = (offsets.log_start_offset, offsets.next_offset);
     let dir = log.dir().to_path_buf();
+    remove_stale_temp_files(&dir).await;
     let mut states = ProducerStates::new(label.clone(), limits);
     let found = match read_file(&dir, file_bytes_max(limits.producers_max)).await {
         Ok(Some(bytes)) => decode(&bytes).and_then(|snapshot| {

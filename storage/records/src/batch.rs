@@ -18,7 +18,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::BatchError;
+use crate::BatchError;
 
 /// Size of the fixed batch header.
 pub const BATCH_HEADER_BYTES: usize = 61;

@@ -1,0 +1,192 @@
+//! A partition's reads and lookups (bounded by the high watermark), its
+//! leader epoch, and the maintenance its shard runs on it: producer-state
+//! snapshots and expiry, compaction, retention, record deletion, closing.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use kafki_storage::{CleanReport, CleanerLimits, LogResult, ReadResult, TimestampHit, WriteState};
+
+use super::{epoch, Partition};
+use crate::producer::snapshot;
+
+impl Partition {
+    /// The epoch this node leads the partition in.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.get()
+    }
+
+    /// Checks a request's `current_leader_epoch` ([`epoch`]).
+    pub fn check_leader_epoch(&self, requested: i32) -> Result<(), i16> {
+        epoch::check_current_leader_epoch(requested, self.leader_epoch())
+    }
+
+    /// Moves the partition to a newer leader epoch (the metadata says so):
+    /// later appends are stamped with it, requests naming an older one are
+    /// fenced. An older or equal epoch changes nothing. Returns whether it
+    /// moved.
+    pub fn fence(&self, epoch: i32) -> bool {
+        if epoch <= self.leader_epoch.get() {
+            return false;
+        }
+        self.leader_epoch.set(epoch);
+        true
+    }
+
+    /// The leader epoch of the batch holding `offset`, from the log's epoch
+    /// history (-1 when it has none).
+    pub fn epoch_at(&self, offset: u64) -> i32 {
+        self.log
+            .leader_epochs()
+            .iter()
+            .take_while(|(_, start)| *start <= offset)
+            .last()
+            .map_or(-1, |(epoch, _)| *epoch)
+    }
+
+    /// The latest epoch the log has appended in (-1 when none).
+    pub fn latest_epoch(&self) -> i32 {
+        self.log
+            .leader_epochs()
+            .last()
+            .map_or(-1, |(epoch, _)| *epoch)
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch ≤ `epoch` and where it ends,
+    /// never beyond the high watermark.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, u64)> {
+        let high_watermark = self.high_watermark();
+        self.log
+            .end_offset_for_epoch(epoch)
+            .map(|(epoch, end)| (epoch, end.min(high_watermark)))
+    }
+
+    /// Reads committed records from `offset`: at most `max_bytes` (at least
+    /// one whole batch), never at or beyond the high watermark.
+    pub async fn read(&self, offset: u64, max_bytes: u64) -> LogResult<ReadResult> {
+        let high_watermark = self.high_watermark();
+        self.log.read(offset, max_bytes, high_watermark).await
+    }
+
+    /// Returns once the high watermark passes `seen`, the log stops being
+    /// healthy, or the partition is handed over: what a fetch long poll
+    /// waits for (no wake-up is lost between its read and this wait).
+    pub async fn wait_for_high_watermark_beyond(&self, seen: i64) {
+        loop {
+            let since = self.log.offsets();
+            if self.replication.high_watermark(&since) as i64 > seen
+                || !self.log.is_healthy()
+                || self.is_released()
+            {
+                return;
+            }
+            let progress = std::pin::pin!(self.log.wait_for_progress(since));
+            let released = std::pin::pin!(self.wait_released());
+            futures::future::select(progress, released).await;
+        }
+    }
+
+    /// The first batch with a timestamp at or after `timestamp`.
+    pub async fn find_by_timestamp(&self, timestamp: i64) -> LogResult<Option<TimestampHit>> {
+        self.log.find_by_timestamp(timestamp).await
+    }
+
+    /// The largest timestamp and its offset.
+    pub fn max_timestamp(&self) -> Option<(i64, u64)> {
+        self.log.max_timestamp()
+    }
+
+    /// DeleteRecords: makes `offset` the log start (whole segments below it
+    /// deleted). Returns the new log start offset.
+    pub async fn delete_records_before(&self, offset: u64) -> LogResult<u64> {
+        self.log.truncate_before(offset).await
+    }
+
+    /// Whether the log can still serve (not failed).
+    pub fn is_healthy(&self) -> bool {
+        self.log.is_healthy()
+    }
+
+    /// Whether the log takes writes, or why not.
+    pub fn write_state(&self) -> WriteState {
+        self.log.write_state()
+    }
+
+    /// Whether the topic is compacted (`cleanup.policy` with `compact`).
+    pub fn is_compacted(&self) -> bool {
+        self.log.config().compaction.is_some()
+    }
+
+    /// Segment files the log holds open (descriptors).
+    pub fn open_segment_files(&self) -> u64 {
+        self.log.open_segment_files()
+    }
+
+    /// The shard's producer tick: forgets producers idle beyond
+    /// `producer.id.expiration.ms` when `expire` is set, and writes the
+    /// producer-state snapshot when one is due. Returns how many producers
+    /// were forgotten; `Err` says why a due snapshot was not written.
+    pub async fn maintain_producers(&self, expire: bool, now_ms: i64) -> Result<usize, String> {
+        let writable = self.log.write_state() == WriteState::Writable;
+        if self.is_released() || !self.log.is_healthy() || !writable {
+            return Ok(0);
+        }
+        let expired = if expire {
+            self.producers.states.borrow_mut().expire(now_ms)
+        } else {
+            0
+        };
+        if snapshot::is_due(&self.log, &self.producers, Instant::now()) {
+            snapshot::write(&self.log, &self.producers, |end| self.wait_committed(end)).await?;
+        }
+        Ok(expired)
+    }
+
+    /// Writes the producer-state snapshot unless the file already holds
+    /// the live state. Returns the offset written, if any.
+    pub async fn snapshot_producers(&self) -> Result<Option<u64>, String> {
+        snapshot::write_unless_current(&self.log, &self.producers, |end| self.wait_committed(end))
+            .await
+    }
+
+    /// One compaction pass, keeping each idempotent producer's last batch
+    /// (see `compact_retaining`).
+    pub async fn compact(&self, now_ms: i64, limits: &CleanerLimits) -> LogResult<CleanReport> {
+        let retain: HashSet<u64> = self.producers.states.borrow().last_batch_offsets();
+        self.log.compact_retaining(now_ms, limits, &retain).await
+    }
+
+    /// Deletes segments beyond `retention.ms` / `retention.bytes`.
+    pub async fn enforce_retention(&self, now_ms: i64) -> LogResult<usize> {
+        self.log.enforce_retention(now_ms).await
+    }
+
+    /// Makes everything appended durable (a close while a request still
+    /// holds the partition).
+    pub async fn flush(&self) -> LogResult<()> {
+        self.log.flush().await
+    }
+
+    /// Closes a partition this shard gives up (shutdown, hand-over,
+    /// reconfiguration): first its producer-state snapshot (which waits for
+    /// the log to commit everything appended), then the log, cleanly. A
+    /// failed snapshot is logged, not fatal: the next open rebuilds from
+    /// the log.
+    pub async fn close(self) -> LogResult<()> {
+        match self.snapshot_producers().await {
+            Ok(Some(offset)) => {
+                tracing::debug!(topic = %self.topic, partition = self.index, offset, "producer-state snapshot written at close")
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, partition = self.index, %error, "producer-state snapshot at close failed; the next open rebuilds it from the log")
+            }
+        }
+        self.log.close().await
+    }
+
+    /// Closes the log of a deleted partition: no snapshot, its files go.
+    pub async fn close_deleted(self) -> LogResult<()> {
+        self.log.close().await
+    }
+}
