@@ -41,6 +41,9 @@ bash scripts/compat.sh 2>&1 | tee "$compat_log"
 section "broker robustness: kill -9 under acks=all, damaged segments, hostile input, limits, admin"
 .venv-compat/bin/pytest tests/broker -q -p no:cacheprovider 2>&1 | tee -a "$compat_log"
 
+section "cluster: N kafki processes, fault proxy"
+.venv-compat/bin/pytest tests/cluster -q -p no:cacheprovider 2>&1 | tee -a "$compat_log"
+
 # One closing line for the whole suite (cargo prints one per test binary,
 # pytest one per suite; its xfailed known gaps are not passes).
 python3 - "$log" "$compat_log" <<'PY'

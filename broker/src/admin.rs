@@ -150,6 +150,18 @@ pub fn spawn_admin(
     layout: LayoutFn,
     assignments: Option<AssignmentSender>,
 ) -> anyhow::Result<AdminHandle> {
+    spawn_admin_with_cluster(addr, health, layout, assignments, None)
+}
+
+/// [`spawn_admin`] with `GET /v1/cluster` answered by `cluster` (the
+/// cluster's nodes, controller and quorum state as JSON).
+pub fn spawn_admin_with_cluster(
+    addr: SocketAddr,
+    health: HealthFn,
+    layout: LayoutFn,
+    assignments: Option<AssignmentSender>,
+    cluster: Option<LayoutFn>,
+) -> anyhow::Result<AdminHandle> {
     let std_listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("binding the admin listener on {addr}"))?;
     let local_addr = std_listener
@@ -176,6 +188,7 @@ pub fn spawn_admin(
         health,
         layout,
         assignments,
+        cluster,
     });
     let thread = std::thread::Builder::new()
         .name("kafki-admin".into())
@@ -199,6 +212,7 @@ struct Routes {
     health: HealthFn,
     layout: LayoutFn,
     assignments: Option<AssignmentSender>,
+    cluster: Option<LayoutFn>,
 }
 
 async fn accept_loop(
@@ -273,6 +287,7 @@ enum Route {
     Health,
     Layout,
     Assignments,
+    Cluster,
     /// `/v1/partitions/{topic}/{partition}/shard`; the partition is checked
     /// later so a malformed one gets `400`, not `404`.
     PartitionShard {
@@ -288,6 +303,7 @@ impl Route {
             "/health" => return Some(Route::Health),
             "/v1/layout" => return Some(Route::Layout),
             "/v1/assignments" => return Some(Route::Assignments),
+            "/v1/cluster" => return Some(Route::Cluster),
             _ => {}
         }
         let rest = path.strip_prefix("/v1/partitions/")?;
@@ -363,6 +379,13 @@ async fn route(
                 ),
             }
         }
+        Route::Cluster => match routes.cluster.clone() {
+            Some(cluster) => match call(move || cluster()).await {
+                Ok(body) => reply(StatusCode::OK, JSON, body),
+                Err(status) => reply(status, TEXT, "cluster state unavailable\n"),
+            },
+            None => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+        },
         Route::Layout => {
             let layout = routes.layout.clone();
             match call(move || layout()).await {

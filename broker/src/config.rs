@@ -35,6 +35,17 @@ pub struct ServeArgs {
     /// Address of the admin HTTP listener (/metrics, /health) [default: 127.0.0.1:9644].
     #[arg(long)]
     pub admin_listen: Option<String>,
+    /// This node's id in the cluster (same as `--set node.id=N`) [default: 1].
+    #[arg(long)]
+    pub node_id: Option<i32>,
+    /// Address for node-to-node traffic (metadata quorum, replication)
+    /// [default: this node's address in `--voters`].
+    #[arg(long)]
+    pub cluster_listen: Option<String>,
+    /// The metadata quorum's voters, `1@host:port,2@host:port,...` (same as
+    /// `--set controller.quorum.voters=...`). Unset: a single node.
+    #[arg(long)]
+    pub voters: Option<String>,
     /// A Kafka-named setting, `name=value` (repeatable), e.g. `--set num.partitions=4`.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub settings: Vec<String>,
@@ -226,6 +237,33 @@ pub const SETTINGS: &[Setting] = &[
     // The node's id in Metadata, FindCoordinator and DescribeCluster
     // answers (and, in a cluster, among its peers). Kafka's KRaft name.
     setting(None, "node.id", Some("1"), SettingKind::Int),
+    // The metadata quorum's voters, `id@host:port,...` (Kafka's format);
+    // unset: a single node, its own quorum of one.
+    setting(None, "controller.quorum.voters", None, SettingKind::String),
+    setting(None, "broker.rack", None, SettingKind::String),
+    // A node whose heartbeats stop for this long is fenced (KRaft's names
+    // and defaults).
+    setting(
+        None,
+        "broker.session.timeout.ms",
+        Some("9000"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "broker.heartbeat.interval.ms",
+        Some("2000"),
+        SettingKind::Int,
+    ),
+    // After this many bytes of metadata records, the image is snapshotted
+    // and the log before it dropped (KRaft's name; smaller default: our
+    // images are small and restarts should not replay much).
+    setting(
+        None,
+        "metadata.log.max.record.bytes.between.snapshots",
+        Some("1048576"),
+        SettingKind::Long,
+    ),
     setting(
         None,
         "offsets.topic.num.partitions",
@@ -613,6 +651,8 @@ pub struct BrokerConfig {
     pub settings: crate::settings::BrokerSettings,
     pub node_id: i32,
     pub cluster_id: String,
+    /// Set when this node is a member of a cluster (`--voters` given).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// The TOML file's shape: the flags' names plus any Kafka-named keys.
@@ -624,6 +664,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     cores: Option<String>,
     admin_listen: Option<String>,
+    cluster_listen: Option<String>,
     #[serde(flatten)]
     kafka: BTreeMap<String, toml::Value>,
 }
@@ -740,6 +781,21 @@ impl BrokerConfig {
             };
             kafka.set(name.trim(), value.trim())?;
         }
+        if let Some(id) = args.node_id {
+            kafka.set("node.id", &id.to_string())?;
+        }
+        if let Some(voters) = &args.voters {
+            kafka.set("controller.quorum.voters", voters)?;
+        }
+        let node_id = node_id_of(&kafka)?;
+        let cluster = crate::cluster::ClusterConfig::resolve(
+            node_id,
+            &kafka,
+            args.cluster_listen
+                .clone()
+                .or(file.cluster_listen)
+                .as_deref(),
+        )?;
         Ok(Self {
             listen,
             advertise_host,
@@ -747,7 +803,8 @@ impl BrokerConfig {
             data_dir,
             cores,
             admin_listen,
-            node_id: node_id_of(&kafka)?,
+            node_id,
+            cluster,
             settings: crate::settings::BrokerSettings::resolve(&kafka),
             kafka,
             cluster_id: String::new(),

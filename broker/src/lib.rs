@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod descriptors;
@@ -21,6 +22,7 @@ pub mod placement;
 pub mod producer;
 pub mod reassign;
 pub mod records;
+pub mod routing;
 pub mod server;
 pub mod settings;
 pub mod shard;

@@ -177,6 +177,7 @@ mod tests {
             partitions,
             configs: BTreeMap::new(),
             internal: false,
+            replicas: Vec::new(),
         };
         (ClusterMetadata::default().with_topic(topic), id)
     }

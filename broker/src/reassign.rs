@@ -482,6 +482,7 @@ mod tests {
             partitions,
             configs: BTreeMap::new(),
             internal,
+            replicas: Vec::new(),
         };
         ClusterMetadata::default()
             .with_topic(topic("t", 2, false))

@@ -43,10 +43,19 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         .join(crate::metadata::METADATA_FILE)
         .exists();
     let descriptor_limit = crate::descriptors::raise_limit();
-    let metadata = ClusterMetadata::load_or_create(&config.data_dir)?;
-    if metadata_existed {
-        crate::partition_dirs::sweep_strays(&config.data_dir, &metadata);
-    }
+    // A cluster member's metadata comes from the quorum's log (shard 0
+    // replays it); a single node's from its JSON file.
+    let (metadata, opened_log) = if config.cluster.is_some() {
+        let opened = crate::cluster::member::open_log(&config.data_dir)?;
+        (ClusterMetadata::default(), Some(opened))
+    } else {
+        let metadata = ClusterMetadata::load_or_create(&config.data_dir)?;
+        if metadata_existed {
+            crate::partition_dirs::sweep_strays(&config.data_dir, &metadata);
+        }
+        (metadata, None)
+    };
+    let opened_log = Arc::new(std::sync::Mutex::new(opened_log));
     config.cluster_id = metadata.cluster_id.clone();
     warn_stale_assignments(&metadata, config.cores.len());
     let config = Arc::new(config);
@@ -77,13 +86,14 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         let mesh = mesh.clone();
         let stop = stop.clone();
         let inbox = controller_inbox.clone();
+        let opened_log = opened_log.clone();
         let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
             .name(&format!("kafki-shard-{position}"))
             // Small-file writes and syncs (log checkpoints at close) run
             // here, several at once, so their syncs overlap.
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(BLOCKING_THREADS))
             .spawn(move || async move {
-                shard_main(config, metadata, mesh, stop, cpu, shared, inbox).await
+                shard_main(config, metadata, mesh, stop, cpu, shared, inbox, opened_log).await
             })
             .map_err(|error| anyhow::anyhow!("starting the shard on CPU {cpu}: {error}"))?;
         handles.push((cpu, handle));
@@ -141,6 +151,7 @@ fn check_descriptor_limit(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn shard_main(
     config: Arc<BrokerConfig>,
     metadata: Arc<ClusterMetadata>,
@@ -149,6 +160,7 @@ async fn shard_main(
     cpu: usize,
     shared: Arc<SharedState>,
     controller_inbox: ControllerInbox,
+    opened_log: Arc<std::sync::Mutex<Option<crate::cluster::member::OpenedLog>>>,
 ) -> anyhow::Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -157,6 +169,12 @@ async fn shard_main(
     let shard = Shard::new(config.clone(), senders, metadata, shared.clone());
     shard.start_inbox(receivers);
     tracing::info!(shard = shard.id, cpu, "shard pinned");
+    if shard.id == 0 {
+        let opened = opened_log.lock().ok().and_then(|mut opened| opened.take());
+        if let Some(opened) = opened {
+            shard.start_quorum(opened)?;
+        }
+    }
     if let Ok(mut layout) = shared.layout.lock() {
         layout.entry(shard.id).or_insert((cpu, Vec::new())).0 = cpu;
     }
@@ -195,6 +213,9 @@ async fn shard_main(
         }
     }
     tracing::info!(shard = shard.id, "shutting down");
+    if let Some(quorum) = shard.quorum() {
+        quorum.announce_shutdown().await;
+    }
     shard.shutting_down.set(true);
     accept.cancel().await;
     retention.cancel().await;
@@ -352,8 +373,18 @@ fn start_admin(
             .collect();
         serde_json::json!({ "shards": shards }).to_string()
     });
-    let handle = crate::admin::spawn_admin(config.admin_listen, health, layout, Some(assignments))?;
-    tracing::info!(admin = %handle.local_addr(), "admin listener: /metrics /health /v1/layout /v1/assignments /v1/partitions/{{topic}}/{{partition}}/shard");
+    let cluster_state = shared.clone();
+    let node_id = config.node_id;
+    let cluster: crate::admin::LayoutFn =
+        Arc::new(move || crate::cluster::view::cluster_view(node_id, &cluster_state).to_string());
+    let handle = crate::admin::spawn_admin_with_cluster(
+        config.admin_listen,
+        health,
+        layout,
+        Some(assignments),
+        Some(cluster),
+    )?;
+    tracing::info!(admin = %handle.local_addr(), "admin listener: /metrics /health /v1/layout /v1/cluster /v1/assignments /v1/partitions/{{topic}}/{{partition}}/shard");
     Ok(handle)
 }
 

@@ -75,6 +75,11 @@ pub struct Shard {
     pub metrics: crate::metrics::ShardMetrics,
     /// State shared with the other shards and the admin thread.
     pub shared: Arc<SharedState>,
+    /// Shard 0 of a cluster member: the metadata quorum's driver.
+    pub quorum: RefCell<Option<Rc<crate::cluster::quorum::Quorum>>>,
+    /// Shard 0 of a cluster member: the metadata-log offset of the newest
+    /// image installed on every shard of this node.
+    pub installed_offset: Cell<u64>,
 }
 
 /// Broker-wide state that crosses threads: connection count (the
@@ -95,6 +100,8 @@ pub struct SharedState {
     pub unwritable: std::sync::Mutex<BTreeMap<usize, Vec<UnwritableLog>>>,
     /// The descriptors partition logs may hold (`crate::descriptors`).
     pub descriptors: Arc<crate::descriptors::DescriptorBudget>,
+    /// A cluster member's quorum state and write lease (set by shard 0).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::quorum::QuorumShared>>,
 }
 
 /// A partition log that refuses writes, as `/health` lists it.
@@ -162,6 +169,8 @@ impl Shard {
             controller_lock: Semaphore::new(1),
             move_running: Cell::new(false),
             shutting_down: Cell::new(false),
+            quorum: RefCell::new(None),
+            installed_offset: Cell::new(0),
         })
     }
 
@@ -230,6 +239,7 @@ impl Shard {
             return Err(unknown_partition());
         }
         if metadata.is_moving(topic, index)
+            || !metadata.led_by(topic, index, self.config.node_id)
             || metadata.owner_of(topic, index, self.count) != self.id
         {
             return Err(ResponseError::NotLeaderOrFollower.code());
@@ -416,6 +426,7 @@ impl Shard {
                 .flat_map(|topic| (0..topic.partitions).map(move |index| (topic, index)))
                 .filter(|(topic, index)| {
                     metadata.owner_of(&topic.name, *index, self.count) == self.id
+                        && metadata.led_by(&topic.name, *index, self.config.node_id)
                         && !metadata.is_moving(&topic.name, *index)
                         && !open.contains_key(&(topic.name.clone(), *index))
                 })
@@ -592,7 +603,7 @@ impl Shard {
     /// returns.
     pub async fn controller_change(
         self: &Rc<Self>,
-        change: impl FnOnce(&ClusterMetadata) -> Result<Vec<MetadataRecord>, KafkaError>,
+        mut change: impl FnMut(&ClusterMetadata) -> Result<Vec<MetadataRecord>, KafkaError>,
     ) -> Result<Arc<ClusterMetadata>, KafkaError> {
         let _permit = self.controller_permit().await.map_err(|_| {
             KafkaError::new(
@@ -600,6 +611,10 @@ impl Shard {
                 "shutting down".to_string(),
             )
         })?;
+        let quorum = self.quorum.borrow().clone();
+        if let Some(quorum) = quorum {
+            return self.cluster_change(&quorum, &mut change).await;
+        }
         let current = self.metadata();
         let records = change(&current)?;
         if records.is_empty() {

@@ -38,6 +38,7 @@ fn config(data_dir: PathBuf) -> BrokerConfig {
         settings: kafki_broker::settings::BrokerSettings::default(),
         node_id: 0,
         cluster_id: "test".into(),
+        cluster: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn one_topic() -> ClusterMetadata {
         partitions: 1,
         configs: BTreeMap::new(),
         internal: false,
+        replicas: Vec::new(),
     })
 }
 

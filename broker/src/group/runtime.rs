@@ -34,6 +34,12 @@ const TICK_MAX: Duration = Duration::from_millis(100);
 pub struct GroupShard {
     pub coordinator: std::cell::RefCell<GroupCoordinator>,
     waiters: std::cell::RefCell<HashMap<u64, futures::channel::oneshot::Sender<CompletedResponse>>>,
+    /// Offsets partitions whose groups were replayed into the coordinator
+    /// (at start, or on a cluster member when the first request for one
+    /// of its groups arrives).
+    loaded: std::cell::RefCell<std::collections::HashSet<i32>>,
+    /// One replay at a time, so a request never sees a half-loaded one.
+    load_lock: glommio::sync::Semaphore,
 }
 
 impl GroupShard {
@@ -48,6 +54,8 @@ impl GroupShard {
         Self {
             coordinator: std::cell::RefCell::new(GroupCoordinator::new(group_config)),
             waiters: std::cell::RefCell::new(HashMap::new()),
+            loaded: std::cell::RefCell::new(std::collections::HashSet::new()),
+            load_lock: glommio::sync::Semaphore::new(1),
         }
     }
 }
@@ -225,44 +233,83 @@ pub async fn load_groups(shard: &Rc<Shard>) {
         if shard.owner_of(OFFSETS_TOPIC, index) != shard.id {
             continue;
         }
-        let Ok(partition) = shard.partition(OFFSETS_TOPIC, index).await else {
-            continue;
+        ensure_loaded(shard, index).await;
+    }
+    let groups = shard.groups.coordinator.borrow().group_count();
+    if groups > 0 {
+        tracing::info!(shard = shard.id, groups, "consumer groups loaded");
+    }
+}
+
+/// Replays offsets partition `index` into this shard's coordinator unless
+/// that was done already.
+async fn ensure_loaded(shard: &Rc<Shard>, index: i32) {
+    if shard.groups.loaded.borrow().contains(&index) {
+        return;
+    }
+    let Ok(_permit) = shard.groups.load_lock.acquire_permit(1).await else {
+        return;
+    };
+    if shard.groups.loaded.borrow().contains(&index) {
+        return;
+    }
+    if load_partition(shard, index).await {
+        shard.groups.loaded.borrow_mut().insert(index);
+    }
+}
+
+/// Replays one offsets partition; false when it cannot be opened here.
+async fn load_partition(shard: &Rc<Shard>, index: i32) -> bool {
+    let Ok(partition) = shard.partition(OFFSETS_TOPIC, index).await else {
+        return false;
+    };
+    let offsets = partition.offsets();
+    let end = offsets.high_watermark;
+    let mut offset = offsets.log_start_offset;
+    while offset < end {
+        let read = match partition.read(offset, 1 << 20).await {
+            Ok(read) if read.next_offset > offset => read,
+            Ok(_) => break,
+            Err(error) => {
+                tracing::error!(partition = index, %error, "cannot replay offsets partition");
+                break;
+            }
         };
-        let offsets = partition.offsets();
-        let end = offsets.high_watermark;
-        let mut offset = offsets.log_start_offset;
-        while offset < end {
-            let read = match partition.read(offset, 1 << 20).await {
-                Ok(read) if read.next_offset > offset => read,
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::error!(partition = index, %error, "cannot replay offsets partition");
-                    break;
-                }
-            };
-            offset = read.next_offset;
-            let Ok(bytes) = read.load().await else { break };
-            let (pairs, skipped) = crate::records::read_keyed_records(&bytes);
-            let stats = shard
+        offset = read.next_offset;
+        let Ok(bytes) = read.load().await else { break };
+        let (pairs, skipped) = crate::records::read_keyed_records(&bytes);
+        let stats =
+            shard
                 .groups
                 .coordinator
                 .borrow_mut()
                 .load(pairs.iter().filter_map(|(key, value)| {
                     key.as_ref().map(|key| (key.as_ref(), value.as_deref()))
                 }));
-            if skipped > 0 || stats.malformed > 0 {
-                tracing::warn!(
-                    partition = index,
-                    skipped,
-                    malformed = stats.malformed,
-                    "skipped offsets records"
-                );
-            }
+        if skipped > 0 || stats.malformed > 0 {
+            tracing::warn!(
+                partition = index,
+                skipped,
+                malformed = stats.malformed,
+                "skipped offsets records"
+            );
         }
     }
-    let groups = shard.groups.coordinator.borrow().group_count();
-    if groups > 0 {
-        tracing::info!(shard = shard.id, groups, "consumer groups loaded");
+    true
+}
+
+/// The group's offsets partition if this node coordinates the group (leads
+/// that partition), else `NOT_COORDINATOR`: the client asks FindCoordinator
+/// again.
+fn coordinator_here(shard: &Shard, group: &str) -> Result<i32, i16> {
+    let index = offsets_partition_for(group, offsets_partitions(shard));
+    if shard
+        .metadata()
+        .led_by(OFFSETS_TOPIC, index, shard.config.node_id)
+    {
+        Ok(index)
+    } else {
+        Err(ResponseError::NotCoordinator.code())
     }
 }
 
@@ -293,9 +340,11 @@ where
     F: FnOnce(&mut GroupCoordinator, u64) -> R + Send + 'static,
 {
     ensure_offsets_topic(shard).await?;
+    let index = coordinator_here(shard, group)?;
     let target = coordinator_shard(shard, group);
     shard
         .invoke_on(target, move |owner| async move {
+            ensure_loaded(&owner, index).await;
             let result = operation(&mut owner.groups.coordinator.borrow_mut(), now_ms());
             let stored = settle(&owner).await;
             (result, stored)
@@ -317,9 +366,11 @@ where
     F: FnOnce(&mut GroupCoordinator, u64) -> Outcome<CompletedResponse> + Send + 'static,
 {
     ensure_offsets_topic(shard).await?;
+    let index = coordinator_here(shard, group)?;
     let target = coordinator_shard(shard, group);
     let answer = shard
         .invoke_on(target, move |owner| async move {
+            ensure_loaded(&owner, index).await;
             let outcome = operation(&mut owner.groups.coordinator.borrow_mut(), now_ms());
             let receiver = match outcome {
                 Outcome::Ready(response) => {

@@ -144,7 +144,7 @@ pub async fn describe_configs(
 async fn replace_topic_configs(
     shard: &Rc<Shard>,
     topic: String,
-    change: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, KafkaError>
+    change: impl Fn(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, KafkaError>
         + Send
         + 'static,
     validate_only: bool,
@@ -222,7 +222,7 @@ pub async fn alter_configs(
                 replace_topic_configs(
                     shard,
                     resource.resource_name.to_string(),
-                    move |_| Ok(replacement),
+                    move |_| Ok(replacement.clone()),
                     request.validate_only,
                 )
                 .await
@@ -271,7 +271,7 @@ pub async fn incremental_alter_configs(
                     resource.resource_name.to_string(),
                     move |current| {
                         let mut next = current.clone();
-                        for (name, operation, value) in operations {
+                        for (name, operation, value) in operations.iter().cloned() {
                             match (operation, value) {
                                 (0, Some(value)) => {
                                     next.insert(name, value);
@@ -314,12 +314,19 @@ pub async fn describe_cluster(
     _request: DescribeClusterRequest,
     _version: i16,
 ) -> DescribeClusterResponse {
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(shard.config.node_id))
-        .with_host(str_bytes(&shard.config.advertise_host))
-        .with_port(i32::from(shard.config.advertise_port));
+    let metadata = shard.metadata();
+    let brokers = crate::routing::brokers(shard, &metadata)
+        .into_iter()
+        .map(|node| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(node.id))
+                .with_host(str_bytes(&node.host))
+                .with_port(node.port)
+                .with_rack(node.rack.as_deref().map(str_bytes))
+        })
+        .collect();
     DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&shard.metadata().cluster_id))
-        .with_controller_id(BrokerId(shard.config.node_id))
-        .with_brokers(vec![broker])
+        .with_cluster_id(str_bytes(&metadata.cluster_id))
+        .with_controller_id(BrokerId(crate::routing::controller_id(shard, &metadata)))
+        .with_brokers(brokers)
 }

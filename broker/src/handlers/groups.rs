@@ -39,9 +39,6 @@ pub async fn find_coordinator(
         vec![request.key.to_string()]
     };
     let ready = ensure_offsets_topic(shard).await;
-    let node = shard.config.node_id;
-    let host = str_bytes(&shard.config.advertise_host);
-    let port = i32::from(shard.config.advertise_port);
     // Key type 0 is a group; 1 (transactions) is not supported yet.
     let supported = request.key_type == 0;
     let code = match (&ready, supported) {
@@ -49,34 +46,54 @@ pub async fn find_coordinator(
         (Ok(()), false) => ResponseError::InvalidRequest.code(),
         (Ok(()), true) => 0,
     };
+    // The coordinator is the node leading the group's offsets partition.
+    let metadata = shard.metadata();
+    let coordinator_of = |key: &str| -> Result<crate::routing::NodeAddress, i16> {
+        if code != 0 {
+            return Err(code);
+        }
+        let partition = crate::group::runtime::offsets_partition_for(
+            key,
+            crate::group::runtime::offsets_partitions(shard),
+        );
+        crate::routing::leader_of(
+            shard,
+            &metadata,
+            crate::group::runtime::OFFSETS_TOPIC,
+            partition,
+        )
+        .and_then(|node| crate::routing::address_of(shard, &metadata, node))
+        .ok_or(ResponseError::CoordinatorNotAvailable.code())
+    };
     if version >= 4 {
         let coordinators = keys
             .into_iter()
             .map(|key| {
-                let mut coordinator = Coordinator::default()
-                    .with_key(str_bytes(&key))
-                    .with_error_code(code);
-                if code == 0 {
-                    coordinator = coordinator
-                        .with_node_id(BrokerId(node))
-                        .with_host(host.clone())
-                        .with_port(port);
+                let coordinator = Coordinator::default().with_key(str_bytes(&key));
+                match coordinator_of(&key) {
+                    Ok(node) => coordinator
+                        .with_node_id(BrokerId(node.id))
+                        .with_host(str_bytes(&node.host))
+                        .with_port(node.port),
+                    Err(code) => coordinator
+                        .with_error_code(code)
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1),
                 }
-                coordinator
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    let mut response = FindCoordinatorResponse::default().with_error_code(code);
-    if code == 0 {
-        response = response
-            .with_node_id(BrokerId(node))
-            .with_host(host)
-            .with_port(port);
-    } else {
-        response = response.with_node_id(BrokerId(-1)).with_port(-1);
+    match coordinator_of(keys.first().map(String::as_str).unwrap_or("")) {
+        Ok(node) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(node.id))
+            .with_host(str_bytes(&node.host))
+            .with_port(node.port),
+        Err(code) => FindCoordinatorResponse::default()
+            .with_error_code(code)
+            .with_node_id(BrokerId(-1))
+            .with_port(-1),
     }
-    response
 }
 
 pub async fn join_group(

@@ -54,6 +54,13 @@ pub async fn create_partitions(
                             return Ok(Vec::new());
                         }
                         let mut grown = meta.clone();
+                        if !grown.replicas.is_empty() {
+                            let added = current.place_partitions((count - meta.partitions) as usize);
+                            if added.len() < (count - meta.partitions) as usize {
+                                return Err(KafkaError::new(ResponseError::InvalidReplicationFactor, "No live node to place the new partitions on.".to_string()));
+                            }
+                            grown.replicas.extend(added);
+                        }
                         grown.partitions = count;
                         Ok(vec![crate::metadata::MetadataRecord::Topic(grown)])
                     })

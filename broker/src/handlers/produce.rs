@@ -242,6 +242,12 @@ async fn append_partition(
     timeout: Option<Duration>,
 ) -> PartitionOutcome {
     let slot = write.slot;
+    // A cluster member whose write lease lapsed (paused, cut off from the
+    // controller past its session) may have been fenced: it writes nothing
+    // until the controller answers again; clients retry after a refresh.
+    if !shard.may_write() {
+        return PartitionOutcome::failed(slot, ResponseError::NotLeaderOrFollower.code());
+    }
     let partition = match shard.partition(&write.topic, write.partition).await {
         Ok(partition) => partition,
         Err(code) => return PartitionOutcome::failed(slot, code),

@@ -23,28 +23,47 @@ use crate::errors::KafkaError;
 use crate::metadata::{check_topic_name, ClusterMetadata, TopicMeta};
 use crate::shard::Shard;
 
-fn broker_entry(shard: &Shard) -> MetadataResponseBroker {
-    MetadataResponseBroker::default()
-        .with_node_id(BrokerId(shard.config.node_id))
-        .with_host(str_bytes(&shard.config.advertise_host))
-        .with_port(i32::from(shard.config.advertise_port))
+fn broker_entries(shard: &Shard, metadata: &ClusterMetadata) -> Vec<MetadataResponseBroker> {
+    crate::routing::brokers(shard, metadata)
+        .into_iter()
+        .map(|node| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(node.id))
+                .with_host(str_bytes(&node.host))
+                .with_port(node.port)
+                .with_rack(node.rack.as_deref().map(str_bytes))
+        })
+        .collect()
 }
 
 fn topic_entry(
+    shard: &Shard,
     metadata: &ClusterMetadata,
     topic: &TopicMeta,
-    node_id: i32,
     version: i16,
 ) -> MetadataResponseTopic {
     let partitions = (0..topic.partitions)
         .map(|index| {
             let epoch = metadata.leader_epoch(&topic.name, index);
-            MetadataResponsePartition::default()
+            let replicas: Vec<BrokerId> =
+                crate::routing::replicas_of(shard, metadata, &topic.name, index)
+                    .into_iter()
+                    .map(BrokerId)
+                    .collect();
+            let entry = MetadataResponsePartition::default()
                 .with_partition_index(index)
-                .with_leader_id(BrokerId(node_id))
                 .with_leader_epoch(if version >= 7 { epoch } else { -1 })
-                .with_replica_nodes(vec![BrokerId(node_id)])
-                .with_isr_nodes(vec![BrokerId(node_id)])
+                .with_replica_nodes(replicas.clone());
+            match crate::routing::leader_of(shard, metadata, &topic.name, index) {
+                Some(leader) => entry
+                    .with_leader_id(BrokerId(leader))
+                    .with_isr_nodes(replicas),
+                // Its node is fenced or gone: no leader until it returns.
+                None => entry
+                    .with_error_code(ResponseError::LeaderNotAvailable.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_offline_replicas(if version >= 5 { replicas } else { Vec::new() }),
+            }
         })
         .collect();
     MetadataResponseTopic::default()
@@ -71,7 +90,6 @@ pub async fn metadata(
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let node_id = shard.config.node_id;
     let metadata = shard.metadata();
     let mut topics = Vec::new();
     match request.topics {
@@ -79,14 +97,14 @@ pub async fn metadata(
             metadata
                 .topics
                 .values()
-                .map(|topic| topic_entry(&metadata, topic, node_id, version)),
+                .map(|topic| topic_entry(shard, &metadata, topic, version)),
         ),
         // v0 has no null: an empty list means "all topics".
         Some(requested) if requested.is_empty() && version == 0 => topics.extend(
             metadata
                 .topics
                 .values()
-                .map(|topic| topic_entry(&metadata, topic, node_id, version)),
+                .map(|topic| topic_entry(shard, &metadata, topic, version)),
         ),
         Some(requested) => {
             let auto_create = shard.config.settings.auto_create_topics
@@ -98,28 +116,25 @@ pub async fn metadata(
                 };
                 match (found, wanted.name) {
                     (Some(topic), _) => {
-                        topics.push(topic_entry(&shard.metadata(), &topic, node_id, version))
+                        topics.push(topic_entry(shard, &shard.metadata(), &topic, version))
                     }
                     (None, Some(name)) if auto_create => {
                         match shard
                             .create_topic(name.to_string(), -1, BTreeMap::new(), false)
                             .await
                         {
-                            Ok(topic) => topics.push(topic_entry(
-                                &shard.metadata(),
-                                &topic,
-                                node_id,
-                                version,
-                            )),
+                            Ok(topic) => {
+                                topics.push(topic_entry(shard, &shard.metadata(), &topic, version))
+                            }
                             // Another request created it meanwhile.
                             Err(KafkaError { code, .. })
                                 if code == ResponseError::TopicAlreadyExists.code() =>
                             {
                                 match shard.metadata().topic(&name).cloned() {
                                     Some(topic) => topics.push(topic_entry(
+                                        shard,
                                         &shard.metadata(),
                                         &topic,
-                                        node_id,
                                         version,
                                     )),
                                     None => topics.push(topic_error(
@@ -146,10 +161,16 @@ pub async fn metadata(
             }
         }
     }
+    let metadata = shard.metadata();
+    // Admin clients send CreateTopics and the like to the node named here.
+    // Every node forwards them through the quorum, so it names itself (as
+    // KRaft brokers name a live broker, never the quorum's controller):
+    // a controller that just died would make clients wait for it.
+    let controller = shard.config.node_id;
     MetadataResponse::default()
-        .with_brokers(vec![broker_entry(shard)])
+        .with_brokers(broker_entries(shard, &metadata))
         .with_cluster_id((version >= 2).then(|| str_bytes(&metadata.cluster_id)))
-        .with_controller_id(BrokerId(if version >= 1 { node_id } else { -1 }))
+        .with_controller_id(BrokerId(if version >= 1 { controller } else { -1 }))
         .with_topics(topics)
 }
 

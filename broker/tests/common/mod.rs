@@ -67,6 +67,7 @@ impl InProcessBroker {
             settings: kafki_broker::settings::BrokerSettings::resolve(&kafka),
             node_id: kafki_broker::config::node_id_of(&kafka).expect("valid node.id"),
             cluster_id: "in-process".into(),
+            cluster: None,
             kafka,
         };
         let metadata = ClusterMetadata::load_or_create(&data_dir).expect("metadata");

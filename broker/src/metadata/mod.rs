@@ -1,48 +1,29 @@
-//! Cluster metadata: topics, their ids, partition counts, config overrides
-//! and explicit partition → shard assignments. One immutable snapshot
-//! (`Arc<ClusterMetadata>`) is shared by every shard; changes are made only
-//! by the controller shard (shard 0) as [`MetadataRecord`]s applied to the
-//! image (pure: [`ClusterMetadata::apply`]), stored through a
-//! [`MetadataStore`] (today [`JsonFileStore`]: `<data-dir>/cluster-metadata.json`,
-//! written atomically), then broadcast to all shards before the change is
-//! acknowledged. The records and the store are the seams where the cluster's
-//! replicated metadata log plugs in.
+//! Cluster metadata, the pure state machine: topics, their ids, partition
+//! counts and replicas (which node leads each partition), config overrides,
+//! explicit partition → shard assignments, leader epochs and the cluster's
+//! nodes. One immutable snapshot (`Arc<ClusterMetadata>`) is shared by every
+//! shard of a node; it changes only by [`MetadataRecord`]s applied to it
+//! (pure: [`ClusterMetadata::apply`]).
+//!
+//! Where the records come from depends on the node: a single node's
+//! controller shard applies them and stores the image in
+//! `<data-dir>/cluster-metadata.json` ([`store`]); a cluster member applies
+//! the [`command::MetadataCommand`]s committed by the Raft metadata quorum
+//! ([`crate::cluster`]), in log order, so every node reaches the same image.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
 
 use crate::errors::KafkaError;
-use anyhow::Context;
 use kafki_net::kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 
-pub const METADATA_FILE: &str = "cluster-metadata.json";
+pub mod command;
+pub mod nodes;
+pub mod store;
 
-/// Where the metadata image lives between starts.
-pub trait MetadataStore {
-    /// The stored image, or a new empty one (stored) if there is none.
-    fn load_or_create(&self) -> anyhow::Result<ClusterMetadata>;
-    /// Replaces the stored image, durably, before the change is answered.
-    fn store(&self, image: &ClusterMetadata) -> anyhow::Result<()>;
-}
+pub use nodes::{NodeRegistration, NodeState};
+pub use store::{JsonFileStore, MetadataStore, METADATA_FILE};
 
-/// The single node's store: one JSON file in the data directory, replaced
-/// atomically (temp file, fsync, rename, directory fsync).
-#[derive(Debug, Clone)]
-pub struct JsonFileStore {
-    pub data_dir: std::path::PathBuf,
-}
-
-impl MetadataStore for JsonFileStore {
-    fn load_or_create(&self) -> anyhow::Result<ClusterMetadata> {
-        ClusterMetadata::load_or_create(&self.data_dir)
-    }
-
-    fn store(&self, image: &ClusterMetadata) -> anyhow::Result<()> {
-        image.store(&self.data_dir)
-    }
-}
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Our limit on partitions per topic (bounded memory per topic).
@@ -55,6 +36,11 @@ pub struct TopicMeta {
     pub partitions: i32,
     pub configs: BTreeMap<String, String>,
     pub internal: bool,
+    /// The nodes holding each partition, leader first (one per partition
+    /// until partitions are replicated). Empty on a single node: every
+    /// partition is its own. Files written before clusters load with none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<i32>>,
 }
 
 /// One change of the cluster metadata. Every change is a record applied to
@@ -79,6 +65,21 @@ pub enum MetadataRecord {
     /// A partition got a new leader (today: another shard took it over; in
     /// a cluster: an election): its leader epoch grows by one.
     LeaderChange { topic: String, partition: i32 },
+    /// A node joined (or rejoined) the cluster: its registration, alive,
+    /// with a new epoch (the metadata offset of this record).
+    NodeRegistered(NodeRegistration),
+    /// A node's state changed (fenced when its heartbeats stopped, shutting
+    /// down, alive again). Ignored when `epoch` is not its current one: a
+    /// change decided about an earlier incarnation of the node.
+    NodeStateChanged {
+        node: i32,
+        epoch: u64,
+        state: NodeState,
+    },
+    /// A node left the cluster for good (decommissioned).
+    NodeRemoved { node: i32 },
+    /// The cluster's id, set once by the first controller.
+    ClusterId(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +106,13 @@ pub struct ClusterMetadata {
     /// the file, never a move in progress.
     #[serde(skip)]
     pub moving: Option<(String, i32)>,
+    /// The cluster's nodes by id (a cluster member; empty on a single node).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<i32, NodeRegistration>,
+    /// The offset in the metadata log of the last command applied (0 on a
+    /// single node): the metadata epoch every node can compare.
+    #[serde(default)]
+    pub log_offset: u64,
 }
 
 /// Checks a CreateTopics entry against Kafka's rules and builds the topic.
@@ -146,12 +154,27 @@ pub fn validate_new_topic(
         crate::config::check_value(setting, value)
             .map_err(|error| KafkaError::new(ResponseError::InvalidConfig, error.to_string()))?;
     }
+    // A cluster member places every partition on a live node; a single
+    // node keeps none (all are its own).
+    let replicas = if config.cluster.is_some() {
+        let placed = current.place_partitions(partitions as usize);
+        if placed.len() < partitions as usize {
+            return Err(KafkaError::new(
+                ResponseError::InvalidReplicationFactor,
+                "Replication factor: 1 larger than available brokers: 0.".to_string(),
+            ));
+        }
+        placed
+    } else {
+        Vec::new()
+    };
     Ok(TopicMeta {
         name: name.to_string(),
         id: uuid::Uuid::new_v4(),
         partitions,
         configs: configs.clone(),
         internal: name.starts_with("__"),
+        replicas,
     })
 }
 
@@ -178,56 +201,6 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
 }
 
 impl ClusterMetadata {
-    /// Loads the metadata file, or starts fresh with a new cluster id.
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
-        let path = data_dir.join(METADATA_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is damaged; fix or remove it", path.display())),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let metadata = ClusterMetadata {
-                    version: 0,
-                    cluster_id: new_cluster_id(),
-                    ..Default::default()
-                };
-                metadata.store(data_dir)?;
-                Ok(metadata)
-            }
-            Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-
-    /// Writes the metadata file atomically (temp file, fsync, rename, dir
-    /// fsync). On a full disk it releases the space reserve and tries once
-    /// more ([`crate::disk`]), so deleting topics still works there.
-    pub fn store(&self, data_dir: &Path) -> anyhow::Result<()> {
-        crate::disk::write_with_reserve(data_dir, || self.store_once(data_dir))
-    }
-
-    /// [`ClusterMetadata::store`] on the executor's blocking threads: a write
-    /// and two fsyncs on the shard itself would stall every partition it
-    /// serves (milliseconds each on this disk).
-    pub async fn store_off_shard(&self, data_dir: &Path) -> anyhow::Result<()> {
-        let snapshot = self.clone();
-        let store = JsonFileStore {
-            data_dir: data_dir.to_path_buf(),
-        };
-        kafki_storage::checkpoint::off_executor(move || store.store(&snapshot)).await
-    }
-
-    fn store_once(&self, data_dir: &Path) -> anyhow::Result<()> {
-        let path = data_dir.join(METADATA_FILE);
-        let temp = data_dir.join(format!("{METADATA_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(self)?;
-        let mut file =
-            std::fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
-        file.write_all(&bytes)?;
-        file.sync_data()?;
-        std::fs::rename(&temp, &path)?;
-        std::fs::File::open(data_dir)?.sync_all()?;
-        Ok(())
-    }
-
     /// Whether clients are refused writes, record deletion and deletion of
     /// this topic: the broker's own topics, as Kafka's `Topic.isInternal`
     /// lists them. Deleting `__consumer_offsets` would lose every group's
@@ -306,6 +279,27 @@ impl ClusterMetadata {
                 *epoch = epoch.saturating_add(1);
             }
             MetadataRecord::Moving(moving) => self.moving = moving.clone(),
+            MetadataRecord::NodeRegistered(node) => {
+                let mut node = node.clone();
+                node.epoch = self.log_offset;
+                node.state = NodeState::Alive;
+                self.nodes.insert(node.id, node);
+            }
+            MetadataRecord::NodeStateChanged { node, epoch, state } => {
+                if let Some(registered) = self.nodes.get_mut(node) {
+                    if registered.epoch == *epoch {
+                        registered.state = *state;
+                    }
+                }
+            }
+            MetadataRecord::NodeRemoved { node } => {
+                self.nodes.remove(node);
+            }
+            MetadataRecord::ClusterId(id) => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = id.clone();
+                }
+            }
         }
     }
 
@@ -386,7 +380,7 @@ impl ClusterMetadata {
 }
 
 /// A Kafka-style cluster id: 16 random bytes, URL-safe base64 without padding.
-fn new_cluster_id() -> String {
+pub fn new_cluster_id() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes = uuid::Uuid::new_v4().into_bytes();
     let mut bits: u32 = 0;
@@ -407,191 +401,4 @@ fn new_cluster_id() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_names_follow_kafka_rules() {
-        assert!(check_topic_name("orders.v1_eu-west").is_ok());
-        assert!(check_topic_name("").is_err());
-        assert!(check_topic_name("..").is_err());
-        assert!(check_topic_name("a b").is_err());
-        assert!(check_topic_name("a/b").is_err());
-        assert!(check_topic_name(&"x".repeat(250)).is_err());
-    }
-
-    #[test]
-    fn store_and_load_round_trip() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let created = ClusterMetadata::load_or_create(dir.path()).expect("create");
-        assert_eq!(created.cluster_id.len(), 22);
-        let next = created.with_topic(TopicMeta {
-            name: "t".into(),
-            id: uuid::Uuid::new_v4(),
-            partitions: 3,
-            configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
-            internal: false,
-        });
-        next.store(dir.path()).expect("store");
-        let loaded = ClusterMetadata::load_or_create(dir.path()).expect("load");
-        assert_eq!(loaded, next);
-        assert_eq!(loaded.version, 1);
-        std::fs::write(dir.path().join(METADATA_FILE), b"{broken").expect("write");
-        assert!(ClusterMetadata::load_or_create(dir.path()).is_err());
-    }
-
-    fn topic(name: &str, partitions: i32) -> TopicMeta {
-        TopicMeta {
-            name: name.into(),
-            id: uuid::Uuid::new_v4(),
-            partitions,
-            configs: BTreeMap::new(),
-            internal: false,
-        }
-    }
-
-    #[test]
-    fn records_applied_in_order_give_one_image_wherever_they_are_applied() {
-        let t = topic("t", 2);
-        let records = vec![
-            MetadataRecord::Topic(t.clone()),
-            MetadataRecord::ShardAssignment {
-                topic: "t".into(),
-                partition: 1,
-                shard: Some(3),
-            },
-            MetadataRecord::Moving(Some(("t".into(), 1))),
-            MetadataRecord::Moving(None),
-            MetadataRecord::Topic(TopicMeta {
-                partitions: 4,
-                ..t.clone()
-            }),
-        ];
-        let start = ClusterMetadata::default();
-        let image = start.apply_all(&records);
-        assert_eq!(image.version, start.version + records.len() as u64);
-        assert_eq!(image.topic("t").map(|topic| topic.partitions), Some(4));
-        assert_eq!(image.assigned_shard("t", 1), Some(3));
-        assert!(!image.is_moving("t", 1));
-        // Records survive a round trip (a replicated log will carry them)
-        // and replaying them one by one gives the same image.
-        let text = serde_json::to_string(&records).expect("encode");
-        let decoded: Vec<MetadataRecord> = serde_json::from_str(&text).expect("decode");
-        let replayed = decoded
-            .iter()
-            .fold(start.clone(), |image, record| image.apply(record));
-        assert_eq!(replayed, image);
-        // Removing the topic drops its assignments and epochs too.
-        let removed = image.apply(&MetadataRecord::TopicRemoved { name: "t".into() });
-        assert!(removed.topic("t").is_none());
-        assert_eq!(removed.assigned_shard("t", 1), None);
-        assert_eq!(removed.leader_epoch("t", 1), 0);
-    }
-
-    #[test]
-    fn each_change_of_leader_starts_a_new_epoch() {
-        let image = ClusterMetadata::default().with_topic(topic("t", 2));
-        assert_eq!(image.leader_epoch("t", 0), 0);
-        let change = MetadataRecord::LeaderChange {
-            topic: "t".into(),
-            partition: 0,
-        };
-        let moved = image.apply(&change);
-        assert_eq!(moved.leader_epoch("t", 0), 1);
-        assert_eq!(moved.leader_epoch("t", 1), 0, "only the moved partition");
-        // An assignment alone (the owner may stay the same) is no new leader.
-        let pinned = moved.apply(&MetadataRecord::ShardAssignment {
-            topic: "t".into(),
-            partition: 0,
-            shard: Some(1),
-        });
-        assert_eq!(pinned.leader_epoch("t", 0), 1);
-        let back = pinned.apply(&change);
-        assert_eq!(back.leader_epoch("t", 0), 2);
-        // Stored and loaded with the image; a config change keeps it.
-        let text = serde_json::to_string(&back).expect("encode");
-        let loaded: ClusterMetadata = serde_json::from_str(&text).expect("decode");
-        assert_eq!(loaded.leader_epoch("t", 0), 2);
-        let changed = loaded.with_topic(TopicMeta {
-            partitions: 3,
-            ..topic("t", 2)
-        });
-        assert_eq!(changed.leader_epoch("t", 0), 2);
-    }
-
-    #[test]
-    fn a_file_from_before_assignments_loads() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let old = r#"{"version":3,"cluster_id":"abc","topics":{"t":{"name":"t",
-            "id":"67e55044-10b1-426f-9247-bb680e5fe0c8","partitions":2,"configs":{},
-            "internal":false}}}"#;
-        std::fs::write(dir.path().join(METADATA_FILE), old).expect("write");
-        let loaded = ClusterMetadata::load_or_create(dir.path()).expect("load");
-        assert!(loaded.shard_assignments.is_empty());
-        assert_eq!(
-            loaded.owner_of("t", 1, 4),
-            crate::placement::shard_for("t", 1, 4)
-        );
-    }
-
-    #[test]
-    fn assignments_round_trip_but_a_move_in_progress_is_never_stored() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let created = ClusterMetadata::load_or_create(dir.path()).expect("create");
-        let next = created
-            .with_topic(topic("t", 3))
-            .with_assignment("t", 2, Some(1))
-            .with_moving(Some(("t".into(), 2)));
-        assert!(next.is_moving("t", 2));
-        assert!(!next.is_moving("t", 1));
-        assert!(!next.is_moving("u", 2));
-        next.store(dir.path()).expect("store");
-        let loaded = ClusterMetadata::load_or_create(dir.path()).expect("load");
-        assert_eq!(loaded.assigned_shard("t", 2), Some(1));
-        assert_eq!(loaded.moving, None);
-        assert_eq!(loaded.owner_of("t", 2, 2), 1);
-    }
-
-    #[test]
-    fn owner_resolution_override_stale_and_fallback() {
-        let pure = crate::placement::shard_for("t", 0, 2);
-        let other = 1 - pure;
-        let metadata = ClusterMetadata::default()
-            .with_topic(topic("t", 2))
-            .with_assignment("t", 0, Some(other))
-            .with_assignment("t", 1, Some(7));
-        assert_eq!(metadata.owner_of("t", 0, 2), other);
-        // Shard 7 does not exist with 2 shards: the function decides.
-        assert_eq!(
-            metadata.owner_of("t", 1, 2),
-            crate::placement::shard_for("t", 1, 2)
-        );
-        assert_eq!(metadata.owner_of("t", 1, 8), 7);
-        assert_eq!(metadata.stale_assignments(2), vec![("t".to_string(), 1, 7)]);
-        assert!(metadata.stale_assignments(8).is_empty());
-        let dropped = metadata.with_assignment("t", 0, None);
-        assert_eq!(dropped.owner_of("t", 0, 2), pure);
-        let dropped = dropped.with_assignment("t", 1, None);
-        assert!(
-            dropped.shard_assignments.is_empty(),
-            "empty topic entries go too"
-        );
-    }
-
-    #[test]
-    fn deleting_a_topic_drops_its_assignments_and_growing_keeps_them() {
-        let metadata = ClusterMetadata::default()
-            .with_topic(topic("t", 2))
-            .with_topic(topic("u", 1))
-            .with_assignment("t", 1, Some(0))
-            .with_assignment("u", 0, Some(1));
-        let mut grown = metadata.topic("t").cloned().expect("t");
-        grown.partitions = 5;
-        let grown = metadata.with_topic(grown);
-        assert_eq!(grown.assigned_shard("t", 1), Some(0));
-        let deleted = grown.without_topic("t");
-        assert_eq!(deleted.assigned_shard("t", 1), None);
-        assert!(!deleted.shard_assignments.contains_key("t"));
-        assert_eq!(deleted.assigned_shard("u", 0), Some(1));
-    }
-}
+mod tests;

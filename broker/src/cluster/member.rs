@@ -1,0 +1,169 @@
+//! A shard's side of cluster membership: shard 0 starts the quorum driver
+//! and installs each committed image on every shard in order; metadata
+//! changes become proposals; every shard asks the write lease before it
+//! appends.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use glommio::channels::local_channel;
+use kafki_net::kafka_protocol::error::ResponseError;
+
+use super::liveness::monotonic_ms;
+use super::log_store::{LogFile, Recovered};
+use super::quorum::{Quorum, QuorumShared};
+use crate::errors::KafkaError;
+use crate::metadata::command::Verdict;
+use crate::metadata::{ClusterMetadata, MetadataRecord, NodeRegistration, NodeState};
+use crate::shard::Shard;
+
+/// How long an admin change waits for the quorum to commit it. Kafka's
+/// admin clients wait 30 s (request.timeout.ms) per try, then retry.
+const CHANGE_WAIT: Duration = Duration::from_secs(15);
+/// Conflicting changes (another node's change applied first) are validated
+/// and proposed again this many times.
+const CHANGE_ATTEMPTS: usize = 16;
+/// How long a committed change waits to be installed on every shard here.
+const INSTALL_WAIT: Duration = Duration::from_secs(5);
+
+/// What the main thread recovered from the metadata log, for shard 0.
+pub struct OpenedLog {
+    pub file: LogFile,
+    pub recovered: Recovered,
+}
+
+impl Shard {
+    /// Shard 0 of a cluster member: starts the metadata quorum. Images it
+    /// applies are installed on every shard, newest last.
+    pub fn start_quorum(self: &Rc<Self>, opened: OpenedLog) -> anyhow::Result<()> {
+        let Some(cluster) = self.config.cluster.clone() else {
+            return Ok(());
+        };
+        let shared = Arc::new(QuorumShared::default());
+        let _ = self.shared.cluster.set(shared.clone());
+        let registration = NodeRegistration {
+            id: self.config.node_id,
+            epoch: 0,
+            host: self.config.advertise_host.clone(),
+            port: self.config.advertise_port,
+            cluster_listen: cluster.advertised.clone(),
+            rack: cluster.rack.clone(),
+            shards: self.count,
+            state: NodeState::Alive,
+        };
+        // The newest image waiting to be installed, and a wake-up for the
+        // installer (one pending wake-up is enough: it installs the newest).
+        let latest: Rc<RefCell<Option<Arc<ClusterMetadata>>>> = Rc::new(RefCell::new(None));
+        let (wake, woken) = local_channel::new_bounded::<()>(1);
+        let pending = latest.clone();
+        let on_image = Box::new(move |image: Arc<ClusterMetadata>| {
+            pending.replace(Some(image));
+            let _ = wake.try_send(());
+        });
+        let quorum = Quorum::start(
+            self.config.node_id,
+            cluster,
+            registration,
+            opened.file,
+            opened.recovered,
+            shared,
+            on_image,
+        )?;
+        self.quorum.replace(Some(quorum));
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let mut woken = woken.stream();
+            while woken.next().await.is_some() {
+                let Some(image) = latest.borrow_mut().take() else {
+                    continue;
+                };
+                let offset = image.log_offset;
+                shard.broadcast_metadata(image).await;
+                shard.installed_offset.set(offset);
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
+    pub fn quorum(&self) -> Option<Rc<Quorum>> {
+        self.quorum.borrow().clone()
+    }
+
+    /// Whether this node may append to the partitions it leads now: always
+    /// on a single node; in a cluster, while its write lease holds.
+    pub fn may_write(&self) -> bool {
+        if self.config.cluster.is_none() {
+            return true;
+        }
+        let session_ms = self
+            .config
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.session_timeout.as_millis() as u64)
+            .unwrap_or(0);
+        self.shared
+            .cluster
+            .get()
+            .is_some_and(|shared| shared.lease.may_write(monotonic_ms(), session_ms))
+    }
+
+    /// [`Shard::controller_change`] on a cluster member: the records are
+    /// validated against the newest image, proposed with its offset, and
+    /// validated again if another change committed first.
+    pub(crate) async fn cluster_change(
+        self: &Rc<Self>,
+        quorum: &Rc<Quorum>,
+        change: &mut dyn FnMut(&ClusterMetadata) -> Result<Vec<MetadataRecord>, KafkaError>,
+    ) -> Result<Arc<ClusterMetadata>, KafkaError> {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let current = quorum.image();
+            let records = change(&current)?;
+            if records.is_empty() {
+                return Ok(current);
+            }
+            match quorum
+                .propose(records, Some(current.log_offset), CHANGE_WAIT)
+                .await
+            {
+                Ok((Verdict::Applied, offset)) => {
+                    self.wait_installed(offset).await;
+                    return Ok(self.metadata());
+                }
+                Ok((Verdict::Conflict, _)) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "metadata change not committed");
+                    return Err(KafkaError::new(
+                        ResponseError::RequestTimedOut,
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
+        Err(KafkaError::new(
+            ResponseError::RequestTimedOut,
+            "the metadata changed under this request too many times; retry".to_string(),
+        ))
+    }
+
+    /// Waits (bounded) until every shard of this node has the image at
+    /// `offset` or later, so the request's answer and the client's next
+    /// request see the change.
+    async fn wait_installed(&self, offset: u64) {
+        let started = std::time::Instant::now();
+        while self.installed_offset.get() < offset && started.elapsed() < INSTALL_WAIT {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Opens the metadata log of a cluster member (main thread, before the
+/// shards start): a damaged snapshot stops the start with its reason; a torn
+/// or damaged log tail is cut off and logged.
+pub fn open_log(data_dir: &std::path::Path) -> anyhow::Result<OpenedLog> {
+    let (file, recovered) = LogFile::open(&data_dir.join(super::quorum::LOG_DIR))?;
+    Ok(OpenedLog { file, recovered })
+}

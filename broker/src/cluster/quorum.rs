@@ -1,0 +1,806 @@
+//! The metadata quorum's driver, on shard 0 of every cluster member: owns
+//! the raft-rs `RawNode`, feeds it ticks, node messages and proposals, and
+//! handles each `Ready` (send, persist on a blocking thread, apply committed
+//! commands to the image, snapshot). The Raft leader is the active
+//! controller: it answers heartbeats and fences silent nodes. Every node
+//! registers itself and heartbeats to the controller; the answers keep its
+//! write lease ([`super::liveness::Lease`]).
+//!
+//! Raft ids are node ids + 1 (raft-rs reserves 0; Kafka node ids start at 0).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::{FutureExt, StreamExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+
+use super::liveness::{monotonic_ms, Lease, Liveness};
+use super::log_store::{LogFile, MetadataLog, PersistBatch};
+use super::transport::{Control, FrameKind, Inbound, Transport};
+use super::ClusterConfig;
+use crate::metadata::command::{MetadataCommand, ProposalId, Verdict};
+use crate::metadata::{ClusterMetadata, MetadataRecord, NodeRegistration, NodeState};
+
+/// One Raft tick. Elections start after 10–20 ticks without a leader
+/// (1–2 s); the leader heartbeats every 2 ticks.
+pub const TICK: Duration = Duration::from_millis(100);
+const ELECTION_TICKS: usize = 10;
+const HEARTBEAT_TICKS: usize = 2;
+/// A proposal not seen committed within this is proposed again (a
+/// follower's forward can be lost with a leader change).
+const PROPOSAL_RETRY: Duration = Duration::from_millis(1500);
+/// The folder of the metadata log in the data directory (Kafka's name).
+pub const LOG_DIR: &str = "__cluster_metadata-0";
+
+pub fn raft_id(node: i32) -> u64 {
+    node as u64 + 1
+}
+
+pub fn node_of(raft_id: u64) -> i32 {
+    raft_id.saturating_sub(1) as i32
+}
+
+enum Event {
+    Inbound(Inbound),
+    Tick,
+    Propose(MetadataCommand),
+}
+
+/// Why a metadata change could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum QuorumError {
+    #[error("the metadata quorum did not commit the change within {waited_ms} ms ({state})")]
+    Unavailable { waited_ms: u64, state: String },
+}
+
+/// The quorum's state as `/v1/cluster` and `kafki cluster` show it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QuorumStatus {
+    pub leader_id: Option<i32>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub voters: Vec<i32>,
+    pub role: String,
+    /// This node's epoch (its registration's offset), once registered.
+    pub node_epoch: Option<u64>,
+    pub write_lease: bool,
+}
+
+/// What the driver shares with the rest of the node (any thread).
+#[derive(Debug, Default)]
+pub struct QuorumShared {
+    pub lease: Lease,
+    pub status: Mutex<QuorumStatus>,
+    /// The newest applied image (for the admin thread).
+    pub image: Mutex<Arc<ClusterMetadata>>,
+}
+
+pub struct Quorum {
+    me: i32,
+    config: ClusterConfig,
+    /// This node's registration as it proposes it.
+    registration: NodeRegistration,
+    raw: RefCell<RawNode<MetadataLog>>,
+    log: MetadataLog,
+    file: Arc<Mutex<LogFile>>,
+    transport: Rc<Transport>,
+    events: Rc<LocalSender<Event>>,
+    image: RefCell<Arc<ClusterMetadata>>,
+    /// Called with each new image, in order (installs it on every shard).
+    on_image: Box<dyn Fn(Arc<ClusterMetadata>)>,
+    waiting: RefCell<HashMap<ProposalId, oneshot::Sender<(Verdict, u64)>>>,
+    sequence: Cell<u64>,
+    liveness: RefCell<Liveness>,
+    shared: Arc<QuorumShared>,
+    was_leader: Cell<bool>,
+    ticks: Cell<u64>,
+    /// The epoch this process registered with, once its registration applied.
+    my_epoch: Cell<Option<u64>>,
+    registering: Cell<bool>,
+    cluster_id_proposed: Cell<bool>,
+    bytes_since_snapshot: Cell<u64>,
+    stopping: Cell<bool>,
+}
+
+impl Quorum {
+    /// Opens the metadata log under `data_dir`, starts the driver, the
+    /// ticker and the node listener. `on_image` gets the recovered image
+    /// first, then every change.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        me: i32,
+        config: ClusterConfig,
+        registration: NodeRegistration,
+        log_file: LogFile,
+        recovered: super::log_store::Recovered,
+        shared: Arc<QuorumShared>,
+        on_image: Box<dyn Fn(Arc<ClusterMetadata>)>,
+    ) -> anyhow::Result<Rc<Self>> {
+        let voters: Vec<u64> = config
+            .voters
+            .iter()
+            .map(|voter| raft_id(voter.id))
+            .collect();
+        let (log, bootstrap) = MetadataLog::from_recovered(recovered, &voters);
+        let snapshot = log.snapshot_metadata();
+        let mut image = ClusterMetadata::default();
+        if snapshot.index > 0 {
+            let data = raft::Storage::snapshot(&log, snapshot.index, 0)
+                .map(|snapshot| snapshot.get_data().to_vec())
+                .unwrap_or_default();
+            image = serde_json::from_slice(&data).map_err(|error| {
+                anyhow::anyhow!("the metadata snapshot's image is damaged: {error}")
+            })?;
+        }
+        let raft_config = raft::Config {
+            id: raft_id(me),
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            applied: snapshot.index,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config
+            .validate()
+            .map_err(|error| anyhow::anyhow!("raft configuration: {error}"))?;
+        let raw = RawNode::new(
+            &raft_config,
+            log.clone(),
+            &super::raft_log::tracing_logger(),
+        )
+        .map_err(|error| anyhow::anyhow!("starting the metadata quorum: {error}"))?;
+        let mut file = log_file;
+        if let Some(conf_state) = bootstrap {
+            // The first start: the voters are the configuration; stored
+            // before any vote (plain blocking write: the shard serves
+            // nothing yet).
+            file.persist(&PersistBatch {
+                conf_state: Some(conf_state),
+                ..Default::default()
+            })?;
+        }
+        let addresses = config
+            .voters
+            .iter()
+            .filter(|voter| voter.id != me)
+            .map(|voter| (voter.id, voter.address.clone()))
+            .collect();
+        let transport = Transport::new(me, addresses);
+        let listener = glommio::net::TcpListener::bind(config.listen).map_err(|error| {
+            anyhow::anyhow!("listening on {} (--cluster-listen): {error}", config.listen)
+        })?;
+        let (events, receiver) = local_channel::new_bounded(8192);
+        let (inbound, inbound_receiver) = local_channel::new_bounded(8192);
+        let liveness = Liveness::new(config.session_timeout.as_millis() as u64);
+        let quorum = Rc::new(Self {
+            me,
+            registration,
+            raw: RefCell::new(raw),
+            log,
+            file: Arc::new(Mutex::new(file)),
+            transport,
+            events: Rc::new(events),
+            image: RefCell::new(Arc::new(image)),
+            on_image,
+            waiting: RefCell::new(HashMap::new()),
+            sequence: Cell::new(monotonic_start_sequence()),
+            liveness: RefCell::new(liveness),
+            shared,
+            was_leader: Cell::new(false),
+            ticks: Cell::new(0),
+            my_epoch: Cell::new(None),
+            registering: Cell::new(false),
+            cluster_id_proposed: Cell::new(false),
+            bytes_since_snapshot: Cell::new(0),
+            stopping: Cell::new(false),
+            config,
+        });
+        (quorum.on_image)(quorum.image());
+        tracing::info!(node = me, listen = %quorum.config.listen, voters = ?quorum.config.voters.iter().map(|v| v.id).collect::<Vec<_>>(), snapshot_index = snapshot.index, "metadata quorum starting");
+        glommio::spawn_local(super::transport::accept_loop(listener, inbound)).detach();
+        let forward = quorum.events.clone();
+        glommio::spawn_local(async move {
+            let mut inbound = inbound_receiver.stream();
+            while let Some(frame) = inbound.next().await {
+                if forward.send(Event::Inbound(frame)).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+        let ticker = quorum.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(TICK).await;
+                if ticker.stopping.get() {
+                    break;
+                }
+                // Dropped when the queue is full: the next tick comes.
+                let _ = ticker.events.try_send(Event::Tick);
+            }
+        })
+        .detach();
+        let driver = quorum.clone();
+        glommio::spawn_local(async move { driver.run(receiver).await }).detach();
+        Ok(quorum)
+    }
+
+    pub fn image(&self) -> Arc<ClusterMetadata> {
+        self.image.borrow().clone()
+    }
+
+    pub fn shared(&self) -> &Arc<QuorumShared> {
+        &self.shared
+    }
+
+    fn leader(&self) -> Option<i32> {
+        let leader = self.raw.borrow().raft.leader_id;
+        (leader != raft::INVALID_ID).then(|| node_of(leader))
+    }
+
+    fn status_line(&self) -> String {
+        let raw = self.raw.borrow();
+        format!(
+            "role {:?}, term {}, leader {}",
+            raw.raft.state,
+            raw.raft.term,
+            match raw.raft.leader_id {
+                raft::INVALID_ID => "none known".to_string(),
+                id => format!("node {}", node_of(id)),
+            }
+        )
+    }
+
+    /// Proposes `records` and waits until they are committed and applied
+    /// here. With `expected_offset`, they apply only if the image is still
+    /// at that offset (else [`Verdict::Conflict`]). Fails when no quorum
+    /// commits them within `wait`.
+    pub async fn propose(
+        self: &Rc<Self>,
+        records: Vec<MetadataRecord>,
+        expected_offset: Option<u64>,
+        wait: Duration,
+    ) -> Result<(Verdict, u64), QuorumError> {
+        let sequence = self.sequence.get() + 1;
+        self.sequence.set(sequence);
+        let command = MetadataCommand {
+            proposal: ProposalId {
+                node: self.me,
+                sequence,
+            },
+            expected_offset,
+            records,
+        };
+        let (reply, mut answer) = oneshot::channel();
+        self.waiting.borrow_mut().insert(command.proposal, reply);
+        let started = std::time::Instant::now();
+        loop {
+            let _ = self.events.try_send(Event::Propose(command.clone()));
+            let remaining = wait.saturating_sub(started.elapsed());
+            let pause = glommio::timer::sleep(PROPOSAL_RETRY.min(remaining)).fuse();
+            futures::pin_mut!(pause);
+            futures::select! {
+                verdict = answer => match verdict {
+                    Ok(verdict) => return Ok(verdict),
+                    Err(_) => break,
+                },
+                _ = pause => {}
+            }
+            if started.elapsed() >= wait {
+                break;
+            }
+        }
+        self.waiting.borrow_mut().remove(&command.proposal);
+        Err(QuorumError::Unavailable {
+            waited_ms: started.elapsed().as_millis() as u64,
+            state: self.status_line(),
+        })
+    }
+
+    /// Tells the controller this node is stopping (best effort, bounded),
+    /// so it is not fenced as dead meanwhile and gets no new partitions.
+    pub async fn announce_shutdown(self: &Rc<Self>) {
+        if let Some(epoch) = self.my_epoch.get() {
+            let record = MetadataRecord::NodeStateChanged {
+                node: self.me,
+                epoch,
+                state: NodeState::ShuttingDown,
+            };
+            if let Err(error) = self
+                .propose(vec![record], None, Duration::from_secs(2))
+                .await
+            {
+                tracing::warn!(%error, "could not tell the controller this node is stopping");
+            }
+        }
+        self.stopping.set(true);
+        self.shared.lease.revoke();
+    }
+
+    async fn run(self: Rc<Self>, receiver: LocalReceiver<Event>) {
+        let mut events = receiver.stream();
+        while let Some(event) = events.next().await {
+            self.handle(event);
+            // Everything already queued goes into the same Ready.
+            for _ in 0..1024 {
+                match events.next().now_or_never() {
+                    Some(Some(event)) => self.handle(event),
+                    _ => break,
+                }
+            }
+            if let Err(error) = self.process_ready().await {
+                tracing::error!(%error, "metadata quorum: cannot persist the log; this node stops taking part until restarted");
+                self.stopping.set(true);
+                self.shared.lease.revoke();
+                return;
+            }
+            self.publish_status();
+            if self.stopping.get() && self.raw.borrow().raft.state != StateRole::Leader {
+                // Keeps serving a leader's last duties; a follower is done.
+            }
+        }
+    }
+
+    fn handle(self: &Rc<Self>, event: Event) {
+        match event {
+            Event::Tick => self.on_tick(),
+            Event::Propose(command) => {
+                let data = command.encode();
+                if let Err(error) = self.raw.borrow_mut().propose(Vec::new(), data) {
+                    tracing::debug!(%error, "proposal dropped (no leader yet); retried");
+                }
+            }
+            Event::Inbound(frame) => match frame.kind {
+                FrameKind::Raft => match Message::parse_from_bytes(&frame.body) {
+                    Ok(message) if message.from == raft_id(frame.from) => {
+                        if let Err(error) = self.raw.borrow_mut().step(message) {
+                            tracing::debug!(%error, from = frame.from, "raft message refused");
+                        }
+                    }
+                    Ok(message) => tracing::warn!(
+                        connection = frame.from,
+                        claimed = node_of(message.from),
+                        "dropping a raft message whose sender is not the connection's node"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(from = frame.from, %error, "dropping an undecodable raft message")
+                    }
+                },
+                FrameKind::Control => match serde_json::from_slice::<Control>(&frame.body) {
+                    Ok(control) => self.on_control(frame.from, control),
+                    Err(error) => {
+                        tracing::warn!(from = frame.from, %error, "dropping an undecodable control message")
+                    }
+                },
+                FrameKind::Hello => {}
+            },
+        }
+    }
+
+    fn on_tick(self: &Rc<Self>) {
+        self.raw.borrow_mut().tick();
+        let ticks = self.ticks.get() + 1;
+        self.ticks.set(ticks);
+        let now = monotonic_ms();
+        let leader = self.raw.borrow().raft.state == StateRole::Leader;
+        let session_ms = self.config.session_timeout.as_millis() as u64;
+        let was_orphaned = self.shared.lease.orphaned(now, session_ms);
+        self.shared.lease.note_contact(now, false);
+        if self.shared.lease.orphaned(now, session_ms) && !was_orphaned {
+            tracing::warn!(node = self.me, ?session_ms, "no controller reachable for a whole session (quorum lost?): serving the partitions this node leads; metadata changes fail until a quorum is back");
+        }
+        if leader && !self.was_leader.get() {
+            tracing::info!(
+                node = self.me,
+                term = self.raw.borrow().raft.term,
+                "this node is now the active controller"
+            );
+            self.liveness.borrow_mut().became_controller(now);
+        }
+        self.was_leader.set(leader);
+        if leader {
+            self.controller_duties(now);
+        }
+        let heartbeat_ticks =
+            (self.config.heartbeat_interval.as_millis() / TICK.as_millis()).max(1) as u64;
+        // Registration is tried every tick until it holds; heartbeats go
+        // once per interval.
+        let registered = self.my_epoch.get().is_some_and(|epoch| {
+            self.image()
+                .nodes
+                .get(&self.me)
+                .is_some_and(|node| node.epoch == epoch && node.state == NodeState::Alive)
+        });
+        if (!registered || ticks.is_multiple_of(heartbeat_ticks)) && !self.stopping.get() {
+            self.node_duties(now);
+        }
+    }
+
+    /// The active controller: a cluster id once, fences for silent nodes.
+    fn controller_duties(self: &Rc<Self>, now: u64) {
+        let image = self.image();
+        if image.cluster_id.is_empty() && !self.cluster_id_proposed.get() {
+            self.cluster_id_proposed.set(true);
+            self.spawn_proposal(
+                vec![MetadataRecord::ClusterId(crate::metadata::new_cluster_id())],
+                "setting the cluster id",
+            );
+        }
+        let fences = self.liveness.borrow_mut().to_fence(&image, now);
+        for (node, epoch) in fences {
+            tracing::warn!(node, epoch, timeout_ms = self.config.session_timeout.as_millis() as u64, "fencing a node: no heartbeat within the session timeout; its partitions are offline until it registers again");
+            self.spawn_proposal(
+                vec![MetadataRecord::NodeStateChanged {
+                    node,
+                    epoch,
+                    state: NodeState::Fenced,
+                }],
+                "fencing a node",
+            );
+        }
+    }
+
+    /// Every node: register (once per start, and again after a fence), then
+    /// heartbeat to the controller.
+    fn node_duties(self: &Rc<Self>, now: u64) {
+        let image = self.image();
+        let current = image.nodes.get(&self.me);
+        let registered = match (self.my_epoch.get(), current) {
+            (Some(epoch), Some(node)) => node.epoch == epoch && node.state == NodeState::Alive,
+            _ => false,
+        };
+        if !registered {
+            if !self.registering.get() && self.leader().is_some() {
+                self.registering.set(true);
+                let quorum = self.clone();
+                glommio::spawn_local(async move {
+                    let record = MetadataRecord::NodeRegistered(quorum.registration.clone());
+                    match quorum
+                        .propose(vec![record], None, Duration::from_secs(10))
+                        .await
+                    {
+                        Ok((_, offset)) => {
+                            quorum.my_epoch.set(Some(offset));
+                            tracing::info!(
+                                node = quorum.me,
+                                epoch = offset,
+                                "registered with the cluster"
+                            );
+                            // Heartbeat at once: the write lease comes with
+                            // the answer, not one interval later.
+                            quorum.node_duties(monotonic_ms());
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "registering with the cluster; retrying")
+                        }
+                    }
+                    quorum.registering.set(false);
+                })
+                .detach();
+            }
+            return;
+        }
+        let Some(epoch) = self.my_epoch.get() else {
+            return;
+        };
+        match self.leader() {
+            Some(leader) if leader == self.me => {
+                self.liveness.borrow_mut().heard(self.me, now);
+                self.shared
+                    .lease
+                    .grant(now, self.config.session_timeout.as_millis() as u64);
+            }
+            Some(leader) => {
+                self.transport.send_control(
+                    leader,
+                    &Control::Heartbeat {
+                        node: self.me,
+                        epoch,
+                        sent_ms: now,
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn on_control(self: &Rc<Self>, from: i32, control: Control) {
+        match control {
+            Control::Heartbeat {
+                node,
+                epoch,
+                sent_ms,
+            } => {
+                if node != from || self.raw.borrow().raft.state != StateRole::Leader {
+                    return;
+                }
+                let image = self.image();
+                let known = image.nodes.get(&node);
+                if let Some(registration) = known {
+                    self.transport
+                        .learn_address(node, &registration.cluster_listen, false);
+                    if registration.epoch == epoch {
+                        self.liveness.borrow_mut().heard(node, monotonic_ms());
+                    }
+                }
+                self.transport.send_control(
+                    node,
+                    &Control::HeartbeatReply {
+                        controller: self.me,
+                        epoch: known.map(|n| n.epoch).unwrap_or(0),
+                        state: known
+                            .map(|n| n.state.as_str())
+                            .unwrap_or("unknown")
+                            .to_string(),
+                        sent_ms,
+                    },
+                );
+            }
+            Control::HeartbeatReply {
+                controller,
+                epoch,
+                state,
+                sent_ms,
+            } => {
+                if controller != from {
+                    return;
+                }
+                if Some(epoch) == self.my_epoch.get() && state == "alive" {
+                    self.shared
+                        .lease
+                        .grant(sent_ms, self.config.session_timeout.as_millis() as u64);
+                    self.shared.lease.note_contact(monotonic_ms(), true);
+                } else if state != "alive" {
+                    self.shared.lease.revoke();
+                    // A controller answered: not orphaned, just fenced.
+                    self.shared.lease.note_contact(monotonic_ms(), true);
+                }
+            }
+        }
+    }
+
+    fn spawn_proposal(self: &Rc<Self>, records: Vec<MetadataRecord>, what: &'static str) {
+        let quorum = self.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = quorum.propose(records, None, Duration::from_secs(10)).await {
+                tracing::warn!(%error, what, "controller proposal not committed");
+            }
+        })
+        .detach();
+    }
+
+    fn send_messages(&self, messages: Vec<Message>) {
+        for message in messages {
+            let to = node_of(message.to);
+            match message.write_to_bytes() {
+                Ok(body) => {
+                    self.transport.send(to, FrameKind::Raft, &body);
+                }
+                Err(error) => tracing::error!(%error, "encoding a raft message"),
+            }
+        }
+    }
+
+    async fn persist(&self, batch: PersistBatch) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.clone();
+        kafki_storage::checkpoint::off_executor(move || -> anyhow::Result<()> {
+            let mut file = file
+                .lock()
+                .map_err(|_| anyhow::anyhow!("metadata log writer poisoned"))?;
+            file.persist(&batch)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn persist_snapshot(&self) -> anyhow::Result<()> {
+        let (snapshot, remaining) = self.log.durable_image();
+        let file = self.file.clone();
+        kafki_storage::checkpoint::off_executor(move || -> anyhow::Result<()> {
+            let mut file = file
+                .lock()
+                .map_err(|_| anyhow::anyhow!("metadata log writer poisoned"))?;
+            file.write_snapshot(&snapshot, &remaining)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn process_ready(self: &Rc<Self>) -> anyhow::Result<()> {
+        let before = self.image().log_offset;
+        while self.raw.borrow().has_ready() {
+            let mut ready = self.raw.borrow_mut().ready();
+            self.send_messages(ready.take_messages());
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot().clone();
+                let image: ClusterMetadata =
+                    serde_json::from_slice(snapshot.get_data()).map_err(|error| {
+                        anyhow::anyhow!("a snapshot from the leader is damaged: {error}")
+                    })?;
+                self.log.apply_snapshot(snapshot)?;
+                self.persist_snapshot().await?;
+                tracing::info!(
+                    index = image.log_offset,
+                    "installed a metadata snapshot from the controller"
+                );
+                self.set_image(image);
+            }
+            self.apply_entries(ready.take_committed_entries());
+            let mut batch = PersistBatch::default();
+            if !ready.entries().is_empty() {
+                batch.truncate_from = self.log.append(ready.entries())?;
+                batch.entries = ready.entries().to_vec();
+            }
+            if let Some(hard_state) = ready.hs() {
+                self.log.set_hard_state(hard_state.clone());
+                batch.hard_state = Some(hard_state.clone());
+            }
+            self.persist(batch).await?;
+            self.send_messages(ready.take_persisted_messages());
+            let mut light = self.raw.borrow_mut().advance(ready);
+            if let Some(commit) = light.commit_index() {
+                // Stored with the next batch: a lost commit index is
+                // learned again from the leader.
+                self.log.set_commit(commit);
+            }
+            self.send_messages(light.take_messages());
+            self.apply_entries(light.take_committed_entries());
+            self.raw.borrow_mut().advance_apply();
+        }
+        if self.image().log_offset != before {
+            self.maybe_snapshot().await?;
+        }
+        Ok(())
+    }
+
+    fn apply_entries(self: &Rc<Self>, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut image = (*self.image()).clone();
+        let mut verdicts = Vec::new();
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    image = image.skip_entry(entry.index);
+                }
+                EntryType::EntryNormal => match MetadataCommand::decode(&entry.data) {
+                    Ok(command) => {
+                        self.bytes_since_snapshot
+                            .set(self.bytes_since_snapshot.get() + entry.data.len() as u64);
+                        let (next, verdict) = image.apply_command(entry.index, &command);
+                        image = next;
+                        if command.proposal.node == self.me {
+                            verdicts.push((command.proposal, verdict, entry.index));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(index = entry.index, %error, "skipping an undecodable metadata command");
+                        image = image.skip_entry(entry.index);
+                    }
+                },
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let applied = if entry.get_entry_type() == EntryType::EntryConfChange {
+                        ConfChange::parse_from_bytes(&entry.data)
+                            .map_err(|e| e.to_string())
+                            .and_then(|change| {
+                                self.raw
+                                    .borrow_mut()
+                                    .apply_conf_change(&change)
+                                    .map_err(|e| e.to_string())
+                            })
+                    } else {
+                        ConfChangeV2::parse_from_bytes(&entry.data)
+                            .map_err(|e| e.to_string())
+                            .and_then(|change| {
+                                self.raw
+                                    .borrow_mut()
+                                    .apply_conf_change(&change)
+                                    .map_err(|e| e.to_string())
+                            })
+                    };
+                    match applied {
+                        Ok(conf_state) => {
+                            tracing::info!(?conf_state, "metadata quorum membership changed");
+                            self.log.set_conf_state(conf_state);
+                        }
+                        Err(error) => tracing::error!(%error, "a membership change did not apply"),
+                    }
+                    image = image.skip_entry(entry.index);
+                }
+            }
+        }
+        self.set_image(image);
+        for (proposal, verdict, offset) in verdicts {
+            if let Some(reply) = self.waiting.borrow_mut().remove(&proposal) {
+                let _ = reply.send((verdict, offset));
+            }
+        }
+    }
+
+    fn set_image(&self, image: ClusterMetadata) {
+        // Nodes the controller must reach (observers are not in --voters).
+        for node in image.nodes.values() {
+            self.transport
+                .learn_address(node.id, &node.cluster_listen, false);
+        }
+        let mine = image.nodes.get(&self.me);
+        if !mine
+            .is_some_and(|n| Some(n.epoch) == self.my_epoch.get() && n.state == NodeState::Alive)
+        {
+            self.shared.lease.revoke();
+        }
+        let image = Arc::new(image);
+        self.image.replace(image.clone());
+        if let Ok(mut shared) = self.shared.image.lock() {
+            *shared = image.clone();
+        }
+        (self.on_image)(image);
+    }
+
+    async fn maybe_snapshot(&self) -> anyhow::Result<()> {
+        if self.bytes_since_snapshot.get() < self.config.snapshot_bytes {
+            return Ok(());
+        }
+        let image = self.image();
+        let data = serde_json::to_vec(&*image)?;
+        if self.log.compact(image.log_offset, data)? {
+            self.persist_snapshot().await?;
+            tracing::info!(
+                index = image.log_offset,
+                "metadata log snapshotted and truncated"
+            );
+        }
+        self.bytes_since_snapshot.set(0);
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raw = self.raw.borrow();
+        let status = QuorumStatus {
+            leader_id: (raw.raft.leader_id != raft::INVALID_ID)
+                .then(|| node_of(raw.raft.leader_id)),
+            term: raw.raft.term,
+            commit_index: raw.raft.raft_log.committed,
+            applied_index: self.image.borrow().log_offset,
+            snapshot_index: self.log.snapshot_metadata().index,
+            voters: self.config.voters.iter().map(|voter| voter.id).collect(),
+            role: match raw.raft.state {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre_candidate",
+            }
+            .to_string(),
+            node_epoch: self.my_epoch.get(),
+            write_lease: self.shared.lease.valid_at(monotonic_ms()),
+        };
+        if let Ok(mut shared) = self.shared.status.lock() {
+            *shared = status;
+        }
+    }
+}
+
+/// Proposal sequences start from the wall clock in microseconds, so a
+/// restarted node never reuses one of its earlier process's ids.
+fn monotonic_start_sequence() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as u64)
+        .unwrap_or(0)
+}

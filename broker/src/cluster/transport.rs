@@ -1,0 +1,388 @@
+//! Node-to-node frames over TCP (`--cluster-listen`): the wire format, one
+//! outgoing connection per peer (reconnected with backoff, a bounded queue
+//! whose overflow is dropped: Raft and heartbeats retry by themselves), and
+//! the accept loop that hands every frame received to the quorum's inbox.
+//!
+//! A frame: magic `KC`, version 1, kind, body length (u32, big-endian),
+//! CRC32C of the body, body. The first frame on a connection is `Hello`
+//! with the sender's node id; a frame with a bad magic, version, length or
+//! CRC closes that connection (logged), never the node.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::StreamExt;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: [u8; 2] = *b"KC";
+const VERSION: u8 = 1;
+const HEADER_BYTES: usize = 12;
+/// Largest body accepted: a metadata snapshot of many thousand partitions
+/// fits many times over; a peer sending more is broken or hostile.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Frames queued for one peer before new ones are dropped.
+const QUEUE_FRAMES_MAX: usize = 4096;
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    Hello = 1,
+    /// A raft-rs message, protobuf-encoded.
+    Raft = 2,
+    /// A [`Control`] message, JSON-encoded (small and rare).
+    Control = 3,
+}
+
+impl FrameKind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Hello),
+            2 => Some(Self::Raft),
+            3 => Some(Self::Control),
+            _ => None,
+        }
+    }
+}
+
+/// Node-to-node messages besides Raft's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// A node to the controller: still here, at registration `epoch`.
+    Heartbeat { node: i32, epoch: u64, sent_ms: u64 },
+    /// The controller's answer: what it knows of the node now.
+    HeartbeatReply {
+        controller: i32,
+        epoch: u64,
+        /// `alive`, `fenced`, `shutting_down` or `unknown`.
+        state: String,
+        /// Echoes the heartbeat's `sent_ms`, so the node's lease counts
+        /// from when it asked, not from when the answer came.
+        sent_ms: u64,
+    },
+}
+
+/// One frame as received.
+#[derive(Debug)]
+pub struct Inbound {
+    pub from: i32,
+    pub kind: FrameKind,
+    pub body: Vec<u8>,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("bad magic or version {0:?}")]
+    BadHeader([u8; 3]),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame of {0} bytes is over the {FRAME_BYTES_MAX}-byte limit")]
+    TooLarge(usize),
+    #[error("frame body fails its CRC")]
+    BadCrc,
+    #[error("the first frame is not Hello")]
+    NoHello,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub fn encode_frame(kind: FrameKind, body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_BYTES + body.len());
+    frame.extend_from_slice(&MAGIC);
+    frame.push(VERSION);
+    frame.push(kind as u8);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// Checks a frame header; the body's length and expected CRC.
+pub fn decode_header(header: &[u8; HEADER_BYTES]) -> Result<(FrameKind, usize, u32), FrameError> {
+    if header[0..2] != MAGIC || header[2] != VERSION {
+        return Err(FrameError::BadHeader([header[0], header[1], header[2]]));
+    }
+    let kind = FrameKind::from_byte(header[3]).ok_or(FrameError::UnknownKind(header[3]))?;
+    let length = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if length > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge(length));
+    }
+    let crc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    Ok((kind, length, crc))
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Result<(FrameKind, Vec<u8>), FrameError> {
+    let mut header = [0u8; HEADER_BYTES];
+    stream.read_exact(&mut header).await?;
+    let (kind, length, crc) = decode_header(&header)?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await?;
+    if crc32c::crc32c(&body) != crc {
+        return Err(FrameError::BadCrc);
+    }
+    Ok((kind, body))
+}
+
+/// Outgoing connections of this node, one per peer.
+pub struct Transport {
+    me: i32,
+    /// Where each peer listens (voters from the configuration, other nodes
+    /// from their registration).
+    addresses: RefCell<HashMap<i32, String>>,
+    queues: RefCell<HashMap<i32, LocalSender<Vec<u8>>>>,
+}
+
+impl Transport {
+    pub fn new(me: i32, addresses: HashMap<i32, String>) -> Rc<Self> {
+        Rc::new(Self {
+            me,
+            addresses: RefCell::new(addresses),
+            queues: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Learns (or changes) where `node` listens; voters' addresses from the
+    /// configuration are never replaced (they may be proxies or NAT
+    /// addresses only this node's operator knows).
+    pub fn learn_address(&self, node: i32, address: &str, configured: bool) {
+        if node == self.me {
+            return;
+        }
+        let mut addresses = self.addresses.borrow_mut();
+        if configured || !addresses.contains_key(&node) {
+            addresses.insert(node, address.to_string());
+        }
+    }
+
+    pub fn address_of(&self, node: i32) -> Option<String> {
+        self.addresses.borrow().get(&node).cloned()
+    }
+
+    /// Queues a frame for `to`; dropped (and `false`) when the peer is
+    /// unknown or its queue is full.
+    pub fn send(self: &Rc<Self>, to: i32, kind: FrameKind, body: &[u8]) -> bool {
+        if to == self.me {
+            return false;
+        }
+        let frame = encode_frame(kind, body);
+        if let Some(queue) = self.queues.borrow().get(&to) {
+            return queue.try_send(frame).is_ok();
+        }
+        let Some(address) = self.address_of(to) else {
+            return false;
+        };
+        let (sender, receiver) = local_channel::new_bounded(QUEUE_FRAMES_MAX);
+        let queued = sender.try_send(frame).is_ok();
+        self.queues.borrow_mut().insert(to, sender);
+        let transport = self.clone();
+        glommio::spawn_local(async move {
+            transport.drain(to, address, receiver).await;
+        })
+        .detach();
+        queued
+    }
+
+    pub fn send_control(self: &Rc<Self>, to: i32, message: &Control) -> bool {
+        match serde_json::to_vec(message) {
+            Ok(body) => self.send(to, FrameKind::Control, &body),
+            Err(_) => false,
+        }
+    }
+
+    /// The writer task of one peer: connects (again, with backoff), says
+    /// Hello, writes frames in order. A frame whose write failed is lost;
+    /// the protocols above resend what matters.
+    async fn drain(
+        self: Rc<Self>,
+        peer: i32,
+        mut address: String,
+        receiver: local_channel::LocalReceiver<Vec<u8>>,
+    ) {
+        let mut receiver = receiver.stream();
+        let mut backoff = RECONNECT_MIN;
+        let mut connection: Option<TcpStream> = None;
+        let mut warned = false;
+        while let Some(frame) = receiver.next().await {
+            if connection.is_none() {
+                if let Some(current) = self.address_of(peer) {
+                    address = current;
+                }
+                match connect(&address, self.me).await {
+                    Ok(stream) => {
+                        if warned {
+                            tracing::info!(peer, %address, "connected to node");
+                        }
+                        connection = Some(stream);
+                        backoff = RECONNECT_MIN;
+                        warned = false;
+                    }
+                    Err(error) => {
+                        if !warned {
+                            tracing::warn!(peer, %address, %error, "cannot reach node; retrying");
+                            warned = true;
+                        }
+                        glommio::timer::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RECONNECT_MAX);
+                        continue;
+                    }
+                }
+            }
+            let Some(stream) = connection.as_mut() else {
+                continue;
+            };
+            let written = glommio::timer::timeout(WRITE_TIMEOUT, async {
+                Ok(stream.write_all(&frame).await)
+            })
+            .await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::debug!(peer, %address, "connection to node lost");
+                connection = None;
+            }
+        }
+    }
+}
+
+async fn connect(address: &str, me: i32) -> anyhow::Result<TcpStream> {
+    let resolved: SocketAddr = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{address} resolves to no address"))?;
+    let mut stream = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+        Ok(TcpStream::connect(resolved).await)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to {address} timed out"))?
+    .map_err(|error| anyhow::anyhow!("connecting to {address}: {error}"))?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(&encode_frame(FrameKind::Hello, &me.to_be_bytes()))
+        .await?;
+    Ok(stream)
+}
+
+/// Accepts node connections on `listener` and passes every frame to
+/// `inbox` until the listener fails or the task is dropped.
+pub async fn accept_loop(listener: TcpListener, inbox: LocalSender<Inbound>) {
+    let inbox = Rc::new(inbox);
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let inbox = inbox.clone();
+                glommio::spawn_local(async move {
+                    let peer = stream.peer_addr().ok();
+                    if let Err(error) = serve_connection(stream, &inbox).await {
+                        match error {
+                            FrameError::Io(_) => {
+                                tracing::debug!(?peer, %error, "node connection closed")
+                            }
+                            _ => tracing::warn!(?peer, %error, "closing a node connection"),
+                        }
+                    }
+                })
+                .detach();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a node connection");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    inbox: &LocalSender<Inbound>,
+) -> Result<(), FrameError> {
+    let _ = stream.set_nodelay(true);
+    let (kind, body) = read_frame(&mut stream).await?;
+    let from = match (kind, <[u8; 4]>::try_from(body.as_slice())) {
+        (FrameKind::Hello, Ok(id)) => i32::from_be_bytes(id),
+        _ => return Err(FrameError::NoHello),
+    };
+    loop {
+        let (kind, body) = read_frame(&mut stream).await?;
+        if inbox.send(Inbound { from, kind, body }).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_damage_is_refused() {
+        let frame = encode_frame(FrameKind::Raft, b"hello");
+        let header: [u8; HEADER_BYTES] = frame[..HEADER_BYTES].try_into().expect("header");
+        let (kind, length, crc) = decode_header(&header).expect("decode");
+        assert_eq!((kind, length), (FrameKind::Raft, 5));
+        assert_eq!(crc, crc32c::crc32c(b"hello"));
+        let mut bad = header;
+        bad[0] = b'X';
+        assert!(matches!(decode_header(&bad), Err(FrameError::BadHeader(_))));
+        let mut bad = header;
+        bad[3] = 99;
+        assert!(matches!(
+            decode_header(&bad),
+            Err(FrameError::UnknownKind(99))
+        ));
+        let mut bad = header;
+        bad[4..8].copy_from_slice(&(FRAME_BYTES_MAX as u32 + 1).to_be_bytes());
+        assert!(matches!(decode_header(&bad), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn frames_cross_a_real_connection_and_a_bad_crc_closes_only_it() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async move {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let address = listener.local_addr().expect("addr").to_string();
+                let (inbox, received) = local_channel::new_bounded(16);
+                let accept = glommio::spawn_local(accept_loop(listener, inbox));
+                let transport = Transport::new(7, HashMap::from([(1, address.clone())]));
+                // A hostile connection: Hello, then a frame with a bad CRC.
+                let mut hostile = TcpStream::connect(address.as_str()).await.expect("connect");
+                hostile
+                    .write_all(&encode_frame(FrameKind::Hello, &9i32.to_be_bytes()))
+                    .await
+                    .expect("hello");
+                let mut damaged = encode_frame(FrameKind::Control, b"{}");
+                let last = damaged.len() - 1;
+                damaged[last] ^= 0xff;
+                hostile.write_all(&damaged).await.expect("write");
+                let mut byte = [0u8; 1];
+                let closed = hostile.read(&mut byte).await;
+                assert!(
+                    matches!(closed, Ok(0) | Err(_)),
+                    "damaged frame did not close"
+                );
+                // A well-behaved peer is unaffected.
+                assert!(transport.send(1, FrameKind::Raft, b"one"));
+                assert!(transport.send(1, FrameKind::Raft, b"two"));
+                let mut received = received.stream();
+                for expected in [b"one", b"two"] {
+                    let frame = received.next().await.expect("frame");
+                    assert_eq!(frame.from, 7);
+                    assert_eq!(frame.kind, FrameKind::Raft);
+                    assert_eq!(frame.body, expected);
+                }
+                assert!(!transport.send(2, FrameKind::Raft, b"unknown peer"));
+                accept.cancel().await;
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+}

@@ -1,0 +1,189 @@
+//! Tests of the metadata image: records, apply, the single node's file.
+use super::*;
+
+#[test]
+fn topic_names_follow_kafka_rules() {
+    assert!(check_topic_name("orders.v1_eu-west").is_ok());
+    assert!(check_topic_name("").is_err());
+    assert!(check_topic_name("..").is_err());
+    assert!(check_topic_name("a b").is_err());
+    assert!(check_topic_name("a/b").is_err());
+    assert!(check_topic_name(&"x".repeat(250)).is_err());
+}
+
+#[test]
+fn store_and_load_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let created = ClusterMetadata::load_or_create(dir.path()).expect("create");
+    assert_eq!(created.cluster_id.len(), 22);
+    let next = created.with_topic(TopicMeta {
+        name: "t".into(),
+        id: uuid::Uuid::new_v4(),
+        partitions: 3,
+        configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
+        internal: false,
+        replicas: Vec::new(),
+    });
+    next.store(dir.path()).expect("store");
+    let loaded = ClusterMetadata::load_or_create(dir.path()).expect("load");
+    assert_eq!(loaded, next);
+    assert_eq!(loaded.version, 1);
+    std::fs::write(dir.path().join(METADATA_FILE), b"{broken").expect("write");
+    assert!(ClusterMetadata::load_or_create(dir.path()).is_err());
+}
+
+fn topic(name: &str, partitions: i32) -> TopicMeta {
+    TopicMeta {
+        name: name.into(),
+        id: uuid::Uuid::new_v4(),
+        partitions,
+        configs: BTreeMap::new(),
+        internal: false,
+        replicas: Vec::new(),
+    }
+}
+
+#[test]
+fn records_applied_in_order_give_one_image_wherever_they_are_applied() {
+    let t = topic("t", 2);
+    let records = vec![
+        MetadataRecord::Topic(t.clone()),
+        MetadataRecord::ShardAssignment {
+            topic: "t".into(),
+            partition: 1,
+            shard: Some(3),
+        },
+        MetadataRecord::Moving(Some(("t".into(), 1))),
+        MetadataRecord::Moving(None),
+        MetadataRecord::Topic(TopicMeta {
+            partitions: 4,
+            ..t.clone()
+        }),
+    ];
+    let start = ClusterMetadata::default();
+    let image = start.apply_all(&records);
+    assert_eq!(image.version, start.version + records.len() as u64);
+    assert_eq!(image.topic("t").map(|topic| topic.partitions), Some(4));
+    assert_eq!(image.assigned_shard("t", 1), Some(3));
+    assert!(!image.is_moving("t", 1));
+    // Records survive a round trip (a replicated log will carry them)
+    // and replaying them one by one gives the same image.
+    let text = serde_json::to_string(&records).expect("encode");
+    let decoded: Vec<MetadataRecord> = serde_json::from_str(&text).expect("decode");
+    let replayed = decoded
+        .iter()
+        .fold(start.clone(), |image, record| image.apply(record));
+    assert_eq!(replayed, image);
+    // Removing the topic drops its assignments and epochs too.
+    let removed = image.apply(&MetadataRecord::TopicRemoved { name: "t".into() });
+    assert!(removed.topic("t").is_none());
+    assert_eq!(removed.assigned_shard("t", 1), None);
+    assert_eq!(removed.leader_epoch("t", 1), 0);
+}
+
+#[test]
+fn each_change_of_leader_starts_a_new_epoch() {
+    let image = ClusterMetadata::default().with_topic(topic("t", 2));
+    assert_eq!(image.leader_epoch("t", 0), 0);
+    let change = MetadataRecord::LeaderChange {
+        topic: "t".into(),
+        partition: 0,
+    };
+    let moved = image.apply(&change);
+    assert_eq!(moved.leader_epoch("t", 0), 1);
+    assert_eq!(moved.leader_epoch("t", 1), 0, "only the moved partition");
+    // An assignment alone (the owner may stay the same) is no new leader.
+    let pinned = moved.apply(&MetadataRecord::ShardAssignment {
+        topic: "t".into(),
+        partition: 0,
+        shard: Some(1),
+    });
+    assert_eq!(pinned.leader_epoch("t", 0), 1);
+    let back = pinned.apply(&change);
+    assert_eq!(back.leader_epoch("t", 0), 2);
+    // Stored and loaded with the image; a config change keeps it.
+    let text = serde_json::to_string(&back).expect("encode");
+    let loaded: ClusterMetadata = serde_json::from_str(&text).expect("decode");
+    assert_eq!(loaded.leader_epoch("t", 0), 2);
+    let changed = loaded.with_topic(TopicMeta {
+        partitions: 3,
+        ..topic("t", 2)
+    });
+    assert_eq!(changed.leader_epoch("t", 0), 2);
+}
+
+#[test]
+fn a_file_from_before_assignments_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = r#"{"version":3,"cluster_id":"abc","topics":{"t":{"name":"t",
+        "id":"67e55044-10b1-426f-9247-bb680e5fe0c8","partitions":2,"configs":{},
+        "internal":false}}}"#;
+    std::fs::write(dir.path().join(METADATA_FILE), old).expect("write");
+    let loaded = ClusterMetadata::load_or_create(dir.path()).expect("load");
+    assert!(loaded.shard_assignments.is_empty());
+    assert_eq!(
+        loaded.owner_of("t", 1, 4),
+        crate::placement::shard_for("t", 1, 4)
+    );
+}
+
+#[test]
+fn assignments_round_trip_but_a_move_in_progress_is_never_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let created = ClusterMetadata::load_or_create(dir.path()).expect("create");
+    let next = created
+        .with_topic(topic("t", 3))
+        .with_assignment("t", 2, Some(1))
+        .with_moving(Some(("t".into(), 2)));
+    assert!(next.is_moving("t", 2));
+    assert!(!next.is_moving("t", 1));
+    assert!(!next.is_moving("u", 2));
+    next.store(dir.path()).expect("store");
+    let loaded = ClusterMetadata::load_or_create(dir.path()).expect("load");
+    assert_eq!(loaded.assigned_shard("t", 2), Some(1));
+    assert_eq!(loaded.moving, None);
+    assert_eq!(loaded.owner_of("t", 2, 2), 1);
+}
+
+#[test]
+fn owner_resolution_override_stale_and_fallback() {
+    let pure = crate::placement::shard_for("t", 0, 2);
+    let other = 1 - pure;
+    let metadata = ClusterMetadata::default()
+        .with_topic(topic("t", 2))
+        .with_assignment("t", 0, Some(other))
+        .with_assignment("t", 1, Some(7));
+    assert_eq!(metadata.owner_of("t", 0, 2), other);
+    // Shard 7 does not exist with 2 shards: the function decides.
+    assert_eq!(
+        metadata.owner_of("t", 1, 2),
+        crate::placement::shard_for("t", 1, 2)
+    );
+    assert_eq!(metadata.owner_of("t", 1, 8), 7);
+    assert_eq!(metadata.stale_assignments(2), vec![("t".to_string(), 1, 7)]);
+    assert!(metadata.stale_assignments(8).is_empty());
+    let dropped = metadata.with_assignment("t", 0, None);
+    assert_eq!(dropped.owner_of("t", 0, 2), pure);
+    let dropped = dropped.with_assignment("t", 1, None);
+    assert!(
+        dropped.shard_assignments.is_empty(),
+        "empty topic entries go too"
+    );
+}
+
+#[test]
+fn deleting_a_topic_drops_its_assignments_and_growing_keeps_them() {
+    let metadata = ClusterMetadata::default()
+        .with_topic(topic("t", 2))
+        .with_topic(topic("u", 1))
+        .with_assignment("t", 1, Some(0))
+        .with_assignment("u", 0, Some(1));
+    let mut grown = metadata.topic("t").cloned().expect("t");
+    grown.partitions = 5;
+    let grown = metadata.with_topic(grown);
+    assert_eq!(grown.assigned_shard("t", 1), Some(0));
+    let deleted = grown.without_topic("t");
+    assert_eq!(deleted.assigned_shard("t", 1), None);
+    assert!(!deleted.shard_assignments.contains_key("t"));
+    assert_eq!(deleted.assigned_shard("u", 0), Some(1));
+}
