@@ -44,6 +44,9 @@ section "broker robustness: kill -9 under acks=all, damaged segments, hostile in
 section "cluster: N kafki processes, fault proxy"
 .venv-compat/bin/pytest tests/cluster -q -p no:cacheprovider 2>&1 | tee -a "$compat_log"
 
+section "compatibility: real Kafka clients against a 3-node kafki cluster"
+.venv-compat/bin/python tests/cluster/compat_on_cluster.py 2>&1 | tee -a "$compat_log"
+
 # One closing line for the whole suite (cargo prints one per test binary,
 # pytest one per suite; its xfailed known gaps are not passes).
 python3 - "$log" "$compat_log" <<'PY'

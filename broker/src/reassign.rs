@@ -306,6 +306,13 @@ async fn move_partition(
     if shard.shutting_down.get() {
         return Err(AssignmentError::ShuttingDown);
     }
+    // A move's records would bypass the cluster's metadata log (and be
+    // overwritten by its next image): not until moves go through it.
+    if shard.config.cluster.is_some() {
+        return Err(AssignmentError::BadRequest(
+            "moving partitions between shards is not supported on a cluster member yet".into(),
+        ));
+    }
     let Some(_slot) = MoveSlot::take(&shard.move_running) else {
         return Err(AssignmentError::Conflict(
             "another partition move is running; retry when it finished".into(),

@@ -89,6 +89,13 @@ def test_three_nodes_form_one_cluster_that_clients_use_as_one(cluster_factory):
         md = admin(node.bootstrap).list_topics(timeout=10)
         assert sorted(md.brokers) == [1, 2, 3]
         assert {b.port for b in md.brokers.values()} == {n.port for n in c}
+    # `kafki cluster` shows the same from any node.
+    from cluster_harness import DEFAULT_KAFKI_BIN
+    import subprocess
+    table = subprocess.run([str(DEFAULT_KAFKI_BIN), "cluster", "--admin", c[3].admin_listen],
+                           capture_output=True, text=True, timeout=10, check=True).stdout
+    assert f"controller: node {controller}" in table, table
+    assert table.count(" alive ") == 3, table
     # DescribeCluster names the active controller.
     client = admin(c[2].bootstrap)  # kept alive until the answer arrives
     described = client.describe_cluster(request_timeout=10).result(timeout=15)

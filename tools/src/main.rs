@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod consume;
 mod dump;
 mod groups;
@@ -53,6 +54,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Console consumer: records to stdout, in a kcat-like format, optionally in a group.
     Consume(consume::ConsumeArgs),
+    /// A cluster's nodes, their state, the active controller and the metadata quorum.
+    Cluster(cluster::ClusterArgs),
     /// Consumer-group admin: list, describe (members, lag), reset-offsets.
     Groups {
         #[command(subcommand)]
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Bench { bench } => run_bench(bench),
         Command::Dump(args) => dump::run(&args),
         Command::Layout(args) => layout::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Topics { topics } => return kafka_tool_exit("topics", topics::run(topics)),
         Command::Produce(args) => return kafka_tool_exit("produce", produce::run(args)),
         Command::Consume(args) => return kafka_tool_exit("consume", consume::run(args)),

@@ -187,3 +187,150 @@ fn deleting_a_topic_drops_its_assignments_and_growing_keeps_them() {
     assert!(!deleted.shard_assignments.contains_key("t"));
     assert_eq!(deleted.assigned_shard("u", 0), Some(1));
 }
+
+fn node(id: i32, rack: Option<&str>) -> NodeRegistration {
+    NodeRegistration {
+        id,
+        epoch: 0,
+        host: "127.0.0.1".into(),
+        port: 9092,
+        cluster_listen: format!("127.0.0.1:{}", 9093 + id),
+        rack: rack.map(str::to_string),
+        shards: 2,
+        state: NodeState::Alive,
+    }
+}
+
+fn command(
+    node: i32,
+    sequence: u64,
+    expected: Option<u64>,
+    records: Vec<MetadataRecord>,
+) -> command::MetadataCommand {
+    command::MetadataCommand {
+        proposal: command::ProposalId { node, sequence },
+        expected_offset: expected,
+        records,
+    }
+}
+
+#[test]
+fn a_command_applies_only_against_the_image_it_was_checked_on() {
+    let image = ClusterMetadata::default();
+    let create = |name: &str| vec![MetadataRecord::Topic(topic(name, 1))];
+    let (after, verdict) = image.apply_command(1, &command(1, 1, Some(0), create("a")));
+    assert_eq!(verdict, command::Verdict::Applied);
+    assert_eq!(after.log_offset, 1);
+    // A second node checked "b" against offset 0 too: it lost the race.
+    let (after, verdict) = after.apply_command(2, &command(2, 1, Some(0), create("b")));
+    assert_eq!(verdict, command::Verdict::Conflict);
+    assert!(after.topic("b").is_none());
+    assert_eq!(after.log_offset, 2, "the offset moves on either way");
+    // Records valid anywhere carry no expectation.
+    let (after, verdict) = after.apply_command(3, &command(2, 2, None, create("c")));
+    assert_eq!(verdict, command::Verdict::Applied);
+    assert!(after.topic("c").is_some());
+    // Commands survive encoding (they are the log's entries).
+    let original = command(1, 9, Some(3), create("d"));
+    assert_eq!(
+        command::MetadataCommand::decode(&original.encode()).expect("decode"),
+        original
+    );
+    assert_eq!(after.skip_entry(7).log_offset, 7);
+}
+
+#[test]
+fn registration_gives_a_new_epoch_and_fences_name_theirs() {
+    let image = ClusterMetadata::default();
+    let (image, _) = image.apply_command(
+        5,
+        &command(
+            1,
+            1,
+            None,
+            vec![MetadataRecord::NodeRegistered(node(1, None))],
+        ),
+    );
+    assert_eq!(image.nodes[&1].epoch, 5);
+    assert!(image.is_cluster());
+    let fence = |epoch| MetadataRecord::NodeStateChanged {
+        node: 1,
+        epoch,
+        state: NodeState::Fenced,
+    };
+    let (fenced, _) = image.apply_command(6, &command(2, 1, None, vec![fence(5)]));
+    assert_eq!(fenced.nodes[&1].state, NodeState::Fenced);
+    // The node comes back: a new epoch, alive; a late fence of the old
+    // epoch changes nothing.
+    let (back, _) = fenced.apply_command(
+        9,
+        &command(
+            1,
+            2,
+            None,
+            vec![MetadataRecord::NodeRegistered(node(1, None))],
+        ),
+    );
+    assert_eq!(
+        (back.nodes[&1].epoch, back.nodes[&1].state),
+        (9, NodeState::Alive)
+    );
+    let (still, _) = back.apply_command(10, &command(2, 2, None, vec![fence(5)]));
+    assert_eq!(still.nodes[&1].state, NodeState::Alive);
+    // The cluster id is set once.
+    let named = still
+        .apply(&MetadataRecord::ClusterId("first".into()))
+        .apply(&MetadataRecord::ClusterId("second".into()));
+    assert_eq!(named.cluster_id, "first");
+    assert!(named
+        .apply(&MetadataRecord::NodeRemoved { node: 1 })
+        .nodes
+        .is_empty());
+}
+
+#[test]
+fn partitions_spread_evenly_over_live_nodes_and_follow_their_leader() {
+    let mut image = ClusterMetadata::default();
+    for (id, rack) in [(1, Some("a")), (2, Some("a")), (3, Some("b"))] {
+        image = image.apply(&MetadataRecord::NodeRegistered(node(id, rack)));
+    }
+    let placed = image.place_partitions(6);
+    let mut counts = std::collections::BTreeMap::new();
+    for replicas in &placed {
+        assert_eq!(replicas.len(), 1);
+        *counts.entry(replicas[0]).or_insert(0) += 1;
+    }
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    // Consecutive partitions alternate racks where they can.
+    assert_ne!(
+        image.nodes[&placed[0][0]].rack,
+        image.nodes[&placed[1][0]].rack
+    );
+    let t = TopicMeta {
+        replicas: placed.clone(),
+        ..topic("t", 6)
+    };
+    let image = image.with_topic(t);
+    // The next topic goes to the least loaded first: equal now, so by id.
+    assert_eq!(image.place_partitions(1), vec![vec![1]]);
+    let leader = placed[0][0];
+    assert_eq!(image.leader("t", 0), nodes::Leader::Node(leader));
+    assert!(image.led_by("t", 0, leader));
+    assert!(!image.led_by("t", 0, leader % 3 + 1));
+    // A fenced node's partitions have no leader; it gets no new ones.
+    let fenced = image.apply(&MetadataRecord::NodeStateChanged {
+        node: leader,
+        epoch: 0,
+        state: NodeState::Fenced,
+    });
+    assert_eq!(fenced.leader("t", 0), nodes::Leader::Offline(leader));
+    assert!(!fenced.led_by("t", 0, leader));
+    assert!(fenced
+        .place_partitions(4)
+        .iter()
+        .all(|replicas| replicas[0] != leader));
+    // A single node's topics (no replicas) are its own.
+    let single = ClusterMetadata::default().with_topic(topic("s", 1));
+    assert_eq!(single.leader("s", 0), nodes::Leader::ThisNode);
+    assert!(ClusterMetadata::default().place_partitions(3).is_empty());
+}

@@ -17,7 +17,7 @@ function assert(cond, msg) { if (!cond) throw new Error('assertion failed: ' + m
 
 const kafka = new Kafka({
   clientId: 'kafki-compat-kafkajs',
-  brokers: [bootstrap],
+  brokers: bootstrap.split(","),
   logLevel: logLevel.WARN,
   connectionTimeout: 5000,
   requestTimeout: 15000,

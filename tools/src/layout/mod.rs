@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 mod advice;
-mod broker;
+pub(crate) mod broker;
 mod machine;
 mod render;
 
