@@ -367,8 +367,12 @@ class Cluster:
                  cluster_flags: bool = True,
                  node_settings: dict[int, dict[str, str]] | None = None,
                  extra_args: list[str] | None = None,
-                 cores: dict[int, str] | None = None):
+                 cores: dict[int, str] | None = None,
+                 voters: int | None = None):
+        """`voters`: how many of the nodes (ids 1..voters) form the metadata
+        quorum; the others join as observers (default: all are voters)."""
         assert n >= 1, n
+        self.voter_ids = list(range(1, (voters or n) + 1))
         assert not (proxies and not cluster_flags), "proxies need cluster flags"
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -413,6 +417,8 @@ class Cluster:
         """Node i's --voters: j's real cluster address, or link(i, j)'s proxy."""
         parts = []
         for j, node in self.nodes.items():
+            if j not in self.voter_ids:
+                continue
             port = self.proxies[(i, j)].port if (i, j) in self.proxies else node.cluster_port
             parts.append(f"{j}@{HOST}:{port}")
         return ",".join(parts)

@@ -263,3 +263,31 @@ def test_a_damaged_metadata_log_tail_is_cut_and_the_node_catches_up(cluster_fact
     wait_until(lambda: {"logged", "while-down"} <= set(
         admin(victim.bootstrap).list_topics(timeout=5).topics), 20, 0.2, "topics replicated")
     assert views[victim.id]["metadata_offset"] > 0
+
+
+def test_a_node_outside_the_voters_joins_as_an_observer(cluster_factory):
+    c = cluster_factory(4, settings=FAST, voters=3)
+    controller = c.wait_for_controller(30)
+    views = c.wait_for_nodes_alive([1, 2, 3, 4], 40)
+    observer = views[4]
+    assert observer["quorum"]["voters"] == [1, 2, 3]
+    assert {n["id"]: n["voter"] for n in observer["nodes"]} == {1: True, 2: True, 3: True,
+                                                                 4: False}
+    # It follows the metadata log (as a Raft learner) and takes partitions.
+    create(c[4].bootstrap, "four", 8)
+    placed = leaders(c[controller].bootstrap, "four")
+    assert sorted(placed.values()) == [1, 1, 2, 2, 3, 3, 4, 4], placed
+    assert leaders(c[4].bootstrap, "four") == placed
+    produce_all(c.bootstrap, "four", 8, 10)
+    p4 = next(p for p, leader in placed.items() if leader == 4)
+    assert len(read_partition(c[1].bootstrap, "four", p4, 10)) == 10
+    # It never votes: with two voters gone there is no quorum although
+    # three nodes run.
+    c[4].restart()
+    c.wait_for_nodes_alive([4], 30)
+    stopped = [n for n in (1, 2, 3) if n != controller][:2]
+    for node in stopped:
+        c[node].kill9()
+    time.sleep(3)
+    view = c[4].cluster_view()
+    assert view["quorum"]["role"] == "follower", view["quorum"]

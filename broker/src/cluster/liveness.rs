@@ -159,6 +159,7 @@ mod tests {
                 cluster_listen: "h:2".into(),
                 rack: None,
                 shards: 1,
+                incarnation: 0,
                 state: NodeState::Alive,
             }));
         }

@@ -52,6 +52,7 @@ impl Shard {
             cluster_listen: cluster.advertised.clone(),
             rack: cluster.rack.clone(),
             shards: self.count,
+            incarnation: uuid::Uuid::new_v4().as_u64_pair().0,
             state: NodeState::Alive,
         };
         // The newest image waiting to be installed, and a wake-up for the

@@ -6,6 +6,11 @@
 //! registers itself and heartbeats to the controller; the answers keep its
 //! write lease ([`super::liveness::Lease`]).
 //!
+//! Nodes outside `--voters` are observers: they register through the
+//! voters (they cannot propose before they know the leader), the
+//! controller adds them as Raft learners, and from then on they receive
+//! the log like any member but never vote.
+//!
 //! Raft ids are node ids + 1 (raft-rs reserves 0; Kafka node ids start at 0).
 
 use std::cell::{Cell, RefCell};
@@ -109,6 +114,16 @@ pub struct Quorum {
     cluster_id_proposed: Cell<bool>,
     bytes_since_snapshot: Cell<u64>,
     stopping: Cell<bool>,
+    /// Whether this node is one of `--voters` (else an observer: a Raft
+    /// learner once the controller added it).
+    is_voter: bool,
+    /// Controller: registrations asked for by observers, not yet committed
+    /// (node, incarnation), and learners being added.
+    registering_for: RefCell<std::collections::HashSet<(i32, u64)>>,
+    /// The learner being added and the tick its change was proposed at.
+    adding_learner: Cell<Option<(i32, u64)>>,
+    /// A membership change applied and not yet written to the log file.
+    pending_conf: RefCell<Option<raft::eraftpb::ConfState>>,
 }
 
 impl Quorum {
@@ -205,6 +220,10 @@ impl Quorum {
             cluster_id_proposed: Cell::new(false),
             bytes_since_snapshot: Cell::new(0),
             stopping: Cell::new(false),
+            is_voter: config.is_voter(me),
+            registering_for: RefCell::new(Default::default()),
+            adding_learner: Cell::new(None),
+            pending_conf: RefCell::new(None),
             config,
         });
         (quorum.on_image)(quorum.image());
@@ -347,9 +366,6 @@ impl Quorum {
                 return;
             }
             self.publish_status();
-            if self.stopping.get() && self.raw.borrow().raft.state != StateRole::Leader {
-                // Keeps serving a leader's last duties; a follower is done.
-            }
         }
     }
 
@@ -438,6 +454,7 @@ impl Quorum {
                 "setting the cluster id",
             );
         }
+        self.add_learners(&image);
         let fences = self.liveness.borrow_mut().to_fence(&image, now);
         for (node, epoch) in fences {
             tracing::warn!(node, epoch, timeout_ms = self.config.session_timeout.as_millis() as u64, "fencing a node: no heartbeat within the session timeout; its partitions are offline until it registers again");
@@ -462,6 +479,20 @@ impl Quorum {
             _ => false,
         };
         if !registered {
+            if !self.is_voter {
+                // Through the voters, every few ticks until it holds.
+                if self.ticks.get().is_multiple_of(5) {
+                    for voter in &self.config.voters {
+                        self.transport.send_control(
+                            voter.id,
+                            &Control::Register {
+                                registration: self.registration.clone(),
+                            },
+                        );
+                    }
+                }
+                return;
+            }
             if !self.registering.get() && self.leader().is_some() {
                 self.registering.set(true);
                 let quorum = self.clone();
@@ -548,6 +579,37 @@ impl Quorum {
                     },
                 );
             }
+            Control::Register { registration } => {
+                if registration.id != from
+                    || self.raw.borrow().raft.state != StateRole::Leader
+                    || self.config.is_voter(registration.id)
+                {
+                    return;
+                }
+                let image = self.image();
+                let done = image.nodes.get(&from).is_some_and(|node| {
+                    node.incarnation == registration.incarnation && node.state == NodeState::Alive
+                });
+                let key = (from, registration.incarnation);
+                if done || !self.registering_for.borrow_mut().insert(key) {
+                    return;
+                }
+                self.transport
+                    .learn_address(from, &registration.cluster_listen, false);
+                tracing::info!(node = from, "registering an observer");
+                let quorum = self.clone();
+                glommio::spawn_local(async move {
+                    let record = MetadataRecord::NodeRegistered(registration);
+                    if let Err(error) = quorum
+                        .propose(vec![record], None, Duration::from_secs(10))
+                        .await
+                    {
+                        tracing::warn!(%error, node = from, "registering an observer");
+                    }
+                    quorum.registering_for.borrow_mut().remove(&key);
+                })
+                .detach();
+            }
             Control::HeartbeatReply {
                 controller,
                 epoch,
@@ -579,6 +641,44 @@ impl Quorum {
             }
         })
         .detach();
+    }
+
+    /// The controller: every registered node that is not in the Raft
+    /// configuration becomes a learner (it then receives the log), one
+    /// membership change at a time.
+    fn add_learners(&self, image: &ClusterMetadata) {
+        // One at a time; a change lost with a leader change is retried.
+        if let Some((_, at)) = self.adding_learner.get() {
+            if self.ticks.get().saturating_sub(at) < 50 {
+                return;
+            }
+        }
+        let conf = self.log.conf_state();
+        let member = |id: u64| conf.voters.contains(&id) || conf.learners.contains(&id);
+        let Some(node) = image
+            .live_nodes()
+            .map(|node| node.id)
+            .find(|node| !member(raft_id(*node)))
+        else {
+            return;
+        };
+        let mut change = ConfChange::default();
+        change.set_change_type(raft::eraftpb::ConfChangeType::AddLearnerNode);
+        change.node_id = raft_id(node);
+        match self
+            .raw
+            .borrow_mut()
+            .propose_conf_change(Vec::new(), change)
+        {
+            Ok(()) => {
+                tracing::info!(
+                    node,
+                    "adding an observer to the metadata quorum as a learner"
+                );
+                self.adding_learner.set(Some((node, self.ticks.get())));
+            }
+            Err(error) => tracing::debug!(%error, node, "adding a learner; retried"),
+        }
     }
 
     fn send_messages(&self, messages: Vec<Message>) {
@@ -641,7 +741,10 @@ impl Quorum {
                 self.set_image(image);
             }
             self.apply_entries(ready.take_committed_entries());
-            let mut batch = PersistBatch::default();
+            let mut batch = PersistBatch {
+                conf_state: self.pending_conf.borrow_mut().take(),
+                ..Default::default()
+            };
             if !ready.entries().is_empty() {
                 batch.truncate_from = self.log.append(ready.entries())?;
                 batch.entries = ready.entries().to_vec();
@@ -717,7 +820,9 @@ impl Quorum {
                     match applied {
                         Ok(conf_state) => {
                             tracing::info!(?conf_state, "metadata quorum membership changed");
-                            self.log.set_conf_state(conf_state);
+                            self.log.set_conf_state(conf_state.clone());
+                            self.pending_conf.replace(Some(conf_state));
+                            self.adding_learner.set(None);
                         }
                         Err(error) => tracing::error!(%error, "a membership change did not apply"),
                     }
@@ -740,6 +845,21 @@ impl Quorum {
                 .learn_address(node.id, &node.cluster_listen, false);
         }
         let mine = image.nodes.get(&self.me);
+        if let Some(node) = mine {
+            if node.incarnation == self.registration.incarnation
+                && node.state == NodeState::Alive
+                && self.my_epoch.get() != Some(node.epoch)
+            {
+                self.my_epoch.set(Some(node.epoch));
+                if !self.is_voter {
+                    tracing::info!(
+                        node = self.me,
+                        epoch = node.epoch,
+                        "registered with the cluster as an observer"
+                    );
+                }
+            }
+        }
         if !mine
             .is_some_and(|n| Some(n.epoch) == self.my_epoch.get() && n.state == NodeState::Alive)
         {

@@ -60,6 +60,11 @@ impl FrameKind {
 pub enum Control {
     /// A node to the controller: still here, at registration `epoch`.
     Heartbeat { node: i32, epoch: u64, sent_ms: u64 },
+    /// A node outside the voters asks them to register it (it cannot
+    /// propose: it does not know the Raft leader until it is a learner).
+    Register {
+        registration: crate::metadata::NodeRegistration,
+    },
     /// The controller's answer: what it knows of the node now.
     HeartbeatReply {
         controller: i32,

@@ -25,6 +25,10 @@ pub struct NodeRegistration {
     pub rack: Option<String>,
     /// Its shard count (partitions are placed over shards within it).
     pub shards: usize,
+    /// Random per process start: how a node recognises its own
+    /// registration in the log (an observer's goes through another node).
+    #[serde(default)]
+    pub incarnation: u64,
     pub state: NodeState,
 }
 

@@ -197,6 +197,7 @@ fn node(id: i32, rack: Option<&str>) -> NodeRegistration {
         cluster_listen: format!("127.0.0.1:{}", 9093 + id),
         rack: rack.map(str::to_string),
         shards: 2,
+        incarnation: 0,
         state: NodeState::Alive,
     }
 }
