@@ -288,6 +288,8 @@ enum Route {
     Layout,
     Assignments,
     Cluster,
+    /// `POST /v1/cluster/voters` with `{"remove": N, "add": M}`.
+    Voters,
     /// `/v1/partitions/{topic}/{partition}/shard`; the partition is checked
     /// later so a malformed one gets `400`, not `404`.
     PartitionShard {
@@ -304,6 +306,7 @@ impl Route {
             "/v1/layout" => return Some(Route::Layout),
             "/v1/assignments" => return Some(Route::Assignments),
             "/v1/cluster" => return Some(Route::Cluster),
+            "/v1/cluster/voters" => return Some(Route::Voters),
             _ => {}
         }
         let rest = path.strip_prefix("/v1/partitions/")?;
@@ -329,6 +332,7 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::PartitionShard { .. } => "PUT, DELETE",
+            Route::Voters => "POST",
             _ => "GET",
         }
     }
@@ -336,6 +340,7 @@ impl Route {
     fn allows(&self, method: &Method) -> bool {
         match self {
             Route::PartitionShard { .. } => method == Method::PUT || method == Method::DELETE,
+            Route::Voters => method == Method::POST,
             _ => method == Method::GET,
         }
     }
@@ -379,6 +384,7 @@ async fn route(
                 ),
             }
         }
+        Route::Voters => replace_voter(routes, request, long).await,
         Route::Cluster => match routes.cluster.clone() {
             Some(cluster) => match call(move || cluster()).await {
                 Ok(body) => reply(StatusCode::OK, JSON, body),
@@ -448,6 +454,48 @@ async fn change_assignment(
     long.store(true, Ordering::SeqCst);
     match ask_controller(routes, command, MOVE_ANSWER_TIMEOUT).await {
         Ok(AssignmentAnswer::Moved(report)) => json_reply(StatusCode::OK, &report),
+        Ok(other) => unexpected(other),
+        Err(response) => response,
+    }
+}
+
+/// The body of `POST /v1/cluster/voters`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoterChange {
+    remove: i32,
+    add: i32,
+}
+
+/// `POST /v1/cluster/voters`: answers with the new voters once the change
+/// is committed by the quorum.
+async fn replace_voter(
+    routes: &Routes,
+    request: Request<Incoming>,
+    long: &AtomicBool,
+) -> Response<Full<Bytes>> {
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let change: VoterChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(error) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body must be {{\"remove\": N, \"add\": M}}: {error}"),
+            )
+        }
+    };
+    long.store(true, Ordering::SeqCst);
+    let command = AssignmentRequest::ReplaceVoter {
+        remove: change.remove,
+        add: change.add,
+    };
+    match ask_controller(routes, command, MOVE_ANSWER_TIMEOUT).await {
+        Ok(AssignmentAnswer::Voters(voters)) => {
+            json_reply(StatusCode::OK, &serde_json::json!({ "voters": voters }))
+        }
         Ok(other) => unexpected(other),
         Err(response) => response,
     }
@@ -854,6 +902,12 @@ mod tests {
                             partition,
                             shard,
                         } => report(&topic, partition, shard),
+                        AssignmentRequest::ReplaceVoter { remove, add } if remove == add => {
+                            Err(AssignmentError::BadRequest("the same node".into()))
+                        }
+                        AssignmentRequest::ReplaceVoter { add, .. } => {
+                            Ok(AssignmentAnswer::Voters(vec![1, add]))
+                        }
                         AssignmentRequest::Reset { topic, partition } => {
                             report(&topic, partition, 0)
                         }
@@ -923,6 +977,24 @@ mod tests {
                 }
             ]
         );
+
+        // Voter replacement: the body checked here, the rest by the quorum.
+        let (status, _, body) = send_ok(request(
+            "POST",
+            "/v1/cluster/voters",
+            r#"{"remove": 3, "add": 4}"#,
+        ));
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(json["voters"], serde_json::json!([1, 4]));
+        let voters = |body: &str| send_ok(request("POST", "/v1/cluster/voters", body)).0;
+        assert_eq!(voters(r#"{"remove": 4, "add": 4}"#), 400);
+        assert_eq!(voters(r#"{"remove": 4}"#), 400);
+        assert_eq!(voters(r#"{"remove": 1, "add": 2, "x": 3}"#), 400);
+        assert_eq!(get(addr, "/v1/cluster/voters").0, 405);
+        seen.lock()
+            .expect("seen")
+            .retain(|request| !matches!(request, AssignmentRequest::ReplaceVoter { .. }));
 
         // Errors the controller reports.
         let put = |topic: &str, body: &str| {

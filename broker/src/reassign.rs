@@ -70,6 +70,9 @@ pub enum AssignmentRequest {
     /// Drop the assignment: the partition goes back to the shard the
     /// placement function names.
     Reset { topic: String, partition: i32 },
+    /// A cluster member: make node `add` (an observer) a voter of the
+    /// metadata quorum in place of voter `remove`.
+    ReplaceVoter { remove: i32, add: i32 },
 }
 
 /// The controller's answer.
@@ -77,6 +80,8 @@ pub enum AssignmentRequest {
 pub enum AssignmentAnswer {
     List(AssignmentList),
     Moved(MoveReport),
+    /// The quorum's voters after a change.
+    Voters(Vec<i32>),
 }
 
 /// A request and where its answer goes. Crosses from the admin thread to
@@ -182,6 +187,25 @@ async fn answer(
             move_partition(shard, topic, partition, Target::Placement)
                 .await
                 .map(AssignmentAnswer::Moved)
+        }
+        AssignmentRequest::ReplaceVoter { remove, add } => {
+            let Some(quorum) = shard.quorum() else {
+                return Err(AssignmentError::BadRequest(
+                    "this node is not a cluster member (no --voters)".into(),
+                ));
+            };
+            quorum
+                .replace_voter(remove, add)
+                .await
+                .map(AssignmentAnswer::Voters)
+                .map_err(|error| match error {
+                    crate::cluster::quorum::VoterChangeError::Invalid(why) => {
+                        AssignmentError::BadRequest(why)
+                    }
+                    crate::cluster::quorum::VoterChangeError::NotCommitted(why) => {
+                        AssignmentError::Conflict(why)
+                    }
+                })
         }
     }
 }

@@ -10,7 +10,7 @@
 //! alone changes cluster metadata.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -37,8 +37,6 @@ const REOPEN_WAIT_MAX: Duration = Duration::from_secs(5);
 /// turn (64 s); in flight together they overlap. Each open holds a few
 /// descriptors and a scan buffer while it runs, so this bounds both.
 const OPEN_CONCURRENCY: usize = 64;
-/// How often an open waits for another task opening the same partition.
-const OPENING_POLL: Duration = Duration::from_millis(1);
 
 /// A unit of work sent to another shard.
 pub type ShardTask = Box<dyn FnOnce(Rc<Shard>) -> LocalBoxFuture<'static, ()> + Send>;
@@ -55,7 +53,7 @@ pub struct Shard {
     /// reconfigurations take them all, so no open is half done meanwhile.
     open_lock: Semaphore,
     /// Partitions an open is running for (one open per partition at once).
-    opening: RefCell<HashSet<(String, i32)>>,
+    opening: OpeningGates,
     /// Partitions a hand-over just gave this shard, with when, until their
     /// log is opened here (see [`Partition::out_of_sequence_code`]).
     moved_in: RefCell<HashMap<(String, i32), std::time::Instant>>,
@@ -124,16 +122,24 @@ pub struct Released {
 
 pub use crate::clock::now_ms;
 
-/// Takes a partition out of [`Shard`]'s `opening` set when its open ends,
-/// however it ends (an error, or the task dropped mid-way).
+/// Partitions being opened, each with the gate its other requests wait at.
+type OpeningGates = RefCell<HashMap<(String, i32), Rc<Semaphore>>>;
+
+/// Takes a partition out of [`Shard`]'s `opening` map when its open ends,
+/// however it ends (an error, or the task dropped mid-way), and wakes the
+/// requests waiting for it, in the order they came: a request that arrives
+/// later finds the partition open and runs after them, so appends of
+/// pipelined requests keep their order across a first open.
 struct OpeningGuard<'a> {
-    opening: &'a RefCell<HashSet<(String, i32)>>,
+    opening: &'a OpeningGates,
     key: &'a (String, i32),
 }
 
 impl Drop for OpeningGuard<'_> {
     fn drop(&mut self) {
-        self.opening.borrow_mut().remove(self.key);
+        if let Some(gate) = self.opening.borrow_mut().remove(self.key) {
+            gate.close();
+        }
     }
 }
 
@@ -164,7 +170,7 @@ impl Shard {
             metadata: RefCell::new(metadata),
             partitions: RefCell::new(HashMap::new()),
             open_lock: Semaphore::new(OPEN_CONCURRENCY as u64),
-            opening: RefCell::new(HashSet::new()),
+            opening: RefCell::new(HashMap::new()),
             moved_in: RefCell::new(HashMap::new()),
             controller_lock: Semaphore::new(1),
             move_running: Cell::new(false),
@@ -293,8 +299,11 @@ impl Shard {
             .await
             .map_err(|_| ResponseError::KafkaStorageError.code())?;
         // Opens of different partitions run side by side; of one, in turn.
-        while self.opening.borrow().contains(&key) {
-            glommio::timer::sleep(OPENING_POLL).await;
+        loop {
+            let gate = self.opening.borrow().get(&key).cloned();
+            let Some(gate) = gate else { break };
+            // Returns when the open ends (the gate is closed, never signalled).
+            let _ = gate.acquire(1).await;
         }
         if let Some(found) = self.partitions.borrow().get(&key) {
             return Ok((found.clone(), false));
@@ -305,7 +314,9 @@ impl Shard {
         // Again under the lock: while we waited for it, a hand-over may have
         // given the partition to another shard, which may have opened it.
         let meta = self.check_serves(topic, index)?;
-        self.opening.borrow_mut().insert(key.clone());
+        self.opening
+            .borrow_mut()
+            .insert(key.clone(), Rc::new(Semaphore::new(0)));
         let _opening = OpeningGuard {
             opening: &self.opening,
             key: &key,

@@ -328,3 +328,39 @@ def test_a_cut_off_controller_is_replaced_and_loses_nothing_when_links_heal(clus
         values = read_partition(c[new].bootstrap, "cut", p, 10)
         assert len(values) == 10, (p, leader, len(values))
     assert c.link(old, others[0]).stats()["bytes_forward"] > 0, "traffic went through the proxies"
+
+
+def admin_post(node, path: str, body: dict, timeout: float = 60.0) -> tuple[int, dict]:
+    import http.client
+    import json
+    conn = http.client.HTTPConnection("127.0.0.1", node.admin_port, timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_a_voter_is_replaced_by_an_observer_and_the_quorum_follows(cluster_factory):
+    c = cluster_factory(4, settings=FAST, voters=3)
+    controller = c.wait_for_controller(30)
+    c.wait_for_nodes_alive([1, 2, 3, 4], 40)
+    retired = next(n for n in (1, 2, 3) if n != controller)
+    # Refused with a reason: not a member, not a voter.
+    assert admin_post(c[1], "/v1/cluster/voters", {"remove": retired, "add": 9})[0] == 400
+    assert admin_post(c[1], "/v1/cluster/voters", {"remove": 4, "add": 4})[0] == 400
+    assert admin_post(c[1], "/v1/cluster/voters", {"nope": 1})[0] == 400
+    status, answer = admin_post(c[4], "/v1/cluster/voters", {"remove": retired, "add": 4})
+    assert status == 200, answer
+    assert answer["voters"] == sorted({1, 2, 3, 4} - {retired}), answer
+    wait_until(lambda: all(v and v["quorum"]["voters"] == answer["voters"]
+                           for v in c.views().values()), 20, 0.2, "every node sees the voters")
+    # The retired voter no longer counts: with it and one more voter down,
+    # the two remaining voters are a quorum and metadata changes work.
+    other = next(n for n in answer["voters"] if n not in (4, controller))
+    c[retired].kill9()
+    c[other].kill9()
+    survivors = [n for n in c.ids if n not in (retired, other)]
+    c.wait_for_controller(20, among=survivors, exclude={retired, other})
+    create(c[4].bootstrap, "after-replacement", 2)

@@ -56,6 +56,9 @@ enum Event {
     Inbound(Inbound),
     Tick,
     Propose(MetadataCommand),
+    /// Something changed the RawNode outside the loop (a membership change
+    /// proposed): handle its Ready now.
+    Wake,
 }
 
 /// Why a metadata change could not be made.
@@ -63,6 +66,15 @@ enum Event {
 pub enum QuorumError {
     #[error("the metadata quorum did not commit the change within {waited_ms} ms ({state})")]
     Unavailable { waited_ms: u64, state: String },
+}
+
+/// Why a voter was not replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum VoterChangeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotCommitted(String),
 }
 
 /// The quorum's state as `/v1/cluster` and `kafki cluster` show it.
@@ -328,6 +340,80 @@ impl Quorum {
         })
     }
 
+    /// Makes observer `add` a voter in place of voter `remove`: first adds
+    /// it (so the quorum never shrinks meanwhile), then removes the other,
+    /// each as one membership change committed by the quorum. The removed
+    /// node stays a member of the cluster, as an observer. Returns the new
+    /// voters.
+    pub async fn replace_voter(
+        self: &Rc<Self>,
+        remove: i32,
+        add: i32,
+    ) -> Result<Vec<i32>, VoterChangeError> {
+        let voters = |log: &MetadataLog| -> Vec<i32> {
+            let mut voters: Vec<i32> = log
+                .conf_state()
+                .voters
+                .iter()
+                .map(|id| node_of(*id))
+                .collect();
+            voters.sort_unstable();
+            voters
+        };
+        let current = voters(&self.log);
+        if remove == add {
+            return Err(VoterChangeError::Invalid(
+                "the node to add and the node to remove are the same".into(),
+            ));
+        }
+        if !current.contains(&remove) && !current.contains(&add) {
+            return Err(VoterChangeError::Invalid(format!(
+                "node {remove} is not a voter (voters: {current:?})"
+            )));
+        }
+        let image = self.image();
+        if !image.live_nodes().any(|node| node.id == add) {
+            return Err(VoterChangeError::Invalid(format!(
+                "node {add} is not a live member of the cluster: start it as an observer first"
+            )));
+        }
+        use raft::eraftpb::ConfChangeType;
+        for (change_type, node, wanted) in [
+            (ConfChangeType::AddNode, add, true),
+            (ConfChangeType::RemoveNode, remove, false),
+        ] {
+            let started = std::time::Instant::now();
+            let mut proposed_at: Option<std::time::Instant> = None;
+            while voters(&self.log).contains(&node) != wanted {
+                if started.elapsed() > Duration::from_secs(20) {
+                    return Err(VoterChangeError::NotCommitted(format!(
+                        "the quorum did not commit {change_type:?} of node {node} within 20 s ({})",
+                        self.status_line()
+                    )));
+                }
+                if proposed_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3)) {
+                    let mut change = ConfChange::default();
+                    change.set_change_type(change_type);
+                    change.node_id = raft_id(node);
+                    if let Err(error) = self
+                        .raw
+                        .borrow_mut()
+                        .propose_conf_change(Vec::new(), change)
+                    {
+                        tracing::debug!(%error, "membership change not proposed yet; retried");
+                    } else {
+                        proposed_at = Some(std::time::Instant::now());
+                    }
+                    // Wake the driver so the proposal goes out now.
+                    let _ = self.events.try_send(Event::Wake);
+                }
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(node, ?change_type, "metadata quorum voters changed");
+        }
+        Ok(voters(&self.log))
+    }
+
     /// Tells the controller this node is stopping (best effort, bounded),
     /// so it is not fenced as dead meanwhile and gets no new partitions.
     pub async fn announce_shutdown(self: &Rc<Self>) {
@@ -372,6 +458,7 @@ impl Quorum {
     fn handle(self: &Rc<Self>, event: Event) {
         match event {
             Event::Tick => self.on_tick(),
+            Event::Wake => {}
             Event::Propose(command) => {
                 let data = command.encode();
                 if let Err(error) = self.raw.borrow_mut().propose(Vec::new(), data) {
@@ -899,7 +986,17 @@ impl Quorum {
             commit_index: raw.raft.raft_log.committed,
             applied_index: self.image.borrow().log_offset,
             snapshot_index: self.log.snapshot_metadata().index,
-            voters: self.config.voters.iter().map(|voter| voter.id).collect(),
+            voters: {
+                let mut voters: Vec<i32> = self
+                    .log
+                    .conf_state()
+                    .voters
+                    .iter()
+                    .map(|id| node_of(*id))
+                    .collect();
+                voters.sort_unstable();
+                voters
+            },
             role: match raw.raft.state {
                 StateRole::Leader => "leader",
                 StateRole::Follower => "follower",

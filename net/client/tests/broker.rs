@@ -335,9 +335,17 @@ async fn pipelined_small_batches_keep_partition_order() {
         println!("{} retries: checking without order", stats.retries);
         values.sort_unstable();
     }
+    let first_wrong = values
+        .iter()
+        .enumerate()
+        .find(|(index, value)| **value != *index as u32);
     assert!(
         values == (0..5000).collect::<Vec<_>>(),
-        "every record once, in order"
+        "every record once, in order: {} records read, {} requests, {} retries, first wrong \
+         (position, value): {first_wrong:?}",
+        values.len(),
+        stats.requests,
+        stats.retries
     );
 }
 
