@@ -47,6 +47,23 @@ pub fn node_of(raft_id: u64) -> i32 {
     raft_id.saturating_sub(1) as i32
 }
 
+/// raft-rs's configuration for node `me`, started with everything up to
+/// `applied` (the snapshot's index) already in its image. Shared with the
+/// simulation (`simulation.rs`), so both drive raft-rs alike.
+pub(crate) fn raft_config(me: i32, applied: u64) -> raft::Config {
+    raft::Config {
+        id: raft_id(me),
+        election_tick: ELECTION_TICKS,
+        heartbeat_tick: HEARTBEAT_TICKS,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    }
+}
+
 enum Event {
     Inbound(Inbound),
     Tick,
@@ -141,17 +158,7 @@ impl Quorum {
                 anyhow::anyhow!("the metadata snapshot's image is damaged: {error}")
             })?;
         }
-        let raft_config = raft::Config {
-            id: raft_id(me),
-            election_tick: ELECTION_TICKS,
-            heartbeat_tick: HEARTBEAT_TICKS,
-            applied: snapshot.index,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            check_quorum: true,
-            pre_vote: true,
-            ..Default::default()
-        };
+        let raft_config = raft_config(me, snapshot.index);
         raft_config
             .validate()
             .map_err(|error| anyhow::anyhow!("raft configuration: {error}"))?;
