@@ -18,8 +18,8 @@ use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::liveness::{monotonic_ms, Lease, Liveness};
 use super::log_store::{LogFile, MetadataLog, PersistBatch};
@@ -591,11 +591,27 @@ impl Quorum {
     fn send_messages(&self, messages: Vec<Message>) {
         for message in messages {
             let to = node_of(message.to);
-            match message.write_to_bytes() {
-                Ok(body) => {
-                    self.transport.send(to, FrameKind::Raft, &body);
+            let sent = match message.write_to_bytes() {
+                Ok(body) => self.transport.send(to, FrameKind::Raft, &body),
+                Err(error) => {
+                    tracing::error!(%error, "encoding a raft message");
+                    false
                 }
-                Err(error) => tracing::error!(%error, "encoding a raft message"),
+            };
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                // raft-rs keeps a follower it sent a snapshot to in the
+                // Snapshot state (no appends, no other snapshot) until told
+                // how the send went, or until an answer moves its match
+                // index; a lost snapshot, or one the follower ignores
+                // (already committed that far), left it behind for good.
+                // Queued counts as done: frames to a peer go in order, and
+                // if this one is lost, probing finds out and sends another.
+                let status = if sent {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.borrow_mut().report_snapshot(message.to, status);
             }
         }
     }

@@ -17,6 +17,11 @@
 //! (3) liveness: after healing, a leader is elected and a new proposal
 //! commits within a bounded number of ticks.
 //!
+//! Found so far: a follower the leader sent a snapshot to stayed behind for
+//! good when the snapshot was lost or ignored (raft-rs keeps it in the
+//! Snapshot state until `report_snapshot`); `quorum.rs` now reports each
+//! snapshot send, and so does this driver.
+//!
 //! Simulated time is ticks; randomness comes from one seeded generator
 //! (raft-rs draws its election timeouts from `thread_rng`: every timeout it
 //! draws is replaced by one from the seed). Fixed seeds run in `cargo test`;
@@ -31,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
-use raft::{RawNode, StateRole, Storage};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 
 use super::log_store::{LogFile, MetadataLog, PersistBatch};
 use super::quorum::{node_of, raft_config, raft_id};
@@ -93,6 +98,8 @@ impl Rng {
 struct Params {
     nodes: usize,
     drop_pm: u64,
+    /// The transport refuses a message (a full queue): the sender knows.
+    refuse_pm: u64,
     dup_pm: u64,
     /// Messages take 0..=max_delay ticks.
     max_delay: u64,
@@ -109,6 +116,7 @@ impl Params {
         Params {
             nodes: if seed.is_multiple_of(3) { 5 } else { 3 },
             drop_pm: rng.range(0, 100),
+            refuse_pm: rng.range(0, 20),
             dup_pm: rng.range(0, 40),
             max_delay: rng.range(1, 6),
             crash_pm: rng.range(1, 8),
@@ -177,6 +185,22 @@ struct Stats {
     partitions: u64,
     dropped: u64,
     max_term: u64,
+}
+
+impl Stats {
+    fn add(&mut self, other: &Stats) {
+        self.proposals += other.proposals;
+        self.applied += other.applied;
+        self.conflicts += other.conflicts;
+        self.snapshots_made += other.snapshots_made;
+        self.snapshots_installed += other.snapshots_installed;
+        self.snapshots_sent += other.snapshots_sent;
+        self.crashes += other.crashes;
+        self.mid_ready_crashes += other.mid_ready_crashes;
+        self.partitions += other.partitions;
+        self.dropped += other.dropped;
+        self.max_term = self.max_term.max(other.max_term);
+    }
 }
 
 /// What every node applied, as first seen: the reference the others are
@@ -253,32 +277,53 @@ impl World {
         self.trace.push_back(format!("t{:>5} {line}", self.now));
     }
 
-    /// Hands `messages` to the network: dropped, delayed, duplicated.
-    fn send(&mut self, messages: Vec<Message>) {
-        for msg in messages {
-            if msg.get_msg_type() == MessageType::MsgSnapshot {
-                self.stats.snapshots_sent += 1;
-                let line = format!(
-                    "n{} sends a snapshot at {} to n{}",
-                    node_of(msg.from),
-                    msg.get_snapshot().get_metadata().index,
-                    node_of(msg.to)
-                );
-                self.trace(line);
-            }
-            if self.faults && self.rng.chance(self.params.drop_pm) {
-                self.stats.dropped += 1;
-                continue;
-            }
-            if self.faults && self.rng.chance(self.params.dup_pm) {
-                let due = self.now + self.rng.range(0, self.params.max_delay + 1);
-                self.net.push(Packet {
-                    due,
-                    msg: msg.clone(),
-                });
-            }
+    /// Hands one message to the network: refused (a full queue: `false`,
+    /// the sender knows), or taken, then maybe dropped (the sender does not
+    /// know), delayed, duplicated.
+    fn transmit(&mut self, msg: Message) -> bool {
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            self.stats.snapshots_sent += 1;
+            let line = format!(
+                "n{} sends a snapshot at {} to n{}",
+                node_of(msg.from),
+                msg.get_snapshot().get_metadata().index,
+                node_of(msg.to)
+            );
+            self.trace(line);
+        }
+        if self.faults && self.rng.chance(self.params.refuse_pm) {
+            self.stats.dropped += 1;
+            return false;
+        }
+        if self.faults && self.rng.chance(self.params.drop_pm) {
+            self.stats.dropped += 1;
+            return true;
+        }
+        if self.faults && self.rng.chance(self.params.dup_pm) {
             let due = self.now + self.rng.range(0, self.params.max_delay + 1);
-            self.net.push(Packet { due, msg });
+            self.net.push(Packet {
+                due,
+                msg: msg.clone(),
+            });
+        }
+        let due = self.now + self.rng.range(0, self.params.max_delay + 1);
+        self.net.push(Packet { due, msg });
+        true
+    }
+}
+
+/// `Quorum::send_messages`: a snapshot's send is reported to raft-rs.
+fn send_messages(node: &mut SimNode, w: &mut World, messages: Vec<Message>) {
+    for msg in messages {
+        let (to, snapshot) = (msg.to, msg.get_msg_type() == MessageType::MsgSnapshot);
+        let sent = w.transmit(msg);
+        if snapshot {
+            let status = if sent {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            node.raw.report_snapshot(to, status);
         }
     }
 }
@@ -368,7 +413,7 @@ fn process_ready(me: usize, node: &mut SimNode, w: &mut World) -> Result<Outcome
     let crash_at = node.crash_at.take();
     while node.raw.has_ready() {
         let mut ready = node.raw.ready();
-        w.send(ready.take_messages());
+        send_messages(node, w, ready.take_messages());
         if crash_at == Some(CrashPoint::Messages) {
             return Ok(Outcome::Crashed);
         }
@@ -419,12 +464,12 @@ fn process_ready(me: usize, node: &mut SimNode, w: &mut World) -> Result<Outcome
         if crash_at == Some(CrashPoint::Persist) {
             return Ok(Outcome::Crashed);
         }
-        w.send(ready.take_persisted_messages());
+        send_messages(node, w, ready.take_persisted_messages());
         let mut light = node.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             node.log.set_commit(commit);
         }
-        w.send(light.take_messages());
+        send_messages(node, w, light.take_messages());
         apply_entries(me, node, light.take_committed_entries(), w)?;
         node.raw.advance_apply();
     }
@@ -901,25 +946,41 @@ impl Sim {
             })
     }
 
-    /// Heal, restart everyone from disk, check that a leader comes, that a
-    /// new command commits everywhere, and that all nodes converge to the
-    /// same image, covering every entry ever applied.
+    /// Heal and restart the nodes that are down: a leader comes, a new
+    /// command commits everywhere, all nodes converge, without any leader
+    /// change forced. Then the same after restarting every node from disk.
+    /// Each time, the converged image covers every entry ever applied.
     fn finish(&mut self) -> Result<(), String> {
         self.w.faults = false;
         self.w.heal_at = None;
         self.w.groups = vec![0; self.nodes.len()];
+        self.w.pending.clear();
         self.w
-            .trace("final phase: healed, restarting every node".to_string());
+            .trace("final phase: healed, restarting the nodes down".to_string());
+        for me in 0..self.nodes.len() {
+            if self.node(me).is_none() {
+                self.restart(me)?;
+            }
+        }
+        self.settle("healed")?;
+        self.w
+            .trace("final phase: restarting every node from disk".to_string());
         for me in 0..self.nodes.len() {
             self.nodes[me] = Slot::Down { restart_at: 0 };
             self.restart(me)?;
         }
-        self.w.pending.clear();
-        let took = self.run_until(LEADER_BOUND, "a leader all nodes follow", |sim| {
-            sim.agreed_leader().is_some()
-        })?;
-        self.w.trace(format!("leader agreed after {took} ticks"));
+        self.settle("restarted")
+    }
 
+    /// Liveness and convergence in a healed world.
+    fn settle(&mut self, when: &str) -> Result<(), String> {
+        let took = self.run_until(
+            LEADER_BOUND,
+            &format!("{when}: a leader all nodes follow"),
+            |sim| sim.agreed_leader().is_some(),
+        )?;
+        self.w
+            .trace(format!("{when}: leader agreed after {took} ticks"));
         // A new command, at a random node (forwarded by a follower).
         let me = self.w.rng.below(self.nodes.len() as u64) as usize;
         self.w.sequence += 1;
@@ -930,7 +991,7 @@ impl Sim {
         let command = MetadataCommand {
             proposal,
             expected_offset: None,
-            records: vec![MetadataRecord::ClusterId("final".to_string())],
+            records: vec![MetadataRecord::ClusterId(format!("final-{when}"))],
         };
         let now = self.w.now;
         self.w.pending.push(Pending {
@@ -940,24 +1001,17 @@ impl Sim {
             give_up: u64::MAX,
         });
         self.w
-            .trace(format!("final proposal #{} at n{me}", proposal.sequence));
-        self.run_until(COMMIT_BOUND, "the final proposal applied", |sim| {
-            sim.w.pending.is_empty()
-        })?;
-        self.run_until(CONVERGE_BOUND, "all nodes applying the whole log", |sim| {
-            sim.quiet()
-        })?;
-        self.check_converged()?;
-
-        // Once more from disk only: the images rebuilt must match.
-        self.w.trace("restarting every node again".to_string());
-        for me in 0..self.nodes.len() {
-            self.nodes[me] = Slot::Down { restart_at: 0 };
-            self.restart(me)?;
-        }
+            .trace(format!("{when}: proposal #{} at n{me}", proposal.sequence));
+        let took = self.run_until(
+            COMMIT_BOUND,
+            &format!("{when}: a new proposal applied"),
+            |sim| sim.w.pending.is_empty(),
+        )?;
+        self.w
+            .trace(format!("{when}: proposal applied after {took} ticks"));
         self.run_until(
-            LEADER_BOUND + CONVERGE_BOUND,
-            "convergence after a restart",
+            CONVERGE_BOUND,
+            &format!("{when}: every node applying the whole log"),
             |sim| sim.quiet(),
         )?;
         self.check_converged()
@@ -1016,6 +1070,41 @@ impl Sim {
         );
         for line in &self.w.trace {
             let _ = writeln!(out, "  {line}");
+        }
+        let _ = writeln!(out, "nodes:");
+        for (me, slot) in self.nodes.iter().enumerate() {
+            let Slot::Up(node) = slot else {
+                let _ = writeln!(out, "  n{me} down");
+                continue;
+            };
+            let raft = &node.raw.raft;
+            let _ = writeln!(
+                out,
+                "  n{me} {:?} term {} leader {} commit {} last {} applied {} snapshot {}",
+                raft.state,
+                raft.term,
+                raft.leader_id,
+                raft.raft_log.committed,
+                raft.raft_log.last_index(),
+                node.image.log_offset,
+                node.log.snapshot_metadata().index
+            );
+            if raft.state == StateRole::Leader {
+                let mut progress: Vec<_> = raft.prs().iter().collect();
+                progress.sort_by_key(|(id, _)| **id);
+                for (id, pr) in progress {
+                    let _ = writeln!(
+                        out,
+                        "    n{}: {:?} matched {} next {} pending snapshot {} paused {}",
+                        node_of(*id),
+                        pr.state,
+                        pr.matched,
+                        pr.next_idx,
+                        pr.pending_snapshot,
+                        pr.paused
+                    );
+                }
+            }
         }
         out
     }
@@ -1085,10 +1174,10 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn metadata_quorum_survives_faults() {
-    let steps = env_u64("KAFKI_SIM_STEPS").unwrap_or(2000);
+    let steps = env_u64("KAFKI_SIM_STEPS").unwrap_or(2500);
     let seeds: Vec<u64> = match env_u64("KAFKI_SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (1..=env_u64("KAFKI_SIM_SEEDS").unwrap_or(8)).collect(),
+        None => (1..=env_u64("KAFKI_SIM_SEEDS").unwrap_or(16)).collect(),
     };
     let started = Instant::now();
     let mut total = Stats::default();
@@ -1097,11 +1186,7 @@ fn metadata_quorum_survives_faults() {
         match run_seed(seed, steps) {
             Ok(stats) => {
                 eprintln!("seed {seed}: {stats:?}");
-                total.snapshots_installed += stats.snapshots_installed;
-                total.snapshots_made += stats.snapshots_made;
-                total.crashes += stats.crashes;
-                total.conflicts += stats.conflicts;
-                total.applied += stats.applied;
+                total.add(&stats);
             }
             Err(report) => {
                 eprintln!("{report}");
@@ -1115,6 +1200,14 @@ fn metadata_quorum_survives_faults() {
         started.elapsed()
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    // A seed is its run: the same seed again gives the same run.
+    let again = |seed| format!("{:?}", run_seed(seed, steps.min(500)));
+    assert_eq!(
+        again(seeds[0]),
+        again(seeds[0]),
+        "seed {} is not deterministic",
+        seeds[0]
+    );
     if seeds.len() >= 8 {
         // The faults reach what they are meant to reach.
         assert!(total.snapshots_made > 0 && total.snapshots_installed > 0);
