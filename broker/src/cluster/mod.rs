@@ -11,6 +11,8 @@ pub mod log_store;
 pub mod member;
 pub mod quorum;
 pub mod raft_log;
+#[cfg(test)]
+mod simulation;
 pub mod transport;
 pub mod view;
 

@@ -23,8 +23,8 @@ use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::liveness::{monotonic_ms, Lease, Liveness};
 use super::log_store::{LogFile, MetadataLog, PersistBatch};
@@ -50,6 +50,23 @@ pub fn raft_id(node: i32) -> u64 {
 
 pub fn node_of(raft_id: u64) -> i32 {
     raft_id.saturating_sub(1) as i32
+}
+
+/// raft-rs's configuration for node `me`, started with everything up to
+/// `applied` (the snapshot's index) already in its image. Shared with the
+/// simulation (`simulation.rs`), so both drive raft-rs alike.
+pub(crate) fn raft_config(me: i32, applied: u64) -> raft::Config {
+    raft::Config {
+        id: raft_id(me),
+        election_tick: ELECTION_TICKS,
+        heartbeat_tick: HEARTBEAT_TICKS,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    }
 }
 
 enum Event {
@@ -168,17 +185,7 @@ impl Quorum {
                 anyhow::anyhow!("the metadata snapshot's image is damaged: {error}")
             })?;
         }
-        let raft_config = raft::Config {
-            id: raft_id(me),
-            election_tick: ELECTION_TICKS,
-            heartbeat_tick: HEARTBEAT_TICKS,
-            applied: snapshot.index,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            check_quorum: true,
-            pre_vote: true,
-            ..Default::default()
-        };
+        let raft_config = raft_config(me, snapshot.index);
         raft_config
             .validate()
             .map_err(|error| anyhow::anyhow!("raft configuration: {error}"))?;
@@ -771,11 +778,27 @@ impl Quorum {
     fn send_messages(&self, messages: Vec<Message>) {
         for message in messages {
             let to = node_of(message.to);
-            match message.write_to_bytes() {
-                Ok(body) => {
-                    self.transport.send(to, FrameKind::Raft, &body);
+            let sent = match message.write_to_bytes() {
+                Ok(body) => self.transport.send(to, FrameKind::Raft, &body),
+                Err(error) => {
+                    tracing::error!(%error, "encoding a raft message");
+                    false
                 }
-                Err(error) => tracing::error!(%error, "encoding a raft message"),
+            };
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                // raft-rs keeps a follower it sent a snapshot to in the
+                // Snapshot state (no appends, no other snapshot) until told
+                // how the send went, or until an answer moves its match
+                // index; a lost snapshot, or one the follower ignores
+                // (already committed that far), left it behind for good.
+                // Queued counts as done: frames to a peer go in order, and
+                // if this one is lost, probing finds out and sends another.
+                let status = if sent {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.borrow_mut().report_snapshot(message.to, status);
             }
         }
     }
