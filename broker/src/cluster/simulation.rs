@@ -820,6 +820,7 @@ impl Sim {
                     cluster_listen: format!("127.0.0.1:{}", 9100 + id),
                     rack: None,
                     shards: 1,
+                    incarnation: 0,
                     state: NodeState::Alive,
                 };
                 (vec![MetadataRecord::NodeRegistered(registration)], None)
