@@ -75,18 +75,8 @@ pub fn replicas_of(
 /// The id clients are given as the controller: admin requests sent to any
 /// node are forwarded through the quorum, so this is the active controller
 /// when it is a live node, else this node.
-///
-/// Only while this node is in contact with it (its write lease holds): a
-/// controller that died or is cut off would make admin clients wait for a
-/// node they cannot reach; this node forwards their requests anyway.
 pub fn controller_id(shard: &Shard, metadata: &ClusterMetadata) -> i32 {
     let leader = shard.shared.cluster.get().and_then(|shared| {
-        if !shared
-            .lease
-            .valid_at(crate::cluster::liveness::monotonic_ms())
-        {
-            return None;
-        }
         shared
             .status
             .lock()
