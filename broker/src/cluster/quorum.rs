@@ -44,6 +44,18 @@ const PROPOSAL_RETRY: Duration = Duration::from_millis(1500);
 /// The folder of the metadata log in the data directory (Kafka's name).
 pub const LOG_DIR: &str = "__cluster_metadata-0";
 
+/// The quorum's voters as node ids, sorted.
+fn voter_ids(log: &MetadataLog) -> Vec<i32> {
+    let mut voters: Vec<i32> = log
+        .conf_state()
+        .voters
+        .iter()
+        .map(|id| node_of(*id))
+        .collect();
+    voters.sort_unstable();
+    voters
+}
+
 pub fn raft_id(node: i32) -> u64 {
     node as u64 + 1
 }
@@ -357,17 +369,7 @@ impl Quorum {
         remove: i32,
         add: i32,
     ) -> Result<Vec<i32>, VoterChangeError> {
-        let voters = |log: &MetadataLog| -> Vec<i32> {
-            let mut voters: Vec<i32> = log
-                .conf_state()
-                .voters
-                .iter()
-                .map(|id| node_of(*id))
-                .collect();
-            voters.sort_unstable();
-            voters
-        };
-        let current = voters(&self.log);
+        let current = voter_ids(&self.log);
         if remove == add {
             return Err(VoterChangeError::Invalid(
                 "the node to add and the node to remove are the same".into(),
@@ -391,7 +393,7 @@ impl Quorum {
         ] {
             let started = std::time::Instant::now();
             let mut proposed_at: Option<std::time::Instant> = None;
-            while voters(&self.log).contains(&node) != wanted {
+            while voter_ids(&self.log).contains(&node) != wanted {
                 if started.elapsed() > Duration::from_secs(20) {
                     return Err(VoterChangeError::NotCommitted(format!(
                         "the quorum did not commit {change_type:?} of node {node} within 20 s ({})",
@@ -418,7 +420,7 @@ impl Quorum {
             }
             tracing::info!(node, ?change_type, "metadata quorum voters changed");
         }
-        Ok(voters(&self.log))
+        Ok(voter_ids(&self.log))
     }
 
     /// Tells the controller this node is stopping (best effort, bounded),
@@ -1009,17 +1011,7 @@ impl Quorum {
             commit_index: raw.raft.raft_log.committed,
             applied_index: self.image.borrow().log_offset,
             snapshot_index: self.log.snapshot_metadata().index,
-            voters: {
-                let mut voters: Vec<i32> = self
-                    .log
-                    .conf_state()
-                    .voters
-                    .iter()
-                    .map(|id| node_of(*id))
-                    .collect();
-                voters.sort_unstable();
-                voters
-            },
+            voters: voter_ids(&self.log),
             role: match raw.raft.state {
                 StateRole::Leader => "leader",
                 StateRole::Follower => "follower",
