@@ -358,76 +358,23 @@ mod tests {
             .plan(&request(0, 0, &[(0, 0)], &[]))
             .expect("open")
             .session_id;
-        assert!(
-            sessions.should_send(
-                id,
-                "t",
-                0,
-                PartitionAnswer {
-                    has_records: false,
-                    error_code: 0,
-                    high_watermark: 10,
-                    log_start: 0
-                }
-            ),
-            "first answer always sent"
-        );
-        assert!(
-            !sessions.should_send(
-                id,
-                "t",
-                0,
-                PartitionAnswer {
-                    has_records: false,
-                    error_code: 0,
-                    high_watermark: 10,
-                    log_start: 0
-                }
-            ),
-            "nothing changed"
-        );
-        assert!(
-            sessions.should_send(
-                id,
-                "t",
-                0,
-                PartitionAnswer {
-                    has_records: false,
-                    error_code: 0,
-                    high_watermark: 11,
-                    log_start: 0
-                }
-            ),
-            "high watermark moved"
-        );
-        assert!(
-            sessions.should_send(
-                id,
-                "t",
-                0,
-                PartitionAnswer {
-                    has_records: true,
-                    error_code: 0,
-                    high_watermark: 11,
-                    log_start: 0
-                }
-            ),
-            "records"
-        );
-        assert!(
-            sessions.should_send(
-                id,
-                "t",
-                0,
-                PartitionAnswer {
-                    has_records: false,
-                    error_code: 1,
-                    high_watermark: 11,
-                    log_start: 0
-                }
-            ),
-            "error"
-        );
+        let answer = |has_records, error_code, high_watermark| PartitionAnswer {
+            has_records,
+            error_code,
+            high_watermark,
+            log_start: 0,
+        };
+        // (answer, sent?, why), in order: each is compared with the one before.
+        let steps = [
+            (answer(false, 0, 10), true, "first answer always sent"),
+            (answer(false, 0, 10), false, "nothing changed"),
+            (answer(false, 0, 11), true, "high watermark moved"),
+            (answer(true, 0, 11), true, "records"),
+            (answer(false, 1, 11), true, "error"),
+        ];
+        for (answer, sent, why) in steps {
+            assert_eq!(sessions.should_send(id, "t", 0, answer), sent, "{why}");
+        }
     }
 
     #[test]

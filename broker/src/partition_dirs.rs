@@ -14,9 +14,10 @@
 //!
 //! The sweep never runs against metadata that was just created: a data
 //! directory whose metadata file went missing would otherwise lose every
-//! partition. Runs on the main thread before the shards start, and on a
-//! shard when a topic is deleted (plain blocking file calls, as the rest of
-//! topic deletion today).
+//! partition. A cluster member, whose image is not current at start, removes
+//! only folders already marked. Runs on the main thread before the shards
+//! start, and on a shard when a topic is deleted (plain blocking file calls,
+//! as the rest of topic deletion today).
 
 use std::path::{Path, PathBuf};
 
@@ -137,6 +138,25 @@ pub async fn remove_folders_off_shard(dirs: Vec<PathBuf>) {
 /// The start-up sweep (see the module's comment). Returns how many folders
 /// it removed.
 pub fn sweep_strays(data_dir: &Path, metadata: &ClusterMetadata) -> usize {
+    sweep(data_dir, |path, name| stray_reason(metadata, path, name))
+}
+
+/// A cluster member's start-up sweep: only folders already marked for
+/// deletion (a removal a crash cut short). Its metadata image is not
+/// current until it has caught up with the quorum, and folders of topics
+/// created after its last snapshot are not in the snapshot, so it cannot
+/// judge the others at start; an unmarked folder of a deleted topic stays
+/// until a topic of that name is placed here again (opening checks the
+/// stamp and removes it then).
+pub fn sweep_marked(data_dir: &Path) -> usize {
+    sweep(data_dir, |_, name| {
+        name.ends_with(DELETE_SUFFIX)
+            .then(|| "marked for deletion".to_string())
+    })
+}
+
+/// Removes every folder of `data_dir` that `reason` names a reason for.
+fn sweep(data_dir: &Path, reason: impl Fn(&Path, &str) -> Option<String>) -> usize {
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return 0;
     };
@@ -147,7 +167,7 @@ pub fn sweep_strays(data_dir: &Path, metadata: &ClusterMetadata) -> usize {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(reason) = stray_reason(metadata, &path, &name) else {
+        let Some(reason) = reason(&path, &name) else {
             continue;
         };
         match remove_folder(&path) {
@@ -226,5 +246,18 @@ mod tests {
         }
         assert!(dir.path().join("cluster-metadata.json").exists());
         assert_eq!(read_stamp(&owned), Some(id));
+    }
+
+    #[test]
+    fn cluster_sweep_removes_only_marked_folders() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let live = dir.path().join("topic-not-in-any-snapshot-0");
+        let marked = dir.path().join("gone-0.abc-delete");
+        for path in [&live, &marked] {
+            std::fs::create_dir(path).expect("mkdir");
+        }
+        assert_eq!(sweep_marked(dir.path()), 1);
+        assert!(live.exists(), "judged only after catching up, not at start");
+        assert!(!marked.exists());
     }
 }

@@ -47,6 +47,7 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
     // replays it); a single node's from its JSON file.
     let (metadata, opened_log) = if config.cluster.is_some() {
         let opened = crate::cluster::member::open_log(&config.data_dir)?;
+        crate::partition_dirs::sweep_marked(&config.data_dir);
         (ClusterMetadata::default(), Some(opened))
     } else {
         let metadata = ClusterMetadata::load_or_create(&config.data_dir)?;

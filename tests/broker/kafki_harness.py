@@ -33,6 +33,20 @@ WORK_ROOT = REPO / "target" / "broker-tests"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def read_logs(paths) -> str:
+    """The text of the log files that exist among `paths` (None skipped),
+    colour codes removed, joined."""
+    out = []
+    for p in paths:
+        if p is None:
+            continue
+        try:
+            out.append(ANSI.sub("", p.read_text(errors="replace")))
+        except FileNotFoundError:
+            pass
+    return "\n".join(out)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,14 +173,7 @@ class Broker:
         self.start(timeout)
 
     def log_text(self, all_runs: bool = False) -> str:
-        paths = self.logs if all_runs else ([self.log_path] if self.log_path else [])
-        out = []
-        for p in paths:
-            try:
-                out.append(ANSI.sub("", p.read_text(errors="replace")))
-            except FileNotFoundError:
-                pass
-        return "\n".join(out)
+        return read_logs(self.logs if all_runs else [self.log_path])
 
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

@@ -50,7 +50,7 @@ for _p in (HERE, HERE.parent / "broker"):
         sys.path.insert(0, str(_p))
 
 # Shared with the single-node suite (tests/broker stays as it is).
-from kafki_harness import (ANSI, REPO, admin_client, consume_partition,  # noqa: E402,F401
+from kafki_harness import (ANSI, REPO, admin_client, read_logs, consume_partition,  # noqa: E402,F401
                            free_port, wait_until)
 from fault_proxy import BACKWARD, FORWARD, FaultProxy  # noqa: E402,F401
 
@@ -343,14 +343,7 @@ class Node:
     # ------------------------------------------------------------------ logs
 
     def log_text(self, all_runs: bool = False) -> str:
-        paths = self.logs if all_runs else ([self.log_path] if self.log_path else [])
-        out = []
-        for p in paths:
-            try:
-                out.append(ANSI.sub("", p.read_text(errors="replace")))
-            except FileNotFoundError:
-                pass
-        return "\n".join(out)
+        return read_logs(self.logs if all_runs else [self.log_path])
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

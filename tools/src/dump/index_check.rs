@@ -59,6 +59,26 @@ pub(super) fn index_entries(bytes: &[u8], entry_bytes: usize) -> (Vec<&[u8]>, us
     (entries, zero_entries, ragged)
 }
 
+/// The damage of an index file whose length is not a whole number of
+/// entries (`ragged` bytes left over), if it is ragged.
+fn ragged_problem(
+    code: &'static str,
+    path: &str,
+    length: usize,
+    ragged: usize,
+    entry_bytes: usize,
+) -> Option<Problem> {
+    (ragged != 0).then(|| {
+        damage(
+            code,
+            path,
+            None,
+            None,
+            format!("{length} bytes is not a whole number of {entry_bytes}-byte entries"),
+        )
+    })
+}
+
 pub(super) fn be_u32(bytes: &[u8]) -> u32 {
     let mut raw = [0u8; 4];
     raw.copy_from_slice(&bytes[..4]);
@@ -108,19 +128,15 @@ pub(super) fn warning(
 impl OffsetIndexCheck {
     pub(super) fn new(path: &str, base: Option<u64>, bytes: &[u8]) -> Self {
         let (raw, zero_entries, ragged) = index_entries(bytes, OFFSET_ENTRY_BYTES);
-        let mut problems = Vec::new();
-        if ragged != 0 {
-            problems.push(damage(
-                "index_ragged",
-                path,
-                None,
-                None,
-                format!(
-                    "{} bytes is not a whole number of {OFFSET_ENTRY_BYTES}-byte entries",
-                    bytes.len()
-                ),
-            ));
-        }
+        let mut problems: Vec<Problem> = ragged_problem(
+            "index_ragged",
+            path,
+            bytes.len(),
+            ragged,
+            OFFSET_ENTRY_BYTES,
+        )
+        .into_iter()
+        .collect();
         let mut by_position = Vec::with_capacity(raw.len());
         let mut previous: Option<(u32, u32)> = None;
         for (entry, bytes) in raw.iter().enumerate() {
@@ -221,19 +237,15 @@ impl OffsetIndexCheck {
 impl TimeIndexCheck {
     pub(super) fn new(path: &str, base: Option<u64>, bytes: &[u8]) -> Self {
         let (raw, zero_entries, ragged) = index_entries(bytes, TIME_ENTRY_BYTES);
-        let mut problems = Vec::new();
-        if ragged != 0 {
-            problems.push(damage(
-                "timeindex_ragged",
-                path,
-                None,
-                None,
-                format!(
-                    "{} bytes is not a whole number of {TIME_ENTRY_BYTES}-byte entries",
-                    bytes.len()
-                ),
-            ));
-        }
+        let mut problems: Vec<Problem> = ragged_problem(
+            "timeindex_ragged",
+            path,
+            bytes.len(),
+            ragged,
+            TIME_ENTRY_BYTES,
+        )
+        .into_iter()
+        .collect();
         let mut by_offset = Vec::with_capacity(raw.len());
         let mut previous: Option<(i64, u32)> = None;
         for (entry, bytes) in raw.iter().enumerate() {

@@ -497,6 +497,53 @@ fn indexes_are_checked_against_the_batches() {
 }
 
 #[test]
+fn listed_index_entries_come_in_file_order_with_absolute_offsets() {
+    let (bytes, positions) = segment(0);
+    let p = |index: usize| positions[index] as u32;
+    let index = offset_index(&[(5, p(1)), (11, p(3))]);
+    let time = time_index(&[(BASE_TIMESTAMP + 5, 5), (BASE_TIMESTAMP + 14, 14)]);
+    for (kind, wanted) in [
+        (
+            "offset",
+            vec![(0, 105, Some(p(1)), None), (1, 111, Some(p(3)), None)],
+        ),
+        (
+            "time",
+            vec![
+                (0, 105, None, Some(BASE_TIMESTAMP + 5)),
+                (1, 114, None, Some(BASE_TIMESTAMP + 14)),
+            ],
+        ),
+    ] {
+        let options = Options {
+            list_index: Some(kind),
+            ..options()
+        };
+        let (events, _) = dump_segment_bytes(
+            options,
+            "s.log",
+            Some(100),
+            &bytes,
+            Some(&index),
+            Some(&time),
+        );
+        let listed: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::IndexEntry(entry) => Some((
+                    entry.entry,
+                    entry.offset.unwrap_or(-1),
+                    entry.position,
+                    entry.timestamp,
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(listed, wanted, "{kind}");
+    }
+}
+
+#[test]
 fn problems_beyond_the_cap_are_counted_not_printed() {
     // 300 one-record batches with bad CRCs.
     let mut bytes = Vec::new();

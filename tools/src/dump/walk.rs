@@ -588,66 +588,74 @@ impl<'s> Dumper<'s> {
         let (mut damage_count, mut warning_count) = (0, 0);
         if let Some(mut check) = indexes.offset.take() {
             check.finish(data_end);
-            let tally = self.index_problems(&check.problems);
-            damage_count += tally.damage;
-            warning_count += tally.warnings;
-            if self.options.list_index == Some("offset") {
-                // Listed in file order.
-                let mut entries = check.by_position.clone();
-                entries.sort_unstable_by_key(|(_, _, entry)| *entry);
-                for (position, relative, entry) in entries {
-                    self.emit(Event::IndexEntry(IndexEntryInfo {
-                        path: check.path.clone(),
-                        kind: "offset",
-                        entry,
-                        relative_offset: relative,
-                        offset: absolute(check.base, relative),
-                        position: Some(position),
-                        timestamp: None,
-                    }));
-                }
-            }
-            self.emit(Event::IndexSummary(IndexSummary {
-                path: check.path,
+            let listed = check
+                .by_position
+                .iter()
+                .map(|&(position, relative, entry)| (entry, relative, Some(position), None))
+                .collect();
+            let tally = self.report_index(FinishedIndex {
                 kind: "offset",
+                path: check.path,
+                base: check.base,
                 entries: check.entries,
                 zero_entries: check.zero_entries,
-                damage: tally.damage,
-                warnings: tally.warnings,
-                problems_not_shown: tally.not_shown(),
-            }));
+                problems: check.problems,
+                listed,
+            });
+            damage_count += tally.damage;
+            warning_count += tally.warnings;
         }
         if let Some(mut check) = indexes.time.take() {
             check.finish(last_offset);
-            let tally = self.index_problems(&check.problems);
-            damage_count += tally.damage;
-            warning_count += tally.warnings;
-            if self.options.list_index == Some("time") {
-                let mut entries = check.by_offset.clone();
-                entries.sort_unstable_by_key(|(_, _, entry)| *entry);
-                for (relative, timestamp, entry) in entries {
-                    self.emit(Event::IndexEntry(IndexEntryInfo {
-                        path: check.path.clone(),
-                        kind: "time",
-                        entry,
-                        relative_offset: relative,
-                        offset: absolute(check.base, relative),
-                        position: None,
-                        timestamp: Some(timestamp),
-                    }));
-                }
-            }
-            self.emit(Event::IndexSummary(IndexSummary {
-                path: check.path,
+            let listed = check
+                .by_offset
+                .iter()
+                .map(|&(relative, timestamp, entry)| (entry, relative, None, Some(timestamp)))
+                .collect();
+            let tally = self.report_index(FinishedIndex {
                 kind: "time",
+                path: check.path,
+                base: check.base,
                 entries: check.entries,
                 zero_entries: check.zero_entries,
-                damage: tally.damage,
-                warnings: tally.warnings,
-                problems_not_shown: tally.not_shown(),
-            }));
+                problems: check.problems,
+                listed,
+            });
+            damage_count += tally.damage;
+            warning_count += tally.warnings;
         }
         (damage_count, warning_count)
+    }
+
+    /// Reports one finished index check: its problems, its entries in file
+    /// order when `--list-index` names its kind, and its summary.
+    fn report_index(&mut self, index: FinishedIndex) -> Tally {
+        let tally = self.index_problems(&index.problems);
+        if self.options.list_index == Some(index.kind) {
+            let mut listed = index.listed;
+            listed.sort_unstable_by_key(|(entry, ..)| *entry);
+            for (entry, relative, position, timestamp) in listed {
+                self.emit(Event::IndexEntry(IndexEntryInfo {
+                    path: index.path.clone(),
+                    kind: index.kind,
+                    entry,
+                    relative_offset: relative,
+                    offset: absolute(index.base, relative),
+                    position,
+                    timestamp,
+                }));
+            }
+        }
+        self.emit(Event::IndexSummary(IndexSummary {
+            path: index.path,
+            kind: index.kind,
+            entries: index.entries,
+            zero_entries: index.zero_entries,
+            damage: tally.damage,
+            warnings: tally.warnings,
+            problems_not_shown: tally.not_shown(),
+        }));
+        tally
     }
 
     pub(super) fn index_problems(&mut self, problems: &[Problem]) -> Tally {
@@ -1422,4 +1430,16 @@ pub fn dump_segment_bytes(
         dumper.finish().0
     };
     (events, totals)
+}
+
+/// An index check the walk is done with, as [`Dumper::report_index`] takes it.
+struct FinishedIndex {
+    kind: &'static str,
+    path: String,
+    base: Option<u64>,
+    entries: usize,
+    zero_entries: usize,
+    problems: Vec<Problem>,
+    /// (entry number, relative offset, position, timestamp), in any order.
+    listed: Vec<(usize, u32, Option<u32>, Option<i64>)>,
 }
