@@ -66,7 +66,7 @@ bench_runs() {
     before=$(cpu_ticks "$@")
     taskset -c "$BENCH_CPUS" "$KAFKI" bench produce --bootstrap "$bootstrap" \
       --topic "bench-$label" --partitions "$PARTITIONS_BENCH" --record-bytes "$RECORD_BYTES" \
-      --acks "$ACKS" --duration "$DURATION" --json "$json" >/dev/null
+      --acks "$ACKS" --duration "$DURATION" --json "$json" >/dev/null 2>>"$OUT/bench.log"
     after=$(cpu_ticks "$@")
     python3 - "$label" "$run" "$json" "$before" "$after" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
@@ -81,7 +81,7 @@ EOF
   done
 }
 
-echo "== kafki $("$KAFKI" --version 2>/dev/null || true), $(git -C "$ROOT" rev-parse --short HEAD), $(date -u '+%F %T') UTC"
+echo "== $("$KAFKI" --version 2>/dev/null || true), $(git -C "$ROOT" rev-parse --short HEAD), $(date -u '+%F %T') UTC"
 echo "== brokers on CPUs $BROKER_CPUS, bench on CPUs $BENCH_CPUS; $RUNS runs of ${DURATION}s;" \
   "$PARTITIONS_BENCH partitions, ${RECORD_BYTES} B records, acks=$ACKS"
 

@@ -70,6 +70,9 @@ pub fn code_for_log_error(error: &LogError) -> i16 {
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        // Only a follower's append meets it (Kafka's internal
+        // UnexpectedAppendOffsetException); never a client's request.
+        LogError::OffsetOutOfOrder { .. } => ResponseError::UnknownServerError,
         LogError::Damaged { .. } => ResponseError::KafkaStorageError,
         // Retriable for every client (Java: KafkaStorageException).
         LogError::Io { .. } | LogError::Failed(_) | LogError::Paused(_) => {

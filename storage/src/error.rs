@@ -20,6 +20,13 @@ pub enum LogError {
     },
     #[error("leader epoch {epoch} is older than the latest epoch {latest}")]
     StaleLeaderEpoch { epoch: i32, latest: i32 },
+    /// A replicated batch that starts before the log's end (a follower must
+    /// truncate the diverged suffix first).
+    #[error("batch at offset {base_offset} is below the log end offset {log_end_offset}")]
+    OffsetOutOfOrder {
+        base_offset: i64,
+        log_end_offset: u64,
+    },
     #[error("I/O error during {operation} on {}: {source}", path.display())]
     Io {
         operation: &'static str,

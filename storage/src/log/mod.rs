@@ -302,6 +302,17 @@ impl LogState {
         Ok(())
     }
 
+    /// Appends never go back to an older leader epoch than the log holds.
+    fn check_epoch(&self, leader_epoch: i32) -> LogResult<()> {
+        match self.epochs.latest_epoch() {
+            Some(latest) if leader_epoch < latest => Err(LogError::StaleLeaderEpoch {
+                epoch: leader_epoch,
+                latest,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Never written (or emptied): one segment without a file, no offsets.
     fn holds_nothing(&self) -> bool {
         self.segments.len() == 1
@@ -512,14 +523,7 @@ impl PartitionLog {
         let original = batch::validate_producer_batch(&batch)?;
         let mut state = self.shared.state.borrow_mut();
         state.check_writable()?;
-        if let Some(latest) = state.epochs.latest_epoch() {
-            if leader_epoch < latest {
-                return Err(LogError::StaleLeaderEpoch {
-                    epoch: leader_epoch,
-                    latest,
-                });
-            }
-        }
+        state.check_epoch(leader_epoch)?;
         let now = now_ms();
         let total = batch.len() as u64;
         maybe_roll(&mut state, config, total, original.last_offset_delta, now);
@@ -532,38 +536,93 @@ impl PartitionLog {
                 now
             });
         let patched = BatchHeader::parse(&header)?;
-        let last_offset = patched.last_offset() as u64;
-        let active = state.active_mut();
-        let position = active.size_bytes;
-        let segment_base = active.base_offset;
-        if active.next_offset == active.base_offset {
-            active.created_ms = now;
-        }
-        active.note_batch(&patched, position, config.index_interval_bytes);
-        state.hot.push_back(CachedBatch {
-            base_offset,
-            last_offset,
-            max_timestamp: patched.max_timestamp,
-            records: original.records_count as u64,
-            segment_base,
-            position,
-            header: header.freeze(),
+        let last_offset = place_batch(
+            &mut state,
+            config,
+            &patched,
+            header.freeze(),
             body,
-        });
-        state.hot_bytes += total;
-        state.unwritten_bytes += total;
-        state.next_offset = last_offset + 1;
+            original.records_count,
+            now,
+        );
         if leader_epoch >= 0 && state.epochs.assign(leader_epoch, base_offset) {
             state.epochs_dirty = true;
         }
-        state.stats.appended_batches += 1;
-        state.stats.appended_bytes += total;
         drop(state);
         self.shared.wake_flusher();
         Ok(AppendInfo {
             base_offset,
             last_offset,
             log_append_time_ms,
+        })
+    }
+
+    /// A follower's append: a batch exactly as the leader stored it (its
+    /// offsets, leader epoch and timestamps kept, nothing patched). Its
+    /// base offset must not be below this log's end; it may be above it
+    /// (a compacted leader log has gaps). Validated first (shape, CRC);
+    /// nothing is appended otherwise. Waits for buffer room like
+    /// [`PartitionLog::append`].
+    pub async fn append_replicated(&self, batch: Bytes) -> LogResult<AppendInfo> {
+        self.wait_for_buffer_room().await?;
+        let config = &self.shared.config;
+        if batch.len() > config.max_batch_bytes {
+            return Err(LogError::BatchTooLarge {
+                size: batch.len(),
+                limit: config.max_batch_bytes,
+            });
+        }
+        let header = batch::validate_stored_batch(&batch)?;
+        if header.total_bytes() != batch.len() {
+            return Err(LogError::InvalidBatch(
+                crate::error::BatchError::TrailingBytes {
+                    batch_bytes: header.total_bytes(),
+                    buffer_bytes: batch.len(),
+                },
+            ));
+        }
+        let mut state = self.shared.state.borrow_mut();
+        state.check_writable()?;
+        let base_offset = u64::try_from(header.base_offset).unwrap_or(0);
+        if header.base_offset < 0 || base_offset < state.next_offset {
+            return Err(LogError::OffsetOutOfOrder {
+                base_offset: header.base_offset,
+                log_end_offset: state.next_offset,
+            });
+        }
+        let leader_epoch = header.partition_leader_epoch;
+        state.check_epoch(leader_epoch)?;
+        let now = now_ms();
+        // A gap: the next batch starts later (offsets the leader's cleaner
+        // removed); the active segment keeps its base.
+        state.next_offset = base_offset;
+        maybe_roll(
+            &mut state,
+            config,
+            batch.len() as u64,
+            header.last_offset_delta,
+            now,
+        );
+        let head = batch.slice(..BATCH_HEADER_BYTES);
+        let body = batch.slice(BATCH_HEADER_BYTES..);
+        let last_offset = place_batch(
+            &mut state,
+            config,
+            &header,
+            head,
+            body,
+            header.records_count,
+            now,
+        );
+        if leader_epoch >= 0 && state.epochs.assign(leader_epoch, base_offset) {
+            state.epochs_dirty = true;
+        }
+        drop(state);
+        self.shared.wake_flusher();
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time_ms: None,
         })
     }
 
@@ -826,6 +885,46 @@ fn validate_config(config: &LogConfig) -> LogResult<()> {
 
 /// Rolls the active segment if this batch would overfill it, it is too old,
 /// or relative offsets would overflow.
+/// Puts a batch whose header is final at the end of the active segment and
+/// the write buffer; returns its last offset. The caller has rolled the
+/// segment if needed and wakes the flusher.
+fn place_batch(
+    state: &mut LogState,
+    config: &LogConfig,
+    header: &BatchHeader,
+    header_bytes: Bytes,
+    body: Bytes,
+    records: i32,
+    now: i64,
+) -> u64 {
+    let base_offset = state.next_offset;
+    let last_offset = header.last_offset() as u64;
+    let total = (header_bytes.len() + body.len()) as u64;
+    let active = state.active_mut();
+    let position = active.size_bytes;
+    let segment_base = active.base_offset;
+    if active.next_offset == active.base_offset {
+        active.created_ms = now;
+    }
+    active.note_batch(header, position, config.index_interval_bytes);
+    state.hot.push_back(CachedBatch {
+        base_offset,
+        last_offset,
+        max_timestamp: header.max_timestamp,
+        records: u64::try_from(records).unwrap_or(0),
+        segment_base,
+        position,
+        header: header_bytes,
+        body,
+    });
+    state.hot_bytes += total;
+    state.unwritten_bytes += total;
+    state.next_offset = last_offset + 1;
+    state.stats.appended_batches += 1;
+    state.stats.appended_bytes += total;
+    last_offset
+}
+
 fn maybe_roll(
     state: &mut LogState,
     config: &LogConfig,
