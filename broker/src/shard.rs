@@ -779,34 +779,62 @@ impl Shard {
         })
     }
 
-    /// Closes every partition cleanly (flush, clean-shutdown marker),
-    /// [`OPEN_CONCURRENCY`] at a time: one after another, 20 000 logs took
-    /// 58 s to stop, each waiting for its own syncs.
+    /// Closes every partition cleanly for a node stop, [`OPEN_CONCURRENCY`]
+    /// at a time: each writes its files without syncing them, then one
+    /// `syncfs` makes all of them durable before any is marked clean
+    /// ([`kafki_storage::finish_stop`]). One after another, 20 000 logs took
+    /// 58 s to stop; with a few syncs each, 8 000 written logs took 8–9 s.
     pub async fn close_partitions(&self) {
         let partitions: Vec<_> = self.partitions.borrow_mut().drain().collect();
         self.publish_partitions();
         let started = Instant::now();
         let count = partitions.len();
+        let pending = RefCell::new(Vec::new());
         futures::stream::iter(partitions)
             .for_each_concurrent(OPEN_CONCURRENCY, |((topic, index), partition)| {
-                self.close_at_shutdown(topic, index, partition)
+                let pending = &pending;
+                async move {
+                    if let Some(left) = self.close_at_shutdown(topic, index, partition).await {
+                        pending.borrow_mut().push(left);
+                    }
+                }
             })
             .await;
+        let closed_ms = started.elapsed().as_millis() as u64;
+        let pending = pending.into_inner();
+        let waiting = pending.len();
+        let finished =
+            kafki_storage::checkpoint::off_executor(move || kafki_storage::finish_stop(&pending))
+                .await;
+        if let Err(error) = finished {
+            tracing::error!(shard = self.id, %error, logs = waiting, "syncing the file system at stop failed: those logs are recovered at the next start");
+        }
         tracing::info!(
             shard = self.id,
             partitions = count,
+            marked_after_sync = waiting,
+            closed_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "closed partitions"
         );
     }
 
-    async fn close_at_shutdown(&self, topic: String, index: i32, partition: Rc<Partition>) {
+    /// Closes one partition at a node stop; returns what is left once the
+    /// file system is synced.
+    async fn close_at_shutdown(
+        &self,
+        topic: String,
+        index: i32,
+        partition: Rc<Partition>,
+    ) -> Option<kafki_storage::PendingMarker> {
         match Rc::try_unwrap(partition) {
-            Ok(partition) => {
-                if let Err(error) = partition.close().await {
+            Ok(partition) => match partition.close_for_stop().await {
+                Ok(left) => left,
+                Err(error) => {
                     tracing::error!(shard = self.id, topic, partition = index, %error, "unclean close");
+                    None
                 }
-            }
+            },
             Err(partition) => {
                 // A request still holds it: make its data durable anyway
                 // (the snapshot waits for that), with its producer state.
@@ -816,6 +844,7 @@ impl Shard {
                 if let Err(error) = partition.flush().await {
                     tracing::error!(shard = self.id, topic, partition = index, %error, "flush at shutdown failed");
                 }
+                None
             }
         }
     }

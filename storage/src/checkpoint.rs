@@ -94,6 +94,24 @@ pub fn write_all_atomically<N: AsRef<str>, C: AsRef<[u8]>>(
         .map_err(|source| LogError::io("write checkpoint", dir, source))
 }
 
+/// Replaces each file (temp file, rename) without syncing anything: for a
+/// node stop, whose one `syncfs` afterwards makes them durable
+/// ([`crate::log::finish_stop`]).
+pub fn write_all_unsynced<N: AsRef<str>, C: AsRef<[u8]>>(
+    dir: &Path,
+    files: &[(N, C)],
+) -> LogResult<()> {
+    for (name, contents) in files {
+        let name = name.as_ref();
+        let temp = dir.join(format!("{name}.tmp"));
+        let final_path = dir.join(name);
+        fs::write(&temp, contents.as_ref())
+            .and_then(|()| fs::rename(&temp, &final_path))
+            .map_err(|source| LogError::io("write checkpoint", final_path, source))?;
+    }
+    Ok(())
+}
+
 /// Creates the (empty) clean-shutdown marker and syncs the directory: for a
 /// log with nothing else to write (an empty file has no data to sync, so
 /// the temp-file dance of [`write_atomically`] buys nothing).

@@ -827,3 +827,82 @@ fn idle_logs_close_without_writing_and_reserve_little() {
         log.close().await.expect("close");
     });
 }
+
+/// A node stop closes its logs without syncing each (`close_unsynced`),
+/// then syncs the file system once and marks them clean (`finish_stop`):
+/// the next open trusts them (the marker stays), with every record and
+/// both index files. Without `finish_stop` (a crash in between) no marker
+/// exists and the next open recovers the same records.
+#[test]
+fn a_node_stop_marks_logs_clean_after_one_file_system_sync() {
+    let dir = test_dir();
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        let written = root.join("written-0");
+        let empty = root.join("empty-0");
+        let cut = root.join("cut-0");
+        let marker = |path: &std::path::Path| path.join(".kafki-clean-shutdown").exists();
+        let mut pending = Vec::new();
+        for path in [&written, &cut] {
+            let log = PartitionLog::open(path, small_config())
+                .await
+                .expect("open");
+            for index in 0..300u32 {
+                log.append(make_batch(1_000, 2, 200, index as u8), 0)
+                    .await
+                    .expect("append");
+            }
+            assert!(log.segment_bases().len() > 1, "rolled");
+            let left = log.close_unsynced().await.expect("close");
+            assert!(left.is_some(), "a written log needs its marker");
+            assert!(!marker(path), "no marker before the file system is synced");
+            if path == &written {
+                pending.extend(left);
+            }
+        }
+        let log = PartitionLog::open(&empty, small_config())
+            .await
+            .expect("open");
+        assert_eq!(log.close_unsynced().await.expect("close"), None);
+        assert!(marker(&empty), "a log without files is marked at once");
+
+        assert_eq!(kafki_storage::finish_stop(&pending).expect("finish"), 1);
+        assert!(marker(&written));
+        assert_eq!(
+            std::fs::read_to_string(written.join("recovery-point")).expect("recovery point"),
+            "600\n"
+        );
+        for path in [&written, &cut] {
+            let log = PartitionLog::open(path, small_config())
+                .await
+                .expect("reopen");
+            assert_eq!(
+                marker(path),
+                path == &written,
+                "{}: opened clean only when marked",
+                path.display()
+            );
+            assert_eq!(log.offsets().next_offset, 600);
+            let mut offset = 0;
+            while offset < 600 {
+                let read = log.read(offset, 1 << 20, u64::MAX).await.expect("read");
+                let batches = split_batches(&read.load().await.expect("load"));
+                assert_eq!(batches[0].0.base_offset as u64, offset - offset % 2);
+                offset = read.next_offset;
+            }
+            if path == &written {
+                let active = log.segment_bases().last().copied().expect("a segment");
+                assert!(path.join(format!("{active:020}.index")).exists());
+                assert!(path.join(format!("{active:020}.timeindex")).exists());
+            }
+            // Opened clean and untouched: nothing left to do at close; a
+            // recovered log needs its marker.
+            assert_eq!(
+                log.close_unsynced().await.expect("close").is_none(),
+                path == &written,
+                "{}",
+                path.display()
+            );
+        }
+    });
+}

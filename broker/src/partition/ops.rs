@@ -185,6 +185,22 @@ impl Partition {
         self.log.close().await
     }
 
+    /// Closes for a node stop: the producer-state snapshot and the log's
+    /// files are written but not synced; the shard's stop syncs the file
+    /// system once and marks the logs clean ([`kafki_storage::finish_stop`]).
+    pub async fn close_for_stop(self) -> LogResult<Option<kafki_storage::PendingMarker>> {
+        match snapshot::write_at_stop(&self.log, &self.producers).await {
+            Ok(Some(offset)) => {
+                tracing::debug!(topic = %self.topic, partition = self.index, offset, "producer-state snapshot written at stop")
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(topic = %self.topic, partition = self.index, %error, "producer-state snapshot at stop failed; the next open rebuilds it from the log")
+            }
+        }
+        self.log.close_unsynced().await
+    }
+
     /// Closes the log of a deleted partition: no snapshot, its files go.
     pub async fn close_deleted(self) -> LogResult<()> {
         self.log.close().await

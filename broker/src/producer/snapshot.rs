@@ -425,6 +425,20 @@ pub async fn read_file(dir: &Path, bytes_max: u64) -> Result<Option<Vec<u8>>, Sn
 /// Replaces the snapshot file of `dir` with `bytes`, atomically and durably
 /// (temp file, `fdatasync`, rename, directory sync).
 pub async fn write_file(dir: &Path, bytes: Vec<u8>) -> std::io::Result<()> {
+    write_file_with(dir, bytes, FileSync::Synced).await
+}
+
+/// Whether a snapshot write syncs its file and directory itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileSync {
+    Synced,
+    /// A node stop: the file system is synced once for every log before
+    /// any is marked clean (`kafki_storage::finish_stop`).
+    Deferred,
+}
+
+/// [`write_file`], syncing as `sync` says.
+async fn write_file_with(dir: &Path, bytes: Vec<u8>, sync: FileSync) -> std::io::Result<()> {
     // A name of its own per write: a write cut short (its task dropped at a
     // stop, its rename still running on a blocking thread) must not have
     // its temp file taken or renamed away by the next writer's.
@@ -444,7 +458,10 @@ pub async fn write_file(dir: &Path, bytes: Vec<u8>) -> std::io::Result<()> {
                 format!("short write: {done} of {total} bytes"),
             ));
         }
-        file.fdatasync().await.map_err(io_error)
+        if sync == FileSync::Synced {
+            file.fdatasync().await.map_err(io_error)?;
+        }
+        Ok(())
     }
     .await;
     let closed = file.close().await.map_err(io_error);
@@ -453,6 +470,9 @@ pub async fn write_file(dir: &Path, bytes: Vec<u8>) -> std::io::Result<()> {
     glommio::io::rename(&temp, dir.join(SNAPSHOT_FILE))
         .await
         .map_err(io_error)?;
+    if sync == FileSync::Deferred {
+        return Ok(());
+    }
     let directory = Directory::open(dir).await.map_err(io_error)?;
     let synced = directory.sync().await.map_err(io_error);
     let _ = directory.close().await;
@@ -558,6 +578,23 @@ where
     write(log, producers, wait_committed).await.map(Some)
 }
 
+/// A node stop's snapshot: like [`write_unless_current`], but neither
+/// waiting for the log to commit nor syncing: the stop syncs the file
+/// system before it marks any log clean, and a crash before that leaves a
+/// file the next open refuses if it names an offset beyond the recovered
+/// log (see [`load`]).
+pub async fn write_at_stop(
+    log: &PartitionLog,
+    producers: &PartitionProducers,
+) -> Result<Option<u64>, String> {
+    if is_current(log, producers) {
+        return Ok(None);
+    }
+    write_now(log, producers, |_| async { Ok(()) }, FileSync::Deferred)
+        .await
+        .map(Some)
+}
+
 /// Writes the snapshot: the state and offset taken together, then (once
 /// `wait_committed` says the partition committed that offset) the file.
 /// Returns the offset.
@@ -570,7 +607,7 @@ where
     F: FnOnce(u64) -> Committed,
     Committed: Future<Output = LogResult<()>>,
 {
-    let written = write_now(log, producers, wait_committed).await;
+    let written = write_now(log, producers, wait_committed, FileSync::Synced).await;
     let retry_at = written
         .is_err()
         .then(|| Instant::now() + SNAPSHOT_RETRY_AFTER);
@@ -582,6 +619,7 @@ async fn write_now<F, Committed>(
     log: &PartitionLog,
     producers: &PartitionProducers,
     wait_committed: F,
+    sync: FileSync,
 ) -> Result<u64, String>
 where
     F: FnOnce(u64) -> Committed,
@@ -605,7 +643,7 @@ where
     wait_committed(offset)
         .await
         .map_err(|error| format!("the log did not commit offset {offset}: {error}"))?;
-    write_file(log.dir(), bytes)
+    write_file_with(log.dir(), bytes, sync)
         .await
         .map_err(|error| format!("cannot write {SNAPSHOT_FILE}: {error}"))?;
     producers.snapshot.mark.set(SnapshotMark {

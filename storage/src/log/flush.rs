@@ -585,7 +585,7 @@ async fn seal_segment(shared: &Shared, base_offset: u64, file: &SegmentFile) -> 
 /// is skipped once a higher-numbered copy is on disk, under a lock taken
 /// only on the blocking thread. (An async lock here deadlocked: the sync
 /// future that held it is not polled while the flush cycle awaits a seal.)
-async fn store_epochs(
+pub(super) async fn store_epochs(
     shared: &Shared,
     epochs: crate::checkpoint::LeaderEpochCache,
 ) -> LogResult<()> {

@@ -743,13 +743,33 @@ impl PartitionLog {
     /// once has their syncs overlap (and the file system commit them
     /// together) instead of running one after the other on the shard.
     pub async fn close(mut self) -> LogResult<()> {
+        self.seal(Durability::SyncedHere).await?;
+        self.stop_flusher().await
+    }
+
+    /// Closes for a node stop, which closes thousands of logs at once:
+    /// every file is written as [`PartitionLog::close`] writes it, but
+    /// nothing is synced, and the recovery point and clean-shutdown marker
+    /// (which promise that the files are on disk) are left to
+    /// [`finish_stop`], which syncs each file system once first. Returns
+    /// what is left to do, `None` when the log needs nothing more. A crash
+    /// before [`finish_stop`] leaves no marker: the next open recovers.
+    pub async fn close_unsynced(mut self) -> LogResult<Option<PendingMarker>> {
+        let pending = self.seal(Durability::Deferred).await?;
+        self.stop_flusher().await?;
+        Ok(pending)
+    }
+
+    /// The common part of the closes: write everything, seal the active
+    /// segment, then (synced here) mark the log clean or (deferred) say
+    /// what is left.
+    async fn seal(&self, durability: Durability) -> LogResult<Option<PendingMarker>> {
         let shared = self.shared.clone();
         let permit = shared.lock().await?;
         write_pending(&shared).await?;
         if shared.state.borrow().pristine {
             shared.state.borrow_mut().closing = true;
-            drop(permit);
-            return self.stop_flusher().await;
+            return Ok(None);
         }
         if shared.state.borrow().holds_nothing() {
             // No segment file, no offsets: no index or checkpoint to keep,
@@ -761,10 +781,22 @@ impl PartitionLog {
             let marker = shared.dir.join(checkpoint::CLEAN_SHUTDOWN_FILE);
             std::fs::File::create(&marker)
                 .map_err(|source| LogError::io("write marker", &marker, source))?;
-            drop(permit);
-            return self.stop_flusher().await;
+            return Ok(None);
         }
-        sync_active(&shared).await?;
+        match durability {
+            Durability::SyncedHere => sync_active(&shared).await?,
+            Durability::Deferred => {
+                // The epochs are stored as always (rarely changed); the
+                // data waits for the file system's sync.
+                let epochs = {
+                    let mut state = shared.state.borrow_mut();
+                    std::mem::take(&mut state.epochs_dirty).then(|| state.epochs.clone())
+                };
+                if let Some(epochs) = epochs {
+                    flush::store_epochs(&shared, epochs).await?;
+                }
+            }
+        }
         let (file, segment_bytes, index, next_offset, fill) = {
             let mut state = shared.state.borrow_mut();
             state.closing = true;
@@ -782,30 +814,47 @@ impl PartitionLog {
         if let Some(file) = &file {
             space::finish_fill(fill, file).await;
             file.truncate(segment_bytes).await?;
-            file.sync_data().await?;
+            if durability == Durability::SyncedHere {
+                file.sync_data().await?;
+            }
         }
         let index_base = file.as_ref().map(|file| file_base(&file.path));
         let dir = shared.dir.clone();
-        // `sync_active` above stored the epochs if they changed. The index
-        // files and the recovery point (the log's end: all of it is synced)
-        // share one directory sync, and the marker has its own: five syncs
-        // where a close took ten.
-        checkpoint::off_executor(move || -> LogResult<()> {
-            let mut files = vec![(
-                checkpoint::RECOVERY_POINT_FILE.to_string(),
-                format!("{next_offset}\n").into_bytes(),
-            )];
+        let pending = PendingMarker {
+            dir: dir.clone(),
+            recovery_point: next_offset,
+        };
+        // The epochs were stored above if they changed. Synced here: the
+        // index files and the recovery point (the log's end: all of it is
+        // synced) share one directory sync, and the marker has its own:
+        // five syncs where a close took ten. Deferred: no sync at all; the
+        // recovery point and marker wait for the file system's.
+        let outcome = checkpoint::off_executor(move || -> LogResult<Option<PendingMarker>> {
+            let mut files = Vec::new();
             if let Some(base) = index_base {
                 files.push((offset_index_name(base), index.encode_offsets()));
                 files.push((time_index_name(base), index.encode_times()));
             }
-            checkpoint::write_all_atomically(&dir, &files)?;
-            // Last: it promises that everything above is on disk.
-            checkpoint::mark_clean(&dir)
+            match durability {
+                Durability::SyncedHere => {
+                    files.push((
+                        checkpoint::RECOVERY_POINT_FILE.to_string(),
+                        format!("{next_offset}\n").into_bytes(),
+                    ));
+                    checkpoint::write_all_atomically(&dir, &files)?;
+                    // Last: it promises that everything above is on disk.
+                    checkpoint::mark_clean(&dir)?;
+                    Ok(None)
+                }
+                Durability::Deferred => {
+                    checkpoint::write_all_unsynced(&dir, &files)?;
+                    Ok(Some(pending))
+                }
+            }
         })
-        .await?;
+        .await;
         drop(permit);
-        self.stop_flusher().await
+        outcome
     }
 
     /// Ends the flusher task of a closing log (`closing` is set).
@@ -885,6 +934,69 @@ fn validate_config(config: &LogConfig) -> LogResult<()> {
 
 /// Rolls the active segment if this batch would overfill it, it is too old,
 /// or relative offsets would overflow.
+/// Where a close makes its files durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Its own syncs, before the marker ([`PartitionLog::close`]).
+    SyncedHere,
+    /// One file-system sync for many logs, later ([`finish_stop`]).
+    Deferred,
+}
+
+/// What a log closed by [`PartitionLog::close_unsynced`] still needs once
+/// its file system is synced: its recovery point and marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingMarker {
+    dir: PathBuf,
+    recovery_point: u64,
+}
+
+/// Finishes a node stop for logs closed with
+/// [`PartitionLog::close_unsynced`]: one `syncfs` per file system holding
+/// them (the data, indexes, snapshots and truncations of every log reach
+/// the disk together: one journal commit where each log took five
+/// `fsync`s), then each log's recovery point and clean-shutdown marker,
+/// then one more `syncfs` for those. Blocking: call it off the shards.
+/// Returns how many logs it marked clean; on an error none after it is
+/// marked (their next open recovers, which is safe).
+pub fn finish_stop(pending: &[PendingMarker]) -> LogResult<usize> {
+    sync_file_systems(pending.iter().map(|pending| pending.dir.as_path()))?;
+    for log in pending {
+        checkpoint::write_all_unsynced(
+            &log.dir,
+            &[(
+                checkpoint::RECOVERY_POINT_FILE,
+                format!("{}\n", log.recovery_point),
+            )],
+        )?;
+        let marker = log.dir.join(checkpoint::CLEAN_SHUTDOWN_FILE);
+        std::fs::File::create(&marker)
+            .map_err(|source| LogError::io("write marker", &marker, source))?;
+    }
+    sync_file_systems(pending.iter().map(|pending| pending.dir.as_path()))?;
+    Ok(pending.len())
+}
+
+/// `syncfs` once for each file system among `dirs` (by device number).
+fn sync_file_systems<'a>(dirs: impl Iterator<Item = &'a Path>) -> LogResult<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let mut synced = std::collections::HashSet::new();
+    for dir in dirs {
+        let handle =
+            std::fs::File::open(dir).map_err(|source| LogError::io("syncfs", dir, source))?;
+        let device = handle
+            .metadata()
+            .map_err(|source| LogError::io("syncfs", dir, source))?
+            .dev();
+        if synced.insert(device) {
+            nix::unistd::syncfs(handle.as_raw_fd())
+                .map_err(|errno| LogError::io("syncfs", dir, std::io::Error::from(errno)))?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts a batch whose header is final at the end of the active segment and
 /// the write buffer; returns its last offset. The caller has rolled the
 /// segment if needed and wakes the flusher.
