@@ -83,6 +83,19 @@ pub fn code_for_log_error(error: &LogError) -> i16 {
     response.code()
 }
 
+impl From<crate::cluster::describe::DescribeError> for KafkaError {
+    /// Both answers are retriable for Kafka clients: the admin client asks
+    /// again until its own timeout.
+    fn from(error: crate::cluster::describe::DescribeError) -> Self {
+        use crate::cluster::describe::DescribeError;
+        let code = match error {
+            DescribeError::NoLeader => ResponseError::NotLeaderOrFollower,
+            DescribeError::LeaderSilent | DescribeError::Busy => ResponseError::RequestTimedOut,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

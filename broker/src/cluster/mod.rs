@@ -2,10 +2,12 @@
 //! ([`quorum`], over raft-rs, its log in [`log_store`]) orders every
 //! metadata change; node-to-node frames travel over [`transport`]; the
 //! active controller (the Raft leader) tracks heartbeats and fences nodes
-//! ([`liveness`], a pure state machine). The applied image is
+//! ([`liveness`], a pure state machine) and describes the quorum to Kafka
+//! clients ([`describe`]). The applied image is
 //! [`crate::metadata::ClusterMetadata`], the same on every node.
 
 pub mod config;
+pub mod describe;
 pub mod liveness;
 pub mod log_store;
 pub mod member;

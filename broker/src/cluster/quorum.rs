@@ -12,6 +12,11 @@
 //! the log like any member but never vote.
 //!
 //! Raft ids are node ids + 1 (raft-rs reserves 0; Kafka node ids start at 0).
+//!
+//! Kafka's DescribeQuorum is answered here too ([`Quorum::describe`]): the
+//! leader from raft-rs's progress and the contact times the driver keeps
+//! per peer; any other node asks the leader over the transport and relays
+//! its answer.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -26,6 +31,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
+use super::describe::{leader_report, DescribeError, LeaderView, QuorumReport};
 use super::liveness::{monotonic_ms, Lease, Liveness};
 use super::log_store::{LogFile, MetadataLog, PersistBatch};
 use super::transport::{Control, FrameKind, Inbound, Transport};
@@ -43,6 +49,11 @@ const HEARTBEAT_TICKS: usize = 2;
 const PROPOSAL_RETRY: Duration = Duration::from_millis(1500);
 /// The folder of the metadata log in the data directory (Kafka's name).
 pub const LOG_DIR: &str = "__cluster_metadata-0";
+/// How long a non-leader waits for the leader's DescribeQuorum report.
+const DESCRIBE_WAIT: Duration = Duration::from_secs(5);
+/// DescribeQuorum questions to the leader waiting at once; more are
+/// refused (the client retries) rather than queued.
+const DESCRIBES_WAITING_MAX: usize = 64;
 
 /// The quorum's voters as node ids, sorted.
 fn voter_ids(log: &MetadataLog) -> Vec<i32> {
@@ -130,6 +141,10 @@ pub struct QuorumShared {
     pub image: Mutex<Arc<ClusterMetadata>>,
 }
 
+/// A DescribeQuorum question sent to the leader: the node asked and where
+/// its answer goes (`None`: it is not the leader).
+type DescribeWaiter = (i32, oneshot::Sender<Option<QuorumReport>>);
+
 pub struct Quorum {
     me: i32,
     config: ClusterConfig,
@@ -165,6 +180,16 @@ pub struct Quorum {
     adding_learner: Cell<Option<(i32, u64)>>,
     /// A membership change applied and not yet written to the log file.
     pending_conf: RefCell<Option<raft::eraftpb::ConfState>>,
+    /// Per Raft member: when its last frame arrived (wall clock ms).
+    last_contact_ms: RefCell<HashMap<i32, i64>>,
+    /// Leader: per member, when it last answered with every entry the
+    /// leader had (wall clock ms). Cleared when this node becomes leader.
+    caught_up_ms: RefCell<HashMap<i32, i64>>,
+    /// DescribeQuorum questions sent to the leader: request id -> (the
+    /// leader asked, where its answer goes). At most
+    /// [`DESCRIBES_WAITING_MAX`].
+    describing: RefCell<HashMap<u64, DescribeWaiter>>,
+    describe_sequence: Cell<u64>,
 }
 
 impl Quorum {
@@ -255,6 +280,10 @@ impl Quorum {
             registering_for: RefCell::new(Default::default()),
             adding_learner: Cell::new(None),
             pending_conf: RefCell::new(None),
+            last_contact_ms: RefCell::new(HashMap::new()),
+            caught_up_ms: RefCell::new(HashMap::new()),
+            describing: RefCell::new(HashMap::new()),
+            describe_sequence: Cell::new(0),
             config,
         });
         (quorum.on_image)(quorum.image());
@@ -443,6 +472,94 @@ impl Quorum {
         self.shared.lease.revoke();
     }
 
+    /// The quorum as the leader reports it: this node's own report when it
+    /// leads, else the leader's, asked over the transport (waits up to
+    /// [`DESCRIBE_WAIT`]).
+    pub async fn describe(self: &Rc<Self>) -> Result<QuorumReport, DescribeError> {
+        if let Some(report) = self.leader_report() {
+            return Ok(report);
+        }
+        let Some(leader) = self.leader().filter(|leader| *leader != self.me) else {
+            return Err(DescribeError::NoLeader);
+        };
+        if self.describing.borrow().len() >= DESCRIBES_WAITING_MAX {
+            return Err(DescribeError::Busy);
+        }
+        let request = self.describe_sequence.get() + 1;
+        self.describe_sequence.set(request);
+        let (reply, answer) = oneshot::channel();
+        self.describing
+            .borrow_mut()
+            .insert(request, (leader, reply));
+        let asked = self
+            .transport
+            .send_control(leader, &Control::DescribeQuorum { request });
+        let outcome = if asked {
+            let pause = glommio::timer::sleep(DESCRIBE_WAIT).fuse();
+            let answer = answer.fuse();
+            futures::pin_mut!(pause, answer);
+            futures::select! {
+                report = answer => match report {
+                    Ok(Some(report)) => Ok(report),
+                    // Not the leader any more, or the driver stopped.
+                    Ok(None) | Err(_) => Err(DescribeError::NoLeader),
+                },
+                _ = pause => Err(DescribeError::LeaderSilent),
+            }
+        } else {
+            Err(DescribeError::LeaderSilent)
+        };
+        self.describing.borrow_mut().remove(&request);
+        if let Err(error) = &outcome {
+            tracing::debug!(%error, leader, "DescribeQuorum not answered by the leader");
+        }
+        outcome
+    }
+
+    /// This node's report, if it leads.
+    fn leader_report(&self) -> Option<QuorumReport> {
+        let raw = self.raw.borrow();
+        if raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        let conf = self.log.conf_state();
+        let nodes = |ids: &[u64]| ids.iter().map(|id| node_of(*id)).collect::<Vec<_>>();
+        let matched = raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, progress)| (node_of(*id), progress.matched))
+            .collect();
+        Some(leader_report(&LeaderView {
+            me: self.me,
+            term: raw.raft.term,
+            commit_index: raw.raft.raft_log.committed,
+            last_index: raw.raft.raft_log.last_index(),
+            voters: &nodes(&conf.voters),
+            learners: &nodes(&conf.learners),
+            matched: &matched,
+            last_contact_ms: &self.last_contact_ms.borrow(),
+            caught_up_ms: &self.caught_up_ms.borrow(),
+            now_ms: crate::clock::now_ms(),
+        }))
+    }
+
+    /// Notes a frame from Raft member `from` (others are not tracked, so a
+    /// stranger's connection cannot grow the maps), and on the leader
+    /// whether `from` now has every entry.
+    fn note_contact(&self, from: i32) {
+        let raw = self.raw.borrow();
+        let Some(progress) = raw.raft.prs().get(raft_id(from)) else {
+            return;
+        };
+        let now = crate::clock::now_ms();
+        self.last_contact_ms.borrow_mut().insert(from, now);
+        if raw.raft.state == StateRole::Leader && progress.matched >= raw.raft.raft_log.last_index()
+        {
+            self.caught_up_ms.borrow_mut().insert(from, now);
+        }
+    }
+
     async fn run(self: Rc<Self>, receiver: LocalReceiver<Event>) {
         let mut events = receiver.stream();
         while let Some(event) = events.next().await {
@@ -474,30 +591,38 @@ impl Quorum {
                     tracing::debug!(%error, "proposal dropped (no leader yet); retried");
                 }
             }
-            Event::Inbound(frame) => match frame.kind {
-                FrameKind::Raft => match Message::parse_from_bytes(&frame.body) {
-                    Ok(message) if message.from == raft_id(frame.from) => {
-                        if let Err(error) = self.raw.borrow_mut().step(message) {
-                            tracing::debug!(%error, from = frame.from, "raft message refused");
-                        }
+            Event::Inbound(frame) => {
+                let from = frame.from;
+                self.on_frame(frame);
+                self.note_contact(from);
+            }
+        }
+    }
+
+    fn on_frame(self: &Rc<Self>, frame: Inbound) {
+        match frame.kind {
+            FrameKind::Raft => match Message::parse_from_bytes(&frame.body) {
+                Ok(message) if message.from == raft_id(frame.from) => {
+                    if let Err(error) = self.raw.borrow_mut().step(message) {
+                        tracing::debug!(%error, from = frame.from, "raft message refused");
                     }
-                    Ok(message) => tracing::warn!(
-                        connection = frame.from,
-                        claimed = node_of(message.from),
-                        "dropping a raft message whose sender is not the connection's node"
-                    ),
-                    Err(error) => {
-                        tracing::warn!(from = frame.from, %error, "dropping an undecodable raft message")
-                    }
-                },
-                FrameKind::Control => match serde_json::from_slice::<Control>(&frame.body) {
-                    Ok(control) => self.on_control(frame.from, control),
-                    Err(error) => {
-                        tracing::warn!(from = frame.from, %error, "dropping an undecodable control message")
-                    }
-                },
-                FrameKind::Hello => {}
+                }
+                Ok(message) => tracing::warn!(
+                    connection = frame.from,
+                    claimed = node_of(message.from),
+                    "dropping a raft message whose sender is not the connection's node"
+                ),
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable raft message")
+                }
             },
+            FrameKind::Control => match serde_json::from_slice::<Control>(&frame.body) {
+                Ok(control) => self.on_control(frame.from, control),
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable control message")
+                }
+            },
+            FrameKind::Hello => {}
         }
     }
 
@@ -520,6 +645,8 @@ impl Quorum {
                 "this node is now the active controller"
             );
             self.liveness.borrow_mut().became_controller(now);
+            // Caught up with an earlier leader's log says nothing now.
+            self.caught_up_ms.borrow_mut().clear();
         }
         self.was_leader.set(leader);
         if leader {
@@ -705,6 +832,22 @@ impl Quorum {
                     quorum.registering_for.borrow_mut().remove(&key);
                 })
                 .detach();
+            }
+            Control::DescribeQuorum { request } => {
+                let report = self.leader_report();
+                self.transport
+                    .send_control(from, &Control::DescribeQuorumAnswer { request, report });
+            }
+            Control::DescribeQuorumAnswer { request, report } => {
+                let mut describing = self.describing.borrow_mut();
+                if describing
+                    .get(&request)
+                    .is_some_and(|(asked, _)| *asked == from)
+                {
+                    if let Some((_, reply)) = describing.remove(&request) {
+                        let _ = reply.send(report);
+                    }
+                }
             }
             Control::HeartbeatReply {
                 controller,

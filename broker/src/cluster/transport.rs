@@ -75,6 +75,14 @@ pub enum Control {
         /// from when it asked, not from when the answer came.
         sent_ms: u64,
     },
+    /// A node that is not the Raft leader asks the leader for its report
+    /// (a Kafka client sent it DescribeQuorum); `request` matches the answer.
+    DescribeQuorum { request: u64 },
+    /// The leader's answer; `None` when the node asked is not the leader.
+    DescribeQuorumAnswer {
+        request: u64,
+        report: Option<super::describe::QuorumReport>,
+    },
 }
 
 /// One frame as received.

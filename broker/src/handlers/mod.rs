@@ -22,6 +22,7 @@ pub mod offsets;
 pub mod partitions;
 pub mod produce;
 pub mod producer;
+pub mod quorum;
 pub mod topics;
 
 /// The APIs and versions Kafki answers. Produce is advertised from v0
@@ -44,6 +45,7 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
             SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
             SupportedApi::new(ApiKey::DescribeCluster, 0, 1),
+            SupportedApi::new(ApiKey::DescribeQuorum, 0, 2),
             SupportedApi::new(ApiKey::CreatePartitions, 0, 3),
             SupportedApi::new(ApiKey::DeleteRecords, 0, 2),
             SupportedApi::new(ApiKey::OffsetForLeaderEpoch, 2, 4),
@@ -149,6 +151,9 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         ),
         RequestKind::DescribeCluster(body) => {
             ResponseKind::DescribeCluster(configs::describe_cluster(&shard, body, version).await)
+        }
+        RequestKind::DescribeQuorum(body) => {
+            ResponseKind::DescribeQuorum(quorum::describe_quorum(&shard, body, version).await)
         }
         RequestKind::InitProducerId(body) => {
             ResponseKind::InitProducerId(producer::init_producer_id(&shard, body, version).await)
