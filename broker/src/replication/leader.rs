@@ -20,7 +20,8 @@
 //! - **Expand**: a replica outside the ISR whose durable offset reached both
 //!   the high watermark and the start of this leader's epoch (Kafka's rule,
 //!   durable): it then holds every committed record on disk. It must also
-//!   be caught up by the shrink rule's measure, or it would leave again.
+//!   be caught up by the shrink rule's measure, or it would leave again
+//!   (which, measured within this epoch, already implies the epoch start).
 //! - One proposal in flight; re-sent after `isr_retry_ms` without answer;
 //!   dropped when a newer partition epoch commits or it is rejected.
 
@@ -75,11 +76,13 @@ struct ParkedFetch {
 }
 
 impl FollowerProgress {
-    fn new(now_ms: u64, leader_end: Offset) -> Self {
+    /// An ISR member counts as caught up when the epoch starts (Kafka's
+    /// reset on becoming leader); any other replica must prove it.
+    fn new(now_ms: u64, leader_end: Offset, in_isr: bool) -> Self {
         Self {
             fetch_offset: None,
             durable_offset: None,
-            last_caught_up_ms: now_ms,
+            last_caught_up_ms: if in_isr { now_ms } else { 0 },
             samples: VecDeque::from([(now_ms, leader_end)]),
             parked: None,
         }
@@ -115,7 +118,10 @@ impl LeaderState {
             .replicas
             .iter()
             .filter(|node| **node != core.me)
-            .map(|node| (*node, FollowerProgress::new(core.now_ms, end)))
+            .map(|node| {
+                let in_isr = record.isr.contains(node);
+                (*node, FollowerProgress::new(core.now_ms, end, in_isr))
+            })
             .collect();
         Self {
             epoch_start_offset: end,
@@ -266,7 +272,7 @@ impl LeaderState {
             for node in record.replicas.iter().filter(|n| **n != core.me) {
                 self.followers
                     .entry(*node)
-                    .or_insert_with(|| FollowerProgress::new(core.now_ms, end));
+                    .or_insert_with(|| FollowerProgress::new(core.now_ms, end, false));
             }
             self.replicas = record.replicas.clone();
         }

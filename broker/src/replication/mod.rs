@@ -82,6 +82,8 @@ pub mod log;
 pub mod machine;
 pub mod messages;
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
 
 pub use log::{LeaderEpoch, LocalLog, NodeId, Offset, PartitionEpoch, RecordRange, NO_EPOCH};
