@@ -22,6 +22,7 @@ pub mod placement;
 pub mod producer;
 pub mod reassign;
 pub mod records;
+pub mod replication;
 pub mod routing;
 pub mod server;
 pub mod settings;
