@@ -285,6 +285,15 @@ pub const SETTINGS: &[Setting] = &[
         Some("16777216"),
         SettingKind::Long,
     ),
+    // Kafki's own: when the descriptor budget is spent, a partition opened
+    // on demand closes partitions idle this long first (least recently
+    // used first) to make room (broker/src/shard.rs).
+    setting(
+        None,
+        "log.idle.partition.close.ms",
+        Some("60000"),
+        SettingKind::Long,
+    ),
     setting(
         None,
         "log.cleaner.backoff.ms",

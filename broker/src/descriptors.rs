@@ -43,6 +43,11 @@ pub struct DescriptorCharge {
 }
 
 impl DescriptorCharge {
+    /// Descriptors counted.
+    pub fn amount(&self) -> u64 {
+        self.amount
+    }
+
     /// Takes over `other`'s share (one charge per partition).
     pub fn absorb(&mut self, mut other: DescriptorCharge) {
         self.amount += std::mem::take(&mut other.amount);

@@ -41,6 +41,9 @@ pub struct BrokerSettings {
     pub producer_ids_per_partition_max: Option<usize>,
     /// `log.dir.reserve.bytes` (Kafki's own; 0: no reserve).
     pub reserve_bytes: u64,
+    /// `log.idle.partition.close.ms` (Kafki's own): how long a partition
+    /// must be unused before a spent descriptor budget closes it.
+    pub idle_partition_close: Duration,
 }
 
 impl BrokerSettings {
@@ -95,6 +98,7 @@ impl BrokerSettings {
             reserve_bytes: kafka
                 .get_i64("log.dir.reserve.bytes")
                 .map_or(0, |bytes| bytes.max(0) as u64),
+            idle_partition_close: millis("log.idle.partition.close.ms", 60_000),
         }
     }
 }

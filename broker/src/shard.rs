@@ -125,6 +125,15 @@ pub use crate::clock::now_ms;
 /// Partitions being opened, each with the gate its other requests wait at.
 type OpeningGates = RefCell<HashMap<(String, i32), Rc<Semaphore>>>;
 
+/// Why a partition is opened: a client asked for it (a spent descriptor
+/// budget may close idle partitions to make room), or the shard opens
+/// everything it owns (never at another partition's expense).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    OnDemand,
+    Owned,
+}
+
 /// Takes a partition out of [`Shard`]'s `opening` map when its open ends,
 /// however it ends (an error, or the task dropped mid-way), and wakes the
 /// requests waiting for it, in the order they came: a request that arrives
@@ -260,16 +269,24 @@ impl Shard {
     /// The local partition, opening its log on first use. Errors are Kafka
     /// codes: unknown topic/partition, not owned here, or a storage error.
     pub async fn partition(&self, topic: &str, index: i32) -> Result<PartitionRef, i16> {
-        let opened = self.open_partition(topic, index).await;
+        let opened = self.open_partition(topic, index, Open::OnDemand).await;
         if opened.as_ref().is_ok_and(|(_, new)| *new) {
             self.publish_partitions();
         }
-        opened.map(|(partition, _)| PartitionRef::new(&partition))
+        opened.map(|(partition, _)| {
+            partition.touch(Instant::now());
+            PartitionRef::new(&partition)
+        })
     }
 
     /// [`Shard::partition`] without publishing the layout, and whether this
     /// call opened the log.
-    async fn open_partition(&self, topic: &str, index: i32) -> Result<(Rc<Partition>, bool), i16> {
+    async fn open_partition(
+        &self,
+        topic: &str,
+        index: i32,
+        open: Open,
+    ) -> Result<(Rc<Partition>, bool), i16> {
         // From the moment a hand-over's first snapshot is installed here, the
         // partition is served by nobody, even while its log is still open.
         if self.metadata.borrow().is_moving(topic, index) {
@@ -343,7 +360,14 @@ impl Shard {
         })?;
         let budget = &self.shared.descriptors;
         let expected = crate::descriptors::segment_files_in(&dir);
-        let charged = expected.and_then(|expected| budget.charge(expected));
+        let mut charged = expected.and_then(|expected| budget.charge(expected));
+        if let (None, Some(segments), Open::OnDemand) = (&charged, expected, open) {
+            // A client wants it now: partitions idle longest make room.
+            let needed = segments * crate::descriptors::DESCRIPTORS_PER_SEGMENT;
+            if self.close_idle_partitions(needed).await > 0 {
+                charged = budget.charge(segments);
+            }
+        }
         let (Some(expected), Some(mut charge)) = (expected, charged) else {
             return Err(self.refuse_for_descriptors(topic, index, None).await);
         };
@@ -391,6 +415,81 @@ impl Shard {
             .borrow_mut()
             .insert(key.clone(), partition.clone());
         Ok((partition, true))
+    }
+
+    /// Makes room in a spent descriptor budget for an open on demand: closes
+    /// (cleanly) this shard's partitions that no request holds and none
+    /// used for `log.idle.partition.close.ms`, least recently used first,
+    /// until `needed` descriptors are free. A closed one opens again on its
+    /// next use. Returns the descriptors given back. Other shards' idle
+    /// partitions are theirs to close.
+    async fn close_idle_partitions(&self, needed: u64) -> u64 {
+        let idle_after = self.config.settings.idle_partition_close;
+        let now = Instant::now();
+        let mut idle: Vec<((String, i32), Instant, u64)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(_, partition)| {
+                Rc::strong_count(partition) == 1
+                    && partition.descriptors_held() > 0
+                    && now.saturating_duration_since(partition.last_used()) >= idle_after
+            })
+            .map(|(key, partition)| {
+                (
+                    key.clone(),
+                    partition.last_used(),
+                    partition.descriptors_held(),
+                )
+            })
+            .collect();
+        idle.sort_by_key(|(_, used, _)| *used);
+        let mut freed = 0;
+        let mut closing = Vec::new();
+        for (key, _, held) in idle {
+            if freed >= needed {
+                break;
+            }
+            let Some(partition) = self.partitions.borrow_mut().remove(&key) else {
+                continue;
+            };
+            // Opens of it wait until its close is done (one log per folder).
+            self.opening
+                .borrow_mut()
+                .insert(key.clone(), Rc::new(Semaphore::new(0)));
+            freed += held;
+            closing.push((key, partition));
+        }
+        if closing.is_empty() {
+            return 0;
+        }
+        self.publish_partitions();
+        let count = closing.len();
+        futures::stream::iter(closing)
+            .for_each_concurrent(OPEN_CONCURRENCY, |(key, partition)| async move {
+                let _gate = OpeningGuard {
+                    opening: &self.opening,
+                    key: &key,
+                };
+                match Rc::try_unwrap(partition) {
+                    Ok(partition) => {
+                        if let Err(error) = partition.close().await {
+                            tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, %error, "closing an idle partition");
+                        }
+                    }
+                    // Not reachable: only the map held it and nothing ran since.
+                    Err(_) => tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, "an idle partition was taken while closing"),
+                }
+            })
+            .await;
+        tracing::info!(
+            shard = self.id,
+            closed = count,
+            descriptors_freed = freed,
+            descriptors_in_use = self.shared.descriptors.used(),
+            "descriptor budget spent: closed partitions idle longest (log.idle.partition.close.ms) to open one a client asked for"
+        );
+        freed
     }
 
     /// Closes a log whose segment files do not fit the descriptor budget
@@ -450,9 +549,13 @@ impl Shard {
         let started = Instant::now();
         // The first open alone: it primes the device for direct I/O on this
         // thread (`kafki_storage::dma::prime_device`) before any other.
-        let mut unavailable = usize::from(self.open_partition(&first.0, first.1).await.is_err());
+        let mut unavailable = usize::from(
+            self.open_partition(&first.0, first.1, Open::Owned)
+                .await
+                .is_err(),
+        );
         let mut opens = futures::stream::iter(rest)
-            .map(|(topic, index)| self.open_partition(topic, *index))
+            .map(|(topic, index)| self.open_partition(topic, *index, Open::Owned))
             .buffer_unordered(OPEN_CONCURRENCY);
         while let Some(opened) = opens.next().await {
             unavailable += usize::from(opened.is_err());

@@ -123,6 +123,9 @@ pub struct Partition {
     /// Tasks waiting for holders to let go ([`wait_for_holders`]), woken
     /// whenever a [`PartitionRef`] is dropped.
     holder_waiters: RefCell<Vec<Waker>>,
+    /// When a request last looked it up: a spent descriptor budget closes
+    /// the partitions idle longest first.
+    last_used: Cell<std::time::Instant>,
 }
 
 /// A holder's handle on an open partition: what [`Shard::partition`] and
@@ -203,7 +206,25 @@ impl Partition {
             reported_stats: Cell::new(kafki_storage::LogStats::default()),
             descriptors: None,
             holder_waiters: RefCell::new(Vec::new()),
+            last_used: Cell::new(std::time::Instant::now()),
         }
+    }
+
+    /// Notes a use (a request looked it up).
+    pub fn touch(&self, now: std::time::Instant) {
+        self.last_used.set(now);
+    }
+
+    /// When it was last used.
+    pub fn last_used(&self) -> std::time::Instant {
+        self.last_used.get()
+    }
+
+    /// Descriptors its segment files are counted for.
+    pub fn descriptors_held(&self) -> u64 {
+        self.descriptors
+            .as_ref()
+            .map_or(0, crate::descriptors::DescriptorCharge::amount)
     }
 
     /// Hands the partition its share of the descriptor budget.
