@@ -623,6 +623,9 @@ impl Quorum {
                 }
             },
             FrameKind::Hello => {}
+            // Partition replication frames belong to the replication driver,
+            // which is not wired yet; the quorum has nothing to do with them.
+            FrameKind::ReplicaFetch | FrameKind::ReplicaFetchAnswer => {}
         }
     }
 

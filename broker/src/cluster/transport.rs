@@ -42,6 +42,12 @@ pub enum FrameKind {
     Raft = 2,
     /// A [`Control`] message, JSON-encoded (small and rare).
     Control = 3,
+    /// A follower node's fetch for many partitions
+    /// ([`crate::replication::wire`], fixed layout).
+    ReplicaFetch = 4,
+    /// A leader node's answer to a `ReplicaFetch`, record batches included
+    /// ([`crate::replication::wire`], fixed layout).
+    ReplicaFetchAnswer = 5,
 }
 
 impl FrameKind {
@@ -50,6 +56,8 @@ impl FrameKind {
             1 => Some(Self::Hello),
             2 => Some(Self::Raft),
             3 => Some(Self::Control),
+            4 => Some(Self::ReplicaFetch),
+            5 => Some(Self::ReplicaFetchAnswer),
             _ => None,
         }
     }
