@@ -16,6 +16,8 @@
 //! - `leader` / `follower`: each role's reactions (see their docs for the
 //!   rules: high watermark, ISR shrink and expand, divergence).
 //! - [`election`]: the controller's pure choices (leader election, fencing).
+//! - [`wire`]: the node-to-node frames that carry fetches and answers for
+//!   many partitions at once, record batches as stored (a pure codec).
 //!
 //! # The model
 //!
@@ -85,6 +87,7 @@ pub mod messages;
 mod simulation;
 #[cfg(test)]
 mod tests;
+pub mod wire;
 
 pub use log::{LeaderEpoch, LocalLog, NodeId, Offset, PartitionEpoch, RecordRange, NO_EPOCH};
 pub use machine::{
