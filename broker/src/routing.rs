@@ -2,7 +2,8 @@
 //! advertised address), who leads each partition, which node coordinates a
 //! group, and which node clients should treat as the controller. A single
 //! node answers with itself; a cluster member answers from the metadata
-//! image every node shares.
+//! image every node shares: a partition's replication state where it has
+//! one (leader, replicas, ISR), else its topic's placement.
 
 use crate::metadata::nodes::Leader;
 use crate::metadata::ClusterMetadata;
@@ -50,7 +51,7 @@ pub fn leader_of(
     match metadata.leader(topic, partition) {
         Leader::ThisNode => Some(shard.config.node_id),
         Leader::Node(node) => Some(node),
-        Leader::Offline(_) => None,
+        Leader::Offline => None,
     }
 }
 
@@ -62,14 +63,38 @@ pub fn replicas_of(
     partition: i32,
 ) -> Vec<i32> {
     metadata
-        .topic(topic)
-        .and_then(|meta| {
-            usize::try_from(partition)
-                .ok()
-                .and_then(|p| meta.replicas.get(p))
-        })
-        .cloned()
+        .replicas(topic, partition)
+        .map(<[i32]>::to_vec)
         .unwrap_or_else(|| vec![shard.config.node_id])
+}
+
+/// The in-sync replicas of a partition as Metadata lists them: its
+/// replication state's ISR (kept while it is offline, as Kafka shows it);
+/// without one, its replicas while it has a leader and none otherwise (a
+/// partition with one replica, as before replication).
+pub fn isr_of(shard: &Shard, metadata: &ClusterMetadata, topic: &str, partition: i32) -> Vec<i32> {
+    if let Some(record) = metadata.partition_record(topic, partition) {
+        return record.isr.clone();
+    }
+    match leader_of(shard, metadata, topic, partition) {
+        Some(_) => replicas_of(shard, metadata, topic, partition),
+        None => Vec::new(),
+    }
+}
+
+/// The replicas of a partition whose node is not alive (Metadata's
+/// `offline_replicas`); none on a single node.
+pub fn offline_replicas_of(metadata: &ClusterMetadata, topic: &str, partition: i32) -> Vec<i32> {
+    if !metadata.is_cluster() {
+        return Vec::new();
+    }
+    metadata
+        .replicas(topic, partition)
+        .unwrap_or_default()
+        .iter()
+        .copied()
+        .filter(|node| !metadata.is_alive(*node))
+        .collect()
 }
 
 /// The id clients are given as the controller: admin requests sent to any

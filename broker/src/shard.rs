@@ -851,19 +851,25 @@ impl Shard {
                 let mut created = None;
                 let result = controller
                     .controller_change(|current| {
+                        // Replication factor 1: CreateTopics refuses more
+                        // until partition data is replicated (see
+                        // `handlers::topics::create_topics`).
                         let topic = crate::metadata::validate_new_topic(
                             current,
                             &controller.config,
                             &name,
                             partitions,
+                            1,
                             &configs,
                         )?;
                         created = Some(topic.clone());
-                        Ok(if validate_only {
-                            Vec::new()
-                        } else {
-                            vec![MetadataRecord::Topic(topic)]
-                        })
+                        if validate_only {
+                            return Ok(Vec::new());
+                        }
+                        let mut records =
+                            crate::metadata::partitions::initial_partition_records(&topic, 0);
+                        records.insert(0, MetadataRecord::Topic(topic));
+                        Ok(records)
                     })
                     .await;
                 result.and_then(|_| {

@@ -135,6 +135,15 @@ impl Shard {
                     return Ok(self.metadata());
                 }
                 Ok((Verdict::Conflict, _)) => continue,
+                // Only partition changes are refused at apply time; the
+                // admin changes that come through here carry none but a
+                // new topic's first states, which cannot be stale.
+                Ok((Verdict::Refused(refusal), _)) => {
+                    return Err(KafkaError::new(
+                        ResponseError::InvalidRequest,
+                        format!("partition change refused: {refusal:?}"),
+                    ));
+                }
                 Err(error) => {
                     tracing::warn!(%error, "metadata change not committed");
                     return Err(KafkaError::new(

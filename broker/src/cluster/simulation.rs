@@ -512,7 +512,7 @@ fn apply_entries(
                             .retain(|p| !(p.node == me && p.command.proposal == command.proposal));
                         match verdict {
                             Verdict::Applied => w.stats.applied += 1,
-                            Verdict::Conflict => w.stats.conflicts += 1,
+                            Verdict::Conflict | Verdict::Refused(_) => w.stats.conflicts += 1,
                         }
                     }
                     next
@@ -776,9 +776,15 @@ impl Sim {
                         partitions,
                         configs: BTreeMap::new(),
                         internal: false,
-                        replicas: image.place_partitions(partitions as usize),
+                        replicas: image
+                            .place_partitions(partitions as usize, 1)
+                            .unwrap_or_default(),
                     };
                     let mut records = vec![MetadataRecord::Topic(topic.clone())];
+                    // Replication state too, so every node must agree on it.
+                    records.extend(crate::metadata::partitions::initial_partition_records(
+                        &topic, 0,
+                    ));
                     if rng.chance(200) {
                         records.push(MetadataRecord::LeaderChange {
                             topic: topic.name,

@@ -30,12 +30,7 @@ pub fn cluster_view(node_id: i32, shared: &SharedState) -> serde_json::Value {
         .nodes
         .values()
         .map(|node| {
-            let leads = image
-                .topics
-                .values()
-                .flat_map(|topic| topic.replicas.iter())
-                .filter(|replicas| replicas.first() == Some(&node.id))
-                .count();
+            let leads = image.partitions_led_by(node.id);
             serde_json::json!({
                 "id": node.id,
                 "state": node.state.as_str(),

@@ -54,15 +54,22 @@ pub async fn create_partitions(
                             return Ok(Vec::new());
                         }
                         let mut grown = meta.clone();
+                        let mut records = Vec::new();
                         if !grown.replicas.is_empty() {
-                            let added = current.place_partitions((count - meta.partitions) as usize);
-                            if added.len() < (count - meta.partitions) as usize {
-                                return Err(KafkaError::new(ResponseError::InvalidReplicationFactor, "No live node to place the new partitions on.".to_string()));
-                            }
+                            // New partitions get as many replicas as the first one has.
+                            let replication_factor = current.replicas(&name, 0).map_or(1, <[i32]>::len);
+                            let added = current
+                                .place_partitions((count - meta.partitions) as usize, replication_factor)
+                                .map_err(|error| error.to_kafka_error())?;
                             grown.replicas.extend(added);
+                            // A topic from before replication state keeps the old rules for all its partitions.
+                            if current.partition_record(&name, 0).is_some() {
+                                records = crate::metadata::partitions::initial_partition_records(&grown, meta.partitions);
+                            }
                         }
                         grown.partitions = count;
-                        Ok(vec![crate::metadata::MetadataRecord::Topic(grown)])
+                        records.insert(0, crate::metadata::MetadataRecord::Topic(grown));
+                        Ok(records)
                     })
                     .await
                     .map(|_| ())

@@ -45,24 +45,35 @@ fn topic_entry(
     let partitions = (0..topic.partitions)
         .map(|index| {
             let epoch = metadata.leader_epoch(&topic.name, index);
-            let replicas: Vec<BrokerId> =
-                crate::routing::replicas_of(shard, metadata, &topic.name, index)
-                    .into_iter()
-                    .map(BrokerId)
-                    .collect();
+            let nodes = |ids: Vec<i32>| ids.into_iter().map(BrokerId).collect::<Vec<_>>();
+            let replicas = nodes(crate::routing::replicas_of(
+                shard,
+                metadata,
+                &topic.name,
+                index,
+            ));
+            let isr = nodes(crate::routing::isr_of(shard, metadata, &topic.name, index));
+            let offline = if version >= 5 {
+                nodes(crate::routing::offline_replicas_of(
+                    metadata,
+                    &topic.name,
+                    index,
+                ))
+            } else {
+                Vec::new()
+            };
             let entry = MetadataResponsePartition::default()
                 .with_partition_index(index)
                 .with_leader_epoch(if version >= 7 { epoch } else { -1 })
-                .with_replica_nodes(replicas.clone());
+                .with_replica_nodes(replicas)
+                .with_isr_nodes(isr)
+                .with_offline_replicas(offline);
             match crate::routing::leader_of(shard, metadata, &topic.name, index) {
-                Some(leader) => entry
-                    .with_leader_id(BrokerId(leader))
-                    .with_isr_nodes(replicas),
-                // Its node is fenced or gone: no leader until it returns.
+                Some(leader) => entry.with_leader_id(BrokerId(leader)),
+                // Its leader is fenced or gone: no leader until one returns.
                 None => entry
                     .with_error_code(ResponseError::LeaderNotAvailable.code())
-                    .with_leader_id(BrokerId(-1))
-                    .with_offline_replicas(if version >= 5 { replicas } else { Vec::new() }),
+                    .with_leader_id(BrokerId(-1)),
             }
         })
         .collect();
@@ -193,12 +204,17 @@ pub async fn create_topics(
             );
             continue;
         }
+        // The refusal of replication factors above 1 sits here, not in the
+        // metadata: `metadata::validate_new_topic` places any factor and
+        // writes each partition's replication state, but no replication
+        // driver copies records to followers yet, so a second replica would
+        // stay empty while listed in sync. Lift it when the driver is wired.
         if topic.replication_factor != -1 && topic.replication_factor != 1 {
             results.push(
                 result
                     .with_error_code(ResponseError::InvalidReplicationFactor.code())
                     .with_error_message(Some(str_bytes(
-                        "Replication factor must be 1 on a single-node Kafki.",
+                        "Replication factor must be 1: Kafki does not replicate partition data yet.",
                     ))),
             );
             continue;

@@ -1,12 +1,14 @@
 //! The entries of the cluster's metadata log: a command is a list of
 //! records that apply together, or not at all when the image moved on
-//! since the proposer checked them ([`MetadataCommand::expected_offset`]).
+//! since the proposer checked them ([`MetadataCommand::expected_offset`]),
+//! or when one of its partition changes no longer fits the partition's
+//! epochs (a compare-and-set per partition, see [`super::partitions`]).
 //! Applying one is pure and deterministic, so every node that applies the
 //! same log reaches the same image and the same verdict for each command.
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterMetadata, MetadataRecord};
+use super::{ClusterMetadata, MetadataRecord, PartitionChangeRefusal};
 
 /// Who proposed a command, so the proposer can find its verdict when the
 /// command comes back committed (possibly through another node).
@@ -38,6 +40,11 @@ pub enum Verdict {
     /// The image changed since the proposer validated: nothing applied; the
     /// proposer validates again against the new image.
     Conflict,
+    /// A partition change or ISR proposal in the command was stale (the
+    /// partition's epochs moved on) or broke a rule: nothing applied. Only
+    /// these records are checked at apply time, so a leader's ISR change
+    /// need not race unrelated changes of the image.
+    Refused(PartitionChangeRefusal),
 }
 
 impl MetadataCommand {
@@ -56,18 +63,44 @@ impl ClusterMetadata {
     /// The image after the command at metadata-log `offset`, and its
     /// verdict. The log offset advances either way.
     pub fn apply_command(&self, offset: u64, command: &MetadataCommand) -> (Self, Verdict) {
-        let verdict = match command.expected_offset {
-            Some(expected) if expected != self.log_offset => Verdict::Conflict,
-            _ => Verdict::Applied,
-        };
         let mut next = self.clone();
         next.log_offset = offset;
-        if verdict == Verdict::Applied {
-            next = next.apply_all(&command.records);
-        } else {
+        if matches!(command.expected_offset, Some(expected) if expected != self.log_offset) {
             next.version += 1;
+            return (next, Verdict::Conflict);
         }
-        (next, verdict)
+        match next.apply_checked(&command.records) {
+            Ok(applied) => (applied, Verdict::Applied),
+            Err(refusal) => {
+                next.version += 1;
+                (next, Verdict::Refused(refusal))
+            }
+        }
+    }
+
+    /// The image after `records`, or the first partition change among them
+    /// that does not fit the image as the records before it left it.
+    fn apply_checked(&self, records: &[MetadataRecord]) -> Result<Self, PartitionChangeRefusal> {
+        let mut next = self.clone();
+        for record in records {
+            match record {
+                MetadataRecord::PartitionChange {
+                    topic,
+                    partition,
+                    state,
+                } => next.check_partition_change(topic, *partition, state)?,
+                MetadataRecord::AlterPartition {
+                    topic,
+                    partition,
+                    proposal,
+                } => {
+                    next.check_alter_partition(topic, *partition, proposal)?;
+                }
+                _ => {}
+            }
+            next.apply_in_place(record);
+        }
+        Ok(next)
     }
 
     /// The image after an entry that carries no command (a new Raft

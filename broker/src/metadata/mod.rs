@@ -1,7 +1,8 @@
 //! Cluster metadata, the pure state machine: topics, their ids, partition
 //! counts and replicas (which node leads each partition), config overrides,
 //! explicit partition → shard assignments, leader epochs and the cluster's
-//! nodes. One immutable snapshot (`Arc<ClusterMetadata>`) is shared by every
+//! nodes, and (in a cluster) each partition's replication state (replicas,
+//! ISR, leader, epochs: [`partitions`]). One immutable snapshot (`Arc<ClusterMetadata>`) is shared by every
 //! shard of a node; it changes only by [`MetadataRecord`]s applied to it
 //! (pure: [`ClusterMetadata::apply`]).
 //!
@@ -18,10 +19,15 @@ use kafki_net::kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 
 pub mod command;
+pub mod leadership;
 pub mod nodes;
+pub mod partitions;
 pub mod store;
 
-pub use nodes::{NodeRegistration, NodeState};
+pub use nodes::{NodeRegistration, NodeState, PlacementError};
+pub use partitions::PartitionChangeRefusal;
+
+use crate::replication::{IsrProposal, PartitionRecord};
 pub use store::{JsonFileStore, MetadataStore, METADATA_FILE};
 
 /// Kafka's limit on topic name length.
@@ -36,9 +42,11 @@ pub struct TopicMeta {
     pub partitions: i32,
     pub configs: BTreeMap<String, String>,
     pub internal: bool,
-    /// The nodes holding each partition, leader first (one per partition
-    /// until partitions are replicated). Empty on a single node: every
+    /// The nodes holding each partition, preferred leader first, as placed
+    /// when the partition was created. Empty on a single node: every
     /// partition is its own. Files written before clusters load with none.
+    /// Where a partition has a [`PartitionRecord`] (cluster topics created
+    /// since replication state exists), that record is what counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Vec<i32>>,
 }
@@ -63,8 +71,28 @@ pub enum MetadataRecord {
     /// A partition being handed over between shards (or none).
     Moving(Option<(String, i32)>),
     /// A partition got a new leader (today: another shard took it over; in
-    /// a cluster: an election): its leader epoch grows by one.
+    /// a cluster: an election): its leader epoch grows by one (and, when it
+    /// has a [`PartitionRecord`], its partition epoch too).
     LeaderChange { topic: String, partition: i32 },
+    /// A partition's replication state replaced: created with its topic,
+    /// a new leader, an ISR change decided by the controller. Applies only
+    /// as a compare-and-set on the partition's epochs (see
+    /// [`partitions`]); otherwise the whole command is refused.
+    PartitionChange {
+        topic: String,
+        partition: i32,
+        state: PartitionRecord,
+    },
+    /// A partition leader's ISR change (Kafka's AlterPartition): applies
+    /// only if the partition is still at the proposal's leader and
+    /// partition epochs and every replica it adds is an alive replica;
+    /// the partition epoch then grows by one. Otherwise the whole command
+    /// is refused with the reason ([`command::Verdict::Refused`]).
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        proposal: IsrProposal,
+    },
     /// A node joined (or rejoined) the cluster: its registration, alive,
     /// with a new epoch (the metadata offset of this record).
     NodeRegistered(NodeRegistration),
@@ -113,6 +141,13 @@ pub struct ClusterMetadata {
     /// single node): the metadata epoch every node can compare.
     #[serde(default)]
     pub log_offset: u64,
+    /// Each partition's replication state: topic → partition → record.
+    /// Only partitions of cluster topics have one; images and logs from
+    /// before it existed load with none, and those partitions keep the
+    /// old rules (leader = first of `TopicMeta::replicas`, epochs from
+    /// `leader_epochs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_records: BTreeMap<String, BTreeMap<i32, PartitionRecord>>,
 }
 
 /// Checks a CreateTopics entry against Kafka's rules and builds the topic.
@@ -121,6 +156,7 @@ pub fn validate_new_topic(
     config: &crate::config::BrokerConfig,
     name: &str,
     partitions: i32,
+    replication_factor: usize,
     configs: &BTreeMap<String, String>,
 ) -> Result<TopicMeta, KafkaError> {
     check_topic_name(name)
@@ -154,17 +190,18 @@ pub fn validate_new_topic(
         crate::config::check_value(setting, value)
             .map_err(|error| KafkaError::new(ResponseError::InvalidConfig, error.to_string()))?;
     }
-    // A cluster member places every partition on a live node; a single
-    // node keeps none (all are its own).
+    // A cluster member places every partition's replicas on live nodes; a
+    // single node keeps none (all are its own) and is one broker.
     let replicas = if config.cluster.is_some() {
-        let placed = current.place_partitions(partitions as usize);
-        if placed.len() < partitions as usize {
-            return Err(KafkaError::new(
-                ResponseError::InvalidReplicationFactor,
-                "Replication factor: 1 larger than available brokers: 0.".to_string(),
-            ));
+        current
+            .place_partitions(partitions as usize, replication_factor)
+            .map_err(|error| error.to_kafka_error())?
+    } else if replication_factor != 1 {
+        return Err(PlacementError::TooFewLiveNodes {
+            replication_factor,
+            live_nodes: 1,
         }
-        placed
+        .to_kafka_error());
     } else {
         Vec::new()
     };
@@ -246,6 +283,7 @@ impl ClusterMetadata {
                 // function, in epoch 0.
                 self.shard_assignments.remove(name);
                 self.leader_epochs.remove(name);
+                self.partition_records.remove(name);
             }
             MetadataRecord::ShardAssignment {
                 topic,
@@ -270,6 +308,10 @@ impl ClusterMetadata {
             MetadataRecord::LeaderChange { topic, partition } => {
                 // A new leader epoch, so the batches the new leader appends
                 // and the clients' requests tell the two leaderships apart.
+                // A partition with replication state keeps its epoch there.
+                if self.bump_recorded_leader_epoch(topic, *partition) {
+                    return;
+                }
                 let epoch = self
                     .leader_epochs
                     .entry(topic.clone())
@@ -277,6 +319,29 @@ impl ClusterMetadata {
                     .entry(*partition)
                     .or_insert(0);
                 *epoch = epoch.saturating_add(1);
+            }
+            MetadataRecord::PartitionChange {
+                topic,
+                partition,
+                state,
+            } => {
+                // Checked again here so that `apply` alone (without
+                // `apply_command`'s verdict) never installs a stale state.
+                if self
+                    .check_partition_change(topic, *partition, state)
+                    .is_ok()
+                {
+                    self.set_partition_record(topic, *partition, state.clone());
+                }
+            }
+            MetadataRecord::AlterPartition {
+                topic,
+                partition,
+                proposal,
+            } => {
+                if let Ok(state) = self.check_alter_partition(topic, *partition, proposal) {
+                    self.set_partition_record(topic, *partition, state);
+                }
             }
             MetadataRecord::Moving(moving) => self.moving = moving.clone(),
             MetadataRecord::NodeRegistered(node) => {
@@ -316,8 +381,11 @@ impl ClusterMetadata {
     }
 
     /// The leader epoch of `topic`/`partition` (0 until its leader first
-    /// changes).
+    /// changes): its replication state's when it has one.
     pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        if let Some(record) = self.partition_record(topic, partition) {
+            return record.leader_epoch;
+        }
         self.leader_epochs
             .get(topic)
             .and_then(|partitions| partitions.get(&partition))
@@ -400,5 +468,7 @@ pub fn new_cluster_id() -> String {
     out
 }
 
+#[cfg(test)]
+mod replication_tests;
 #[cfg(test)]
 mod tests;

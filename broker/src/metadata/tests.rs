@@ -295,7 +295,7 @@ fn partitions_spread_evenly_over_live_nodes_and_follow_their_leader() {
     for (id, rack) in [(1, Some("a")), (2, Some("a")), (3, Some("b"))] {
         image = image.apply(&MetadataRecord::NodeRegistered(node(id, rack)));
     }
-    let placed = image.place_partitions(6);
+    let placed = image.place_partitions(6, 1).expect("three live nodes");
     let mut counts = std::collections::BTreeMap::new();
     for replicas in &placed {
         assert_eq!(replicas.len(), 1);
@@ -313,7 +313,7 @@ fn partitions_spread_evenly_over_live_nodes_and_follow_their_leader() {
     };
     let image = image.with_topic(t);
     // The next topic goes to the least loaded first: equal now, so by id.
-    assert_eq!(image.place_partitions(1), vec![vec![1]]);
+    assert_eq!(image.place_partitions(1, 1), Ok(vec![vec![1]]));
     let leader = placed[0][0];
     assert_eq!(image.leader("t", 0), nodes::Leader::Node(leader));
     assert!(image.led_by("t", 0, leader));
@@ -324,14 +324,21 @@ fn partitions_spread_evenly_over_live_nodes_and_follow_their_leader() {
         epoch: 0,
         state: NodeState::Fenced,
     });
-    assert_eq!(fenced.leader("t", 0), nodes::Leader::Offline(leader));
+    assert_eq!(fenced.leader("t", 0), nodes::Leader::Offline);
     assert!(!fenced.led_by("t", 0, leader));
     assert!(fenced
-        .place_partitions(4)
+        .place_partitions(4, 1)
+        .expect("two live nodes")
         .iter()
         .all(|replicas| replicas[0] != leader));
     // A single node's topics (no replicas) are its own.
     let single = ClusterMetadata::default().with_topic(topic("s", 1));
     assert_eq!(single.leader("s", 0), nodes::Leader::ThisNode);
-    assert!(ClusterMetadata::default().place_partitions(3).is_empty());
+    assert_eq!(
+        ClusterMetadata::default().place_partitions(3, 1),
+        Err(PlacementError::TooFewLiveNodes {
+            replication_factor: 1,
+            live_nodes: 0
+        })
+    );
 }

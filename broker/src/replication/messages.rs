@@ -4,6 +4,8 @@
 //! as the metadata quorum holds it, and an ISR change proposal (Kafka's
 //! AlterPartition). No behaviour lives here.
 
+use serde::{Deserialize, Serialize};
+
 use super::log::{LeaderEpoch, NodeId, Offset, PartitionEpoch, RecordRange};
 
 /// A follower's fetch: "I am at `fetch_offset`, my last record is from
@@ -71,8 +73,9 @@ pub enum FetchRefusal {
 }
 
 /// A partition's state as committed through the metadata quorum (Kafka's
-/// `PartitionRecord` / `PartitionChangeRecord` folded).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `PartitionRecord` / `PartitionChangeRecord` folded). Stored in the
+/// metadata image and log, hence serde.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRecord {
     /// The assigned replicas; the first is the preferred leader.
     pub replicas: Vec<NodeId>,
@@ -107,7 +110,8 @@ impl PartitionRecord {
 
 /// A leader's request to change the ISR (Kafka's AlterPartition): applies
 /// only if the partition is still at `leader_epoch` and `partition_epoch`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Carried by the metadata log ([`crate::metadata::MetadataRecord::AlterPartition`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsrProposal {
     pub leader: NodeId,
     pub leader_epoch: LeaderEpoch,

@@ -1,0 +1,518 @@
+//! Tests of the partitions' replication state in the metadata image: how
+//! it loads (and how images from before it still do), the compare-and-set
+//! rules of partition changes and ISR proposals, the controller's
+//! leadership decisions, and replica placement over nodes and racks.
+use super::command::{MetadataCommand, ProposalId, Verdict};
+use super::leadership::{on_node_fenced, on_node_registered, preferred_leader_elections};
+use super::nodes::Leader;
+use super::partitions::initial_partition_records;
+use super::*;
+
+fn node(id: i32, rack: Option<&str>) -> NodeRegistration {
+    NodeRegistration {
+        id,
+        epoch: 0,
+        host: "127.0.0.1".into(),
+        port: 9092,
+        cluster_listen: format!("127.0.0.1:{}", 9093 + id),
+        rack: rack.map(str::to_string),
+        shards: 2,
+        incarnation: 0,
+        state: NodeState::Alive,
+    }
+}
+
+fn cluster(racks: &[(i32, Option<&str>)]) -> ClusterMetadata {
+    racks
+        .iter()
+        .fold(ClusterMetadata::default(), |image, (id, rack)| {
+            image.apply(&MetadataRecord::NodeRegistered(node(*id, *rack)))
+        })
+}
+
+fn topic(name: &str, replicas: Vec<Vec<i32>>) -> TopicMeta {
+    TopicMeta {
+        name: name.into(),
+        id: uuid::Uuid::new_v4(),
+        partitions: replicas.len() as i32,
+        configs: BTreeMap::new(),
+        internal: false,
+        replicas,
+    }
+}
+
+/// `image` with topic `name` created as a cluster creates it: the topic
+/// and each partition's first replication state.
+fn with_created(image: &ClusterMetadata, meta: TopicMeta) -> ClusterMetadata {
+    let mut records = vec![MetadataRecord::Topic(meta.clone())];
+    records.extend(initial_partition_records(&meta, 0));
+    let (next, verdict) = image.apply_command(image.log_offset + 1, &command(None, records));
+    assert_eq!(verdict, Verdict::Applied);
+    next
+}
+
+fn command(expected: Option<u64>, records: Vec<MetadataRecord>) -> MetadataCommand {
+    MetadataCommand {
+        proposal: ProposalId {
+            node: 1,
+            sequence: 1,
+        },
+        expected_offset: expected,
+        records,
+    }
+}
+
+fn fence(image: &ClusterMetadata, id: i32) -> ClusterMetadata {
+    image.apply(&MetadataRecord::NodeStateChanged {
+        node: id,
+        epoch: image.nodes[&id].epoch,
+        state: NodeState::Fenced,
+    })
+}
+
+/// Applies `records` as one command and expects them applied.
+fn commit(image: &ClusterMetadata, records: Vec<MetadataRecord>) -> ClusterMetadata {
+    let (next, verdict) = image.apply_command(image.log_offset + 1, &command(None, records));
+    assert_eq!(verdict, Verdict::Applied);
+    next
+}
+
+fn record(image: &ClusterMetadata, topic: &str, partition: i32) -> PartitionRecord {
+    image
+        .partition_record(topic, partition)
+        .cloned()
+        .expect("partition has replication state")
+}
+
+#[test]
+fn an_image_from_before_replication_state_loads_and_behaves_as_before() {
+    // A cluster member's image as written before partition records: two
+    // nodes, a topic with one replica per partition, a leader epoch.
+    let old = r#"{"version":9,"cluster_id":"abc","log_offset":7,
+        "topics":{"t":{"name":"t","id":"67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "partitions":2,"configs":{},"internal":false,"replicas":[[1],[2]]}},
+        "leader_epochs":{"t":{"1":4}},
+        "nodes":{"1":{"id":1,"epoch":3,"host":"h","port":9092,"cluster_listen":"h:1",
+                      "shards":2,"incarnation":1,"state":"alive"},
+                 "2":{"id":2,"epoch":5,"host":"h","port":9093,"cluster_listen":"h:2",
+                      "shards":2,"incarnation":2,"state":"fenced"}}}"#;
+    let image: ClusterMetadata = serde_json::from_str(old).expect("old image loads");
+    assert!(image.partition_records.is_empty());
+    assert_eq!(image.leader("t", 0), Leader::Node(1));
+    assert_eq!(image.leader("t", 1), Leader::Offline, "its node is fenced");
+    assert_eq!(image.leader_epoch("t", 1), 4);
+    assert_eq!(image.replicas("t", 1), Some(&[2][..]));
+    // Written again, it has no new field and reads back the same.
+    let text = serde_json::to_string(&image).expect("encode");
+    assert!(!text.contains("partition_records"));
+    assert_eq!(
+        serde_json::from_str::<ClusterMetadata>(&text).expect("decode"),
+        image
+    );
+    // Old rules go on: a hand-over bumps the old epoch map; no controller
+    // decision touches a partition without replication state.
+    let moved = image.apply(&MetadataRecord::LeaderChange {
+        topic: "t".into(),
+        partition: 1,
+    });
+    assert_eq!(moved.leader_epoch("t", 1), 5);
+    assert!(on_node_fenced(&image, 1, true).is_empty());
+    assert!(on_node_registered(&image, 1).is_empty());
+    // A log entry from before decodes too.
+    let entry = br#"{"proposal":{"node":1,"sequence":2},"records":[{"LeaderChange":{"topic":"t","partition":0}}]}"#;
+    assert!(MetadataCommand::decode(entry).is_ok());
+}
+
+#[test]
+fn a_new_cluster_topic_starts_with_every_replica_in_sync_at_epoch_zero() {
+    let image = cluster(&[(1, None), (2, None), (3, None)]);
+    let placed = image.place_partitions(2, 3).expect("three live nodes");
+    let image = with_created(&image, topic("t", placed.clone()));
+    for (index, replicas) in placed.iter().enumerate() {
+        let state = record(&image, "t", index as i32);
+        assert_eq!(&state.replicas, replicas);
+        assert_eq!(&state.isr, replicas);
+        assert_eq!(state.leader, replicas.first().copied());
+        assert_eq!((state.leader_epoch, state.partition_epoch), (0, 0));
+        assert!(state.is_well_formed());
+        assert_eq!(image.leader("t", index as i32), Leader::Node(replicas[0]));
+    }
+    // The state survives the image's round trip, and goes with the topic.
+    let text = serde_json::to_string(&image).expect("encode");
+    assert_eq!(
+        serde_json::from_str::<ClusterMetadata>(&text).expect("decode"),
+        image
+    );
+    let removed = image.without_topic("t");
+    assert!(removed.partition_record("t", 0).is_none());
+    // A single node's topic (no replicas) gets none.
+    assert!(initial_partition_records(&topic("s", Vec::new()), 0).is_empty());
+}
+
+#[test]
+fn a_partition_change_applies_only_one_epoch_step_from_the_current_state() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None)]),
+        topic("t", vec![vec![1, 2, 3]]),
+    );
+    let current = record(&image, "t", 0);
+    let change = |state: PartitionRecord| MetadataRecord::PartitionChange {
+        topic: "t".into(),
+        partition: 0,
+        state,
+    };
+    let new_leader = PartitionRecord {
+        leader: Some(2),
+        isr: vec![2, 3],
+        leader_epoch: 1,
+        partition_epoch: 1,
+        ..current.clone()
+    };
+    let next = commit(&image, vec![change(new_leader.clone())]);
+    assert_eq!(record(&next, "t", 0), new_leader);
+    assert_eq!(next.leader_epoch("t", 0), 1);
+    // The same change again was computed from a state that moved on.
+    let (after, verdict) = next.apply_command(9, &command(None, vec![change(new_leader.clone())]));
+    assert_eq!(
+        verdict,
+        Verdict::Refused(PartitionChangeRefusal::StalePartitionEpoch)
+    );
+    assert_eq!(record(&after, "t", 0), new_leader, "nothing applied");
+    assert_eq!(after.log_offset, 9, "the offset moves on either way");
+    // A new leader needs a new leader epoch; the same leader keeps it.
+    let no_bump = PartitionRecord {
+        leader: Some(3),
+        leader_epoch: 1,
+        partition_epoch: 2,
+        ..new_leader.clone()
+    };
+    assert_eq!(
+        next.check_partition_change("t", 0, &no_bump),
+        Err(PartitionChangeRefusal::InvalidState)
+    );
+    let isr_only = PartitionRecord {
+        isr: vec![2],
+        partition_epoch: 2,
+        ..new_leader.clone()
+    };
+    assert_eq!(next.check_partition_change("t", 0, &isr_only), Ok(()));
+    // Malformed states and unknown partitions are refused.
+    let leader_outside_isr = PartitionRecord {
+        isr: vec![3],
+        partition_epoch: 2,
+        ..new_leader.clone()
+    };
+    assert_eq!(
+        next.check_partition_change("t", 0, &leader_outside_isr),
+        Err(PartitionChangeRefusal::InvalidState)
+    );
+    assert_eq!(
+        next.check_partition_change("t", 1, &isr_only),
+        Err(PartitionChangeRefusal::UnknownPartition)
+    );
+    // A refused change takes its whole command with it.
+    let (after, verdict) = next.apply_command(
+        10,
+        &command(
+            None,
+            vec![
+                MetadataRecord::ClusterId("x".into()),
+                change(leader_outside_isr),
+            ],
+        ),
+    );
+    assert!(matches!(verdict, Verdict::Refused(_)));
+    assert!(after.cluster_id.is_empty());
+    // A hand-over between shards is a leader change too: both epochs move.
+    let handed = next.apply(&MetadataRecord::LeaderChange {
+        topic: "t".into(),
+        partition: 0,
+    });
+    let state = record(&handed, "t", 0);
+    assert_eq!((state.leader_epoch, state.partition_epoch), (2, 2));
+    assert!(
+        handed.leader_epochs.is_empty(),
+        "the record holds the epoch"
+    );
+}
+
+fn proposal(state: &PartitionRecord, isr: Vec<i32>) -> MetadataRecord {
+    MetadataRecord::AlterPartition {
+        topic: "t".into(),
+        partition: 0,
+        proposal: IsrProposal {
+            leader: state.leader.unwrap_or(-1),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr,
+        },
+    }
+}
+
+#[test]
+fn an_isr_change_applies_at_its_epochs_and_only_adds_alive_replicas() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None), (4, None)]),
+        topic("t", vec![vec![1, 2, 3]]),
+    );
+    let start = record(&image, "t", 0);
+    // The leader shrinks the ISR: the partition epoch moves, not the leader's.
+    let shrunk = commit(&image, vec![proposal(&start, vec![1, 2])]);
+    let state = record(&shrunk, "t", 0);
+    assert_eq!(state.isr, vec![1, 2]);
+    assert_eq!((state.leader_epoch, state.partition_epoch), (0, 1));
+    // A second proposal from the old state is stale.
+    let refused = |image: &ClusterMetadata, record: MetadataRecord| {
+        let (after, verdict) =
+            image.apply_command(image.log_offset + 1, &command(None, vec![record]));
+        assert_eq!(after.partition_records, image.partition_records);
+        verdict
+    };
+    assert_eq!(
+        refused(&shrunk, proposal(&start, vec![1])),
+        Verdict::Refused(PartitionChangeRefusal::StalePartitionEpoch)
+    );
+    // A proposal from a deposed leadership is stale by its leader epoch.
+    let mut old_leadership = proposal(&state, vec![1]);
+    if let MetadataRecord::AlterPartition { proposal, .. } = &mut old_leadership {
+        proposal.leader_epoch = -1;
+    }
+    let verdict = refused(&shrunk, old_leadership);
+    assert_eq!(
+        verdict,
+        Verdict::Refused(PartitionChangeRefusal::StaleLeaderEpoch)
+    );
+    assert!(matches!(verdict, Verdict::Refused(reason) if reason.is_stale()));
+    // Only the leader proposes.
+    let mut follower = proposal(&state, vec![1]);
+    if let MetadataRecord::AlterPartition { proposal, .. } = &mut follower {
+        proposal.leader = 2;
+    }
+    assert_eq!(
+        refused(&shrunk, follower),
+        Verdict::Refused(PartitionChangeRefusal::NotLeader)
+    );
+    // Node 4 is alive but not a replica; node 3 is a replica but fenced.
+    assert_eq!(
+        refused(&shrunk, proposal(&state, vec![1, 2, 4])),
+        Verdict::Refused(PartitionChangeRefusal::IneligibleReplica(4))
+    );
+    let three_fenced = fence(&shrunk, 3);
+    assert_eq!(
+        refused(&three_fenced, proposal(&state, vec![1, 2, 3])),
+        Verdict::Refused(PartitionChangeRefusal::IneligibleReplica(3))
+    );
+    // The ISR keeps its leader and is never empty.
+    assert_eq!(
+        refused(&shrunk, proposal(&state, vec![2])),
+        Verdict::Refused(PartitionChangeRefusal::InvalidState)
+    );
+    assert_eq!(
+        refused(&shrunk, proposal(&state, Vec::new())),
+        Verdict::Refused(PartitionChangeRefusal::InvalidState)
+    );
+    // An alive replica rejoins.
+    let grown = commit(&shrunk, vec![proposal(&state, vec![1, 2, 3])]);
+    let state = record(&grown, "t", 0);
+    assert_eq!(state.isr, vec![1, 2, 3]);
+    assert_eq!(state.partition_epoch, 2);
+    // Without replication state there is nothing to alter.
+    let old = ClusterMetadata::default().with_topic(topic("t", vec![vec![1]]));
+    assert_eq!(
+        refused(&old, proposal(&state, vec![1])),
+        Verdict::Refused(PartitionChangeRefusal::UnknownPartition)
+    );
+}
+
+#[test]
+fn fencing_a_leader_elects_the_next_live_isr_member_in_preference_order() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None)]),
+        topic("t", vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]]),
+    );
+    let changes = on_node_fenced(&image, 1, false);
+    let fenced = commit(
+        &image,
+        std::iter::once(MetadataRecord::NodeStateChanged {
+            node: 1,
+            epoch: image.nodes[&1].epoch,
+            state: NodeState::Fenced,
+        })
+        .chain(changes.clone())
+        .collect(),
+    );
+    assert_eq!(changes.len(), 3, "it led one and followed two");
+    // Led: the next replica in preference order leads, epoch bumped.
+    let led = record(&fenced, "t", 0);
+    assert_eq!(led.leader, Some(2));
+    assert_eq!(led.isr, vec![2, 3]);
+    assert_eq!((led.leader_epoch, led.partition_epoch), (1, 1));
+    assert_eq!(fenced.leader("t", 0), Leader::Node(2));
+    // Followed: it leaves the ISR, the leader and its epoch stay.
+    for partition in [1, 2] {
+        let followed = record(&fenced, "t", partition);
+        assert!(!followed.isr.contains(&1));
+        assert_eq!((followed.leader_epoch, followed.partition_epoch), (0, 1));
+    }
+    // Decided again on the new image: nothing left to change.
+    assert!(on_node_fenced(&fenced, 1, false).is_empty());
+    // The old decisions, replayed, are stale.
+    let (_, verdict) = fenced.apply_command(99, &command(None, changes));
+    assert!(matches!(verdict, Verdict::Refused(reason) if reason.is_stale()));
+}
+
+#[test]
+fn fencing_the_last_isr_member_takes_the_partition_offline_and_keeps_its_isr() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None)]),
+        topic("t", vec![vec![1, 2], vec![1]]),
+    );
+    // Partition 0's ISR is just its leader: node 2 fell behind.
+    let state = record(&image, "t", 0);
+    let image = commit(&image, vec![proposal(&state, vec![1])]);
+    let fenced = commit(&fence(&image, 1), on_node_fenced(&image, 1, false));
+    for partition in [0, 1] {
+        let offline = record(&fenced, "t", partition);
+        assert_eq!(offline.leader, None);
+        assert_eq!(offline.isr, vec![1], "the last member is never removed");
+        assert_eq!(fenced.leader("t", partition), Leader::Offline);
+    }
+    assert_eq!(fenced.leader_epoch("t", 1), 1, "the old leader is fenced");
+    // Node 2 is no safe leader for partition 0 (it may lack acknowledged
+    // records), unless the topic allows unclean election.
+    let mut unclean = fenced.topic("t").cloned().expect("t");
+    unclean
+        .configs
+        .insert("unclean.leader.election.enable".into(), "true".into());
+    let allowing = image.with_topic(unclean);
+    let changes = on_node_fenced(&allowing, 1, false);
+    let elected = commit(&fence(&allowing, 1), changes);
+    let state = record(&elected, "t", 0);
+    assert_eq!((state.leader, state.isr.clone()), (Some(2), vec![2]));
+    assert_eq!(record(&elected, "t", 1).leader, None, "no live replica");
+    // The broker default applies where the topic says nothing.
+    let by_default = on_node_fenced(&image, 1, true);
+    let elected = commit(&fence(&image, 1), by_default);
+    assert_eq!(record(&elected, "t", 0).leader, Some(2));
+}
+
+#[test]
+fn a_node_registering_again_leads_its_offline_partitions_and_preferred_ones() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None)]),
+        topic("t", vec![vec![1], vec![1, 2]]),
+    );
+    let fenced = commit(&fence(&image, 1), on_node_fenced(&image, 1, false));
+    assert_eq!(record(&fenced, "t", 0).leader, None);
+    assert_eq!(record(&fenced, "t", 1).leader, Some(2));
+    // Before it is alive again, nothing changes.
+    assert!(on_node_registered(&fenced, 1).is_empty());
+    let back = fenced.apply(&MetadataRecord::NodeRegistered(node(1, None)));
+    let changes = on_node_registered(&back, 1);
+    assert_eq!(
+        changes.len(),
+        1,
+        "only the offline partition has it in its ISR"
+    );
+    let back = commit(&back, changes);
+    let state = record(&back, "t", 0);
+    assert_eq!(state.leader, Some(1));
+    assert_eq!((state.leader_epoch, state.partition_epoch), (2, 2));
+    assert_eq!(back.leader("t", 0), Leader::Node(1));
+    // Partition 1: node 1 left its ISR; it rejoins through the leader,
+    // and then, as the preferred replica, leads again.
+    let follower = record(&back, "t", 1);
+    let rejoined = commit(&back, vec![proposal_for(&follower, 1, vec![2, 1])]);
+    assert_eq!(
+        preferred_leader_elections(&rejoined).len(),
+        on_node_registered(&rejoined, 1).len()
+    );
+    let preferred = commit(&rejoined, preferred_leader_elections(&rejoined));
+    let state = record(&preferred, "t", 1);
+    assert_eq!(state.leader, Some(1));
+    assert_eq!(state.leader_epoch, follower.leader_epoch + 1);
+    assert!(preferred_leader_elections(&preferred).is_empty());
+}
+
+fn proposal_for(state: &PartitionRecord, partition: i32, isr: Vec<i32>) -> MetadataRecord {
+    MetadataRecord::AlterPartition {
+        topic: "t".into(),
+        partition,
+        proposal: IsrProposal {
+            leader: state.leader.unwrap_or(-1),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr,
+        },
+    }
+}
+
+#[test]
+fn replicas_land_on_distinct_racks_with_leaders_balanced() {
+    let image = cluster(&[
+        (1, Some("a")),
+        (2, Some("a")),
+        (3, Some("b")),
+        (4, Some("b")),
+        (5, Some("c")),
+        (6, Some("c")),
+    ]);
+    let placed = image.place_partitions(12, 3).expect("six live nodes");
+    let mut leads = BTreeMap::new();
+    let mut held = BTreeMap::new();
+    for replicas in &placed {
+        assert_eq!(replicas.len(), 3);
+        let racks: std::collections::BTreeSet<_> = replicas
+            .iter()
+            .map(|id| image.nodes[id].rack.clone())
+            .collect();
+        assert_eq!(racks.len(), 3, "one replica per rack: {replicas:?}");
+        *leads.entry(replicas[0]).or_insert(0) += 1;
+        for id in replicas {
+            *held.entry(*id).or_insert(0) += 1;
+        }
+    }
+    assert!(leads.values().all(|count| *count == 2), "{leads:?}");
+    assert!(held.values().all(|count| *count == 6), "{held:?}");
+    // Fewer racks than replicas: racks repeat only as much as they must.
+    let two_racks = cluster(&[(1, Some("a")), (2, Some("a")), (3, Some("b"))]);
+    for replicas in two_racks.place_partitions(4, 2).expect("three live nodes") {
+        let racks: Vec<_> = replicas
+            .iter()
+            .map(|id| two_racks.nodes[id].rack.clone())
+            .collect();
+        assert_ne!(racks[0], racks[1], "{replicas:?}");
+    }
+    // Existing partitions count: the next topic's leaders go elsewhere.
+    let busy = with_created(
+        &cluster(&[(1, None), (2, None), (3, None)]),
+        topic("t", vec![vec![1, 2], vec![1, 3]]),
+    );
+    let next = busy.place_partitions(2, 2).expect("three live nodes");
+    assert!(next.iter().all(|replicas| replicas[0] != 1), "{next:?}");
+}
+
+#[test]
+fn a_replication_factor_above_the_live_nodes_is_refused() {
+    let image = cluster(&[(1, None), (2, None), (3, None)]);
+    assert!(image.place_partitions(1, 3).is_ok());
+    let refused = image.place_partitions(1, 4);
+    assert_eq!(
+        refused,
+        Err(PlacementError::TooFewLiveNodes {
+            replication_factor: 4,
+            live_nodes: 3
+        })
+    );
+    let error = refused.map_err(PlacementError::to_kafka_error).err();
+    assert_eq!(
+        error.map(|error| error.code),
+        Some(ResponseError::InvalidReplicationFactor.code())
+    );
+    // A fenced node places nothing.
+    assert!(fence(&image, 3).place_partitions(1, 3).is_err());
+    assert_eq!(
+        image.place_partitions(1, 0),
+        Err(PlacementError::ReplicationFactorBelowOne)
+    );
+}
