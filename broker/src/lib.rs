@@ -27,4 +27,6 @@ pub mod routing;
 pub mod server;
 pub mod settings;
 pub mod shard;
+#[cfg(test)]
+mod simulation_support;
 pub mod zerocopy;

@@ -34,6 +34,8 @@ use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
+use crate::simulation_support::{env_u64, Rng};
+
 use super::election::{elect_leader, fence_replica};
 use super::*;
 
@@ -46,33 +48,6 @@ const BROADCAST_MS: u64 = 200;
 const TRACE_LINES: usize = 150;
 /// Steps the final phase may take to converge and acknowledge.
 const FINAL_BOUND_STEPS: u64 = 4_000;
-
-/// splitmix64: small, seedable, good enough to pick faults.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// In `[0, n)` (`n` > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.below(high - low)
-    }
-
-    /// True `per_mille` times in a thousand.
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
 
 /// How hostile one seed's world is.
 #[derive(Debug, Clone, Copy)]
@@ -1130,12 +1105,6 @@ fn run_seed(seed: u64, steps: u64) -> Result<Stats, String> {
         Ok(()) => Ok(std::mem::take(&mut sim.stats)),
         Err(error) => Err(sim.report(&error)),
     }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
 }
 
 #[test]
