@@ -348,7 +348,8 @@ impl LeaderState {
     }
 }
 
-fn answer(core: &Core, request: &FetchRequest, body: FetchBody) -> Effect {
+/// The leader's answer to `request` with `body`.
+pub(super) fn answer(core: &Core, request: &FetchRequest, body: FetchBody) -> Effect {
     Effect::AnswerFetch {
         to: request.replica,
         response: FetchResponse {

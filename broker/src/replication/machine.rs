@@ -489,16 +489,5 @@ impl PartitionReplica {
 /// The answer of a replica that does not lead (any more, or yet).
 pub(super) fn not_leader_answer(core: &Core, request: &FetchRequest) -> Effect {
     use super::messages::{FetchBody, FetchRefusal};
-    Effect::AnswerFetch {
-        to: request.replica,
-        response: FetchResponse {
-            fetch_id: request.fetch_id,
-            leader: core.me,
-            leader_epoch: core.leader_epoch,
-            fetch_offset: request.fetch_offset,
-            last_fetched_epoch: request.last_fetched_epoch,
-            high_watermark: core.high_watermark,
-            body: FetchBody::Refused(FetchRefusal::NotLeader),
-        },
-    }
+    super::leader::answer(core, request, FetchBody::Refused(FetchRefusal::NotLeader))
 }

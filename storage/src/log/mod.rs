@@ -543,11 +543,9 @@ impl PartitionLog {
             header.freeze(),
             body,
             original.records_count,
+            leader_epoch,
             now,
         );
-        if leader_epoch >= 0 && state.epochs.assign(leader_epoch, base_offset) {
-            state.epochs_dirty = true;
-        }
         drop(state);
         self.shared.wake_flusher();
         Ok(AppendInfo {
@@ -612,11 +610,9 @@ impl PartitionLog {
             head,
             body,
             header.records_count,
+            leader_epoch,
             now,
         );
-        if leader_epoch >= 0 && state.epochs.assign(leader_epoch, base_offset) {
-            state.epochs_dirty = true;
-        }
         drop(state);
         self.shared.wake_flusher();
         Ok(AppendInfo {
@@ -998,8 +994,10 @@ fn sync_file_systems<'a>(dirs: impl Iterator<Item = &'a Path>) -> LogResult<()> 
 }
 
 /// Puts a batch whose header is final at the end of the active segment and
-/// the write buffer; returns its last offset. The caller has rolled the
-/// segment if needed and wakes the flusher.
+/// the write buffer, and notes where its leader epoch starts; returns its
+/// last offset. The caller has rolled the segment if needed and wakes the
+/// flusher.
+#[allow(clippy::too_many_arguments)]
 fn place_batch(
     state: &mut LogState,
     config: &LogConfig,
@@ -1007,6 +1005,7 @@ fn place_batch(
     header_bytes: Bytes,
     body: Bytes,
     records: i32,
+    leader_epoch: i32,
     now: i64,
 ) -> u64 {
     let base_offset = state.next_offset;
@@ -1034,6 +1033,9 @@ fn place_batch(
     state.next_offset = last_offset + 1;
     state.stats.appended_batches += 1;
     state.stats.appended_bytes += total;
+    if leader_epoch >= 0 && state.epochs.assign(leader_epoch, base_offset) {
+        state.epochs_dirty = true;
+    }
     last_offset
 }
 
