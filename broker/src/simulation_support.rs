@@ -44,3 +44,59 @@ pub fn env_u64(name: &str) -> Option<u64> {
         .ok()
         .and_then(|value| value.parse().ok())
 }
+
+/// The seeds and steps a simulation runs: `<PREFIX>_SEED` (just that one)
+/// or `<PREFIX>_SEEDS` (seeds 1 to N), and `<PREFIX>_STEPS`, else the
+/// defaults CI runs.
+pub fn seed_plan(prefix: &str, default_seeds: u64, default_steps: u64) -> (Vec<u64>, u64) {
+    let steps = env_u64(&format!("{prefix}_STEPS")).unwrap_or(default_steps);
+    let seeds = match env_u64(&format!("{prefix}_SEED")) {
+        Some(seed) => vec![seed],
+        None => (1..=env_u64(&format!("{prefix}_SEEDS")).unwrap_or(default_seeds)).collect(),
+    };
+    (seeds, steps)
+}
+
+/// Runs `run(seed, steps)` for every seed, printing each seed's statistics
+/// (while there are at most `print_each_up_to` seeds), each failure's
+/// report and the totals; fails naming the failing seeds, then checks that
+/// the first seed run again over `replay_steps` gives the same run.
+/// Returns the totals, summed with `add`.
+pub fn run_seeds<S: std::fmt::Debug + Default>(
+    seeds: &[u64],
+    steps: u64,
+    replay_steps: u64,
+    print_each_up_to: usize,
+    run: impl Fn(u64, u64) -> Result<S, String>,
+    add: impl Fn(&mut S, &S),
+) -> S {
+    let started = std::time::Instant::now();
+    let mut total = S::default();
+    let mut failures = Vec::new();
+    for &seed in seeds {
+        match run(seed, steps) {
+            Ok(stats) => {
+                if seeds.len() <= print_each_up_to {
+                    eprintln!("seed {seed}: {stats:?}");
+                }
+                add(&mut total, &stats);
+            }
+            Err(report) => {
+                eprintln!("{report}");
+                failures.push(seed);
+            }
+        }
+    }
+    eprintln!(
+        "{} seeds x {steps} steps in {:.1?}: {total:?}",
+        seeds.len(),
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    // A seed is its run: the same seed again gives the same run.
+    if let Some(&first) = seeds.first() {
+        let again = || format!("{:?}", run(first, steps.min(replay_steps)));
+        assert_eq!(again(), again(), "seed {first} is not deterministic");
+    }
+    total
+}

@@ -33,9 +33,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use crate::simulation_support::{env_u64, Rng};
+use crate::simulation_support::{run_seeds, seed_plan, Rng};
 
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage};
@@ -1143,40 +1142,8 @@ fn sim_tempdir() -> tempfile::TempDir {
 
 #[test]
 fn metadata_quorum_survives_faults() {
-    let steps = env_u64("KAFKI_SIM_STEPS").unwrap_or(2500);
-    let seeds: Vec<u64> = match env_u64("KAFKI_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (1..=env_u64("KAFKI_SIM_SEEDS").unwrap_or(16)).collect(),
-    };
-    let started = Instant::now();
-    let mut total = Stats::default();
-    let mut failures = Vec::new();
-    for &seed in &seeds {
-        match run_seed(seed, steps) {
-            Ok(stats) => {
-                eprintln!("seed {seed}: {stats:?}");
-                total.add(&stats);
-            }
-            Err(report) => {
-                eprintln!("{report}");
-                failures.push(seed);
-            }
-        }
-    }
-    eprintln!(
-        "{} seeds x {steps} steps in {:.1?}: {total:?}",
-        seeds.len(),
-        started.elapsed()
-    );
-    assert!(failures.is_empty(), "failing seeds: {failures:?}");
-    // A seed is its run: the same seed again gives the same run.
-    let again = |seed| format!("{:?}", run_seed(seed, steps.min(500)));
-    assert_eq!(
-        again(seeds[0]),
-        again(seeds[0]),
-        "seed {} is not deterministic",
-        seeds[0]
-    );
+    let (seeds, steps) = seed_plan("KAFKI_SIM", 16, 2500);
+    let total = run_seeds(&seeds, steps, 500, usize::MAX, run_seed, Stats::add);
     if seeds.len() >= 8 {
         // The faults reach what they are meant to reach.
         assert!(total.snapshots_made > 0 && total.snapshots_installed > 0);

@@ -32,9 +32,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
 
-use crate::simulation_support::{env_u64, Rng};
+use crate::simulation_support::{run_seeds, seed_plan, Rng};
 
 use super::election::{elect_leader, fence_replica};
 use super::*;
@@ -1109,42 +1108,8 @@ fn run_seed(seed: u64, steps: u64) -> Result<Stats, String> {
 
 #[test]
 fn no_acknowledged_write_is_lost() {
-    let steps = env_u64("KAFKI_REPL_STEPS").unwrap_or(3_000);
-    let seeds: Vec<u64> = match env_u64("KAFKI_REPL_SEED") {
-        Some(seed) => vec![seed],
-        None => (1..=env_u64("KAFKI_REPL_SEEDS").unwrap_or(24)).collect(),
-    };
-    let started = Instant::now();
-    let mut total = Stats::default();
-    let mut failures = Vec::new();
-    for &seed in &seeds {
-        match run_seed(seed, steps) {
-            Ok(stats) => {
-                if seeds.len() <= 50 {
-                    eprintln!("seed {seed}: {stats:?}");
-                }
-                total.add(&stats);
-            }
-            Err(report) => {
-                eprintln!("{report}");
-                failures.push(seed);
-            }
-        }
-    }
-    eprintln!(
-        "{} seeds x {steps} steps in {:.1?}: {total:?}",
-        seeds.len(),
-        started.elapsed()
-    );
-    assert!(failures.is_empty(), "failing seeds: {failures:?}");
-    // A seed is its run: the same seed again gives the same run.
-    let again = |seed| format!("{:?}", run_seed(seed, steps.min(800)));
-    assert_eq!(
-        again(seeds[0]),
-        again(seeds[0]),
-        "seed {} is not deterministic",
-        seeds[0]
-    );
+    let (seeds, steps) = seed_plan("KAFKI_REPL", 24, 3_000);
+    let total = run_seeds(&seeds, steps, 800, 50, run_seed, Stats::add);
     if seeds.len() >= 8 {
         // The faults reach what they are meant to reach.
         assert!(total.crashes > 0 && total.torn_records > 0 && total.partitions > 0);
