@@ -6,21 +6,8 @@ use super::command::{MetadataCommand, ProposalId, Verdict};
 use super::leadership::{on_node_fenced, on_node_registered, preferred_leader_elections};
 use super::nodes::Leader;
 use super::partitions::initial_partition_records;
+use super::tests::node;
 use super::*;
-
-fn node(id: i32, rack: Option<&str>) -> NodeRegistration {
-    NodeRegistration {
-        id,
-        epoch: 0,
-        host: "127.0.0.1".into(),
-        port: 9092,
-        cluster_listen: format!("127.0.0.1:{}", 9093 + id),
-        rack: rack.map(str::to_string),
-        shards: 2,
-        incarnation: 0,
-        state: NodeState::Alive,
-    }
-}
 
 fn cluster(racks: &[(i32, Option<&str>)]) -> ClusterMetadata {
     racks

@@ -188,7 +188,8 @@ fn deleting_a_topic_drops_its_assignments_and_growing_keeps_them() {
     assert_eq!(deleted.assigned_shard("u", 0), Some(1));
 }
 
-fn node(id: i32, rack: Option<&str>) -> NodeRegistration {
+/// An alive node registration (shared with `replication_tests`).
+pub(super) fn node(id: i32, rack: Option<&str>) -> NodeRegistration {
     NodeRegistration {
         id,
         epoch: 0,
