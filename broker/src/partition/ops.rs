@@ -173,15 +173,8 @@ impl Partition {
     /// failed snapshot is logged, not fatal: the next open rebuilds from
     /// the log.
     pub async fn close(self) -> LogResult<()> {
-        match self.snapshot_producers().await {
-            Ok(Some(offset)) => {
-                tracing::debug!(topic = %self.topic, partition = self.index, offset, "producer-state snapshot written at close")
-            }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::warn!(topic = %self.topic, partition = self.index, %error, "producer-state snapshot at close failed; the next open rebuilds it from the log")
-            }
-        }
+        let written = self.snapshot_producers().await;
+        self.log_closing_snapshot(written, "close");
         self.log.close().await
     }
 
@@ -189,16 +182,24 @@ impl Partition {
     /// files are written but not synced; the shard's stop syncs the file
     /// system once and marks the logs clean ([`kafki_storage::finish_stop`]).
     pub async fn close_for_stop(self) -> LogResult<Option<kafki_storage::PendingMarker>> {
-        match snapshot::write_at_stop(&self.log, &self.producers).await {
+        let written = snapshot::write_at_stop(&self.log, &self.producers).await;
+        self.log_closing_snapshot(written, "stop");
+        self.log.close_unsynced().await
+    }
+
+    /// Logs how the producer-state snapshot of a closing partition went
+    /// (`at`: "close" or "stop"). A failure is not fatal: the next open
+    /// rebuilds the state from the log.
+    fn log_closing_snapshot(&self, written: Result<Option<u64>, String>, at: &str) {
+        match written {
             Ok(Some(offset)) => {
-                tracing::debug!(topic = %self.topic, partition = self.index, offset, "producer-state snapshot written at stop")
+                tracing::debug!(topic = %self.topic, partition = self.index, offset, at, "producer-state snapshot written")
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::warn!(topic = %self.topic, partition = self.index, %error, "producer-state snapshot at stop failed; the next open rebuilds it from the log")
+                tracing::warn!(topic = %self.topic, partition = self.index, %error, at, "producer-state snapshot failed; the next open rebuilds it from the log")
             }
         }
-        self.log.close_unsynced().await
     }
 
     /// Closes the log of a deleted partition: no snapshot, its files go.
