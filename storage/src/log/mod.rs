@@ -956,7 +956,8 @@ pub struct PendingMarker {
 /// Returns how many logs it marked clean; on an error none after it is
 /// marked (their next open recovers, which is safe).
 pub fn finish_stop(pending: &[PendingMarker]) -> LogResult<usize> {
-    sync_file_systems(pending.iter().map(|pending| pending.dir.as_path()))?;
+    let file_systems = one_handle_per_file_system(pending)?;
+    sync_file_systems(&file_systems)?;
     for log in pending {
         checkpoint::write_all_unsynced(
             &log.dir,
@@ -969,26 +970,37 @@ pub fn finish_stop(pending: &[PendingMarker]) -> LogResult<usize> {
         std::fs::File::create(&marker)
             .map_err(|source| LogError::io("write marker", &marker, source))?;
     }
-    sync_file_systems(pending.iter().map(|pending| pending.dir.as_path()))?;
+    sync_file_systems(&file_systems)?;
     Ok(pending.len())
 }
 
-/// `syncfs` once for each file system among `dirs` (by device number).
-fn sync_file_systems<'a>(dirs: impl Iterator<Item = &'a Path>) -> LogResult<()> {
-    use std::os::fd::AsRawFd;
+/// An open directory on each file system (by device number) holding the
+/// logs, with its path, found once for both syncs of a stop.
+fn one_handle_per_file_system(pending: &[PendingMarker]) -> LogResult<Vec<(std::fs::File, &Path)>> {
     use std::os::unix::fs::MetadataExt;
-    let mut synced = std::collections::HashSet::new();
-    for dir in dirs {
+    let mut devices = std::collections::HashSet::new();
+    let mut handles = Vec::new();
+    for log in pending {
+        let dir = log.dir.as_path();
         let handle =
             std::fs::File::open(dir).map_err(|source| LogError::io("syncfs", dir, source))?;
         let device = handle
             .metadata()
             .map_err(|source| LogError::io("syncfs", dir, source))?
             .dev();
-        if synced.insert(device) {
-            nix::unistd::syncfs(handle.as_raw_fd())
-                .map_err(|errno| LogError::io("syncfs", dir, std::io::Error::from(errno)))?;
+        if devices.insert(device) {
+            handles.push((handle, dir));
         }
+    }
+    Ok(handles)
+}
+
+/// `syncfs` on each of the file systems.
+fn sync_file_systems(file_systems: &[(std::fs::File, &Path)]) -> LogResult<()> {
+    use std::os::fd::AsRawFd;
+    for (handle, dir) in file_systems {
+        nix::unistd::syncfs(handle.as_raw_fd())
+            .map_err(|errno| LogError::io("syncfs", *dir, std::io::Error::from(errno)))?;
     }
     Ok(())
 }
