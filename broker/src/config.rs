@@ -255,6 +255,14 @@ pub const SETTINGS: &[Setting] = &[
         Some("2000"),
         SettingKind::Int,
     ),
+    // A follower not caught up for this long leaves the ISR (Kafka's name
+    // and default).
+    setting(
+        None,
+        "replica.lag.time.max.ms",
+        Some("30000"),
+        SettingKind::Long,
+    ),
     // After this many bytes of metadata records, the image is snapshotted
     // and the log before it dropped (KRaft's name; smaller default: our
     // images are small and restarts should not replay much).

@@ -169,6 +169,7 @@ async fn shard_main(
         .map_err(|error| anyhow::anyhow!("joining the shard mesh: {error}"))?;
     let shard = Shard::new(config.clone(), senders, metadata, shared.clone());
     shard.start_inbox(receivers);
+    shard.start_replication();
     tracing::info!(shard = shard.id, cpu, "shard pinned");
     if shard.id == 0 {
         let opened = opened_log.lock().ok().and_then(|mut opened| opened.take());

@@ -78,6 +78,8 @@ pub struct Shard {
     /// Shard 0 of a cluster member: the metadata-log offset of the newest
     /// image installed on every shard of this node.
     pub installed_offset: Cell<u64>,
+    /// A cluster member's replication traffic from this shard.
+    replica_links: RefCell<Option<Rc<crate::replication::links::ReplicaLinks>>>,
 }
 
 /// Broker-wide state that crosses threads: connection count (the
@@ -186,7 +188,66 @@ impl Shard {
             shutting_down: Cell::new(false),
             quorum: RefCell::new(None),
             installed_offset: Cell::new(0),
+            replica_links: RefCell::new(None),
         })
+    }
+
+    /// A cluster member's shard: its replication links and ticker.
+    pub fn start_replication(self: &Rc<Self>) {
+        let Some(cluster) = &self.config.cluster else {
+            return;
+        };
+        let configured = cluster
+            .voters
+            .iter()
+            .filter(|voter| voter.id != self.config.node_id)
+            .map(|voter| (voter.id, voter.address.clone()))
+            .collect();
+        let links =
+            crate::replication::links::ReplicaLinks::new(self, self.config.node_id, configured);
+        links.learn_addresses(&self.metadata());
+        self.replica_links.replace(Some(links));
+        glommio::spawn_local(crate::replication::links::run_ticker(Rc::downgrade(self))).detach();
+    }
+
+    pub fn replica_links(&self) -> Option<Rc<crate::replication::links::ReplicaLinks>> {
+        self.replica_links.borrow().clone()
+    }
+
+    /// The replicated partition this shard has open for a wire name.
+    pub fn replicated_by_id(
+        &self,
+        partition: &crate::replication::wire::ReplicaPartition,
+    ) -> Option<Rc<crate::replication::driver::Replicated>> {
+        let metadata = self.metadata.borrow();
+        let topic = metadata.topic_by_id(partition.topic_id)?;
+        let key = (topic.name.clone(), partition.partition_index);
+        let open = self.partitions.borrow();
+        let replicated = open.get(&key)?.replicated()?;
+        (replicated.topic_id == partition.topic_id).then(|| replicated.clone())
+    }
+
+    /// Every replicated partition this shard has open.
+    pub fn replicated_partitions(&self) -> Vec<Rc<crate::replication::driver::Replicated>> {
+        self.partitions
+            .borrow()
+            .values()
+            .filter_map(|partition| partition.replicated().cloned())
+            .collect()
+    }
+
+    /// Feeds each open replicated partition its committed state from
+    /// `image` (the machine ignores what it has seen).
+    fn feed_partition_records(&self, image: &ClusterMetadata) {
+        if let Some(links) = self.replica_links() {
+            links.learn_addresses(image);
+        }
+        let now = crate::cluster::liveness::monotonic_ms();
+        for replicated in self.replicated_partitions() {
+            if let Some(record) = image.partition_record(&replicated.topic, replicated.index) {
+                replicated.on_record(record, now);
+            }
+        }
     }
 
     /// Runs tasks that other shards send here, each as its own local task so
@@ -254,7 +315,7 @@ impl Shard {
             return Err(unknown_partition());
         }
         if metadata.is_moving(topic, index)
-            || !metadata.led_by(topic, index, self.config.node_id)
+            || !metadata.hosts_replica(topic, index, self.config.node_id)
             || metadata.owner_of(topic, index, self.count) != self.id
         {
             return Err(ResponseError::NotLeaderOrFollower.code());
@@ -273,10 +334,14 @@ impl Shard {
         if opened.as_ref().is_ok_and(|(_, new)| *new) {
             self.publish_partitions();
         }
-        opened.map(|(partition, _)| {
-            partition.touch(Instant::now());
-            PartitionRef::new(&partition)
-        })
+        let (partition, _) = opened?;
+        // A follower replica (or a new leader whose high watermark cannot
+        // be shown yet) is not for clients.
+        if !partition.serves_clients() {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        }
+        partition.touch(Instant::now());
+        Ok(PartitionRef::new(&partition))
     }
 
     /// [`Shard::partition`] without publishing the layout, and whether this
@@ -339,9 +404,7 @@ impl Shard {
             key: &key,
         };
         let log_config = log_config_for(&meta.configs, &self.config.kafka);
-        let replication = Replication::Local {
-            stage: CommitStage::for_policy(log_config.sync_policy),
-        };
+        let stage = CommitStage::for_policy(log_config.sync_policy);
         let dir = self.partition_dir(topic, index);
         // A folder left by an earlier topic of this name (its removal was
         // cut short) is never opened as this one.
@@ -398,6 +461,27 @@ impl Shard {
         )
         .await;
         let leader_epoch = self.metadata.borrow().leader_epoch(topic, index);
+        let record = self
+            .metadata
+            .borrow()
+            .partition_record(topic, index)
+            .filter(|record| record.replicas.len() > 1)
+            .cloned();
+        let replicated = record.as_ref().map(|_| {
+            Rc::new(crate::replication::driver::Replicated::new(
+                topic.to_string(),
+                index,
+                meta.id,
+                self.config.node_id,
+                crate::replication::driver::config_for(&meta.configs, &self.config),
+                crate::partition::replication::log_view(&log),
+                crate::cluster::liveness::monotonic_ms(),
+            ))
+        });
+        let replication = match &replicated {
+            Some(replicated) => Replication::Replicated(replicated.clone()),
+            None => Replication::Local { stage },
+        };
         let partition = Partition::new(
             topic.to_string(),
             index,
@@ -408,6 +492,25 @@ impl Shard {
         )
         .with_descriptors(charge);
         let partition = Rc::new(partition);
+        if let (Some(replicated), Some(record), Some(links)) =
+            (replicated, record, self.replica_links())
+        {
+            let outlet: Rc<dyn crate::replication::driver::ReplicaOutlet> = Rc::new(links);
+            glommio::spawn_local(crate::replication::driver::run_pump(
+                Rc::downgrade(&partition),
+                replicated.clone(),
+                partition.progress_watcher(),
+                outlet,
+            ))
+            .detach();
+            let current = self
+                .metadata
+                .borrow()
+                .partition_record(topic, index)
+                .cloned()
+                .unwrap_or(record);
+            replicated.on_record(&current, crate::cluster::liveness::monotonic_ms());
+        }
         if let Some(at) = self.moved_in.borrow_mut().remove(&key) {
             partition.note_moved_in(at);
         }
@@ -536,7 +639,7 @@ impl Shard {
                 .flat_map(|topic| (0..topic.partitions).map(move |index| (topic, index)))
                 .filter(|(topic, index)| {
                     metadata.owner_of(&topic.name, *index, self.count) == self.id
-                        && metadata.led_by(&topic.name, *index, self.config.node_id)
+                        && metadata.hosts_replica(&topic.name, *index, self.config.node_id)
                         && !metadata.is_moving(&topic.name, *index)
                         && !open.contains_key(&(topic.name.clone(), *index))
                 })
@@ -621,6 +724,7 @@ impl Shard {
         // name would open; the start-up sweep finishes what a crash cut short.
         self.remove_deleted_folders(&previous, &next).await;
         self.fence_to(&next);
+        self.feed_partition_records(&next);
         self.publish_partitions();
         self.reopen_reconfigured(&previous, &next).await;
         self.open_owned_partitions().await;
@@ -839,27 +943,43 @@ impl Shard {
     }
 
     /// Creates a topic through the controller. `Ok` carries the topic.
+    /// `replication_factor` -1 takes `default.replication.factor`.
     pub async fn create_topic(
         self: &Rc<Self>,
         name: String,
         partitions: i32,
+        replication_factor: i16,
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<TopicMeta, KafkaError> {
+        let replication_factor = if replication_factor == -1 {
+            self.config
+                .kafka
+                .get_i64("default.replication.factor")
+                .unwrap_or(1)
+        } else {
+            i64::from(replication_factor)
+        };
+        let Some(replication_factor) = usize::try_from(replication_factor)
+            .ok()
+            .filter(|factor| *factor >= 1)
+        else {
+            return Err(KafkaError::new(
+                ResponseError::InvalidReplicationFactor,
+                "Replication factor must be larger than 0.".to_string(),
+            ));
+        };
         let outcome = self
             .invoke_on(0, move |controller| async move {
                 let mut created = None;
                 let result = controller
                     .controller_change(|current| {
-                        // Replication factor 1: CreateTopics refuses more
-                        // until partition data is replicated (see
-                        // `handlers::topics::create_topics`).
                         let topic = crate::metadata::validate_new_topic(
                             current,
                             &controller.config,
                             &name,
                             partitions,
-                            1,
+                            replication_factor,
                             &configs,
                         )?;
                         created = Some(topic.clone());

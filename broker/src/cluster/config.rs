@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// Metadata record bytes between snapshots of the image.
     pub snapshot_bytes: u64,
+    /// The broker's `unclean.leader.election.enable` (a topic may override).
+    pub unclean_leader_election: bool,
 }
 
 /// Parses `1@host:port,2@host:port`.
@@ -121,6 +123,7 @@ impl ClusterConfig {
                 .get_i64("metadata.log.max.record.bytes.between.snapshots")
                 .unwrap_or(1 << 20)
                 .max(1024) as u64,
+            unclean_leader_election: kafka.get_bool("unclean.leader.election.enable"),
         }))
     }
 

@@ -73,6 +73,13 @@ impl Shard {
             shared,
             on_image,
         )?;
+        let router = Rc::downgrade(self);
+        quorum.set_replica_frames(Box::new(move |frame| {
+            if let Some(shard) = router.upgrade() {
+                glommio::spawn_local(crate::replication::links::route_inbound(shard, frame))
+                    .detach();
+            }
+        }));
         self.quorum.replace(Some(quorum));
         let shard = self.clone();
         glommio::spawn_local(async move {

@@ -190,7 +190,17 @@ pub struct Quorum {
     /// [`DESCRIBES_WAITING_MAX`].
     describing: RefCell<HashMap<u64, DescribeWaiter>>,
     describe_sequence: Cell<u64>,
+    /// Where partition replication frames go (the shard's router).
+    replica_frames: RefCell<Option<ReplicaFrameRoute>>,
+    /// Controller: the image offset its leadership checks last ran on, and
+    /// the tick they last ran at.
+    leadership_checked: Cell<(u64, u64)>,
+    /// Controller: a leadership change proposed and not answered yet.
+    leadership_proposing: Rc<Cell<bool>>,
 }
+
+/// Where a node's partition replication frames go.
+pub type ReplicaFrameRoute = Box<dyn Fn(Inbound)>;
 
 impl Quorum {
     /// Opens the metadata log under `data_dir`, starts the driver, the
@@ -284,6 +294,9 @@ impl Quorum {
             caught_up_ms: RefCell::new(HashMap::new()),
             describing: RefCell::new(HashMap::new()),
             describe_sequence: Cell::new(0),
+            replica_frames: RefCell::new(None),
+            leadership_checked: Cell::new((u64::MAX, 0)),
+            leadership_proposing: Rc::new(Cell::new(false)),
             config,
         });
         (quorum.on_image)(quorum.image());
@@ -318,6 +331,11 @@ impl Quorum {
 
     pub fn image(&self) -> Arc<ClusterMetadata> {
         self.image.borrow().clone()
+    }
+
+    /// Where partition replication frames received by this node go.
+    pub fn set_replica_frames(&self, route: ReplicaFrameRoute) {
+        self.replica_frames.replace(Some(route));
     }
 
     pub fn shared(&self) -> &Arc<QuorumShared> {
@@ -600,6 +618,15 @@ impl Quorum {
     }
 
     fn on_frame(self: &Rc<Self>, frame: Inbound) {
+        if matches!(
+            frame.kind,
+            FrameKind::ReplicaFetch | FrameKind::ReplicaFetchAnswer
+        ) {
+            if let Some(route) = &*self.replica_frames.borrow() {
+                route(frame);
+            }
+            return;
+        }
         match frame.kind {
             FrameKind::Raft => match Message::parse_from_bytes(&frame.body) {
                 Ok(message) if message.from == raft_id(frame.from) => {
@@ -622,10 +649,7 @@ impl Quorum {
                     tracing::warn!(from = frame.from, %error, "dropping an undecodable control message")
                 }
             },
-            FrameKind::Hello => {}
-            // Partition replication frames belong to the replication driver,
-            // which is not wired yet; the quorum has nothing to do with them.
-            FrameKind::ReplicaFetch | FrameKind::ReplicaFetchAnswer => {}
+            FrameKind::Hello | FrameKind::ReplicaFetch | FrameKind::ReplicaFetchAnswer => {}
         }
     }
 
@@ -683,16 +707,102 @@ impl Quorum {
         self.add_learners(&image);
         let fences = self.liveness.borrow_mut().to_fence(&image, now);
         for (node, epoch) in fences {
-            tracing::warn!(node, epoch, timeout_ms = self.config.session_timeout.as_millis() as u64, "fencing a node: no heartbeat within the session timeout; its partitions are offline until it registers again");
-            self.spawn_proposal(
-                vec![MetadataRecord::NodeStateChanged {
+            tracing::warn!(node, epoch, timeout_ms = self.config.session_timeout.as_millis() as u64, "fencing a node: no heartbeat within the session timeout; replicated partitions it led get new leaders, single-replica ones are offline until it registers again");
+            self.spawn_fence(node, epoch);
+        }
+        self.leadership_duties(&image);
+    }
+
+    /// Fences `node` at `epoch`; its partitions get new leaders from their
+    /// ISRs in the same command, so no partition is left led by a fenced
+    /// node. A command refused because a partition moved meanwhile is
+    /// computed again from the newer image.
+    fn spawn_fence(self: &Rc<Self>, node: i32, epoch: u64) {
+        let quorum = self.clone();
+        glommio::spawn_local(async move {
+            for _ in 0..16 {
+                let image = quorum.image();
+                if image
+                    .nodes
+                    .get(&node)
+                    .is_none_or(|known| known.epoch != epoch || known.state != NodeState::Alive)
+                {
+                    return; // re-registered, removed or fenced already
+                }
+                let mut records = vec![MetadataRecord::NodeStateChanged {
                     node,
                     epoch,
                     state: NodeState::Fenced,
-                }],
-                "fencing a node",
-            );
+                }];
+                records.extend(crate::metadata::leadership::on_node_fenced(
+                    &image,
+                    node,
+                    quorum.config.unclean_leader_election,
+                ));
+                match quorum.propose(records, None, Duration::from_secs(10)).await {
+                    Ok((Verdict::Refused(refusal), _)) => {
+                        tracing::info!(
+                            node,
+                            ?refusal,
+                            "fence refused (a partition moved); computing it again"
+                        );
+                    }
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::warn!(node, %error, "fence not committed; retrying");
+                    }
+                }
+                if quorum.raw.borrow().raft.state != StateRole::Leader {
+                    return;
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// The controller, after each image change and every second: partitions
+    /// without a leader whose ISR has a live node get one, and preferred
+    /// replicas lead again once back in the ISR. One proposal at a time; a
+    /// stale one is refused and recomputed from the newer image.
+    fn leadership_duties(self: &Rc<Self>, image: &ClusterMetadata) {
+        let ticks = self.ticks.get();
+        let (offset, at) = self.leadership_checked.get();
+        let due = offset != image.log_offset || ticks.saturating_sub(at) >= 10;
+        if !due || self.leadership_proposing.get() {
+            return;
         }
+        self.leadership_checked.set((image.log_offset, ticks));
+        let mut records = Vec::new();
+        for node in image.live_nodes() {
+            records.extend(crate::metadata::leadership::on_node_registered(
+                image, node.id,
+            ));
+        }
+        if records.is_empty() {
+            return;
+        }
+        // Two live nodes may pick the same partition: keep its first change.
+        let mut seen = std::collections::HashSet::new();
+        records.retain(|record| match record {
+            MetadataRecord::PartitionChange {
+                topic, partition, ..
+            } => seen.insert((topic.clone(), *partition)),
+            _ => true,
+        });
+        tracing::info!(
+            changes = records.len(),
+            "electing leaders (offline partitions, preferred replicas)"
+        );
+        self.leadership_proposing.set(true);
+        let quorum = self.clone();
+        let proposing = self.leadership_proposing.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = quorum.propose(records, None, Duration::from_secs(10)).await {
+                tracing::warn!(%error, "leader elections not committed; retried");
+            }
+            proposing.set(false);
+        })
+        .detach();
     }
 
     /// Every node: register (once per start, and again after a fence), then

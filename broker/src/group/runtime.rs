@@ -96,6 +96,10 @@ pub(crate) async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), i16> {
         .create_topic(
             OFFSETS_TOPIC.to_string(),
             offsets_partitions(shard),
+            // One replica until group state follows its partition's leader
+            // between nodes (a replicated offsets partition would change
+            // leader without its groups).
+            1,
             configs,
             false,
         )

@@ -131,7 +131,7 @@ pub async fn metadata(
                     }
                     (None, Some(name)) if auto_create => {
                         match shard
-                            .create_topic(name.to_string(), -1, BTreeMap::new(), false)
+                            .create_topic(name.to_string(), -1, -1, BTreeMap::new(), false)
                             .await
                         {
                             Ok(topic) => {
@@ -204,21 +204,6 @@ pub async fn create_topics(
             );
             continue;
         }
-        // The refusal of replication factors above 1 sits here, not in the
-        // metadata: `metadata::validate_new_topic` places any factor and
-        // writes each partition's replication state, but no replication
-        // driver copies records to followers yet, so a second replica would
-        // stay empty while listed in sync. Lift it when the driver is wired.
-        if topic.replication_factor != -1 && topic.replication_factor != 1 {
-            results.push(
-                result
-                    .with_error_code(ResponseError::InvalidReplicationFactor.code())
-                    .with_error_message(Some(str_bytes(
-                        "Replication factor must be 1: Kafki does not replicate partition data yet.",
-                    ))),
-            );
-            continue;
-        }
         if !topic.assignments.is_empty() {
             results.push(
                 result
@@ -236,7 +221,13 @@ pub async fn create_topics(
             }
         }
         match shard
-            .create_topic(name, topic.num_partitions, configs, request.validate_only)
+            .create_topic(
+                name,
+                topic.num_partitions,
+                topic.replication_factor,
+                configs,
+                request.validate_only,
+            )
             .await
         {
             Ok(created) => {
@@ -246,7 +237,7 @@ pub async fn create_topics(
                 if version >= 5 {
                     result = result
                         .with_num_partitions(created.partitions)
-                        .with_replication_factor(1)
+                        .with_replication_factor(created.replication_factor())
                         .with_configs(Some(describe_topic_configs(&created, &shard.config)));
                 }
             }

@@ -51,6 +51,15 @@ pub struct TopicMeta {
     pub replicas: Vec<Vec<i32>>,
 }
 
+impl TopicMeta {
+    /// Replicas per partition as placed (1 on a single node).
+    pub fn replication_factor(&self) -> i16 {
+        self.replicas.first().map_or(1, |replicas| {
+            i16::try_from(replicas.len()).unwrap_or(i16::MAX)
+        })
+    }
+}
+
 /// One change of the cluster metadata. Every change is a record applied to
 /// the image ([`ClusterMetadata::apply`]), so the same records can later be
 /// the entries of a replicated metadata log (the cluster's quorum) rather
@@ -345,10 +354,23 @@ impl ClusterMetadata {
             }
             MetadataRecord::Moving(moving) => self.moving = moving.clone(),
             MetadataRecord::NodeRegistered(node) => {
+                // A node that restarted (a new process) must not lead an
+                // epoch it led before the restart: its log may have lost an
+                // unsynced suffix its followers hold. Each partition it
+                // leads gets a new epoch, so followers check their logs
+                // against it again.
+                let restarted = self
+                    .nodes
+                    .get(&node.id)
+                    .is_some_and(|known| known.incarnation != node.incarnation);
                 let mut node = node.clone();
                 node.epoch = self.log_offset;
                 node.state = NodeState::Alive;
-                self.nodes.insert(node.id, node);
+                let id = node.id;
+                self.nodes.insert(id, node);
+                if restarted {
+                    self.renew_leader_epochs_of(id);
+                }
             }
             MetadataRecord::NodeStateChanged { node, epoch, state } => {
                 if let Some(registered) = self.nodes.get_mut(node) {

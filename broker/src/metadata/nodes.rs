@@ -148,6 +148,15 @@ impl ClusterMetadata {
         }
     }
 
+    /// Whether `me` keeps a copy of the partition: it leads it, or it is
+    /// one of the replicas of a partition with several (a follower).
+    pub fn hosts_replica(&self, topic: &str, partition: i32, me: i32) -> bool {
+        self.led_by(topic, partition, me)
+            || self
+                .partition_record(topic, partition)
+                .is_some_and(|record| record.replicas.len() > 1 && record.replicas.contains(&me))
+    }
+
     /// The nodes that are alive, by id.
     pub fn live_nodes(&self) -> impl Iterator<Item = &NodeRegistration> {
         self.nodes

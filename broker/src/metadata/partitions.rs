@@ -209,6 +209,19 @@ impl ClusterMetadata {
     /// Raises the leader and partition epochs of a partition with
     /// replication state (a hand-over between shards is a leader change
     /// too); false when it has none.
+    /// A new leader epoch (and partition epoch) for every partition `node`
+    /// leads, leader unchanged (it restarted).
+    pub(super) fn renew_leader_epochs_of(&mut self, node: NodeId) {
+        for partitions in self.partition_records.values_mut() {
+            for record in partitions.values_mut() {
+                if record.leader == Some(node) {
+                    record.leader_epoch = record.leader_epoch.saturating_add(1);
+                    record.partition_epoch = record.partition_epoch.saturating_add(1);
+                }
+            }
+        }
+    }
+
     pub(super) fn bump_recorded_leader_epoch(&mut self, topic: &str, partition: i32) -> bool {
         let Some(record) = self
             .partition_records

@@ -503,3 +503,25 @@ fn a_replication_factor_above_the_live_nodes_is_refused() {
         Err(PlacementError::ReplicationFactorBelowOne)
     );
 }
+
+#[test]
+fn a_restarted_node_leads_its_partitions_in_a_new_epoch_and_a_re_registration_does_not() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None)]),
+        topic("t", vec![vec![1, 2], vec![2, 1]]),
+    );
+    let before = record(&image, "t", 0);
+    // The same process registering again (after a fence, say): no change.
+    let again = image.apply(&MetadataRecord::NodeRegistered(node(1, None)));
+    assert_eq!(record(&again, "t", 0), before);
+    // A new process (another incarnation): the partitions it leads move to
+    // a new leader epoch, same leader; the others do not change.
+    let mut restarted = node(1, None);
+    restarted.incarnation = restarted.incarnation.wrapping_add(1);
+    let after = again.apply(&MetadataRecord::NodeRegistered(restarted));
+    let renewed = record(&after, "t", 0);
+    assert_eq!(renewed.leader, Some(1));
+    assert_eq!(renewed.leader_epoch, before.leader_epoch + 1);
+    assert_eq!(renewed.partition_epoch, before.partition_epoch + 1);
+    assert_eq!(record(&after, "t", 1), record(&image, "t", 1));
+}

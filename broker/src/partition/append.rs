@@ -145,6 +145,16 @@ impl Partition {
     ) -> Result<Appended, AppendError> {
         let mut first: Option<(u64, Option<i64>)> = None;
         let mut last_offset = 0;
+        // A replicated partition appends only while it leads (and, for
+        // `acks=all`, while enough replicas are in sync), stamping its
+        // batches with the epoch it leads in.
+        let replicated = self.replicated().cloned();
+        let mut epoch = self.leader_epoch();
+        if let Some(replicated) = &replicated {
+            epoch = replicated
+                .admit_produce(crate::replication::driver::machine_acks(acks))
+                .map_err(AppendError::code)?;
+        }
         for batch in batches {
             // Wait for room first, so the sequence check and the append
             // happen with no await between them (no other append can
@@ -186,8 +196,21 @@ impl Partition {
                     return Err(AppendError::code(code));
                 }
             }
-            match self.log.append_now(batch, self.leader_epoch()) {
+            if let Some(replicated) = &replicated {
+                // Leadership may have moved while this waited for room.
+                if replicated.is_stopped() || !replicated.is_leader() {
+                    return Err(AppendError::code(ResponseError::NotLeaderOrFollower.code()));
+                }
+            }
+            match self.log.append_now(batch, epoch) {
                 Ok(info) => {
+                    if let Some(replicated) = &replicated {
+                        replicated.local_appended(
+                            info.last_offset as i64 + 1,
+                            epoch,
+                            crate::cluster::liveness::monotonic_ms(),
+                        );
+                    }
                     self.producers.states.borrow_mut().record(
                         &header,
                         info.base_offset,
@@ -205,12 +228,20 @@ impl Partition {
         let Some((base_offset, log_append_time_ms)) = first else {
             return Err(AppendError::code(ResponseError::CorruptMessage.code()));
         };
-        let waited = match acks {
-            Acks::None => Ok(()),
-            Acks::Leader => self.log.wait_written(last_offset + 1).await,
-            Acks::All => self.wait_committed(last_offset + 1).await,
-        };
-        waited.map_err(|error| AppendError::log(&error))?;
+        match (acks, &replicated) {
+            (Acks::All, Some(replicated)) => replicated
+                .wait_acknowledged(last_offset as i64 + 1)
+                .await
+                .map_err(AppendError::code)?,
+            _ => {
+                let waited = match acks {
+                    Acks::None => Ok(()),
+                    Acks::Leader => self.log.wait_written(last_offset + 1).await,
+                    Acks::All => self.wait_committed(last_offset + 1).await,
+                };
+                waited.map_err(|error| AppendError::log(&error))?;
+            }
+        }
         Ok(Appended {
             base_offset,
             log_append_time_ms,

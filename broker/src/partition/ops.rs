@@ -72,6 +72,21 @@ impl Partition {
     /// healthy, or the partition is handed over: what a fetch long poll
     /// waits for (no wake-up is lost between its read and this wait).
     pub async fn wait_for_high_watermark_beyond(&self, seen: i64) {
+        if let Some(replicated) = self.replicated() {
+            loop {
+                let shown = replicated.consumer_high_watermark();
+                if shown.is_none_or(|high_watermark| high_watermark > seen)
+                    || replicated.is_stopped()
+                    || !self.log.is_healthy()
+                    || self.is_released()
+                {
+                    return;
+                }
+                let moved = std::pin::pin!(replicated.wait_high_watermark_change(shown));
+                let released = std::pin::pin!(self.wait_released());
+                futures::future::select(moved, released).await;
+            }
+        }
         loop {
             let since = self.log.offsets();
             if self.replication.high_watermark(&since) as i64 > seen
@@ -173,6 +188,7 @@ impl Partition {
     /// failed snapshot is logged, not fatal: the next open rebuilds from
     /// the log.
     pub async fn close(self) -> LogResult<()> {
+        self.stop_replication();
         let written = self.snapshot_producers().await;
         self.log_closing_snapshot(written, "close");
         self.log.close().await
@@ -182,9 +198,18 @@ impl Partition {
     /// files are written but not synced; the shard's stop syncs the file
     /// system once and marks the logs clean ([`kafki_storage::finish_stop`]).
     pub async fn close_for_stop(self) -> LogResult<Option<kafki_storage::PendingMarker>> {
+        self.stop_replication();
         let written = snapshot::write_at_stop(&self.log, &self.producers).await;
         self.log_closing_snapshot(written, "stop");
         self.log.close_unsynced().await
+    }
+
+    /// Ends its replication driver (a closing partition): waiting `acks=all`
+    /// produces fail, the pump stops.
+    fn stop_replication(&self) {
+        if let Some(replicated) = self.replicated() {
+            replicated.stop();
+        }
     }
 
     /// Logs how the producer-state snapshot of a closing partition went
@@ -204,6 +229,7 @@ impl Partition {
 
     /// Closes the log of a deleted partition: no snapshot, its files go.
     pub async fn close_deleted(self) -> LogResult<()> {
+        self.stop_replication();
         self.log.close().await
     }
 }

@@ -1,10 +1,21 @@
 //! How a partition's high watermark advances: the seam where replication
-//! plugs in. Today one implementation, the single node's *local commit*:
-//! the high watermark is the offset up to which the local log reached the
-//! topic's commit stage. The cluster's replicated partition will be a
-//! second variant (the high watermark follows the in-sync replicas).
+//! plugs in. A partition with one replica commits *locally*: the high
+//! watermark is the offset up to which the local log reached the topic's
+//! commit stage. A partition with several replicas is *replicated*: the
+//! high watermark is its replication machine's (durable on every in-sync
+//! replica, [`crate::replication`]), and `acks=all` waits for it there.
+//! This file also holds the partition's doors for the replication driver
+//! (reads for followers, a follower's appends and truncation).
 
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafki_storage::batch::BatchHeader;
 use kafki_storage::{LogOffsets, LogResult, PartitionLog, SyncPolicy};
+
+use super::Partition;
+use crate::replication::driver::Replicated;
+use crate::replication::LocalLog;
 
 /// The stage of the local log that commits a record (what `acks=all`
 /// waits for and what consumers see up to).
@@ -29,16 +40,19 @@ impl CommitStage {
 }
 
 /// How a partition commits records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Replication {
     /// One replica, this node: committed = reached `stage` locally.
     Local { stage: CommitStage },
+    /// Several replicas: committed = durable on every in-sync replica.
+    Replicated(Rc<Replicated>),
 }
 
 impl Replication {
     /// The high watermark given the local log's offsets.
     pub fn high_watermark(&self, offsets: &LogOffsets) -> u64 {
         match self {
+            Self::Replicated(replicated) => replicated.high_watermark().max(0) as u64,
             Self::Local {
                 stage: CommitStage::Durable,
             } => offsets.durable_offset,
@@ -51,6 +65,8 @@ impl Replication {
     /// Waits until every offset below `end_offset` is committed.
     pub async fn wait_committed(&self, log: &PartitionLog, end_offset: u64) -> LogResult<()> {
         match self {
+            // Waited for through `Replicated::wait_acknowledged` instead.
+            Self::Replicated(_) => Ok(()),
             Self::Local {
                 stage: CommitStage::Durable,
             } => log.wait_durable(end_offset).await,
@@ -59,6 +75,104 @@ impl Replication {
             } => log.wait_written(end_offset).await,
         }
     }
+}
+
+impl Partition {
+    /// The replicated state, if the partition has several replicas.
+    pub fn replicated(&self) -> Option<&Rc<Replicated>> {
+        match &self.replication {
+            Replication::Replicated(replicated) => Some(replicated),
+            Replication::Local { .. } => None,
+        }
+    }
+
+    /// Whether clients may use it here: always for a local partition; a
+    /// replicated one only while it leads with a high watermark to show.
+    pub fn serves_clients(&self) -> bool {
+        self.replicated()
+            .is_none_or(|replicated| replicated.serves_clients())
+    }
+
+    /// A waiter for the log's progress that does not hold the partition.
+    pub fn progress_watcher(&self) -> kafki_storage::ProgressWatcher {
+        self.log.progress_watcher()
+    }
+
+    /// The log as the replication machine pictures it: epochs with records,
+    /// end and durable offsets.
+    pub fn replica_log_view(&self) -> LocalLog {
+        log_view(&self.log)
+    }
+
+    /// Whole batches from `from` below `to`, at most `max_bytes` (at least
+    /// one batch), copied out of the log; and the offset after them.
+    pub async fn read_for_replica(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: u64,
+    ) -> LogResult<(Vec<Bytes>, u64)> {
+        let read = self.log.read(from, max_bytes, to).await?;
+        let next_offset = read.next_offset;
+        if read.chunks.is_empty() {
+            return Ok((Vec::new(), from));
+        }
+        Ok((vec![read.load().await?], next_offset))
+    }
+
+    /// A follower's append of one of the leader's batches, exactly as the
+    /// leader stored it; its producer's sequence is recorded as the leader
+    /// did, so a producer retrying after a failover is recognised here.
+    pub async fn append_from_leader(&self, batch: Bytes) -> LogResult<()> {
+        let header = BatchHeader::parse(&batch).ok();
+        let info = self.log.append_replicated(batch).await?;
+        if let Some(header) = header {
+            self.producers.states.borrow_mut().record(
+                &header,
+                info.base_offset,
+                crate::clock::now_ms(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops a diverged suffix: the log then ends at `offset` (an error if
+    /// storage could not end it exactly there).
+    pub async fn truncate_for_replica(&self, offset: i64) -> anyhow::Result<()> {
+        let offset = u64::try_from(offset).unwrap_or(0);
+        self.log.truncate_to(offset).await?;
+        let end = self.log.offsets().next_offset;
+        if end != offset {
+            anyhow::bail!("the log ends at {end} after truncating to {offset}");
+        }
+        Ok(())
+    }
+}
+
+/// [`Partition::replica_log_view`] of `log`: epochs whose first offset lies
+/// below the log end (an epoch noted before any record of it is left out).
+pub fn log_view(log: &PartitionLog) -> LocalLog {
+    let offsets = log.offsets();
+    let end = offsets.next_offset as i64;
+    let durable = (offsets.durable_offset as i64).min(end);
+    let mut epochs: Vec<(i32, i64)> = Vec::new();
+    for (epoch, start) in log.leader_epochs() {
+        let start = start as i64;
+        if start >= end || epoch < 0 {
+            continue;
+        }
+        match epochs.last_mut() {
+            Some(last) if last.1 == start => *last = (epoch, start),
+            Some(last) if last.0 >= epoch => {}
+            _ => epochs.push((epoch, start)),
+        }
+    }
+    let last_epoch = epochs.last().map_or(0, |(epoch, _)| *epoch);
+    LocalLog::new(epochs, end, durable).unwrap_or_else(|error| {
+        tracing::warn!(dir = %log.dir().display(), %error, "leader-epoch history unusable for replication; treating the log as one epoch");
+        let whole = if end > 0 { vec![(last_epoch, 0)] } else { Vec::new() };
+        LocalLog::new(whole, end, durable).unwrap_or_default()
+    })
 }
 
 #[cfg(test)]

@@ -77,9 +77,11 @@
 //! ([`PartitionReplica::consumer_high_watermark`]), so consumers never see it
 //! go backwards across a failover.
 
+pub mod driver;
 pub mod election;
 mod follower;
 mod leader;
+pub mod links;
 pub mod log;
 pub mod machine;
 pub mod messages;

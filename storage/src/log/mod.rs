@@ -384,6 +384,44 @@ struct Shared {
     cleaner_pending: Cell<bool>,
 }
 
+fn offsets_of(state: &LogState) -> LogOffsets {
+    LogOffsets {
+        log_start_offset: state.log_start_offset,
+        next_offset: state.next_offset,
+        written_offset: state.written_offset,
+        durable_offset: state.durable_offset,
+        size_bytes: state.size_bytes(),
+    }
+}
+
+/// See [`PartitionLog::progress_watcher`].
+pub struct ProgressWatcher {
+    shared: Rc<Shared>,
+}
+
+impl ProgressWatcher {
+    /// The log's offsets now.
+    pub fn offsets(&self) -> LogOffsets {
+        offsets_of(&self.shared.state.borrow())
+    }
+
+    /// As [`PartitionLog::wait_for_progress`].
+    pub async fn wait_for_progress(&self, since: LogOffsets) {
+        poll_fn(|context| {
+            let state = self.shared.state.borrow();
+            let moved = state.written_offset != since.written_offset
+                || state.durable_offset != since.durable_offset
+                || state.next_offset != since.next_offset;
+            if moved || state.failed.is_some() || state.closing {
+                return Poll::Ready(());
+            }
+            self.shared.progress.register(context.waker());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// A partition log. Create with [`PartitionLog::open`]; end with
 /// [`PartitionLog::close`] (clean) or drop (treated as a crash on next open).
 pub struct PartitionLog {
@@ -442,14 +480,7 @@ impl PartitionLog {
     }
 
     pub fn offsets(&self) -> LogOffsets {
-        let state = self.shared.state.borrow();
-        LogOffsets {
-            log_start_offset: state.log_start_offset,
-            next_offset: state.next_offset,
-            written_offset: state.written_offset,
-            durable_offset: state.durable_offset,
-            size_bytes: state.size_bytes(),
-        }
+        offsets_of(&self.shared.state.borrow())
     }
 
     pub fn stats(&self) -> LogStats {
@@ -702,6 +733,14 @@ impl PartitionLog {
             Poll::Pending
         })
         .await
+    }
+
+    /// A handle that waits for this log's progress without holding the log
+    /// (a replication driver parks on it while the partition may close).
+    pub fn progress_watcher(&self) -> ProgressWatcher {
+        ProgressWatcher {
+            shared: self.shared.clone(),
+        }
     }
 
     /// False once the log failed (a write error) or is closing: it will not

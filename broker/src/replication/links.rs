@@ -1,0 +1,350 @@
+//! The replication driver's per-shard half: what a shard sends to other
+//! nodes and what it receives from them for the partitions it owns.
+//!
+//! - **Out**: every shard of a member has its own outgoing connection per
+//!   peer node ([`Transport`], the cluster transport's framing). Fetches and
+//!   answers queued while a shard runs are sent together when it yields,
+//!   one `ReplicaFetch` and one `ReplicaFetchAnswer` frame per peer
+//!   ([`super::wire`]): a node with many partitions on a peer sends one
+//!   frame a round, not one per partition.
+//! - **In**: a node's cluster listener runs on shard 0 (with the metadata
+//!   quorum). It decodes replication frames there and hands each
+//!   partition's part to the shard that owns it ([`route_inbound`]).
+//! - **Time**: one ticker per shard ticks every replicated partition it
+//!   owns ([`run_ticker`]).
+//! - **ISR changes** go to the quorum on shard 0 as `AlterPartition`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::driver::ReplicaOutlet;
+use super::messages::{FetchBody, FetchRefusal, FetchResponse, IsrProposal};
+use super::wire::{
+    decode_replica_fetch, decode_replica_fetch_answer, encode_replica_fetch,
+    encode_replica_fetch_answer, PartitionAnswer, PartitionFetch, ReplicaFetch, ReplicaFetchAnswer,
+    WireLimits,
+};
+use super::NodeId;
+use crate::cluster::liveness::monotonic_ms;
+use crate::cluster::transport::{FrameKind, Inbound, Transport};
+use crate::metadata::command::Verdict;
+use crate::metadata::{ClusterMetadata, MetadataRecord};
+use crate::shard::Shard;
+
+/// How often each shard ticks its replicated partitions (their timers are
+/// hundreds of milliseconds and up).
+pub const TICK: Duration = Duration::from_millis(50);
+/// Record bytes a follower asks for in one frame.
+const FETCH_BYTES_MAX: u32 = 16 << 20;
+/// How long an ISR proposal waits for the quorum.
+const PROPOSE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Pending {
+    fetches: Vec<PartitionFetch>,
+    answers: Vec<PartitionAnswer>,
+}
+
+/// One shard's replication traffic to other nodes.
+pub struct ReplicaLinks {
+    me: NodeId,
+    shard: Weak<Shard>,
+    transport: Rc<Transport>,
+    pending: RefCell<HashMap<NodeId, Pending>>,
+    flush_scheduled: Cell<bool>,
+    request_id: Cell<u64>,
+}
+
+impl ReplicaLinks {
+    pub fn new(shard: &Rc<Shard>, me: NodeId, configured: HashMap<NodeId, String>) -> Rc<Self> {
+        Rc::new(Self {
+            me,
+            shard: Rc::downgrade(shard),
+            transport: Transport::new(me, configured),
+            pending: RefCell::new(HashMap::new()),
+            flush_scheduled: Cell::new(false),
+            request_id: Cell::new(0),
+        })
+    }
+
+    /// Learns the cluster addresses of registered nodes (a configured
+    /// voter address is kept: it may be a proxy only this node knows).
+    pub fn learn_addresses(&self, image: &ClusterMetadata) {
+        for node in image.nodes.values() {
+            self.transport
+                .learn_address(node.id, &node.cluster_listen, false);
+        }
+    }
+
+    fn schedule_flush(self: &Rc<Self>) {
+        if self.flush_scheduled.replace(true) {
+            return;
+        }
+        let links = self.clone();
+        glommio::spawn_local(async move {
+            // Everything queued in this turn of the shard goes in one frame.
+            yield_once().await;
+            links.flush_scheduled.set(false);
+            links.flush();
+        })
+        .detach();
+    }
+
+    fn flush(&self) {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let limits = WireLimits::DEFAULT;
+        for (peer, Pending { fetches, answers }) in pending {
+            if !fetches.is_empty() {
+                let request_id = self.request_id.get().wrapping_add(1);
+                self.request_id.set(request_id);
+                let fetch = ReplicaFetch {
+                    fetching_node: self.me,
+                    request_id,
+                    max_bytes: FETCH_BYTES_MAX,
+                    max_wait_ms: 500,
+                    partitions: fetches,
+                };
+                match encode_replica_fetch(&fetch, &limits) {
+                    Ok(body) => {
+                        self.transport.send(peer, FrameKind::ReplicaFetch, &body);
+                    }
+                    Err(error) => tracing::warn!(peer, %error, "cannot encode a replica fetch"),
+                }
+            }
+            if !answers.is_empty() {
+                let answer = ReplicaFetchAnswer {
+                    request_id: 0,
+                    partitions: answers,
+                };
+                match encode_replica_fetch_answer(&answer, &limits) {
+                    Ok(body) => {
+                        self.transport
+                            .send(peer, FrameKind::ReplicaFetchAnswer, &body.to_vec());
+                    }
+                    Err(error) => tracing::warn!(peer, %error, "cannot encode a replica answer"),
+                }
+            }
+        }
+    }
+}
+
+/// Lets the other tasks of this turn queue their frames first.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|context| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        context.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+impl ReplicaOutlet for Rc<ReplicaLinks> {
+    fn queue_fetch(&self, to: NodeId, fetch: PartitionFetch) {
+        self.pending
+            .borrow_mut()
+            .entry(to)
+            .or_default()
+            .fetches
+            .push(fetch);
+        self.schedule_flush();
+    }
+
+    fn queue_answer(&self, to: NodeId, answer: PartitionAnswer) {
+        self.pending
+            .borrow_mut()
+            .entry(to)
+            .or_default()
+            .answers
+            .push(answer);
+        self.schedule_flush();
+    }
+
+    fn propose_isr(
+        &self,
+        topic: &str,
+        partition: i32,
+        proposal: IsrProposal,
+        on_refused: Box<dyn FnOnce()>,
+    ) {
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        let record = MetadataRecord::AlterPartition {
+            topic: topic.to_string(),
+            partition,
+            proposal,
+        };
+        glommio::spawn_local(async move {
+            let verdict = shard
+                .invoke_on(0, move |shard| async move {
+                    let quorum = shard.quorum()?;
+                    match quorum.propose(vec![record], None, PROPOSE_WAIT).await {
+                        Ok((verdict, _)) => Some(verdict),
+                        Err(error) => {
+                            tracing::debug!(%error, "ISR proposal not committed; the leader proposes again");
+                            None
+                        }
+                    }
+                })
+                .await;
+            if let Ok(Some(Verdict::Refused(refusal))) = verdict {
+                tracing::info!(?refusal, "ISR proposal refused");
+                on_refused();
+            }
+        })
+        .detach();
+    }
+}
+
+/// Shard 0: a replication frame from node `frame.from`, decoded and handed
+/// to the shards owning its partitions. A frame that does not decode is
+/// dropped with a log line (the sender retries on its timeout).
+pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
+    let limits = WireLimits::DEFAULT;
+    let image = shard.metadata();
+    match frame.kind {
+        FrameKind::ReplicaFetch => {
+            let fetch = match decode_replica_fetch(&frame.body, &limits) {
+                Ok(fetch) if fetch.fetching_node == frame.from => fetch,
+                Ok(fetch) => {
+                    tracing::warn!(
+                        connection = frame.from,
+                        claimed = fetch.fetching_node,
+                        "dropping a replica fetch whose node is not the connection's"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable replica fetch");
+                    return;
+                }
+            };
+            let mut by_shard: HashMap<usize, Vec<PartitionFetch>> = HashMap::new();
+            for part in fetch.partitions {
+                let owner = owner_of(&image, &shard, &part.partition);
+                by_shard.entry(owner).or_default().push(part);
+            }
+            for (owner, parts) in by_shard {
+                let from = frame.from;
+                let _ = shard
+                    .invoke_on(owner, move |shard| async move {
+                        shard.on_replica_fetches(from, parts);
+                    })
+                    .await;
+            }
+        }
+        FrameKind::ReplicaFetchAnswer => {
+            let body = Bytes::from(frame.body);
+            let answer = match decode_replica_fetch_answer(&body, &limits) {
+                Ok(answer) => answer,
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable replica answer");
+                    return;
+                }
+            };
+            let mut by_shard: HashMap<usize, Vec<PartitionAnswer>> = HashMap::new();
+            for part in answer.partitions {
+                let owner = owner_of(&image, &shard, &part.partition);
+                by_shard.entry(owner).or_default().push(part);
+            }
+            for (owner, parts) in by_shard {
+                let from = frame.from;
+                let _ = shard
+                    .invoke_on(owner, move |shard| async move {
+                        shard.on_replica_answers(from, parts);
+                    })
+                    .await;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn owner_of(
+    image: &ClusterMetadata,
+    shard: &Shard,
+    partition: &super::wire::ReplicaPartition,
+) -> usize {
+    image.topic_by_id(partition.topic_id).map_or(0, |topic| {
+        image.owner_of(&topic.name, partition.partition_index, shard.count)
+    })
+}
+
+impl Shard {
+    /// Fetches from node `from` for partitions this shard owns.
+    pub fn on_replica_fetches(&self, from: NodeId, fetches: Vec<PartitionFetch>) {
+        let now = monotonic_ms();
+        for part in fetches {
+            match self.replicated_by_id(&part.partition) {
+                Some(replicated) => replicated.on_follower_fetch(part.request, now),
+                None => {
+                    // Not a replica here (yet): say so, so the follower backs
+                    // off briefly instead of waiting out its fetch timeout.
+                    let Some(links) = self.replica_links() else {
+                        continue;
+                    };
+                    let response = FetchResponse {
+                        fetch_id: part.request.fetch_id,
+                        leader: self.config.node_id,
+                        leader_epoch: part.request.leader_epoch,
+                        fetch_offset: part.request.fetch_offset,
+                        last_fetched_epoch: part.request.last_fetched_epoch,
+                        high_watermark: 0,
+                        body: FetchBody::Refused(FetchRefusal::NotLeader),
+                    };
+                    links.queue_answer(
+                        from,
+                        PartitionAnswer {
+                            partition: part.partition,
+                            response,
+                            record_batches: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Answers from node `from` to this shard's followers.
+    pub fn on_replica_answers(&self, from: NodeId, answers: Vec<PartitionAnswer>) {
+        let now = monotonic_ms();
+        for part in answers {
+            if part.response.leader != from {
+                tracing::debug!(
+                    from,
+                    leader = part.response.leader,
+                    "dropping a replica answer naming another leader"
+                );
+                continue;
+            }
+            if let Some(replicated) = self.replicated_by_id(&part.partition) {
+                replicated.on_fetch_answer(part.response, part.record_batches, now);
+            }
+        }
+    }
+}
+
+/// Ticks every replicated partition of `shard` until it stops.
+pub async fn run_ticker(shard: Weak<Shard>) {
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let Some(shard) = shard.upgrade() else {
+            return;
+        };
+        if shard.shutting_down.get() {
+            return;
+        }
+        let now = monotonic_ms();
+        for replicated in shard.replicated_partitions() {
+            replicated.tick(now);
+        }
+    }
+}
