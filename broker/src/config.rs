@@ -272,6 +272,14 @@ pub const SETTINGS: &[Setting] = &[
         Some("1048576"),
         SettingKind::Long,
     ),
+    // Replicas of `__consumer_offsets` (Kafka's name and default), capped
+    // at the live nodes when it is created: a small cluster still gets one.
+    setting(
+        None,
+        "offsets.topic.replication.factor",
+        Some("3"),
+        SettingKind::Int,
+    ),
     setting(
         None,
         "offsets.topic.num.partitions",

@@ -725,6 +725,7 @@ impl Shard {
         self.remove_deleted_folders(&previous, &next).await;
         self.fence_to(&next);
         self.feed_partition_records(&next);
+        crate::group::runtime::unload_moved_groups(self);
         self.publish_partitions();
         self.reopen_reconfigured(&previous, &next).await;
         self.open_owned_partitions().await;

@@ -228,6 +228,14 @@ impl GroupCoordinator {
             .get(&partition)
     }
 
+    /// Removes every group `unload` picks (their partition is led by
+    /// another node now); how many went.
+    pub fn unload_groups(&mut self, unload: impl Fn(&str) -> bool) -> usize {
+        let before = self.groups.len();
+        self.groups.retain(|name, _| !unload(name));
+        before - self.groups.len()
+    }
+
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }

@@ -79,6 +79,22 @@ pub(crate) fn coordinator_shard(shard: &Shard, group: &str) -> usize {
     )
 }
 
+/// `offsets.topic.replication.factor`, at most the live nodes (1 on a
+/// single node).
+fn offsets_replication_factor(shard: &Shard) -> i16 {
+    if shard.config.cluster.is_none() {
+        return 1;
+    }
+    let wanted = shard
+        .config
+        .kafka
+        .get_i64("offsets.topic.replication.factor")
+        .unwrap_or(3)
+        .max(1);
+    let live = shard.metadata().live_nodes().count().max(1) as i64;
+    i16::try_from(wanted.min(live)).unwrap_or(1)
+}
+
 /// Creates `__consumer_offsets` if it does not exist yet.
 pub(crate) async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), i16> {
     if shard.metadata().topic(OFFSETS_TOPIC).is_some() {
@@ -96,10 +112,7 @@ pub(crate) async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), i16> {
         .create_topic(
             OFFSETS_TOPIC.to_string(),
             offsets_partitions(shard),
-            // One replica until group state follows its partition's leader
-            // between nodes (a replicated offsets partition would change
-            // leader without its groups).
-            1,
+            offsets_replication_factor(shard),
             configs,
             false,
         )
@@ -237,7 +250,7 @@ pub async fn load_groups(shard: &Rc<Shard>) {
         if shard.owner_of(OFFSETS_TOPIC, index) != shard.id {
             continue;
         }
-        ensure_loaded(shard, index).await;
+        let _ = ensure_loaded(shard, index).await;
     }
     let groups = shard.groups.coordinator.borrow().group_count();
     if groups > 0 {
@@ -246,20 +259,54 @@ pub async fn load_groups(shard: &Rc<Shard>) {
 }
 
 /// Replays offsets partition `index` into this shard's coordinator unless
-/// that was done already.
-async fn ensure_loaded(shard: &Rc<Shard>, index: i32) {
+/// that was done already. False when it cannot be read here now (a new
+/// leader not serving yet): the request gets COORDINATOR_LOAD_IN_PROGRESS.
+async fn ensure_loaded(shard: &Rc<Shard>, index: i32) -> bool {
     if shard.groups.loaded.borrow().contains(&index) {
-        return;
+        return true;
     }
     let Ok(_permit) = shard.groups.load_lock.acquire_permit(1).await else {
-        return;
+        return false;
     };
     if shard.groups.loaded.borrow().contains(&index) {
-        return;
+        return true;
     }
     if load_partition(shard, index).await {
         shard.groups.loaded.borrow_mut().insert(index);
+        return true;
     }
+    false
+}
+
+/// After a metadata change: the groups of every offsets partition this
+/// shard loaded but this node no longer leads leave the coordinator (their
+/// new leader replays them from its copy of the partition), and parked
+/// joins are cancelled (their clients find the coordinator again). Loaded
+/// again from the log if the partition comes back.
+pub fn unload_moved_groups(shard: &Shard) {
+    let metadata = shard.metadata();
+    let partitions = offsets_partitions(shard);
+    let lost: Vec<i32> = shard
+        .groups
+        .loaded
+        .borrow()
+        .iter()
+        .copied()
+        .filter(|index| !metadata.led_by(OFFSETS_TOPIC, *index, shard.config.node_id))
+        .collect();
+    if lost.is_empty() {
+        return;
+    }
+    let removed = shard
+        .groups
+        .coordinator
+        .borrow_mut()
+        .unload_groups(|group| lost.contains(&offsets_partition_for(group, partitions)));
+    for index in &lost {
+        shard.groups.loaded.borrow_mut().remove(index);
+    }
+    shard.groups.waiters.borrow_mut().clear();
+    tracing::info!(shard = shard.id, partitions = ?lost, groups = removed, "offsets partitions led elsewhere now: their groups left this coordinator");
 }
 
 /// Replays one offsets partition; false when it cannot be opened here.
@@ -348,16 +395,18 @@ where
     let target = coordinator_shard(shard, group);
     shard
         .invoke_on(target, move |owner| async move {
-            ensure_loaded(&owner, index).await;
+            if !ensure_loaded(&owner, index).await {
+                return Err(ResponseError::CoordinatorLoadInProgress.code());
+            }
             let result = operation(&mut owner.groups.coordinator.borrow_mut(), now_ms());
             let stored = settle(&owner).await;
-            (result, stored)
+            Ok((result, stored))
         })
         .await
         .map_err(|error| {
             tracing::error!(%error, "group coordinator shard unreachable");
             ResponseError::CoordinatorNotAvailable.code()
-        })
+        })?
 }
 
 /// Like [`on_coordinator`] for JoinGroup/SyncGroup, which may park.
@@ -374,12 +423,14 @@ where
     let target = coordinator_shard(shard, group);
     let answer = shard
         .invoke_on(target, move |owner| async move {
-            ensure_loaded(&owner, index).await;
+            if !ensure_loaded(&owner, index).await {
+                return Err(ResponseError::CoordinatorLoadInProgress.code());
+            }
             let outcome = operation(&mut owner.groups.coordinator.borrow_mut(), now_ms());
             let receiver = match outcome {
                 Outcome::Ready(response) => {
                     let _ = settle(&owner).await;
-                    return Some(response);
+                    return Ok(Some(response));
                 }
                 Outcome::Pending(ticket) => {
                     let (sender, receiver) = futures::channel::oneshot::channel();
@@ -388,11 +439,12 @@ where
                 }
             };
             let _ = settle(&owner).await;
-            receiver.await.ok()
+            Ok(receiver.await.ok())
         })
         .await;
     match answer {
-        Ok(Some(response)) => Ok(response),
+        Ok(Ok(Some(response))) => Ok(response),
+        Ok(Err(code)) => Err(code),
         _ => Err(ResponseError::CoordinatorNotAvailable.code()),
     }
 }
