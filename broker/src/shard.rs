@@ -726,9 +726,56 @@ impl Shard {
         self.fence_to(&next);
         self.feed_partition_records(&next);
         crate::group::runtime::unload_moved_groups(self);
+        self.drop_moved_replicas(&previous, &next).await;
         self.publish_partitions();
         self.reopen_reconfigured(&previous, &next).await;
         self.open_owned_partitions().await;
+    }
+
+    /// Drops this shard's copy of every partition a reassignment took off
+    /// this node (`previous` listed it among the replicas, `next` does not):
+    /// the log closes and its folder goes. A copy whose change was missed
+    /// (the node was down) stays on disk until the topic is deleted.
+    async fn drop_moved_replicas(&self, previous: &ClusterMetadata, next: &ClusterMetadata) {
+        let me = self.config.node_id;
+        let moved: Vec<(String, i32)> = next
+            .partition_records_iter()
+            .filter(|(topic, partition, record)| {
+                !record.replicas.contains(&me)
+                    && previous
+                        .partition_record(topic, *partition)
+                        .is_some_and(|before| before.replicas.contains(&me))
+                    && next.owner_of(topic, *partition, self.count) == self.id
+            })
+            .map(|(topic, partition, _)| (topic.to_string(), partition))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        let mut doomed = Vec::new();
+        for key in moved {
+            let dir = self.partition_dir(&key.0, key.1);
+            let removed = self.partitions.borrow_mut().remove(&key);
+            if let Some(partition) = removed {
+                if let Some(replicated) = partition.replicated() {
+                    replicated.stop();
+                }
+                match Rc::try_unwrap(partition) {
+                    Ok(partition) => {
+                        if let Err(error) = partition.close_deleted().await {
+                            tracing::warn!(dir = %dir.display(), %error, "closing a replica moved off this node");
+                        }
+                    }
+                    Err(_) => {
+                        tracing::debug!(dir = %dir.display(), "moved replica still in use; its files go now")
+                    }
+                }
+            }
+            tracing::info!(topic = %key.0, partition = key.1, "replica moved off this node: its copy is removed");
+            doomed.push(dir);
+        }
+        self.publish_partitions();
+        crate::partition_dirs::remove_folders_off_shard(doomed).await;
     }
 
     /// Moves every open partition whose leader epoch `next` raised to that

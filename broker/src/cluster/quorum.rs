@@ -197,6 +197,8 @@ pub struct Quorum {
     leadership_checked: Cell<(u64, u64)>,
     /// Controller: a leadership change proposed and not answered yet.
     leadership_proposing: Rc<Cell<bool>>,
+    /// Controller: reassignment completions proposed and not answered yet.
+    reassignments_proposing: Rc<Cell<bool>>,
 }
 
 /// Where a node's partition replication frames go.
@@ -297,6 +299,7 @@ impl Quorum {
             replica_frames: RefCell::new(None),
             leadership_checked: Cell::new((u64::MAX, 0)),
             leadership_proposing: Rc::new(Cell::new(false)),
+            reassignments_proposing: Rc::new(Cell::new(false)),
             config,
         });
         (quorum.on_image)(quorum.image());
@@ -711,6 +714,33 @@ impl Quorum {
             self.spawn_fence(node, epoch);
         }
         self.leadership_duties(&image);
+        self.reassignment_duties(&image);
+    }
+
+    /// The controller: reassignments whose new replicas are all in sync
+    /// complete (one proposal at a time; a stale one is recomputed).
+    fn reassignment_duties(self: &Rc<Self>, image: &ClusterMetadata) {
+        if image.reassignments.is_empty() || self.reassignments_proposing.get() {
+            return;
+        }
+        let records = crate::metadata::reassignment::completions(image);
+        if records.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partitions = records.len() / 2,
+            "completing partition reassignments (new replicas in sync)"
+        );
+        self.reassignments_proposing.set(true);
+        let quorum = self.clone();
+        let proposing = self.reassignments_proposing.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = quorum.propose(records, None, Duration::from_secs(10)).await {
+                tracing::warn!(%error, "reassignment completion not committed; retried");
+            }
+            proposing.set(false);
+        })
+        .detach();
     }
 
     /// Fences `node` at `epoch`; its partitions get new leaders from their

@@ -23,6 +23,7 @@ pub mod partitions;
 pub mod produce;
 pub mod producer;
 pub mod quorum;
+pub mod reassignments;
 pub mod topics;
 
 /// The APIs and versions Kafki answers. Produce is advertised from v0
@@ -58,6 +59,8 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::DescribeGroups, 0, 5),
             SupportedApi::new(ApiKey::ListGroups, 0, 5),
             SupportedApi::new(ApiKey::DeleteGroups, 0, 2),
+            SupportedApi::new(ApiKey::AlterPartitionReassignments, 0, 1),
+            SupportedApi::new(ApiKey::ListPartitionReassignments, 0, 0),
         ];
         match SupportedApis::new(entries) {
             Ok(table) => table,
@@ -133,6 +136,14 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         }
         RequestKind::CreatePartitions(body) => ResponseKind::CreatePartitions(
             partitions::create_partitions(&shard, body, version).await,
+        ),
+        RequestKind::AlterPartitionReassignments(body) => {
+            ResponseKind::AlterPartitionReassignments(
+                reassignments::alter_partition_reassignments(&shard, body, version).await,
+            )
+        }
+        RequestKind::ListPartitionReassignments(body) => ResponseKind::ListPartitionReassignments(
+            reassignments::list_partition_reassignments(&shard, body, version).await,
         ),
         RequestKind::DeleteRecords(body) => {
             ResponseKind::DeleteRecords(partitions::delete_records(&shard, body, version).await)

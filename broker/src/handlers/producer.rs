@@ -1,5 +1,6 @@
-//! InitProducerId: a new idempotent producer gets an id from the
-//! controller shard's allocator ([`crate::producer::ProducerIdAllocator`]);
+//! InitProducerId: a new idempotent producer gets an id from shard 0's
+//! allocator ([`crate::producer::ProducerIdAllocator`], cluster-wide
+//! blocks on a cluster member);
 //! one that has an id gets its epoch bumped (KIP-360).
 
 use std::rc::Rc;
@@ -35,10 +36,24 @@ pub async fn init_producer_id(
     }
     let allocated = shard
         .invoke_on(0, |controller| async move {
-            controller
-                .producer_ids
-                .allocate(&controller.config.data_dir)
-                .await
+            match controller.quorum() {
+                Some(quorum) => {
+                    controller
+                        .producer_ids
+                        .allocate_in_cluster(
+                            &quorum,
+                            controller.config.node_id,
+                            &controller.config.data_dir,
+                        )
+                        .await
+                }
+                None => {
+                    controller
+                        .producer_ids
+                        .allocate(&controller.config.data_dir)
+                        .await
+                }
+            }
         })
         .await;
     match allocated {

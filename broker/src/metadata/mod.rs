@@ -22,6 +22,7 @@ pub mod command;
 pub mod leadership;
 pub mod nodes;
 pub mod partitions;
+pub mod reassignment;
 pub mod store;
 
 pub use nodes::{NodeRegistration, NodeState, PlacementError};
@@ -69,7 +70,9 @@ pub enum MetadataRecord {
     /// A topic created, or changed under the same id (configs, partitions).
     Topic(TopicMeta),
     /// A topic deleted, with its shard assignments.
-    TopicRemoved { name: String },
+    TopicRemoved {
+        name: String,
+    },
     /// A partition explicitly assigned to a shard, or (`None`) given back
     /// to the placement function.
     ShardAssignment {
@@ -82,7 +85,10 @@ pub enum MetadataRecord {
     /// A partition got a new leader (today: another shard took it over; in
     /// a cluster: an election): its leader epoch grows by one (and, when it
     /// has a [`PartitionRecord`], its partition epoch too).
-    LeaderChange { topic: String, partition: i32 },
+    LeaderChange {
+        topic: String,
+        partition: i32,
+    },
     /// A partition's replication state replaced: created with its topic,
     /// a new leader, an ISR change decided by the controller. Applies only
     /// as a compare-and-set on the partition's epochs (see
@@ -104,6 +110,21 @@ pub enum MetadataRecord {
     },
     /// A node joined (or rejoined) the cluster: its registration, alive,
     /// with a new epoch (the metadata offset of this record).
+    /// A reassignment of a partition's replicas set or (`None`) cleared;
+    /// committed with the partition change it goes with
+    /// ([`reassignment`]).
+    Reassignment {
+        topic: String,
+        partition: i32,
+        reassignment: Option<reassignment::Reassignment>,
+    },
+    /// A block of `count` producer ids reserved for `node`, starting at
+    /// the image's next id (and at least at `at_least`).
+    ProducerIdBlock {
+        node: i32,
+        count: i64,
+        at_least: i64,
+    },
     NodeRegistered(NodeRegistration),
     /// A node's state changed (fenced when its heartbeats stopped, shutting
     /// down, alive again). Ignored when `epoch` is not its current one: a
@@ -114,7 +135,9 @@ pub enum MetadataRecord {
         state: NodeState,
     },
     /// A node left the cluster for good (decommissioned).
-    NodeRemoved { node: i32 },
+    NodeRemoved {
+        node: i32,
+    },
     /// The cluster's id, set once by the first controller.
     ClusterId(String),
 }
@@ -157,6 +180,16 @@ pub struct ClusterMetadata {
     /// `leader_epochs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub partition_records: BTreeMap<String, BTreeMap<i32, PartitionRecord>>,
+    /// The first producer id no node was given yet (cluster members).
+    #[serde(default)]
+    pub next_producer_id: i64,
+    /// The producer-id block each node reserved last: `[first, end)`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub producer_id_blocks: BTreeMap<i32, (i64, i64)>,
+    /// Reassignments in progress: topic → partition → reassignment
+    /// ([`reassignment`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reassignments: BTreeMap<String, BTreeMap<i32, reassignment::Reassignment>>,
 }
 
 /// Checks a CreateTopics entry against Kafka's rules and builds the topic.
@@ -293,7 +326,38 @@ impl ClusterMetadata {
                 self.shard_assignments.remove(name);
                 self.leader_epochs.remove(name);
                 self.partition_records.remove(name);
+                self.reassignments.remove(name);
             }
+            MetadataRecord::ProducerIdBlock {
+                node,
+                count,
+                at_least,
+            } => {
+                let first = self.next_producer_id.max(*at_least).max(0);
+                let end = first.saturating_add((*count).max(1));
+                self.next_producer_id = end;
+                self.producer_id_blocks.insert(*node, (first, end));
+            }
+            MetadataRecord::Reassignment {
+                topic,
+                partition,
+                reassignment,
+            } => match reassignment {
+                Some(reassignment) => {
+                    self.reassignments
+                        .entry(topic.clone())
+                        .or_default()
+                        .insert(*partition, reassignment.clone());
+                }
+                None => {
+                    if let Some(partitions) = self.reassignments.get_mut(topic) {
+                        partitions.remove(partition);
+                        if partitions.is_empty() {
+                            self.reassignments.remove(topic);
+                        }
+                    }
+                }
+            },
             MetadataRecord::ShardAssignment {
                 topic,
                 partition,

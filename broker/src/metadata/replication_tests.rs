@@ -525,3 +525,162 @@ fn a_restarted_node_leads_its_partitions_in_a_new_epoch_and_a_re_registration_do
     assert_eq!(renewed.partition_epoch, before.partition_epoch + 1);
     assert_eq!(record(&after, "t", 1), record(&image, "t", 1));
 }
+
+/// `image` after the leader of `topic`/`partition` committed `isr`.
+fn with_isr(
+    image: &ClusterMetadata,
+    topic: &str,
+    partition: i32,
+    isr: Vec<i32>,
+) -> ClusterMetadata {
+    let current = record(image, topic, partition);
+    let proposal = crate::replication::IsrProposal {
+        leader: current.leader.expect("led"),
+        leader_epoch: current.leader_epoch,
+        partition_epoch: current.partition_epoch,
+        isr,
+    };
+    commit(
+        image,
+        vec![MetadataRecord::AlterPartition {
+            topic: topic.into(),
+            partition,
+            proposal,
+        }],
+    )
+}
+
+#[test]
+fn a_reassignment_adds_first_and_removes_once_the_new_replicas_are_in_sync() {
+    use super::reassignment::{completions, start};
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None), (4, None)]),
+        topic("t", vec![vec![1, 2, 3]]),
+    );
+    // Move the replica on node 3 to node 4.
+    let started = commit(&image, start(&image, "t", 0, &[1, 2, 4]).expect("valid"));
+    let moving = record(&started, "t", 0);
+    assert_eq!(
+        moving.replicas,
+        vec![1, 2, 4, 3],
+        "targets first, then the removed"
+    );
+    assert_eq!(
+        moving.isr,
+        vec![1, 2, 3],
+        "the new replica joins once caught up"
+    );
+    assert_eq!(
+        (moving.leader, moving.leader_epoch),
+        (Some(1), 0),
+        "leader unchanged"
+    );
+    let reassignment = started.reassignment("t", 0).expect("in progress");
+    assert_eq!(
+        (reassignment.adding(), reassignment.removing()),
+        (vec![4], vec![3])
+    );
+    assert!(
+        completions(&started).is_empty(),
+        "node 4 is not in sync yet"
+    );
+    // The leader adds node 4 to the ISR: the controller completes.
+    let caught_up = with_isr(&started, "t", 0, vec![1, 2, 3, 4]);
+    let done = commit(&caught_up, completions(&caught_up));
+    let finished = record(&done, "t", 0);
+    assert_eq!(finished.replicas, vec![1, 2, 4]);
+    assert_eq!(finished.isr, vec![1, 2, 4]);
+    assert_eq!(finished.leader, Some(1));
+    assert!(done.reassignment("t", 0).is_none());
+    assert!(completions(&done).is_empty());
+}
+
+#[test]
+fn a_reassignment_away_from_the_leader_hands_leadership_to_an_in_sync_target() {
+    use super::reassignment::{completions, start};
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None), (4, None)]),
+        topic("t", vec![vec![1, 2, 3]]),
+    );
+    let started = commit(&image, start(&image, "t", 0, &[4, 2, 3]).expect("valid"));
+    assert_eq!(
+        record(&started, "t", 0).leader,
+        Some(1),
+        "leads until it completes"
+    );
+    let caught_up = with_isr(&started, "t", 0, vec![1, 2, 3, 4]);
+    let done = commit(&caught_up, completions(&caught_up));
+    let finished = record(&done, "t", 0);
+    assert_eq!(finished.replicas, vec![4, 2, 3]);
+    assert_eq!(finished.leader, Some(4), "the first in-sync target");
+    assert_eq!(finished.leader_epoch, 1, "a new leader, a new epoch");
+    assert!(!finished.isr.contains(&1));
+}
+
+#[test]
+fn reassignment_requests_are_checked_and_a_cancel_restores_the_original_replicas() {
+    use super::reassignment::{cancel, start, ReassignError};
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None), (4, None)]),
+        topic("t", vec![vec![1, 2, 3]]),
+    );
+    assert_eq!(
+        start(&image, "nope", 0, &[1]),
+        Err(ReassignError::UnknownTopicOrPartition)
+    );
+    assert_eq!(
+        start(&image, "t", 1, &[1]),
+        Err(ReassignError::UnknownTopicOrPartition)
+    );
+    assert!(matches!(
+        start(&image, "t", 0, &[1, 1, 2]),
+        Err(ReassignError::InvalidReplicaAssignment(_))
+    ));
+    assert!(matches!(
+        start(&image, "t", 0, &[1, 9]),
+        Err(ReassignError::InvalidReplicaAssignment(_))
+    ));
+    assert!(matches!(
+        start(&image, "t", 0, &[]),
+        Err(ReassignError::InvalidReplicaAssignment(_))
+    ));
+    assert_eq!(
+        start(&image, "t", 0, &[1, 2, 3]),
+        Ok(Vec::new()),
+        "nothing to do"
+    );
+    assert_eq!(
+        cancel(&image, "t", 0),
+        Err(ReassignError::NoReassignmentInProgress)
+    );
+    // A new order of the same nodes applies at once.
+    let reordered = commit(&image, start(&image, "t", 0, &[3, 2, 1]).expect("valid"));
+    assert_eq!(record(&reordered, "t", 0).replicas, vec![3, 2, 1]);
+    assert!(reordered.reassignment("t", 0).is_none());
+    // Cancel: back to the original replicas.
+    let started = commit(&image, start(&image, "t", 0, &[1, 2, 4]).expect("valid"));
+    let cancelled = commit(&started, cancel(&started, "t", 0).expect("in progress"));
+    let back = record(&cancelled, "t", 0);
+    assert_eq!(back.replicas, vec![1, 2, 3]);
+    assert_eq!(back.isr, vec![1, 2, 3]);
+    assert!(cancelled.reassignment("t", 0).is_none());
+}
+
+#[test]
+fn producer_id_blocks_never_overlap_between_nodes() {
+    let image = cluster(&[(1, None), (2, None)]);
+    let block = |node, at_least| MetadataRecord::ProducerIdBlock {
+        node,
+        count: 1000,
+        at_least,
+    };
+    let one = image.apply(&block(1, 0));
+    let two = one.apply(&block(2, 0));
+    assert_eq!(two.producer_id_blocks[&1], (0, 1000));
+    assert_eq!(two.producer_id_blocks[&2], (1000, 2000));
+    // A node's next block follows everything handed out, and ids a node
+    // gave from its own file before stay below it.
+    let again = two.apply(&block(1, 5000));
+    assert_eq!(again.producer_id_blocks[&1], (5000, 6000));
+    assert_eq!(again.next_producer_id, 6000);
+}

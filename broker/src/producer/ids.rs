@@ -1,5 +1,8 @@
-//! Producer ids: handed out by the controller shard from blocks reserved
-//! durably in `<data-dir>/producer-ids`, so a restart never reuses one.
+//! Producer ids: handed out by shard 0 from blocks reserved durably, so a
+//! restart never reuses one. A single node reserves its blocks in
+//! `<data-dir>/producer-ids`; a cluster member reserves them through the
+//! metadata quorum ([`crate::metadata::MetadataRecord::ProducerIdBlock`]),
+//! so no two nodes ever hand out the same id (Kafka's AllocateProducerIds).
 
 use std::cell::Cell;
 use std::path::Path;
@@ -32,6 +35,53 @@ impl Default for ProducerIdAllocator {
 }
 
 impl ProducerIdAllocator {
+    /// An id on a cluster member: from this node's block, reserving the
+    /// next block through `quorum` when it is spent.
+    pub async fn allocate_in_cluster(
+        &self,
+        quorum: &std::rc::Rc<crate::cluster::quorum::Quorum>,
+        node: i32,
+        data_dir: &Path,
+    ) -> Result<i64, String> {
+        let _permit = self
+            .reserving
+            .acquire_permit(1)
+            .await
+            .map_err(|_| "the node is shutting down".to_string())?;
+        if self.next.get() >= self.reserved_until.get() {
+            // Ids a node handed out from its own file before its blocks came
+            // from the quorum stay below every block.
+            let path = data_dir.join(ALLOCATOR_FILE);
+            let at_least = kafki_storage::checkpoint::off_executor(move || {
+                std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<i64>().ok())
+                    .unwrap_or(0)
+            })
+            .await;
+            let record = crate::metadata::MetadataRecord::ProducerIdBlock {
+                node,
+                count: ID_BLOCK,
+                at_least,
+            };
+            quorum
+                .propose(vec![record], None, std::time::Duration::from_secs(10))
+                .await
+                .map_err(|error| format!("cannot reserve producer ids: {error}"))?;
+            let (first, end) = quorum
+                .image()
+                .producer_id_blocks
+                .get(&node)
+                .copied()
+                .ok_or_else(|| "the reserved producer-id block is not in the image".to_string())?;
+            self.next.set(first);
+            self.reserved_until.set(end);
+        }
+        let id = self.next.get();
+        self.next.set(id + 1);
+        Ok(id)
+    }
+
     pub async fn allocate(&self, data_dir: &Path) -> Result<i64, String> {
         let _permit = self
             .reserving
