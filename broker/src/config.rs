@@ -255,6 +255,34 @@ pub const SETTINGS: &[Setting] = &[
         Some("2000"),
         SettingKind::Int,
     ),
+    // Replication throttles (Kafka's names): a node's rates in bytes/s, set
+    // at run time per node through IncrementalAlterConfigs (what
+    // `kafka-reassign-partitions --throttle` does), and per topic the
+    // replicas they apply to (`partition:node,...` or `*`).
+    setting(
+        None,
+        "leader.replication.throttled.rate",
+        Some("9223372036854775807"),
+        SettingKind::Long,
+    ),
+    setting(
+        None,
+        "follower.replication.throttled.rate",
+        Some("9223372036854775807"),
+        SettingKind::Long,
+    ),
+    setting(
+        Some("leader.replication.throttled.replicas"),
+        "leader.replication.throttled.replicas",
+        Some(""),
+        SettingKind::String,
+    ),
+    setting(
+        Some("follower.replication.throttled.replicas"),
+        "follower.replication.throttled.replicas",
+        Some(""),
+        SettingKind::String,
+    ),
     // A follower not caught up for this long leaves the ISR (Kafka's name
     // and default).
     setting(
@@ -363,6 +391,14 @@ fn minimum(broker_name: &str) -> Option<i64> {
 }
 
 /// Looks a setting up by its broker or topic name.
+/// Broker settings that may change at run time, per node or for every
+/// node (the replication throttles); every other broker setting is static.
+pub const DYNAMIC_BROKER_SETTINGS: [&str; 3] = [
+    "leader.replication.throttled.rate",
+    "follower.replication.throttled.rate",
+    "replica.alter.log.dirs.io.max.bytes.per.second",
+];
+
 pub fn find_setting(name: &str) -> Option<&'static Setting> {
     // Kafka's own aliases for the flush settings, as the issue and users write them.
     let name = match name {

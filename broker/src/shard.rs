@@ -205,7 +205,7 @@ impl Shard {
             .collect();
         let links =
             crate::replication::links::ReplicaLinks::new(self, self.config.node_id, configured);
-        links.learn_addresses(&self.metadata());
+        links.on_image(&self.metadata(), self.count);
         self.replica_links.replace(Some(links));
         glommio::spawn_local(crate::replication::links::run_ticker(Rc::downgrade(self))).detach();
     }
@@ -238,9 +238,9 @@ impl Shard {
 
     /// Feeds each open replicated partition its committed state from
     /// `image` (the machine ignores what it has seen).
-    fn feed_partition_records(&self, image: &ClusterMetadata) {
+    fn feed_partition_records(&self, image: &Arc<ClusterMetadata>) {
         if let Some(links) = self.replica_links() {
-            links.learn_addresses(image);
+            links.on_image(image, self.count);
         }
         let now = crate::cluster::liveness::monotonic_ms();
         for replicated in self.replicated_partitions() {

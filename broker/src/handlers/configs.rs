@@ -20,7 +20,8 @@ use kafki_net::kafka_protocol::messages::{
 
 use super::str_bytes;
 use crate::config::{
-    check_value, find_setting, resolve_topic_setting, SettingKind, ValueSource, SETTINGS,
+    check_value, find_setting, resolve_topic_setting, SettingKind, ValueSource,
+    DYNAMIC_BROKER_SETTINGS, SETTINGS,
 };
 use crate::errors::KafkaError;
 use crate::shard::Shard;
@@ -29,6 +30,8 @@ const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 /// DescribeConfigs `config_source` values.
 const SOURCE_TOPIC: i8 = 1;
+const SOURCE_DYNAMIC_BROKER: i8 = 2;
+const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
@@ -113,17 +116,31 @@ pub async fn describe_configs(
                     }
                 },
                 RESOURCE_BROKER => {
+                    let own = metadata.dynamic_broker_configs.get(&name);
+                    let every = metadata.dynamic_broker_configs.get("");
                     let configs = SETTINGS
                         .iter()
                         .filter(|setting| wanted(setting.broker_name))
                         .map(|setting| {
-                            let explicit = shard.config.kafka.explicit(setting.broker_name);
-                            let (value, source) = match explicit {
-                                Some(value) => (Some(value), SOURCE_STATIC_BROKER),
-                                None => (setting.default, SOURCE_DEFAULT),
+                            let key = setting.broker_name;
+                            let dynamic = DYNAMIC_BROKER_SETTINGS.contains(&key);
+                            let explicit = shard.config.kafka.explicit(key);
+                            let (value, source) = match (
+                                own.and_then(|configs| configs.get(key)),
+                                every.and_then(|configs| configs.get(key)),
+                                explicit,
+                            ) {
+                                (Some(value), _, _) => {
+                                    (Some(value.as_str()), SOURCE_DYNAMIC_BROKER)
+                                }
+                                (None, Some(value), _) => {
+                                    (Some(value.as_str()), SOURCE_DYNAMIC_DEFAULT_BROKER)
+                                }
+                                (None, None, Some(value)) => (Some(value), SOURCE_STATIC_BROKER),
+                                (None, None, None) => (setting.default, SOURCE_DEFAULT),
                             };
-                            entry(setting.broker_name, value, source, setting.kind, version)
-                                .with_read_only(true)
+                            entry(key, value, source, setting.kind, version)
+                                .with_read_only(!dynamic)
                         })
                         .collect();
                     result = result.with_configs(configs);
@@ -190,10 +207,70 @@ async fn replace_topic_configs(
     })
 }
 
+/// Validates and applies the new run-time settings of broker `resource`
+/// (a node id, or `""` for every node) through the controller. Only the
+/// replication throttles may change at run time.
+async fn replace_broker_configs(
+    shard: &Rc<Shard>,
+    resource: String,
+    change: impl Fn(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, KafkaError>
+        + Send
+        + 'static,
+    validate_only: bool,
+) -> Result<(), KafkaError> {
+    if !resource.is_empty() && resource.parse::<i32>().is_err() {
+        return Err(KafkaError::new(
+            ResponseError::InvalidRequest,
+            format!("{resource:?} is not a broker id"),
+        ));
+    }
+    let outcome = shard
+        .invoke_on(0, move |controller| async move {
+            controller
+                .controller_change(|current| {
+                    let before = current
+                        .dynamic_broker_configs
+                        .get(&resource)
+                        .cloned()
+                        .unwrap_or_default();
+                    let configs = change(&before)?;
+                    for (key, value) in &configs {
+                        if !DYNAMIC_BROKER_SETTINGS.contains(&key.as_str()) {
+                            return Err(broker_static());
+                        }
+                        if value.trim().parse::<u64>().is_err() {
+                            return Err(KafkaError::new(
+                                ResponseError::InvalidConfig,
+                                format!(
+                                    "{key} must be a number of bytes per second, not {value:?}"
+                                ),
+                            ));
+                        }
+                    }
+                    if validate_only || configs == before {
+                        return Ok(Vec::new());
+                    }
+                    Ok(vec![crate::metadata::MetadataRecord::BrokerConfigs {
+                        resource: resource.clone(),
+                        configs,
+                    }])
+                })
+                .await
+                .map(|_| ())
+        })
+        .await;
+    outcome.unwrap_or_else(|error| {
+        Err(KafkaError::new(
+            ResponseError::UnknownServerError,
+            error.to_string(),
+        ))
+    })
+}
+
 fn broker_static() -> KafkaError {
     KafkaError::new(
         ResponseError::InvalidRequest,
-        "Broker settings are static in Kafki: set them in the config file or with --set",
+        "Broker settings are static in Kafki (except the replication throttles): set them in the config file or with --set",
     )
 }
 
@@ -227,7 +304,25 @@ pub async fn alter_configs(
                 )
                 .await
             }
-            RESOURCE_BROKER => Err(broker_static()),
+            RESOURCE_BROKER => {
+                let replacement: BTreeMap<String, String> = resource
+                    .configs
+                    .iter()
+                    .filter_map(|config| {
+                        config
+                            .value
+                            .as_ref()
+                            .map(|value| (config.name.to_string(), value.to_string()))
+                    })
+                    .collect();
+                replace_broker_configs(
+                    shard,
+                    resource.resource_name.to_string(),
+                    move |_| Ok(replacement.clone()),
+                    request.validate_only,
+                )
+                .await
+            }
             _ => Err(KafkaError::new(
                 ResponseError::InvalidRequest,
                 "Unsupported resource type",
@@ -264,36 +359,45 @@ pub async fn incremental_alter_configs(
                 )
             })
             .collect();
+        let incremental = move |current: &BTreeMap<String, String>| {
+            let mut next = current.clone();
+            for (name, operation, value) in operations.iter().cloned() {
+                match (operation, value) {
+                    (0, Some(value)) => {
+                        next.insert(name, value);
+                    }
+                    (1, _) => {
+                        next.remove(&name);
+                    }
+                    _ => {
+                        return Err(KafkaError::new(
+                            ResponseError::InvalidRequest,
+                            format!("Operation {operation} on {name} is not supported"),
+                        ))
+                    }
+                }
+            }
+            Ok(next)
+        };
         let outcome = match resource.resource_type {
             RESOURCE_TOPIC => {
                 replace_topic_configs(
                     shard,
                     resource.resource_name.to_string(),
-                    move |current| {
-                        let mut next = current.clone();
-                        for (name, operation, value) in operations.iter().cloned() {
-                            match (operation, value) {
-                                (0, Some(value)) => {
-                                    next.insert(name, value);
-                                }
-                                (1, _) => {
-                                    next.remove(&name);
-                                }
-                                _ => {
-                                    return Err(KafkaError::new(
-                                        ResponseError::InvalidRequest,
-                                        format!("Operation {operation} on {name} is not supported"),
-                                    ))
-                                }
-                            }
-                        }
-                        Ok(next)
-                    },
+                    incremental,
                     request.validate_only,
                 )
                 .await
             }
-            RESOURCE_BROKER => Err(broker_static()),
+            RESOURCE_BROKER => {
+                replace_broker_configs(
+                    shard,
+                    resource.resource_name.to_string(),
+                    incremental,
+                    request.validate_only,
+                )
+                .await
+            }
             _ => Err(KafkaError::new(
                 ResponseError::InvalidRequest,
                 "Unsupported resource type",

@@ -125,6 +125,12 @@ pub enum MetadataRecord {
         count: i64,
         at_least: i64,
     },
+    /// The run-time settings of broker `resource` (a node id, or `""` for
+    /// every node) replaced by `configs`.
+    BrokerConfigs {
+        resource: String,
+        configs: BTreeMap<String, String>,
+    },
     NodeRegistered(NodeRegistration),
     /// A node's state changed (fenced when its heartbeats stopped, shutting
     /// down, alive again). Ignored when `epoch` is not its current one: a
@@ -180,6 +186,10 @@ pub struct ClusterMetadata {
     /// `leader_epochs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub partition_records: BTreeMap<String, BTreeMap<i32, PartitionRecord>>,
+    /// Broker settings changed at run time ([`crate::config::DYNAMIC_BROKER_SETTINGS`]):
+    /// node id (or `""` for every node) → name → value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dynamic_broker_configs: BTreeMap<String, BTreeMap<String, String>>,
     /// The first producer id no node was given yet (cluster members).
     #[serde(default)]
     pub next_producer_id: i64,
@@ -327,6 +337,14 @@ impl ClusterMetadata {
                 self.leader_epochs.remove(name);
                 self.partition_records.remove(name);
                 self.reassignments.remove(name);
+            }
+            MetadataRecord::BrokerConfigs { resource, configs } => {
+                if configs.is_empty() {
+                    self.dynamic_broker_configs.remove(resource);
+                } else {
+                    self.dynamic_broker_configs
+                        .insert(resource.clone(), configs.clone());
+                }
             }
             MetadataRecord::ProducerIdBlock {
                 node,
@@ -477,6 +495,20 @@ impl ClusterMetadata {
             .and_then(|partitions| partitions.get(&partition))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// A run-time broker setting of `node` (its own, else the one for every
+    /// node).
+    pub fn dynamic_broker_config(&self, node: i32, name: &str) -> Option<&str> {
+        self.dynamic_broker_configs
+            .get(&node.to_string())
+            .and_then(|configs| configs.get(name))
+            .or_else(|| {
+                self.dynamic_broker_configs
+                    .get("")
+                    .and_then(|configs| configs.get(name))
+            })
+            .map(String::as_str)
     }
 
     /// The explicit assignment of `topic`/`partition`, whether or not that

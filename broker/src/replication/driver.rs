@@ -45,6 +45,12 @@ enum Work {
 /// changes (the shard's links and quorum; a trait so the pump can be tested
 /// without either).
 pub trait ReplicaOutlet {
+    /// For an answer to a follower outside the ISR: `None` if this node
+    /// does not throttle the partition, else how long to wait before
+    /// sending records (zero: now).
+    fn throttle_delay(&self, topic: &str, partition: i32) -> Option<std::time::Duration>;
+    /// Record bytes sent to a throttled follower.
+    fn throttle_charge(&self, bytes: usize);
     fn queue_fetch(&self, to: NodeId, fetch: PartitionFetch);
     fn queue_answer(&self, to: NodeId, answer: PartitionAnswer);
     /// Proposes `proposal` to the metadata quorum; `on_refused` runs if the
@@ -86,6 +92,14 @@ pub struct Replicated {
     record: RefCell<Option<PartitionRecord>>,
 }
 
+thread_local! {
+    /// Per shard thread: the epoch each partition was led in when this
+    /// process closed it while leading, so a reopen resumes that leadership
+    /// (see `PartitionReplica::resume_leadership_of`).
+    static CLOSED_WHILE_LEADING: RefCell<std::collections::HashMap<(String, i32), LeaderEpoch>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
 impl Replicated {
     pub fn new(
         topic: String,
@@ -96,12 +110,18 @@ impl Replicated {
         log: LocalLog,
         now_ms: u64,
     ) -> Self {
+        let mut machine = PartitionReplica::new(me, config.clone(), log, 0, now_ms);
+        let resumable =
+            CLOSED_WHILE_LEADING.with(|closed| closed.borrow_mut().remove(&(topic.clone(), index)));
+        if let Some(epoch) = resumable {
+            machine.resume_leadership_of(epoch);
+        }
         Self {
             topic,
             index,
             topic_id,
             me,
-            machine: RefCell::new(PartitionReplica::new(me, config.clone(), log, 0, now_ms)),
+            machine: RefCell::new(machine),
             config,
             consumer_high_watermark: Cell::new(None),
             waiting_acks: RefCell::new(BTreeMap::new()),
@@ -228,6 +248,14 @@ impl Replicated {
 
     /// Stops the pump and fails waiting produces (the partition closes).
     pub fn stop(&self) {
+        if !self.stopped.get() && self.machine.borrow().is_leader() {
+            let epoch = self.machine.borrow().leader_epoch();
+            CLOSED_WHILE_LEADING.with(|closed| {
+                closed
+                    .borrow_mut()
+                    .insert((self.topic.clone(), self.index), epoch)
+            });
+        }
         self.stopped.set(true);
         self.fail_waiting(ResponseError::NotLeaderOrFollower.code());
         self.wake_pump();
@@ -406,7 +434,7 @@ pub fn machine_acks(acks: crate::partition::Acks) -> Acks {
 /// Holds the partition only while it works, so a close is never kept
 /// waiting by a parked pump.
 pub async fn run_pump(
-    partition: Weak<Partition>,
+    weak_partition: Weak<Partition>,
     replicated: Rc<Replicated>,
     watcher: kafki_storage::ProgressWatcher,
     outlet: Rc<dyn ReplicaOutlet>,
@@ -432,7 +460,7 @@ pub async fn run_pump(
             futures::future::select(work, progress).await;
             continue;
         };
-        let Some(partition) = partition.upgrade() else {
+        let Some(mut partition) = weak_partition.upgrade() else {
             return;
         };
         match work {
@@ -444,10 +472,46 @@ pub async fn run_pump(
                 },
             ),
             Work::AnswerFetch { to, mut response } => {
+                let has_records =
+                    matches!(&response.body, FetchBody::Records(ranges) if !ranges.is_empty());
+                // In-sync followers are never throttled (Kafka's rule): a
+                // reassignment's new replicas are, until they catch up.
+                let out_of_sync = replicated
+                    .machine
+                    .borrow()
+                    .isr()
+                    .is_some_and(|isr| !isr.contains(&to));
+                let throttled = has_records
+                    && out_of_sync
+                    && outlet
+                        .throttle_delay(&replicated.topic, replicated.index)
+                        .is_some();
+                if throttled {
+                    // A throttled follower waits for its share of the
+                    // node's rate; the partition is not held meanwhile.
+                    drop(partition);
+                    while let Some(delay) =
+                        outlet.throttle_delay(&replicated.topic, replicated.index)
+                    {
+                        if delay.is_zero() || replicated.stopped.get() {
+                            break;
+                        }
+                        glommio::timer::sleep(delay).await;
+                    }
+                    let Some(again) = weak_partition.upgrade() else {
+                        return;
+                    };
+                    partition = again;
+                }
                 let batches = match &mut response.body {
                     FetchBody::Records(ranges) if !ranges.is_empty() => {
                         match read_ranges(&partition, ranges).await {
-                            Ok(batches) => batches,
+                            Ok(batches) => {
+                                if throttled {
+                                    outlet.throttle_charge(batches.iter().map(Bytes::len).sum());
+                                }
+                                batches
+                            }
                             Err(error) => {
                                 tracing::warn!(topic = %replicated.topic, partition = replicated.index, %error, "reading records for a follower");
                                 ranges.clear();

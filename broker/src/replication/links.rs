@@ -17,6 +17,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +58,47 @@ pub struct ReplicaLinks {
     pending: RefCell<HashMap<NodeId, Pending>>,
     flush_scheduled: Cell<bool>,
     request_id: Cell<u64>,
+    /// The newest image (throttled replicas, this node's throttle rate).
+    image: RefCell<Arc<ClusterMetadata>>,
+    throttle: RefCell<TokenBucket>,
+}
+
+/// This shard's share of the node's `leader.replication.throttled.rate`:
+/// record bytes sent to throttled followers are charged here, and an answer
+/// waits while the bucket is in debt.
+#[derive(Debug)]
+struct TokenBucket {
+    /// Bytes per millisecond; `None`: unthrottled.
+    rate: Option<f64>,
+    tokens: f64,
+    updated: std::time::Instant,
+}
+
+impl TokenBucket {
+    fn refill(&mut self) {
+        let now = std::time::Instant::now();
+        if let Some(rate) = self.rate {
+            let elapsed = now.duration_since(self.updated).as_secs_f64() * 1000.0;
+            // At most one second's worth saved up.
+            self.tokens = (self.tokens + elapsed * rate).min(rate * 1000.0);
+        }
+        self.updated = now;
+    }
+}
+
+/// Whether `partition`'s replica on `node` is listed in a
+/// `*.replication.throttled.replicas` value (`*` or `partition:node,...`).
+/// As in Kafka, a leader throttles a partition when *it* is listed in
+/// `leader.replication.throttled.replicas`, and only toward followers
+/// outside the ISR (the driver checks that).
+pub fn throttled_replica(list: &str, partition: i32, node: NodeId) -> bool {
+    let list = list.trim();
+    list == "*"
+        || list.split(',').any(|entry| {
+            entry.trim().split_once(':').is_some_and(|(p, n)| {
+                p.trim().parse() == Ok(partition) && n.trim().parse() == Ok(node)
+            })
+        })
 }
 
 impl ReplicaLinks {
@@ -68,16 +110,41 @@ impl ReplicaLinks {
             pending: RefCell::new(HashMap::new()),
             flush_scheduled: Cell::new(false),
             request_id: Cell::new(0),
+            image: RefCell::new(shard.metadata()),
+            throttle: RefCell::new(TokenBucket {
+                rate: None,
+                tokens: 0.0,
+                updated: std::time::Instant::now(),
+            }),
         })
     }
 
-    /// Learns the cluster addresses of registered nodes (a configured
-    /// voter address is kept: it may be a proxy only this node knows).
-    pub fn learn_addresses(&self, image: &ClusterMetadata) {
+    /// A new image: the cluster addresses of registered nodes (a configured
+    /// voter address is kept: it may be a proxy only this node knows) and
+    /// this node's replication throttle.
+    pub fn on_image(&self, image: &Arc<ClusterMetadata>, shards: usize) {
         for node in image.nodes.values() {
             self.transport
                 .learn_address(node.id, &node.cluster_listen, false);
         }
+        let rate = image
+            .dynamic_broker_config(self.me, "leader.replication.throttled.rate")
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .filter(|rate| *rate < i64::MAX as u64)
+            .map(|rate| rate as f64 / 1000.0 / shards.max(1) as f64);
+        let mut bucket = self.throttle.borrow_mut();
+        bucket.refill();
+        if bucket.rate != rate {
+            tracing::info!(
+                node = self.me,
+                bytes_per_second_per_shard = rate.map(|r| (r * 1000.0) as u64),
+                "leader replication throttle"
+            );
+            bucket.rate = rate;
+            bucket.tokens = bucket.tokens.min(rate.map_or(0.0, |r| r * 1000.0));
+        }
+        drop(bucket);
+        self.image.replace(image.clone());
     }
 
     fn schedule_flush(self: &Rc<Self>) {
@@ -147,6 +214,34 @@ async fn yield_once() {
 }
 
 impl ReplicaOutlet for Rc<ReplicaLinks> {
+    fn throttle_delay(&self, topic: &str, partition: i32) -> Option<Duration> {
+        let mut bucket = self.throttle.borrow_mut();
+        let rate = bucket.rate?;
+        let image = self.image.borrow();
+        let listed = image
+            .topic(topic)
+            .and_then(|meta| meta.configs.get("leader.replication.throttled.replicas"))
+            .is_some_and(|list| throttled_replica(list, partition, self.me));
+        if !listed {
+            return None;
+        }
+        bucket.refill();
+        if bucket.tokens >= 0.0 || rate <= 0.0 {
+            return Some(Duration::ZERO);
+        }
+        Some(Duration::from_secs_f64(
+            (-bucket.tokens / rate / 1000.0).min(1.0),
+        ))
+    }
+
+    fn throttle_charge(&self, bytes: usize) {
+        let mut bucket = self.throttle.borrow_mut();
+        if bucket.rate.is_some() {
+            bucket.refill();
+            bucket.tokens -= bytes as f64;
+        }
+    }
+
     fn queue_fetch(&self, to: NodeId, fetch: PartitionFetch) {
         self.pending
             .borrow_mut()

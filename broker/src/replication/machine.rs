@@ -202,6 +202,10 @@ pub(super) struct Core {
     pub leader_epoch: LeaderEpoch,
     pub partition_epoch: PartitionEpoch,
     pub next_fetch_id: u64,
+    /// An epoch this process led before and may lead again although its
+    /// log holds records of it (the partition was closed and reopened, not
+    /// crashed): see [`PartitionReplica::resume_leadership_of`].
+    pub resumable_epoch: Option<LeaderEpoch>,
 }
 
 impl Core {
@@ -258,9 +262,19 @@ impl PartitionReplica {
                 leader_epoch: -1,
                 partition_epoch: -1,
                 next_fetch_id: 0,
+                resumable_epoch: None,
             },
             role: Role::Idle,
         }
+    }
+
+    /// Lets this replica lead `epoch` although its log already holds
+    /// records of it: the same process led it before and closed the log
+    /// cleanly (a reopen for new settings, an idle close), so nothing the
+    /// followers hold was lost. Never after a restart: a new process leads
+    /// only a new epoch.
+    pub fn resume_leadership_of(&mut self, epoch: LeaderEpoch) {
+        self.core.resumable_epoch = Some(epoch);
     }
 
     pub fn me(&self) -> NodeId {
@@ -444,7 +458,9 @@ impl PartitionReplica {
             }
             (_, Some(new_leader)) if new_leader == me => {
                 let last_epoch = core.log.last_epoch();
-                if last_epoch >= record.leader_epoch {
+                let resuming = core.resumable_epoch.take() == Some(record.leader_epoch)
+                    && last_epoch == record.leader_epoch;
+                if last_epoch >= record.leader_epoch && !resuming {
                     return Err(InputError::EpochNotNew {
                         epoch: record.leader_epoch,
                         last_epoch,

@@ -685,6 +685,19 @@ fn stale_bad_or_reused_metadata_is_not_taken() {
         })
     ));
     assert!(!r.is_leader());
+    // The same process reopening the log it led in epoch 5 may lead it
+    // again; only that epoch, and only once.
+    let mut reopened = PartitionReplica::new(1, config(), log(&[(4, 0), (5, 8)], 10, 10), 0, NOW);
+    reopened.resume_leadership_of(5);
+    assert!(reopened
+        .handle(Input::Metadata(record(Some(1), 5, &[1, 2], 10)), &mut out)
+        .is_ok());
+    assert!(reopened.is_leader());
+    let mut other = PartitionReplica::new(1, config(), log(&[(4, 0), (5, 8)], 10, 10), 0, NOW);
+    other.resume_leadership_of(4);
+    assert!(other
+        .handle(Input::Metadata(record(Some(1), 5, &[1, 2], 10)), &mut out)
+        .is_err());
     // Taken out of the replicas: idle.
     let mut moved = record(Some(2), 6, &[2], 11);
     moved.replicas = vec![2, 3];
