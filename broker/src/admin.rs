@@ -290,6 +290,10 @@ enum Route {
     Cluster,
     /// `POST /v1/cluster/voters` with `{"remove": N, "add": M}`.
     Voters,
+    /// `POST /v1/cluster/decommission` with `{"node": N}`.
+    Decommission,
+    /// `POST /v1/cluster/remove` with `{"node": N}`.
+    RemoveNode,
     /// `/v1/partitions/{topic}/{partition}/shard`; the partition is checked
     /// later so a malformed one gets `400`, not `404`.
     PartitionShard {
@@ -307,6 +311,8 @@ impl Route {
             "/v1/assignments" => return Some(Route::Assignments),
             "/v1/cluster" => return Some(Route::Cluster),
             "/v1/cluster/voters" => return Some(Route::Voters),
+            "/v1/cluster/decommission" => return Some(Route::Decommission),
+            "/v1/cluster/remove" => return Some(Route::RemoveNode),
             _ => {}
         }
         let rest = path.strip_prefix("/v1/partitions/")?;
@@ -332,7 +338,7 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::PartitionShard { .. } => "PUT, DELETE",
-            Route::Voters => "POST",
+            Route::Voters | Route::Decommission | Route::RemoveNode => "POST",
             _ => "GET",
         }
     }
@@ -340,7 +346,7 @@ impl Route {
     fn allows(&self, method: &Method) -> bool {
         match self {
             Route::PartitionShard { .. } => method == Method::PUT || method == Method::DELETE,
-            Route::Voters => method == Method::POST,
+            Route::Voters | Route::Decommission | Route::RemoveNode => method == Method::POST,
             _ => method == Method::GET,
         }
     }
@@ -385,6 +391,8 @@ async fn route(
             }
         }
         Route::Voters => replace_voter(routes, request, long).await,
+        Route::Decommission => node_change(routes, request, long, true).await,
+        Route::RemoveNode => node_change(routes, request, long, false).await,
         Route::Cluster => match routes.cluster.clone() {
             Some(cluster) => match call(move || cluster()).await {
                 Ok(body) => reply(StatusCode::OK, JSON, body),
@@ -496,6 +504,55 @@ async fn replace_voter(
         Ok(AssignmentAnswer::Voters(voters)) => {
             json_reply(StatusCode::OK, &serde_json::json!({ "voters": voters }))
         }
+        Ok(other) => unexpected(other),
+        Err(response) => response,
+    }
+}
+
+/// The body of `POST /v1/cluster/decommission` and `/v1/cluster/remove`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeChange {
+    node: i32,
+}
+
+/// `POST /v1/cluster/decommission` (`decommission`) or
+/// `POST /v1/cluster/remove`: answers once committed by the quorum with
+/// what the node still holds.
+async fn node_change(
+    routes: &Routes,
+    request: Request<Incoming>,
+    long: &AtomicBool,
+    decommission: bool,
+) -> Response<Full<Bytes>> {
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let change: NodeChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(error) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body must be {{\"node\": N}}: {error}"),
+            )
+        }
+    };
+    long.store(true, Ordering::SeqCst);
+    let command = if decommission {
+        AssignmentRequest::Decommission { node: change.node }
+    } else {
+        AssignmentRequest::RemoveNode { node: change.node }
+    };
+    match ask_controller(routes, command, MOVE_ANSWER_TIMEOUT).await {
+        Ok(AssignmentAnswer::Node {
+            node,
+            partitions_held,
+            removed,
+        }) => json_reply(
+            StatusCode::OK,
+            &serde_json::json!({ "node": node, "partitions_held": partitions_held, "removed": removed }),
+        ),
         Ok(other) => unexpected(other),
         Err(response) => response,
     }

@@ -73,6 +73,11 @@ pub enum AssignmentRequest {
     /// A cluster member: make node `add` (an observer) a voter of the
     /// metadata quorum in place of voter `remove`.
     ReplaceVoter { remove: i32, add: i32 },
+    /// A cluster member: move every partition off node `node` and place
+    /// nothing new on it ([`crate::metadata::decommission`]).
+    Decommission { node: i32 },
+    /// A cluster member: forget node `node` (stopped, holding nothing).
+    RemoveNode { node: i32 },
 }
 
 /// The controller's answer.
@@ -82,6 +87,13 @@ pub enum AssignmentAnswer {
     Moved(MoveReport),
     /// The quorum's voters after a change.
     Voters(Vec<i32>),
+    /// A decommission started (or a node removed): what the node still
+    /// holds.
+    Node {
+        node: i32,
+        partitions_held: usize,
+        removed: bool,
+    },
 }
 
 /// A request and where its answer goes. Crosses from the admin thread to
@@ -187,6 +199,68 @@ async fn answer(
             move_partition(shard, topic, partition, Target::Placement)
                 .await
                 .map(AssignmentAnswer::Moved)
+        }
+        AssignmentRequest::Decommission { node } => {
+            if shard.quorum().is_none() {
+                return Err(AssignmentError::BadRequest(
+                    "this node is not a cluster member (no --voters)".into(),
+                ));
+            }
+            let changed = shard
+                .controller_change(|image| {
+                    crate::metadata::decommission::plan(image, node).map_err(|why| {
+                        crate::errors::KafkaError::new(
+                            kafki_net::kafka_protocol::error::ResponseError::InvalidRequest,
+                            why,
+                        )
+                    })
+                })
+                .await
+                .map_err(|error| {
+                    AssignmentError::Conflict(
+                        error.message.unwrap_or_else(|| error.code.to_string()),
+                    )
+                })?;
+            Ok(AssignmentAnswer::Node {
+                node,
+                partitions_held: crate::metadata::decommission::replicas_held(&changed, node),
+                removed: false,
+            })
+        }
+        AssignmentRequest::RemoveNode { node } => {
+            let Some(quorum) = shard.quorum() else {
+                return Err(AssignmentError::BadRequest(
+                    "this node is not a cluster member (no --voters)".into(),
+                ));
+            };
+            let voters = quorum
+                .shared()
+                .status
+                .lock()
+                .map(|status| status.voters.clone())
+                .unwrap_or_default();
+            shard
+                .controller_change(|image| {
+                    crate::metadata::decommission::removal(image, node, &voters)
+                        .map(|record| vec![record])
+                        .map_err(|why| {
+                            crate::errors::KafkaError::new(
+                                kafki_net::kafka_protocol::error::ResponseError::InvalidRequest,
+                                why,
+                            )
+                        })
+                })
+                .await
+                .map_err(|error| {
+                    AssignmentError::BadRequest(
+                        error.message.unwrap_or_else(|| error.code.to_string()),
+                    )
+                })?;
+            Ok(AssignmentAnswer::Node {
+                node,
+                partitions_held: 0,
+                removed: true,
+            })
         }
         AssignmentRequest::ReplaceVoter { remove, add } => {
             let Some(quorum) = shard.quorum() else {

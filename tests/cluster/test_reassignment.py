@@ -158,3 +158,79 @@ def test_kafka_reassign_partitions_moves_a_replica_under_load(cluster_factory, t
     described = admin.describe_configs([ConfigResource("TOPIC", topic)])
     configs = next(iter(described.values())).result(10)
     assert not configs["leader.replication.throttled.replicas"].value, configs
+
+
+def admin_post(node, path: str, body: dict, timeout: float = 60.0) -> tuple[int, dict]:
+    """POST JSON to a node's admin listener: (status, parsed answer)."""
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(f"http://{node.admin_listen}{path}",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.mark.timeout(300)
+def test_a_decommissioned_node_hands_every_partition_over_and_is_removed(cluster_factory):
+    # Three voters and an observer (node 4): a voter would have to be
+    # replaced before its removal.
+    c = cluster_factory(4, settings=FAST, voters=3)
+    bootstrap = c.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    c.wait_for_controller()
+    wait_until(lambda: len(admin.list_topics(timeout=10).brokers) == 4, 30, what="4 live nodes")
+    topic = "leaving"
+    admin.create_topics([NewTopic(topic, num_partitions=8, replication_factor=3)])[topic].result(30)
+    held = lambda: [p for p, m in admin.list_topics(topic=topic, timeout=10).topics[topic]
+                    .partitions.items() if 4 in m.replicas]
+    assert held(), "node 4 holds some of the 8 partitions"
+    acks = AckLog()
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True, "message.timeout.ms": 60000})
+    for i in range(2000):
+        value = f"d-{i}"
+        acks.sent(value, i % 8)
+        producer.produce(topic, value=value.encode(), partition=i % 8, on_delivery=acks.on_delivery)
+    assert producer.flush(60) == 0
+
+    # Removal is refused while it holds partitions.
+    status, answer = admin_post(c[1], "/v1/cluster/remove", {"node": 4})
+    assert status >= 400 and "holds" in json.dumps(answer), (status, answer)
+    status, answer = admin_post(c[1], "/v1/cluster/decommission", {"node": 4})
+    assert status == 200, (status, answer)
+    assert answer["node"] == 4 and answer["partitions_held"] > 0, answer
+    wait_until(lambda: not held(), 90, what="every partition off node 4")
+    view = c[1].cluster_view()
+    node4 = next(n for n in view["nodes"] if n["id"] == 4)
+    assert node4["decommissioning"] and node4["partitions_held"] == 0, node4
+    # Nothing new is placed on it.
+    admin.create_topics([NewTopic("after", num_partitions=6, replication_factor=3)])["after"].result(30)
+    placed = admin.list_topics(topic="after", timeout=10).topics["after"].partitions
+    assert all(4 not in m.replicas for m in placed.values()), placed
+    # Every acknowledged record is still there, read from the new leaders.
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "leaving-check",
+                         "enable.auto.commit": False})
+    for partition in range(8):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        consumer.assign([TopicPartition(topic, partition, 0)])
+        read = []
+        deadline = time.monotonic() + 30
+        while len(read) < high and time.monotonic() < deadline:
+            message = consumer.poll(1)
+            if message is None or message.error():
+                continue
+            read.append((message.offset(), message.value().decode()))
+        assert_no_problems(check_log(read, acks.acked_in(partition),
+                                     sent=acks.sent_in(partition), end=high),
+                           f"partition {partition}")
+    consumer.close()
+    # Stopped, it can be removed; the cluster no longer lists it.
+    c[4].stop()
+    wait_until(lambda: admin_post(c[1], "/v1/cluster/remove", {"node": 4})[0] == 200, 30,
+               what="node 4 removed")
+    wait_until(lambda: all(n["id"] != 4 for n in c[1].cluster_view()["nodes"]), 10,
+               what="node 4 gone from /v1/cluster")

@@ -41,6 +41,8 @@ pub fn cluster_view(node_id: i32, shared: &SharedState) -> serde_json::Value {
                 "rack": node.rack,
                 "shards": node.shards,
                 "partitions_led": leads,
+                "partitions_held": crate::metadata::decommission::replicas_held(&image, node.id),
+                "decommissioning": image.is_decommissioning(node.id),
                 "voter": status.voters.contains(&node.id),
             })
         })

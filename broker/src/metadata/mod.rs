@@ -19,6 +19,7 @@ use kafki_net::kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
 
 pub mod command;
+pub mod decommission;
 pub mod leadership;
 pub mod nodes;
 pub mod partitions;
@@ -131,6 +132,11 @@ pub enum MetadataRecord {
         resource: String,
         configs: BTreeMap<String, String>,
     },
+    /// `node` marked as being decommissioned (or no longer).
+    NodeDecommissioning {
+        node: i32,
+        decommissioning: bool,
+    },
     NodeRegistered(NodeRegistration),
     /// A node's state changed (fenced when its heartbeats stopped, shutting
     /// down, alive again). Ignored when `epoch` is not its current one: a
@@ -190,6 +196,9 @@ pub struct ClusterMetadata {
     /// node id (or `""` for every node) → name → value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dynamic_broker_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Nodes being decommissioned: no new partition is placed on them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub decommissioning: std::collections::BTreeSet<i32>,
     /// The first producer id no node was given yet (cluster members).
     #[serde(default)]
     pub next_producer_id: i64,
@@ -338,6 +347,16 @@ impl ClusterMetadata {
                 self.partition_records.remove(name);
                 self.reassignments.remove(name);
             }
+            MetadataRecord::NodeDecommissioning {
+                node,
+                decommissioning,
+            } => {
+                if *decommissioning {
+                    self.decommissioning.insert(*node);
+                } else {
+                    self.decommissioning.remove(node);
+                }
+            }
             MetadataRecord::BrokerConfigs { resource, configs } => {
                 if configs.is_empty() {
                     self.dynamic_broker_configs.remove(resource);
@@ -462,6 +481,7 @@ impl ClusterMetadata {
                 }
             }
             MetadataRecord::NodeRemoved { node } => {
+                self.decommissioning.remove(node);
                 self.nodes.remove(node);
             }
             MetadataRecord::ClusterId(id) => {

@@ -157,6 +157,11 @@ impl ClusterMetadata {
                 .is_some_and(|record| record.replicas.len() > 1 && record.replicas.contains(&me))
     }
 
+    /// Whether `node` is being decommissioned.
+    pub fn is_decommissioning(&self, node: i32) -> bool {
+        self.decommissioning.contains(&node)
+    }
+
     /// The nodes that are alive, by id.
     pub fn live_nodes(&self) -> impl Iterator<Item = &NodeRegistration> {
         self.nodes
@@ -216,7 +221,10 @@ impl ClusterMetadata {
         if replication_factor == 0 {
             return Err(PlacementError::ReplicationFactorBelowOne);
         }
-        let live: Vec<&NodeRegistration> = self.live_nodes().collect();
+        let live: Vec<&NodeRegistration> = self
+            .live_nodes()
+            .filter(|node| !self.is_decommissioning(node.id))
+            .collect();
         if live.len() < replication_factor {
             return Err(PlacementError::TooFewLiveNodes {
                 replication_factor,
