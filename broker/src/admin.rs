@@ -965,6 +965,19 @@ mod tests {
                         AssignmentRequest::ReplaceVoter { add, .. } => {
                             Ok(AssignmentAnswer::Voters(vec![1, add]))
                         }
+                        AssignmentRequest::Decommission { node } => Ok(AssignmentAnswer::Node {
+                            node,
+                            partitions_held: 3,
+                            removed: false,
+                        }),
+                        AssignmentRequest::RemoveNode { node: 9 } => Err(
+                            AssignmentError::BadRequest("node 9 still holds 3 partition(s)".into()),
+                        ),
+                        AssignmentRequest::RemoveNode { node } => Ok(AssignmentAnswer::Node {
+                            node,
+                            partitions_held: 0,
+                            removed: true,
+                        }),
                         AssignmentRequest::Reset { topic, partition } => {
                             report(&topic, partition, 0)
                         }
@@ -1052,6 +1065,28 @@ mod tests {
         seen.lock()
             .expect("seen")
             .retain(|request| !matches!(request, AssignmentRequest::ReplaceVoter { .. }));
+
+        // Decommission and removal of a node.
+        let (status, _, body) = send_ok(request(
+            "POST",
+            "/v1/cluster/decommission",
+            r#"{"node": 2}"#,
+        ));
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(json["partitions_held"], 3);
+        assert_eq!(json["removed"], false);
+        let node = |path: &str, body: &str| send_ok(request("POST", path, body)).0;
+        assert_eq!(node("/v1/cluster/decommission", r#"{"id": 2}"#), 400);
+        assert_eq!(node("/v1/cluster/remove", r#"{"node": 9}"#), 400);
+        assert_eq!(node("/v1/cluster/remove", r#"{"node": 2}"#), 200);
+        assert_eq!(get(addr, "/v1/cluster/remove").0, 405);
+        seen.lock().expect("seen").retain(|request| {
+            !matches!(
+                request,
+                AssignmentRequest::Decommission { .. } | AssignmentRequest::RemoveNode { .. }
+            )
+        });
 
         // Errors the controller reports.
         let put = |topic: &str, body: &str| {
