@@ -200,6 +200,15 @@ pub const SETTINGS: &[Setting] = &[
         Some("false"),
         SettingKind::Bool,
     ),
+    // The controller makes preferred replicas lead again on its own
+    // (Kafka's name and default; here at once, not every
+    // leader.imbalance.check.interval.seconds).
+    setting(
+        None,
+        "auto.leader.rebalance.enable",
+        Some("true"),
+        SettingKind::Bool,
+    ),
     setting(None, "log.retention.hours", Some("168"), SettingKind::Int),
     setting(
         None,

@@ -869,9 +869,35 @@ impl Shard {
     /// returns.
     pub async fn controller_change(
         self: &Rc<Self>,
+        change: impl FnMut(&ClusterMetadata) -> Result<Vec<MetadataRecord>, KafkaError>,
+    ) -> Result<Arc<ClusterMetadata>, KafkaError> {
+        self.controller_change_by(None, change).await
+    }
+
+    /// [`Shard::controller_change`] that gives up at `deadline` (if any)
+    /// with `REQUEST_TIMED_OUT`, whether it still waits for the permit or
+    /// for the quorum to commit (the change may still commit later).
+    pub async fn controller_change_by(
+        self: &Rc<Self>,
+        deadline: Option<Instant>,
         mut change: impl FnMut(&ClusterMetadata) -> Result<Vec<MetadataRecord>, KafkaError>,
     ) -> Result<Arc<ClusterMetadata>, KafkaError> {
-        let _permit = self.controller_permit().await.map_err(|_| {
+        let permit = match deadline {
+            None => self.controller_permit().await,
+            Some(deadline) => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                glommio::timer::timeout(wait, async { Ok(self.controller_permit().await) })
+                    .await
+                    .map_err(|_| {
+                        KafkaError::new(
+                            ResponseError::RequestTimedOut,
+                            "other metadata changes held the controller until the deadline"
+                                .to_string(),
+                        )
+                    })?
+            }
+        };
+        let _permit = permit.map_err(|_| {
             KafkaError::new(
                 ResponseError::UnknownServerError,
                 "shutting down".to_string(),
@@ -879,7 +905,7 @@ impl Shard {
         })?;
         let quorum = self.quorum.borrow().clone();
         if let Some(quorum) = quorum {
-            return self.cluster_change(&quorum, &mut change).await;
+            return self.cluster_change(&quorum, &mut change, deadline).await;
         }
         let current = self.metadata();
         let records = change(&current)?;

@@ -31,6 +31,10 @@ pub struct ClusterConfig {
     pub snapshot_bytes: u64,
     /// The broker's `unclean.leader.election.enable` (a topic may override).
     pub unclean_leader_election: bool,
+    /// The broker's `auto.leader.rebalance.enable`: the controller makes
+    /// preferred replicas lead again on its own (offline partitions get a
+    /// leader either way).
+    pub auto_leader_rebalance: bool,
 }
 
 /// Parses `1@host:port,2@host:port`.
@@ -124,6 +128,7 @@ impl ClusterConfig {
                 .unwrap_or(1 << 20)
                 .max(1024) as u64,
             unclean_leader_election: kafka.get_bool("unclean.leader.election.enable"),
+            auto_leader_rebalance: kafka.get_bool("auto.leader.rebalance.enable"),
         }))
     }
 
@@ -182,6 +187,14 @@ mod tests {
         assert_eq!(config.listen.port(), 29093);
         assert!(config.is_voter(2) && !config.is_voter(3));
         assert_eq!(config.session_timeout, Duration::from_secs(9));
+        assert!(config.auto_leader_rebalance, "Kafka's default");
+        kafka
+            .set("auto.leader.rebalance.enable", "false")
+            .expect("set");
+        let config = ClusterConfig::resolve(2, &kafka, None)
+            .expect("resolve")
+            .expect("cluster");
+        assert!(!config.auto_leader_rebalance);
         // Not a voter: it must say where it listens.
         assert!(ClusterConfig::resolve(3, &kafka, None).is_err());
         let observer = ClusterConfig::resolve(3, &kafka, Some("127.0.0.1:39093"))

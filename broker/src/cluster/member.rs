@@ -121,11 +121,14 @@ impl Shard {
 
     /// [`Shard::controller_change`] on a cluster member: the records are
     /// validated against the newest image, proposed with its offset, and
-    /// validated again if another change committed first.
+    /// validated again if another change committed first (or a partition
+    /// change among them turned out stale). Each proposal waits up to
+    /// [`CHANGE_WAIT`], and none past `deadline`.
     pub(crate) async fn cluster_change(
         self: &Rc<Self>,
         quorum: &Rc<Quorum>,
         change: &mut dyn FnMut(&ClusterMetadata) -> Result<Vec<MetadataRecord>, KafkaError>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Arc<ClusterMetadata>, KafkaError> {
         for _ in 0..CHANGE_ATTEMPTS {
             let current = quorum.image();
@@ -133,8 +136,19 @@ impl Shard {
             if records.is_empty() {
                 return Ok(current);
             }
+            let wait = deadline.map_or(CHANGE_WAIT, |deadline| {
+                deadline
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(CHANGE_WAIT)
+            });
+            if wait.is_zero() {
+                return Err(KafkaError::new(
+                    ResponseError::RequestTimedOut,
+                    "the request's timeout passed before the change committed".to_string(),
+                ));
+            }
             match quorum
-                .propose(records, Some(current.log_offset), CHANGE_WAIT)
+                .propose(records, Some(current.log_offset), wait)
                 .await
             {
                 Ok((Verdict::Applied, offset)) => {
@@ -142,9 +156,11 @@ impl Shard {
                     return Ok(self.metadata());
                 }
                 Ok((Verdict::Conflict, _)) => continue,
-                // Only partition changes are refused at apply time; the
-                // admin changes that come through here carry none but a
-                // new topic's first states, which cannot be stale.
+                // Validated at the offset it applied at, a partition change
+                // is not stale; decided again all the same should it be.
+                Ok((Verdict::Refused(refusal), _)) if refusal.is_stale() => continue,
+                // Only partition changes are refused at apply time: a new
+                // topic's first states, an election that broke a rule.
                 Ok((Verdict::Refused(refusal), _)) => {
                     return Err(KafkaError::new(
                         ResponseError::InvalidRequest,

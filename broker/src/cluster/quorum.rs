@@ -792,7 +792,8 @@ impl Quorum {
 
     /// The controller, after each image change and every second: partitions
     /// without a leader whose ISR has a live node get one, and preferred
-    /// replicas lead again once back in the ISR. One proposal at a time; a
+    /// replicas lead again once back in the ISR (unless
+    /// `auto.leader.rebalance.enable` is off). One proposal at a time; a
     /// stale one is refused and recomputed from the newer image.
     fn leadership_duties(self: &Rc<Self>, image: &ClusterMetadata) {
         let ticks = self.ticks.get();
@@ -803,9 +804,10 @@ impl Quorum {
         }
         self.leadership_checked.set((image.log_offset, ticks));
         let mut records = Vec::new();
+        let rebalance = self.config.auto_leader_rebalance;
         for node in image.live_nodes() {
             records.extend(crate::metadata::leadership::on_node_registered(
-                image, node.id,
+                image, node.id, rebalance,
             ));
         }
         if records.is_empty() {

@@ -18,6 +18,7 @@ use crate::shard::Shard;
 pub mod configs;
 pub mod fetch;
 pub mod groups;
+pub mod leaders;
 pub mod offsets;
 pub mod partitions;
 pub mod produce;
@@ -50,6 +51,7 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::CreatePartitions, 0, 3),
             SupportedApi::new(ApiKey::DeleteRecords, 0, 2),
             SupportedApi::new(ApiKey::OffsetForLeaderEpoch, 2, 4),
+            SupportedApi::new(ApiKey::ElectLeaders, 0, 2),
             SupportedApi::new(ApiKey::JoinGroup, 0, 9),
             SupportedApi::new(ApiKey::SyncGroup, 0, 5),
             SupportedApi::new(ApiKey::Heartbeat, 0, 4),
@@ -151,6 +153,9 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         RequestKind::OffsetForLeaderEpoch(body) => ResponseKind::OffsetForLeaderEpoch(
             partitions::offset_for_leader_epoch(&shard, body, version).await,
         ),
+        RequestKind::ElectLeaders(body) => {
+            ResponseKind::ElectLeaders(leaders::elect_leaders(&shard, body, version).await)
+        }
         RequestKind::DescribeConfigs(body) => {
             ResponseKind::DescribeConfigs(configs::describe_configs(&shard, body, version).await)
         }

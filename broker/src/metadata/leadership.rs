@@ -1,8 +1,9 @@
 //! The controller's leadership decisions over the whole image, as pure
 //! functions: which [`MetadataRecord::PartitionChange`]s to commit when a
-//! node is fenced or registers again, and the preferred-leader election
-//! (the step a later automatic rebalance repeats). Each partition's choice
-//! is [`crate::replication::election`]'s; this module finds the partitions
+//! node is fenced or registers again, the automatic preferred-leader
+//! election (`auto.leader.rebalance.enable`), and the elections an operator
+//! asks for (ElectLeaders: [`elections_for`]). Each partition's choice is
+//! [`crate::replication::election`]'s; this module finds the partitions
 //! concerned and the settings that apply to them.
 //!
 //! Every record returned is one partition-epoch step from the image it was
@@ -16,6 +17,7 @@
 use crate::replication::election::{elect_leader, fence_replica};
 use crate::replication::{NodeId, PartitionRecord};
 
+use super::nodes::Leader;
 use super::{ClusterMetadata, MetadataRecord};
 
 fn change(topic: &str, partition: i32, state: PartitionRecord) -> MetadataRecord {
@@ -55,10 +57,15 @@ pub fn on_node_fenced(
 /// The partition changes once `node` registered again (computed on an
 /// image where it is alive): offline partitions whose ISR holds it get a
 /// leader again (it, or an ISR member preferred to it that also came back),
-/// and partitions that prefer it regain it as leader where it is in the
-/// ISR. A node that was removed from an ISR rejoins it through its leader
+/// and, with `rebalance` (the broker's `auto.leader.rebalance.enable`),
+/// partitions that prefer it regain it as leader where it is in the ISR.
+/// A node that was removed from an ISR rejoins it through its leader
 /// (AlterPartition) once caught up, not here.
-pub fn on_node_registered(image: &ClusterMetadata, node: NodeId) -> Vec<MetadataRecord> {
+pub fn on_node_registered(
+    image: &ClusterMetadata,
+    node: NodeId,
+    rebalance: bool,
+) -> Vec<MetadataRecord> {
     if !image.is_alive(node) {
         return Vec::new();
     }
@@ -69,7 +76,8 @@ pub fn on_node_registered(image: &ClusterMetadata, node: NodeId) -> Vec<Metadata
         .filter_map(|(topic, partition, record)| {
             let next = match record.leader {
                 None => elect_leader(record, is_alive, false)?.record,
-                Some(_) => preferred_election(record, &is_alive)?,
+                Some(_) if rebalance => preferred_election(record, &is_alive)?,
+                Some(_) => return None,
             };
             Some(change(topic, partition, next))
         })
@@ -105,4 +113,156 @@ fn preferred_election(
     elect_leader(record, is_alive, false)
         .map(|election| election.record)
         .filter(|next| next.leader == Some(preferred))
+}
+
+/// An ElectLeaders request's election type (Kafka's `ElectionType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionType {
+    /// The preferred replica (the first) leads, if it is alive and in the ISR.
+    Preferred,
+    /// A partition without a leader gets one: from its ISR if a member is
+    /// alive, else from any live replica (acknowledged records may be lost).
+    Unclean,
+}
+
+/// What an operator's election decided for one partition; the handler
+/// turns it into Kafka's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionOutcome {
+    /// This node leads from now on (its change is among the plan's records).
+    Elected(NodeId),
+    /// The preferred replica leads already (preferred), or the partition
+    /// has a leader (unclean): Kafka's ELECTION_NOT_NEEDED.
+    NotNeeded,
+    /// Preferred: the preferred replica is not alive or not in the ISR
+    /// (and, offline, no other ISR member is alive either): Kafka's
+    /// PREFERRED_LEADER_NOT_AVAILABLE.
+    PreferredNotAvailable,
+    /// Unclean: no replica of the leaderless partition is alive: Kafka's
+    /// ELIGIBLE_LEADERS_NOT_AVAILABLE.
+    NoEligibleLeader,
+    /// No such topic or partition: Kafka's UNKNOWN_TOPIC_OR_PARTITION.
+    UnknownPartition,
+}
+
+/// The elections an ElectLeaders request asks for, decided on one image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElectionPlan {
+    /// One [`MetadataRecord::PartitionChange`] per partition elected, one
+    /// epoch step from the image: commit them together; a refusal as stale
+    /// means deciding again on the newer image.
+    pub records: Vec<MetadataRecord>,
+    /// Per topic asked for (in request order; every topic, by name, when
+    /// all were), each partition's outcome in the order asked.
+    pub topics: Vec<(String, Vec<(i32, ElectionOutcome)>)>,
+}
+
+/// The partitions an election request names: `None` = every partition of
+/// every topic.
+pub type ElectionTargets<'a> = Option<&'a [(String, Vec<i32>)]>;
+
+/// Decides an operator's election (Kafka's ElectLeaders) on `image`, for
+/// `targets`, partition by partition as Kafka's controller does: a
+/// partition already led as wanted needs nothing; otherwise a new leader
+/// is chosen (a *preferred* election that finds the partition offline
+/// elects the first live ISR member, as Kafka's does); else the reason why
+/// not. An unclean election ignores the topic's
+/// `unclean.leader.election.enable`: asking for one is the operator's
+/// consent. A partition named twice is decided once.
+///
+/// Partitions without replication state keep the old rules (leader = the
+/// first replica while alive, or this node on a single node): they never
+/// need an election, and cannot get one while their node is away.
+pub fn elections_for(
+    image: &ClusterMetadata,
+    election: ElectionType,
+    targets: ElectionTargets<'_>,
+) -> ElectionPlan {
+    let mut plan = ElectionPlan::default();
+    let mut decided = std::collections::HashMap::new();
+    let mut decide = |topic: &str, partition: i32| -> ElectionOutcome {
+        *decided
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| {
+                let (outcome, next) = decide_election(image, election, topic, partition);
+                if let Some(state) = next {
+                    plan.records.push(change(topic, partition, state));
+                }
+                outcome
+            })
+    };
+    let mut topics = Vec::new();
+    match targets {
+        Some(asked) => {
+            for (topic, partitions) in asked {
+                let outcomes = partitions.iter().map(|p| (*p, decide(topic, *p)));
+                topics.push((topic.clone(), outcomes.collect()));
+            }
+        }
+        None => {
+            for (topic, meta) in &image.topics {
+                let outcomes = (0..meta.partitions).map(|p| (p, decide(topic, p)));
+                topics.push((topic.clone(), outcomes.collect()));
+            }
+        }
+    }
+    plan.topics = topics;
+    plan
+}
+
+/// One partition's election: the outcome and, when elected, its new state.
+fn decide_election(
+    image: &ClusterMetadata,
+    election: ElectionType,
+    topic: &str,
+    partition: i32,
+) -> (ElectionOutcome, Option<PartitionRecord>) {
+    let exists = image
+        .topics
+        .get(topic)
+        .is_some_and(|meta| (0..meta.partitions).contains(&partition));
+    if !exists {
+        return (ElectionOutcome::UnknownPartition, None);
+    }
+    let Some(record) = image.partition_record(topic, partition) else {
+        let outcome = match (image.leader(topic, partition), election) {
+            (Leader::ThisNode | Leader::Node(_), _) => ElectionOutcome::NotNeeded,
+            (Leader::Offline, ElectionType::Preferred) => ElectionOutcome::PreferredNotAvailable,
+            (Leader::Offline, ElectionType::Unclean) => ElectionOutcome::NoEligibleLeader,
+        };
+        return (outcome, None);
+    };
+    let is_alive = |candidate: NodeId| image.is_alive(candidate);
+    let next = match election {
+        ElectionType::Preferred => {
+            if record.leader.is_some() && record.leader == record.replicas.first().copied() {
+                return (ElectionOutcome::NotNeeded, None);
+            }
+            match record.leader {
+                Some(_) => preferred_election(record, &is_alive)
+                    .ok_or(ElectionOutcome::PreferredNotAvailable),
+                // Offline: Kafka's preferred election takes any live ISR
+                // member then (the controller would do so too, shortly).
+                None => elect_leader(record, is_alive, false)
+                    .map(|election| election.record)
+                    .ok_or(ElectionOutcome::PreferredNotAvailable),
+            }
+        }
+        ElectionType::Unclean => {
+            if record.leader.is_some() {
+                return (ElectionOutcome::NotNeeded, None);
+            }
+            elect_leader(record, is_alive, true)
+                .map(|election| election.record)
+                .ok_or(ElectionOutcome::NoEligibleLeader)
+        }
+    };
+    match next {
+        Ok(state) => match state.leader {
+            Some(leader) => (ElectionOutcome::Elected(leader), Some(state)),
+            // An election always names a leader.
+            None => (ElectionOutcome::NoEligibleLeader, None),
+        },
+        Err(outcome) => (outcome, None),
+    }
 }

@@ -3,7 +3,10 @@
 //! rules of partition changes and ISR proposals, the controller's
 //! leadership decisions, and replica placement over nodes and racks.
 use super::command::{MetadataCommand, ProposalId, Verdict};
-use super::leadership::{on_node_fenced, on_node_registered, preferred_leader_elections};
+use super::leadership::{
+    elections_for, on_node_fenced, on_node_registered, preferred_leader_elections, ElectionOutcome,
+    ElectionPlan, ElectionType,
+};
 use super::nodes::Leader;
 use super::partitions::initial_partition_records;
 use super::tests::node;
@@ -104,7 +107,7 @@ fn an_image_from_before_replication_state_loads_and_behaves_as_before() {
     });
     assert_eq!(moved.leader_epoch("t", 1), 5);
     assert!(on_node_fenced(&image, 1, true).is_empty());
-    assert!(on_node_registered(&image, 1).is_empty());
+    assert!(on_node_registered(&image, 1, true).is_empty());
     // A log entry from before decodes too.
     let entry = br#"{"proposal":{"node":1,"sequence":2},"records":[{"LeaderChange":{"topic":"t","partition":0}}]}"#;
     assert!(MetadataCommand::decode(entry).is_ok());
@@ -393,9 +396,9 @@ fn a_node_registering_again_leads_its_offline_partitions_and_preferred_ones() {
     assert_eq!(record(&fenced, "t", 0).leader, None);
     assert_eq!(record(&fenced, "t", 1).leader, Some(2));
     // Before it is alive again, nothing changes.
-    assert!(on_node_registered(&fenced, 1).is_empty());
+    assert!(on_node_registered(&fenced, 1, true).is_empty());
     let back = fenced.apply(&MetadataRecord::NodeRegistered(node(1, None)));
-    let changes = on_node_registered(&back, 1);
+    let changes = on_node_registered(&back, 1, true);
     assert_eq!(
         changes.len(),
         1,
@@ -412,7 +415,7 @@ fn a_node_registering_again_leads_its_offline_partitions_and_preferred_ones() {
     let rejoined = commit(&back, vec![proposal_for(&follower, 1, vec![2, 1])]);
     assert_eq!(
         preferred_leader_elections(&rejoined).len(),
-        on_node_registered(&rejoined, 1).len()
+        on_node_registered(&rejoined, 1, true).len()
     );
     let preferred = commit(&rejoined, preferred_leader_elections(&rejoined));
     let state = record(&preferred, "t", 1);
@@ -683,4 +686,261 @@ fn producer_id_blocks_never_overlap_between_nodes() {
     let again = two.apply(&block(1, 5000));
     assert_eq!(again.producer_id_blocks[&1], (5000, 6000));
     assert_eq!(again.next_producer_id, 6000);
+}
+
+#[test]
+fn without_automatic_rebalance_only_offline_partitions_get_a_leader_back() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None)]),
+        topic("t", vec![vec![1], vec![1, 2]]),
+    );
+    let fenced = commit(&fence(&image, 1), on_node_fenced(&image, 1, false));
+    let back = fenced.apply(&MetadataRecord::NodeRegistered(node(1, None)));
+    // The offline partition gets its leader either way.
+    assert_eq!(
+        on_node_registered(&back, 1, false),
+        on_node_registered(&back, 1, true)
+    );
+    let back = commit(&back, on_node_registered(&back, 1, false));
+    // Back in partition 1's ISR, node 1 is its preferred replica but does
+    // not lead again on its own.
+    let follower = record(&back, "t", 1);
+    let rejoined = commit(&back, vec![proposal_for(&follower, 1, vec![2, 1])]);
+    assert!(on_node_registered(&rejoined, 1, false).is_empty());
+    assert_eq!(on_node_registered(&rejoined, 1, true).len(), 1);
+}
+
+/// Three nodes, `t` with each node preferred for one partition; node 1 was
+/// fenced (partition 0 moved to node 2), came back and is in every ISR again.
+fn three_nodes_after_node_1_returned() -> ClusterMetadata {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None)]),
+        topic("t", vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]]),
+    );
+    let fenced = commit(&fence(&image, 1), on_node_fenced(&image, 1, false));
+    let back = fenced.apply(&MetadataRecord::NodeRegistered(node(1, None)));
+    let rejoins = (0..3)
+        .map(|partition| {
+            let state = record(&back, "t", partition);
+            let mut isr = state.isr.clone();
+            isr.push(1);
+            proposal_for(&state, partition, isr)
+        })
+        .collect();
+    let rejoined = commit(&back, rejoins);
+    assert_eq!(record(&rejoined, "t", 0).leader, Some(2));
+    rejoined
+}
+
+fn outcomes(plan: &ElectionPlan, topic: &str) -> Vec<(i32, ElectionOutcome)> {
+    plan.topics
+        .iter()
+        .find(|(name, _)| name == topic)
+        .map(|(_, outcomes)| outcomes.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_preferred_election_gives_each_partition_back_to_its_first_replica() {
+    let image = three_nodes_after_node_1_returned();
+    let before = record(&image, "t", 0);
+    let plan = elections_for(&image, ElectionType::Preferred, None);
+    assert_eq!(
+        outcomes(&plan, "t"),
+        vec![
+            (0, ElectionOutcome::Elected(1)),
+            (1, ElectionOutcome::NotNeeded),
+            (2, ElectionOutcome::NotNeeded),
+        ]
+    );
+    assert_eq!(plan.records.len(), 1, "only the partition that moves");
+    let elected = commit(&image, plan.records);
+    let state = record(&elected, "t", 0);
+    assert_eq!(state.leader, Some(1));
+    assert_eq!(state.isr, vec![1, 2, 3], "the ISR in preference order");
+    assert_eq!(state.leader_epoch, before.leader_epoch + 1);
+    assert_eq!(state.partition_epoch, before.partition_epoch + 1);
+    assert_eq!(elected.leader("t", 0), Leader::Node(1));
+    // Asked again: nothing to do.
+    let again = elections_for(&elected, ElectionType::Preferred, None);
+    assert!(again.records.is_empty());
+    assert!(outcomes(&again, "t")
+        .iter()
+        .all(|(_, outcome)| *outcome == ElectionOutcome::NotNeeded));
+}
+
+#[test]
+fn named_partitions_are_answered_in_request_order_each_decided_once() {
+    let image = three_nodes_after_node_1_returned();
+    let asked = vec![
+        ("t".to_string(), vec![2, 0, 0, 7]),
+        ("gone".to_string(), vec![0]),
+        ("t".to_string(), vec![-1]),
+    ];
+    let plan = elections_for(&image, ElectionType::Preferred, Some(&asked));
+    let topics: Vec<_> = plan.topics.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(topics, vec!["t", "gone", "t"]);
+    assert_eq!(
+        plan.topics[0].1,
+        vec![
+            (2, ElectionOutcome::NotNeeded),
+            (0, ElectionOutcome::Elected(1)),
+            (0, ElectionOutcome::Elected(1)),
+            (7, ElectionOutcome::UnknownPartition),
+        ]
+    );
+    assert_eq!(
+        plan.topics[1].1,
+        vec![(0, ElectionOutcome::UnknownPartition)]
+    );
+    assert_eq!(
+        plan.topics[2].1,
+        vec![(-1, ElectionOutcome::UnknownPartition)]
+    );
+    // One change for partition 0 although it was named twice: a second
+    // would be refused as stale and fail the whole command.
+    assert_eq!(plan.records.len(), 1);
+    commit(&image, plan.records);
+}
+
+#[test]
+fn a_preferred_replica_that_is_away_or_out_of_sync_cannot_be_elected() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None)]),
+        topic("t", vec![vec![1, 2, 3]]),
+    );
+    let fenced = commit(&fence(&image, 1), on_node_fenced(&image, 1, false));
+    let plan = elections_for(&fenced, ElectionType::Preferred, None);
+    assert_eq!(
+        outcomes(&plan, "t"),
+        vec![(0, ElectionOutcome::PreferredNotAvailable)],
+        "node 1 is fenced"
+    );
+    assert!(plan.records.is_empty());
+    // Alive again but not yet back in the ISR: still not.
+    let back = fenced.apply(&MetadataRecord::NodeRegistered(node(1, None)));
+    assert_eq!(
+        outcomes(&elections_for(&back, ElectionType::Preferred, None), "t"),
+        vec![(0, ElectionOutcome::PreferredNotAvailable)]
+    );
+    // A partition with a leader needs no unclean election.
+    assert_eq!(
+        outcomes(&elections_for(&back, ElectionType::Unclean, None), "t"),
+        vec![(0, ElectionOutcome::NotNeeded)]
+    );
+}
+
+#[test]
+fn an_unclean_election_leads_a_leaderless_partition_from_any_live_replica() {
+    let image = with_created(
+        &cluster(&[(1, None), (2, None)]),
+        topic("t", vec![vec![1, 2], vec![1], vec![2, 1]]),
+    );
+    // Partition 0's ISR is just node 1 (node 2 fell behind), partition 2's
+    // just node 2.
+    let shrunk = commit(
+        &image,
+        vec![
+            proposal_for(&record(&image, "t", 0), 0, vec![1]),
+            proposal_for(&record(&image, "t", 2), 2, vec![2]),
+        ],
+    );
+    let fenced = commit(&fence(&shrunk, 1), on_node_fenced(&shrunk, 1, false));
+    assert_eq!(record(&fenced, "t", 0).leader, None);
+    assert_eq!(record(&fenced, "t", 1).leader, None);
+    assert_eq!(record(&fenced, "t", 2).leader, Some(2));
+    // Preferred: no live ISR member, so no leader of any kind.
+    let preferred = elections_for(&fenced, ElectionType::Preferred, None);
+    assert_eq!(
+        outcomes(&preferred, "t")[..2],
+        [
+            (0, ElectionOutcome::PreferredNotAvailable),
+            (1, ElectionOutcome::PreferredNotAvailable),
+        ]
+    );
+    // Unclean (the topic does not allow it: asking is the consent).
+    assert!(!fenced.unclean_election_allowed("t", false));
+    let plan = elections_for(&fenced, ElectionType::Unclean, None);
+    assert_eq!(
+        outcomes(&plan, "t"),
+        vec![
+            (0, ElectionOutcome::Elected(2)),
+            (1, ElectionOutcome::NoEligibleLeader),
+            (2, ElectionOutcome::NotNeeded),
+        ]
+    );
+    let elected = commit(&fenced, plan.records);
+    let state = record(&elected, "t", 0);
+    assert_eq!((state.leader, state.isr.clone()), (Some(2), vec![2]));
+}
+
+#[test]
+fn a_preferred_election_of_an_offline_partition_takes_a_live_isr_member() {
+    // Replicas [2, 1]; the ISR is node 1 alone when node 1 is fenced.
+    let image = with_created(
+        &cluster(&[(1, None), (2, None)]),
+        topic("t", vec![vec![2, 1]]),
+    );
+    let image = commit(&fence(&image, 2), on_node_fenced(&image, 2, false));
+    assert_eq!(record(&image, "t", 0).isr, vec![1]);
+    let offline = commit(&fence(&image, 1), on_node_fenced(&image, 1, false));
+    assert_eq!(record(&offline, "t", 0).leader, None);
+    // Both come back; node 2 is out of the ISR, node 1 in it.
+    let back = [1, 2].iter().fold(offline, |image, id| {
+        image.apply(&MetadataRecord::NodeRegistered(node(*id, None)))
+    });
+    let plan = elections_for(&back, ElectionType::Preferred, None);
+    assert_eq!(outcomes(&plan, "t"), vec![(0, ElectionOutcome::Elected(1))]);
+}
+
+#[test]
+fn partitions_without_replication_state_never_need_an_election() {
+    // A single node: every partition is its own.
+    let mut meta = topic("s", Vec::new());
+    meta.partitions = 2;
+    let single = ClusterMetadata::default().with_topic(meta);
+    for election in [ElectionType::Preferred, ElectionType::Unclean] {
+        let plan = elections_for(&single, election, None);
+        assert!(plan.records.is_empty());
+        assert_eq!(
+            outcomes(&plan, "s"),
+            vec![
+                (0, ElectionOutcome::NotNeeded),
+                (1, ElectionOutcome::NotNeeded)
+            ]
+        );
+    }
+    // A cluster topic from before replication state: led by its first
+    // replica while alive, offline otherwise.
+    let old = cluster(&[(1, None), (2, None)]).with_topic(topic("t", vec![vec![1], vec![2]]));
+    let old = fence(&old, 2);
+    let plan = elections_for(&old, ElectionType::Preferred, None);
+    assert_eq!(
+        outcomes(&plan, "t"),
+        vec![
+            (0, ElectionOutcome::NotNeeded),
+            (1, ElectionOutcome::PreferredNotAvailable)
+        ]
+    );
+    let plan = elections_for(&old, ElectionType::Unclean, None);
+    assert_eq!(
+        outcomes(&plan, "t")[1],
+        (1, ElectionOutcome::NoEligibleLeader)
+    );
+    assert!(plan.records.is_empty());
+}
+
+#[test]
+fn an_election_decided_on_an_older_image_is_refused_as_stale_and_decided_again() {
+    let image = three_nodes_after_node_1_returned();
+    let plan = elections_for(&image, ElectionType::Preferred, None);
+    // Meanwhile partition 0's leader shrank its ISR.
+    let state = record(&image, "t", 0);
+    let moved = commit(&image, vec![proposal_for(&state, 0, vec![2, 1])]);
+    let (_, verdict) = moved.apply_command(moved.log_offset + 1, &command(None, plan.records));
+    assert!(matches!(verdict, Verdict::Refused(reason) if reason.is_stale()));
+    let again = elections_for(&moved, ElectionType::Preferred, None);
+    let elected = commit(&moved, again.records);
+    assert_eq!(record(&elected, "t", 0).leader, Some(1));
+    assert_eq!(record(&elected, "t", 0).isr, vec![1, 2]);
 }
