@@ -119,13 +119,24 @@ pub enum FrameError {
 }
 
 pub fn encode_frame(kind: FrameKind, body: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(HEADER_BYTES + body.len());
+    encode_frame_parts(kind, &[body])
+}
+
+/// A frame whose body is `parts` joined (one copy of each part).
+pub fn encode_frame_parts(kind: FrameKind, parts: &[&[u8]]) -> Vec<u8> {
+    let length: usize = parts.iter().map(|part| part.len()).sum();
+    let crc = parts
+        .iter()
+        .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
+    let mut frame = Vec::with_capacity(HEADER_BYTES + length);
     frame.extend_from_slice(&MAGIC);
     frame.push(VERSION);
     frame.push(kind as u8);
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
-    frame.extend_from_slice(body);
+    frame.extend_from_slice(&(length as u32).to_be_bytes());
+    frame.extend_from_slice(&crc.to_be_bytes());
+    for part in parts {
+        frame.extend_from_slice(part);
+    }
     frame
 }
 
@@ -193,10 +204,15 @@ impl Transport {
     /// Queues a frame for `to`; dropped (and `false`) when the peer is
     /// unknown or its queue is full.
     pub fn send(self: &Rc<Self>, to: i32, kind: FrameKind, body: &[u8]) -> bool {
+        self.send_parts(to, kind, &[body])
+    }
+
+    /// [`Transport::send`] of a body in parts (copied once, into the frame).
+    pub fn send_parts(self: &Rc<Self>, to: i32, kind: FrameKind, parts: &[&[u8]]) -> bool {
         if to == self.me {
             return false;
         }
-        let frame = encode_frame(kind, body);
+        let frame = encode_frame_parts(kind, parts);
         if let Some(queue) = self.queues.borrow().get(&to) {
             return queue.try_send(frame).is_ok();
         }

@@ -189,8 +189,13 @@ impl ReplicaLinks {
                 };
                 match encode_replica_fetch_answer(&answer, &limits) {
                     Ok(body) => {
+                        let parts: Vec<&[u8]> = body
+                            .segments
+                            .iter()
+                            .map(|segment| segment.as_ref())
+                            .collect();
                         self.transport
-                            .send(peer, FrameKind::ReplicaFetchAnswer, &body.to_vec());
+                            .send_parts(peer, FrameKind::ReplicaFetchAnswer, &parts);
                     }
                     Err(error) => tracing::warn!(peer, %error, "cannot encode a replica answer"),
                 }
