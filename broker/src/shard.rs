@@ -1141,6 +1141,10 @@ impl Shard {
             Err(partition) => {
                 // A request still holds it: make its data durable anyway
                 // (the snapshot waits for that), with its producer state.
+                // Its replication ends now (waiting produces fail).
+                if let Some(replicated) = partition.replicated() {
+                    replicated.stop();
+                }
                 if let Err(error) = partition.snapshot_producers().await {
                     tracing::warn!(shard = self.id, topic, partition = index, %error, "producer-state snapshot at shutdown failed");
                 }

@@ -137,10 +137,21 @@ impl Partition {
     }
 
     /// Drops a diverged suffix: the log then ends at `offset` (an error if
-    /// storage could not end it exactly there).
+    /// storage could not end it exactly there). The idempotent producers'
+    /// state is loaded again from what is left: batches of the dropped
+    /// suffix must not be recognised as duplicates of a retry (the retry
+    /// would be acknowledged at an offset that now holds another record).
     pub async fn truncate_for_replica(&self, offset: i64) -> anyhow::Result<()> {
         let offset = u64::try_from(offset).unwrap_or(0);
         self.log.truncate_to(offset).await?;
+        let (label, limits) = {
+            let states = self.producers.states.borrow();
+            (states.label().to_string(), states.limits())
+        };
+        let loaded =
+            crate::producer::snapshot::load(&self.log, label, limits, crate::clock::now_ms()).await;
+        *self.producers.states.borrow_mut() = loaded.states;
+        self.producers.snapshot.reset(loaded.mark);
         let end = self.log.offsets().next_offset;
         if end != offset {
             anyhow::bail!("the log ends at {end} after truncating to {offset}");

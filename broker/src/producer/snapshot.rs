@@ -514,6 +514,12 @@ impl SnapshotSlot {
     pub fn mark(&self) -> SnapshotMark {
         self.mark.get()
     }
+
+    /// After the state was loaded again (a truncated log): the snapshot
+    /// the new state came from.
+    pub fn reset(&self, mark: SnapshotMark) {
+        self.mark.set(mark);
+    }
 }
 
 fn active_segment_base(log: &PartitionLog) -> u64 {

@@ -444,6 +444,11 @@ pub async fn run_pump(
         if replicated.stopped.get() {
             return;
         }
+        // A closed (or failed) log makes no progress: waiting on it would
+        // return at once, forever. The partition is gone or going.
+        if watcher.is_finished() || weak_partition.strong_count() == 0 {
+            return;
+        }
         let next = replicated.work.borrow_mut().pop_front();
         let Some(work) = next else {
             // Storage holds what the machine counts: its durable offset

@@ -405,6 +405,13 @@ impl ProgressWatcher {
         offsets_of(&self.shared.state.borrow())
     }
 
+    /// Whether the log will not make progress any more (closing, closed
+    /// or failed): a waiter must stop waiting on it.
+    pub fn is_finished(&self) -> bool {
+        let state = self.shared.state.borrow();
+        state.closing || state.failed.is_some()
+    }
+
     /// As [`PartitionLog::wait_for_progress`].
     pub async fn wait_for_progress(&self, since: LogOffsets) {
         poll_fn(|context| {
