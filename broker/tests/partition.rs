@@ -105,3 +105,77 @@ fn an_append_on_a_stalled_disk_times_out_and_commits_once_the_disk_answers() {
     });
     drop(fs);
 }
+
+/// An idempotent producer's batch: producer 77, epoch 0, `sequence`.
+fn producer_batch(sequence: i32) -> bytes::Bytes {
+    use kafki_storage::compression::Compression;
+    use kafki_storage::records::{assemble_batch, encode_record, BatchFields, NewRecord};
+    let mut section = Vec::new();
+    let value = format!("value-{sequence}").into_bytes();
+    encode_record(
+        &mut section,
+        &NewRecord {
+            offset_delta: 0,
+            timestamp_delta: 0,
+            key: None,
+            value: Some(&value),
+            headers: &[],
+        },
+    );
+    // Stamped now: the state of producers silent for longer than
+    // `producer.id.expiration.ms` is dropped when it is loaded.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64);
+    let fields = BatchFields {
+        last_offset_delta: 0,
+        base_timestamp: now,
+        max_timestamp: now,
+        producer_id: 77,
+        producer_epoch: 0,
+        base_sequence: sequence,
+        records_count: 1,
+        ..BatchFields::default()
+    };
+    let mut batch = Vec::new();
+    assemble_batch(&mut batch, &fields, Compression::None, &section);
+    bytes::Bytes::from(batch)
+}
+
+#[test]
+fn a_truncated_suffix_leaves_no_producer_state_behind() {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).expect("test base dir");
+    let work = tempfile::tempdir_in(&base).expect("tempdir");
+    let path = work.path().join("t-0");
+    run(move || async move {
+        let partition = open_partition(path).await;
+        for sequence in 0..2 {
+            let appended = partition
+                .append(vec![producer_batch(sequence)], Acks::All, None)
+                .await
+                .expect("appended");
+            assert_eq!(appended.base_offset, sequence as u64);
+        }
+        // A replica drops its diverged suffix: the batch of sequence 1.
+        partition.truncate_for_replica(1).await.expect("truncated");
+        assert_eq!(partition.offsets().log_end_offset, 1);
+        // The producer's retry of sequence 1 is appended again, not taken
+        // for a duplicate of the dropped batch (which would acknowledge it
+        // at an offset that no longer holds it).
+        let retried = partition
+            .append(vec![producer_batch(1)], Acks::All, None)
+            .await
+            .expect("appended again");
+        assert_eq!(retried.base_offset, 1);
+        assert_eq!(partition.offsets().log_end_offset, 2);
+        // And a real duplicate is still recognised.
+        let duplicate = partition
+            .append(vec![producer_batch(1)], Acks::All, None)
+            .await
+            .expect("duplicate acknowledged");
+        assert_eq!(duplicate.base_offset, 1);
+        assert_eq!(partition.offsets().log_end_offset, 2);
+        partition.close().await.expect("close");
+    });
+}
