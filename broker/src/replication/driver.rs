@@ -518,9 +518,13 @@ pub async fn run_pump(
                                 batches
                             }
                             Err(error) => {
-                                tracing::warn!(topic = %replicated.topic, partition = replicated.index, %error, "reading records for a follower");
-                                ranges.clear();
-                                Vec::new()
+                                // No answer: the follower asks again after
+                                // its fetch timeout, not in a tight loop. A
+                                // fetch below this log's start (retention,
+                                // DeleteRecords) cannot be served yet: the
+                                // follower does not move to the log start.
+                                tracing::warn!(topic = %replicated.topic, partition = replicated.index, follower = to, %error, "cannot read records for a follower; it retries after its fetch timeout");
+                                continue;
                             }
                         }
                     }
