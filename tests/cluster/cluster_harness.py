@@ -648,6 +648,48 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 1, replication_fa
     wait_until(ready, timeout, 0.1, f"metadata for {topic}")
 
 
+def partitions_of(client, topic: str) -> dict | None:
+    """partition -> confluent PartitionMetadata (leader, replicas, isrs) as
+    `client` (an AdminClient) sees it, or None when metadata is not
+    available (yet)."""
+    from confluent_kafka import KafkaException
+    try:
+        md = client.list_topics(topic=topic, timeout=5)
+    except KafkaException:
+        return None
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        return None
+    return dict(t.partitions)
+
+
+def describe(parts: dict | None) -> str:
+    """One line per partition's leader, replicas and ISR, for failure messages."""
+    if not parts:
+        return "no metadata"
+    return "; ".join(f"p{p}: leader {m.leader} replicas {list(m.replicas)} isr {list(m.isrs)}"
+                     for p, m in sorted(parts.items()))
+
+
+def wait_for_partitions(client, topic: str, ok, timeout: float, what: str,
+                        interval: float = 0.2) -> dict:
+    """Poll metadata until ok(partitions) holds; the failure shows the last
+    metadata seen. Returns the partitions' metadata."""
+    last: dict = {}
+
+    def settled():
+        parts = partitions_of(client, topic)
+        last["parts"] = parts
+        return parts is not None and ok(parts)
+
+    try:
+        wait_until(settled, timeout, interval, what)
+    except AssertionError:
+        raise AssertionError(f"{topic}: no {what} after {timeout}s: "
+                             f"{describe(last.get('parts'))}") from None
+    return last["parts"]
+
+
 # ---------------------------------------------------------------------------- smoke
 
 

@@ -78,7 +78,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster_harness import consume_partition, wait_until
+from cluster_harness import (consume_partition, describe, partitions_of, wait_for_partitions,
+                             wait_until)
 from replication_checker import AckLog, assert_no_problems, check_log, check_reads_kept
 
 FAST = {"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500"}
@@ -141,43 +142,14 @@ def _admin(bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
 
 
-def partitions_of(client: AdminClient, topic: str) -> dict | None:
-    """partition -> PartitionMetadata, or None when metadata is unavailable."""
-    try:
-        md = client.list_topics(topic=topic, timeout=5)
-    except KafkaException:
-        return None
-    t = md.topics.get(topic)
-    if t is None or t.error is not None or not t.partitions:
-        return None
-    return dict(t.partitions)
-
-
-def describe(parts: dict | None) -> str:
-    if not parts:
-        return "no metadata"
-    return "; ".join(f"p{p}: leader {m.leader} replicas {list(m.replicas)} isr {list(m.isrs)}"
-                     for p, m in sorted(parts.items()))
-
-
 def wait_for_full_isr(bootstrap: str, topic: str, timeout: float) -> dict:
     """Every partition has a leader, inside an ISR equal to its RF replicas."""
-    client = _admin(bootstrap)
-    last: dict = {}
-
-    def whole():
-        parts = partitions_of(client, topic)
-        last["parts"] = parts
-        return parts is not None and len(parts) == PARTITIONS and all(
+    return wait_for_partitions(
+        _admin(bootstrap), topic,
+        lambda parts: len(parts) == PARTITIONS and all(
             m.leader >= 0 and m.leader in m.isrs and len(m.replicas) == RF
-            and set(m.isrs) == set(m.replicas) for m in parts.values())
-
-    try:
-        wait_until(whole, timeout, 0.25, "full ISR")
-    except AssertionError:
-        raise AssertionError(f"{topic}: no leader and full ISR for every partition after "
-                             f"{timeout}s: {describe(last.get('parts'))}") from None
-    return last["parts"]
+            and set(m.isrs) == set(m.replicas) for m in parts.values()),
+        timeout, "leader and full ISR for every partition", interval=0.25)
 
 
 def high_watermark(bootstrap: str, topic: str, partition: int, timeout: float = 30.0) -> int:

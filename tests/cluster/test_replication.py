@@ -44,7 +44,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster_harness import consume_partition, wait_until
+from cluster_harness import (consume_partition, describe, partitions_of, wait_for_partitions,
+                             wait_until)
 from kafki_harness import (connect, frame, header_v1, parse_produce_v9_response, produce_v9,
                            record_batch, recv_response)
 from replication_checker import (AckLog, assert_no_problems, check_log, check_prefix_kept,
@@ -111,51 +112,13 @@ def create_replicated(bootstrap: str, topic: str, partitions: int, min_insync: i
                              f"min.insync.replicas={min_insync}) refused: {e}") from None
 
 
-def partitions_of(bootstrap: str, topic: str) -> dict | None:
-    """partition -> confluent PartitionMetadata (leader, replicas, isrs), or
-    None when metadata is not available (yet)."""
-    try:
-        md = admin(bootstrap).list_topics(topic=topic, timeout=5)
-    except KafkaException:
-        return None
-    t = md.topics.get(topic)
-    if t is None or t.error is not None or not t.partitions:
-        return None
-    return dict(t.partitions)
-
-
-def describe(parts: dict | None) -> str:
-    if not parts:
-        return "no metadata"
-    return "; ".join(f"p{p}: leader {m.leader} replicas {list(m.replicas)} isr {list(m.isrs)}"
-                     for p, m in sorted(parts.items()))
-
-
-def wait_for_partitions(bootstrap: str, topic: str, ok, timeout: float, what: str) -> dict:
-    """Poll metadata until ok(partitions) holds; the failure shows the last
-    metadata seen. Returns the partitions' metadata."""
-    last: dict = {}
-
-    def settled():
-        parts = partitions_of(bootstrap, topic)
-        last["parts"] = parts
-        return parts is not None and ok(parts)
-
-    try:
-        wait_until(settled, timeout, 0.2, what)
-    except AssertionError:
-        raise AssertionError(f"{topic}: no {what} after {timeout}s: "
-                             f"{describe(last.get('parts'))}") from None
-    return last["parts"]
-
-
 def wait_for_isr(bootstrap: str, topic: str, isr=None, timeout: float = 30.0,
                  what: str = "") -> dict:
     """Poll metadata until every partition has a leader inside its ISR and
     the ISR is `isr` (a set of node ids; None: all its replicas). Returns the
     partitions' metadata."""
     want = "all replicas" if isr is None else sorted(isr)
-    return wait_for_partitions(bootstrap, topic, lambda parts: all(
+    return wait_for_partitions(admin(bootstrap), topic, lambda parts: all(
         m.leader in m.isrs and set(m.isrs) == (set(m.replicas) if isr is None else set(isr))
         for m in parts.values()), timeout, f"ISR of {want}{what}")
 
@@ -420,7 +383,7 @@ def test_leader_kill9_under_acks_all_load_loses_and_duplicates_nothing(cluster_f
     with running(load, tail):
         load.wait_for_acks(lambda: acks.ack_count() >= before_kill, 30,
                            f"{before_kill} acks before the kill")
-        parts = partitions_of(c.bootstrap, topic)
+        parts = partitions_of(admin(c.bootstrap), topic)
         assert parts, f"no metadata for {topic} under load"
         victim = parts[0].leader
         led = {p for p, m in parts.items() if m.leader == victim}
@@ -439,7 +402,7 @@ def test_leader_kill9_under_acks_all_load_loses_and_duplicates_nothing(cluster_f
     # acks=all went on, so the survivors lead and the dead node left the ISR.
     survivors = set(c.ids) - {victim}
     bootstrap = live_bootstrap(c)
-    wait_for_partitions(bootstrap, topic, lambda parts: all(
+    wait_for_partitions(admin(bootstrap), topic, lambda parts: all(
         parts[p].leader in survivors and victim not in parts[p].isrs for p in led), 10,
         f"partitions {sorted(led)} led by a survivor, node {victim} out of their ISR")
 

@@ -284,18 +284,19 @@ pub async fn alter_configs(
         let result = AlterResult::default()
             .with_resource_type(resource.resource_type)
             .with_resource_name(resource.resource_name.clone());
+        // AlterConfigs replaces the whole set: entries without a value go.
+        let replacement: BTreeMap<String, String> = resource
+            .configs
+            .iter()
+            .filter_map(|config| {
+                config
+                    .value
+                    .as_ref()
+                    .map(|value| (config.name.to_string(), value.to_string()))
+            })
+            .collect();
         let outcome = match resource.resource_type {
             RESOURCE_TOPIC => {
-                let replacement: BTreeMap<String, String> = resource
-                    .configs
-                    .iter()
-                    .filter_map(|config| {
-                        config
-                            .value
-                            .as_ref()
-                            .map(|value| (config.name.to_string(), value.to_string()))
-                    })
-                    .collect();
                 replace_topic_configs(
                     shard,
                     resource.resource_name.to_string(),
@@ -305,16 +306,6 @@ pub async fn alter_configs(
                 .await
             }
             RESOURCE_BROKER => {
-                let replacement: BTreeMap<String, String> = resource
-                    .configs
-                    .iter()
-                    .filter_map(|config| {
-                        config
-                            .value
-                            .as_ref()
-                            .map(|value| (config.name.to_string(), value.to_string()))
-                    })
-                    .collect();
                 replace_broker_configs(
                     shard,
                     resource.resource_name.to_string(),

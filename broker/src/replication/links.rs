@@ -327,11 +327,7 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
                     return;
                 }
             };
-            let mut by_shard: HashMap<usize, Vec<PartitionFetch>> = HashMap::new();
-            for part in fetch.partitions {
-                let owner = owner_of(&image, &shard, &part.partition);
-                by_shard.entry(owner).or_default().push(part);
-            }
+            let by_shard = by_owner(&image, &shard, fetch.partitions, |part| &part.partition);
             for (owner, parts) in by_shard {
                 let from = frame.from;
                 let _ = shard
@@ -350,11 +346,7 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
                     return;
                 }
             };
-            let mut by_shard: HashMap<usize, Vec<PartitionAnswer>> = HashMap::new();
-            for part in answer.partitions {
-                let owner = owner_of(&image, &shard, &part.partition);
-                by_shard.entry(owner).or_default().push(part);
-            }
+            let by_shard = by_owner(&image, &shard, answer.partitions, |part| &part.partition);
             for (owner, parts) in by_shard {
                 let from = frame.from;
                 let _ = shard
@@ -366,6 +358,21 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
         }
         _ => {}
     }
+}
+
+/// `parts` grouped by the shard owning each one's partition here.
+fn by_owner<T>(
+    image: &ClusterMetadata,
+    shard: &Shard,
+    parts: Vec<T>,
+    partition: impl Fn(&T) -> &super::wire::ReplicaPartition,
+) -> HashMap<usize, Vec<T>> {
+    let mut by_shard: HashMap<usize, Vec<T>> = HashMap::new();
+    for part in parts {
+        let owner = owner_of(image, shard, partition(&part));
+        by_shard.entry(owner).or_default().push(part);
+    }
+    by_shard
 }
 
 fn owner_of(
