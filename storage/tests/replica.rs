@@ -1,7 +1,8 @@
 //! A follower's log: batches appended exactly as the leader stored them
 //! (`append_replicated`), a diverged suffix cut by leader epoch
-//! (`truncate_to`), and the result identical to the leader's log byte for
-//! byte, through a restart.
+//! (`truncate_to`), a log emptied to start again at its leader's log start
+//! (`truncate_fully_and_start_at`), and the result identical to the
+//! leader's log byte for byte, through a restart.
 
 mod common;
 
@@ -238,5 +239,73 @@ fn gaps_stale_epochs_and_damaged_batches() {
         .map(|(header, _)| header.base_offset)
         .collect();
         assert_eq!(held, vec![0, 15, 20]);
+    });
+}
+
+#[test]
+fn a_follower_below_the_leaders_log_start_starts_again_there() {
+    let dir = test_dir();
+    let (leader_dir, follower_dir) = (dir.path().join("leader"), dir.path().join("follower"));
+    run(move || async move {
+        let small_segments = LogConfig {
+            segment_bytes: 4 * 1024,
+            ..config()
+        };
+        let leader = PartitionLog::open(&leader_dir, small_segments.clone())
+            .await
+            .expect("open");
+        let follower = PartitionLog::open(&follower_dir, small_segments.clone())
+            .await
+            .expect("open");
+        for index in 0..60u8 {
+            let batch = make_batch(1_000, 2, 200, index);
+            leader.append(batch.clone(), 3).await.expect("append");
+            if index < 5 {
+                follower.append(batch, 3).await.expect("append");
+            }
+        }
+        leader.flush().await.expect("flush");
+        // DeleteRecords on the leader: offsets below 80 are gone.
+        let log_start = leader.truncate_before(80).await.expect("delete records");
+        assert!(log_start > 10, "the leader deleted past the follower's end");
+        assert!(matches!(
+            leader.read(10, 1 << 20, u64::MAX).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+
+        follower
+            .truncate_fully_and_start_at(log_start)
+            .await
+            .expect("start again");
+        let offsets = follower.offsets();
+        assert_eq!(
+            (
+                offsets.log_start_offset,
+                offsets.next_offset,
+                offsets.durable_offset
+            ),
+            (log_start, log_start, log_start)
+        );
+        assert!(follower.leader_epochs().is_empty());
+        for batch in stored_batches(&leader, log_start).await {
+            follower.append_replicated(batch).await.expect("replicate");
+        }
+        follower.flush().await.expect("flush");
+        assert_eq!(follower.leader_epochs(), vec![(3, log_start)]);
+        assert_eq!(
+            stored_batches(&follower, log_start).await,
+            stored_batches(&leader, log_start).await
+        );
+        follower.close().await.expect("close");
+
+        let follower = PartitionLog::open(&follower_dir, small_segments)
+            .await
+            .expect("reopen");
+        assert_eq!(follower.offsets().log_start_offset, log_start);
+        assert_eq!(follower.offsets().next_offset, 120);
+        assert_eq!(
+            stored_batches(&follower, log_start).await,
+            stored_batches(&leader, log_start).await
+        );
     });
 }

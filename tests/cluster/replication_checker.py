@@ -20,6 +20,9 @@ pairs, in the order read. The checks compare the two:
 - `check_prefix_kept(before, after)`: a later full read starts with the
   whole earlier one (nothing previously read disappears or changes).
 
+`read_batches(folder)` reads a partition folder's segment files as they
+are on disk (to compare replicas byte for byte).
+
 Each returns a list of problems (empty: fine); `assert_no_problems` turns
 them into one AssertionError that names the first few of each kind.
 
@@ -31,9 +34,11 @@ Self-test: `python3 tests/cluster/replication_checker.py`
 from __future__ import annotations
 
 import collections
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SHOW = 5  # how many examples of each kind of problem a message names
 
@@ -383,3 +388,33 @@ def self_test() -> None:
 if __name__ == "__main__":
     self_test()
     print("replication_checker self-test passed")
+
+
+Batch = collections.namedtuple("Batch", "base last data file position")
+
+
+def read_batches(part_dir: Path) -> tuple[list[Batch], list[str]]:
+    """Every record batch of a partition folder's segments, in offset order:
+    a batch is [base offset int64][length int32][length bytes]; a length of 0
+    starts the preallocated zero tail (end of the file's data). Also returns
+    notes on how each file ended when not at a zero tail or at its end."""
+    batches: list[Batch] = []
+    notes: list[str] = []
+    files = sorted(part_dir.glob("*.log"), key=lambda f: int(f.stem))
+    for f in files:
+        data = f.read_bytes()
+        pos = 0
+        while pos + 12 <= len(data):
+            base, length = struct.unpack_from(">qi", data, pos)
+            if length == 0:
+                if any(data[pos:pos + 4096]):
+                    notes.append(f"{f.name}: length 0 at byte {pos} but non-zero bytes follow")
+                break
+            if length < 49 or pos + 12 + length > len(data):
+                notes.append(f"{f.name}: batch at byte {pos} (base {base}, length {length}) "
+                             f"runs past the file ({len(data)} bytes) or is too short")
+                break
+            (delta,) = struct.unpack_from(">i", data, pos + 23)
+            batches.append(Batch(base, base + delta, data[pos:pos + 12 + length], f.name, pos))
+            pos += 12 + length
+    return batches, notes

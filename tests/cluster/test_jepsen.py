@@ -80,7 +80,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster_harness import (consume_partition, describe, partitions_of, wait_for_partitions,
                              wait_until)
-from replication_checker import AckLog, assert_no_problems, check_log, check_reads_kept
+from replication_checker import (AckLog, Batch, assert_no_problems, check_log, check_reads_kept,
+                                 read_batches)
 
 FAST = {"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500"}
 SETTINGS = {**FAST, "replica.lag.time.max.ms": "3000"}
@@ -402,36 +403,6 @@ class Nemesis(Worker):
 
 
 # ---------------------------------------------------------------------------- segments on disk
-
-
-Batch = collections.namedtuple("Batch", "base last data file position")
-
-
-def read_batches(part_dir: Path) -> tuple[list[Batch], list[str]]:
-    """Every record batch of a partition folder's segments, in offset order:
-    a batch is [base offset int64][length int32][length bytes]; a length of 0
-    starts the preallocated zero tail (end of the file's data). Also returns
-    notes on how each file ended when not at a zero tail or at its end."""
-    batches: list[Batch] = []
-    notes: list[str] = []
-    files = sorted(part_dir.glob("*.log"), key=lambda f: int(f.stem))
-    for f in files:
-        data = f.read_bytes()
-        pos = 0
-        while pos + 12 <= len(data):
-            base, length = struct.unpack_from(">qi", data, pos)
-            if length == 0:
-                if any(data[pos:pos + 4096]):
-                    notes.append(f"{f.name}: length 0 at byte {pos} but non-zero bytes follow")
-                break
-            if length < 49 or pos + 12 + length > len(data):
-                notes.append(f"{f.name}: batch at byte {pos} (base {base}, length {length}) "
-                             f"runs past the file ({len(data)} bytes) or is too short")
-                break
-            (delta,) = struct.unpack_from(">i", data, pos + 23)
-            batches.append(Batch(base, base + delta, data[pos:pos + 12 + length], f.name, pos))
-            pos += 12 + length
-    return batches, notes
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:

@@ -14,6 +14,9 @@ Kafka's contract states it and real clients see it:
   sync it is still acknowledged under min.insync.replicas=2 and refused with
   NOT_ENOUGH_REPLICAS under 3 (acks=1 still works); the follower rejoins the
   ISR when it comes back and acks=all works again.
+- A follower that was down while the leader deleted the records it needs
+  next (DeleteRecords, retention) starts its log again at the leader's log
+  start, copies the rest and rejoins the ISR; its copy is byte-identical.
 - Idempotent producers that enter through different nodes get distinct
   producer ids: none of their records is taken for another's retry.
 - Kafka's own `kafka-topics.sh --describe` shows ReplicationFactor 3 and
@@ -49,7 +52,7 @@ from cluster_harness import (consume_partition, describe, partitions_of, wait_fo
 from kafki_harness import (connect, frame, header_v1, parse_produce_v9_response, produce_v9,
                            record_batch, recv_response)
 from replication_checker import (AckLog, assert_no_problems, check_log, check_prefix_kept,
-                                 check_reads_kept, self_test)
+                                 check_reads_kept, read_batches, self_test)
 
 FAST = {"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500"}
 SETTINGS = {**FAST, "replica.lag.time.max.ms": "3000"}
@@ -97,13 +100,13 @@ def live_bootstrap(c) -> str:
 
 
 def create_replicated(bootstrap: str, topic: str, partitions: int, min_insync: int,
-                      timeout: float = 30.0):
-    """CreateTopics with replication factor 3 and min.insync.replicas; fails
-    the test with the broker's error when refused."""
+                      timeout: float = 30.0, config: dict | None = None):
+    """CreateTopics with replication factor 3, min.insync.replicas and any
+    other `config`; fails the test with the broker's error when refused."""
     client = admin(bootstrap)  # kept until the answer: a dropped client fails its futures
     futures = client.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=RF,
-                  config={"min.insync.replicas": str(min_insync)})],
+                  config={"min.insync.replicas": str(min_insync), **(config or {})})],
         operation_timeout=timeout, request_timeout=timeout)
     try:
         futures[topic].result(timeout=timeout + 5)
@@ -544,6 +547,60 @@ def test_min_insync_replicas_decides_acks_all_when_a_follower_dies(cluster_facto
 
 
 @pytest.mark.timeout(90)
+def test_a_follower_below_the_leaders_log_start_starts_again_there(cluster_factory):
+    """A follower is down while 300 more records arrive (small segments) and
+    DeleteRecords moves the leader's log start past everything the follower
+    has. Restarted, it cannot fetch from its own log end: the leader tells
+    it where its log starts, the follower empties its log, starts there,
+    copies the rest and rejoins the ISR. Its batches are the leader's, byte
+    for byte, from the new log start to the high watermark."""
+    topic = "restart-at-log-start"
+    c = cluster_factory(3, settings=SETTINGS)
+    c.wait_for_controller(30)
+    c.wait_for_nodes_alive([1, 2, 3], 30)
+    create_replicated(c.bootstrap, topic, 1, min_insync=2, config={"segment.bytes": "4096"})
+    leader = wait_for_isr(c.bootstrap, topic, timeout=15, what=" after creation")[0].leader
+    follower = next(i for i in c.ids if i != leader)
+    acks = AckLog()
+    producer = idempotent_producer(c.bootstrap)
+    produce_some(producer, topic, acks, (f"early-{i}" for i in range(20)))
+
+    c[follower].stop()
+    survivors = set(c.ids) - {follower}
+    bootstrap = live_bootstrap(c)
+    wait_for_isr(bootstrap, topic, survivors, timeout=20, what=f" after stopping {follower}")
+    produce_some(producer, topic, acks, (f"late-{i:03d}-" + "x" * 150 for i in range(300)))
+    client = admin(bootstrap)
+    done = client.delete_records([TopicPartition(topic, 0, 250)], request_timeout=30)
+    low = next(iter(done.values())).result(timeout=35).low_watermark
+    assert low == 250, f"DeleteRecords to 250 left the log start at {low}"
+    follower_end = max((b.last + 1 for b in read_batches(c[follower].data_dir / f"{topic}-0")[0]),
+                       default=0)
+    assert follower_end < low, f"the stopped follower holds up to {follower_end}, not below {low}"
+
+    c[follower].start()
+    wait_for_isr(live_bootstrap(c), topic, timeout=30,
+                 what=f" after restarting {follower} below the leader's log start {low}")
+    high = high_watermark(live_bootstrap(c), topic, 0)
+    assert high == 320, f"high watermark {high}: 320 records were acknowledged"
+    # From the batch holding the log start (DeleteRecords may cut a batch:
+    # the follower then starts at that batch's base, as Kafka's does).
+    leader_batches = [b.data for b in read_batches(c[leader].data_dir / f"{topic}-0")[0]
+                      if b.last >= low and b.base < high]
+    deadline = time.monotonic() + 10
+    while True:
+        copied, notes = read_batches(c[follower].data_dir / f"{topic}-0")
+        if [b.data for b in copied if b.base < high] == leader_batches:
+            break
+        assert time.monotonic() < deadline, (
+            f"node {follower}'s batches {[(b.base, b.last) for b in copied][:5]}... differ from "
+            f"the leader's from {low} to {high} (notes: {notes[:3]})")
+        time.sleep(0.2)
+    assert copied[0].base <= low <= copied[0].last, \
+        f"the follower's log starts with offsets {copied[0].base}..{copied[0].last}, not at {low}"
+    assert "log started again at the leader's log start" in c[follower].log_text()
+
+
 def test_idempotent_producers_entering_through_different_nodes_do_not_collide(cluster_factory):
     """Producer ids are unique in the cluster, whichever node hands them out
     (Kafka allocates them through the controller). A second producer given

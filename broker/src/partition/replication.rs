@@ -125,6 +125,20 @@ impl Partition {
     /// did, so a producer retrying after a failover is recognised here.
     pub async fn append_from_leader(&self, batch: Bytes) -> LogResult<()> {
         let header = BatchHeader::parse(&batch).ok();
+        if let Some(header) = &header {
+            // A log just started again at the leader's log start, which
+            // DeleteRecords may have put inside a batch: the leader sends
+            // that whole batch, so the log starts at its base instead
+            // (Kafka's follower does the same).
+            let offsets = self.log.offsets();
+            let base = u64::try_from(header.base_offset).unwrap_or(u64::MAX);
+            let holds_next = base < offsets.next_offset
+                && u64::try_from(header.last_offset())
+                    .is_ok_and(|last| last >= offsets.next_offset);
+            if offsets.next_offset == offsets.log_start_offset && holds_next {
+                self.log.truncate_fully_and_start_at(base).await?;
+            }
+        }
         let info = self.log.append_replicated(batch).await?;
         if let Some(header) = header {
             self.producers.states.borrow_mut().record(
@@ -144,6 +158,26 @@ impl Partition {
     pub async fn truncate_for_replica(&self, offset: i64) -> anyhow::Result<()> {
         let offset = u64::try_from(offset).unwrap_or(0);
         self.log.truncate_to(offset).await?;
+        self.reload_producers().await;
+        let end = self.log.offsets().next_offset;
+        if end != offset {
+            anyhow::bail!("the log ends at {end} after truncating to {offset}");
+        }
+        Ok(())
+    }
+
+    /// Drops the whole log and starts it again, empty, at `offset` (a
+    /// follower below its leader's log start). No producer state survives:
+    /// the old snapshot lies below the new log start and is not used.
+    pub async fn reset_for_replica(&self, offset: i64) -> anyhow::Result<()> {
+        let offset = u64::try_from(offset).unwrap_or(0);
+        self.log.truncate_fully_and_start_at(offset).await?;
+        self.reload_producers().await;
+        Ok(())
+    }
+
+    /// The idempotent producers' state loaded again from the log as it is.
+    async fn reload_producers(&self) {
         let (label, limits) = {
             let states = self.producers.states.borrow();
             (states.label().to_string(), states.limits())
@@ -152,11 +186,6 @@ impl Partition {
             crate::producer::snapshot::load(&self.log, label, limits, crate::clock::now_ms()).await;
         *self.producers.states.borrow_mut() = loaded.states;
         self.producers.snapshot.reset(loaded.mark);
-        let end = self.log.offsets().next_offset;
-        if end != offset {
-            anyhow::bail!("the log ends at {end} after truncating to {offset}");
-        }
-        Ok(())
     }
 }
 

@@ -38,6 +38,7 @@ enum Work {
     AnswerFetch { to: NodeId, response: FetchResponse },
     Append { batches: Vec<Bytes> },
     Truncate { offset: Offset },
+    Reset { offset: Offset },
     ProposeIsr(IsrProposal),
 }
 
@@ -331,6 +332,10 @@ impl Replicated {
                     self.work.borrow_mut().push_back(Work::Truncate { offset });
                     queued = true;
                 }
+                Effect::ResetTo { offset } => {
+                    self.work.borrow_mut().push_back(Work::Reset { offset });
+                    queued = true;
+                }
                 Effect::ProposeIsr(proposal) => {
                     self.work.borrow_mut().push_back(Work::ProposeIsr(proposal));
                     queued = true;
@@ -518,13 +523,26 @@ pub async fn run_pump(
                                 batches
                             }
                             Err(error) => {
-                                // No answer: the follower asks again after
-                                // its fetch timeout, not in a tight loop. A
-                                // fetch below this log's start (retention,
-                                // DeleteRecords) cannot be served yet: the
-                                // follower does not move to the log start.
-                                tracing::warn!(topic = %replicated.topic, partition = replicated.index, follower = to, %error, "cannot read records for a follower; it retries after its fetch timeout");
-                                continue;
+                                let log_start = partition.offsets().log_start_offset;
+                                let below_start = ranges
+                                    .first()
+                                    .is_some_and(|first| first.start < log_start as Offset);
+                                if below_start {
+                                    // Retention or DeleteRecords removed what
+                                    // the follower needs next: it starts
+                                    // again at this log's start.
+                                    tracing::info!(topic = %replicated.topic, partition = replicated.index, follower = to, fetch_offset = response.fetch_offset, log_start, "follower is below the log start; telling it to start there");
+                                    response.body = FetchBody::OutOfRange {
+                                        log_start: log_start as Offset,
+                                    };
+                                    Vec::new()
+                                } else {
+                                    // No answer: the follower asks again
+                                    // after its fetch timeout, not in a
+                                    // tight loop.
+                                    tracing::warn!(topic = %replicated.topic, partition = replicated.index, follower = to, %error, "cannot read records for a follower; it retries after its fetch timeout");
+                                    continue;
+                                }
                             }
                         }
                     }
@@ -563,6 +581,18 @@ pub async fn run_pump(
                 } else {
                     tracing::info!(topic = %replicated.topic, partition = replicated.index, offset, "truncated a diverged suffix");
                 }
+                reported_durable = -1;
+            }
+            Work::Reset { offset } => {
+                if let Err(error) = partition.reset_for_replica(offset).await {
+                    tracing::warn!(topic = %replicated.topic, partition = replicated.index, offset, %error, "starting the log again at the leader's log start");
+                } else {
+                    tracing::info!(topic = %replicated.topic, partition = replicated.index, offset, "log started again at the leader's log start");
+                }
+                replicated.rebuild(
+                    partition.replica_log_view(),
+                    crate::cluster::liveness::monotonic_ms(),
+                );
                 reported_durable = -1;
             }
             Work::ProposeIsr(proposal) => {

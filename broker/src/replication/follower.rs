@@ -14,10 +14,14 @@
 //!   validated against the leader before the first append of an epoch.
 //! - A divergence answer truncates to `min(own end of that epoch, leader's
 //!   end)` (KIP-279), which always shortens the log; then it fetches again.
+//! - An out-of-range answer (its position is below the leader's log start)
+//!   drops the whole log and starts it again, empty, at the leader's log
+//!   start; its next fetch has no epoch, which the leader accepts at any
+//!   offset up to its end.
 //! - A newer durable offset is reported at once by a new fetch (it replaces
 //!   the parked one at the leader): the leader's high watermark waits for it.
 
-use super::log::{LeaderEpoch, NodeId, Offset};
+use super::log::{LeaderEpoch, LocalLog, NodeId, Offset};
 use super::machine::{Core, Effect, InputError};
 use super::messages::{FetchBody, FetchRequest, FetchResponse};
 
@@ -122,8 +126,37 @@ impl FollowerState {
                 self.truncate(core, epoch, end_offset, out)
             }
             FetchBody::Records(ranges) => self.append(core, ranges, response.high_watermark, out),
+            FetchBody::OutOfRange { log_start } => self.restart_at(core, log_start, out),
             FetchBody::Refused(_) => Ok(()),
         }
+    }
+
+    /// The leader no longer has the records this log needs next: drop the
+    /// log and start again, empty, at the leader's log start. A log start
+    /// at or below this log's end says the leader could not read records it
+    /// should hold (damage, a race with retention): ask again later.
+    fn restart_at(
+        &mut self,
+        core: &mut Core,
+        log_start: Offset,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), InputError> {
+        if log_start <= core.log.end_offset() {
+            self.retry_at_ms = core.now_ms + core.config.fetch_backoff_ms;
+            return Err(InputError::UselessLogStart {
+                log_start,
+                end_offset: core.log.end_offset(),
+            });
+        }
+        self.reset(core, log_start, out);
+        self.send_fetch(core, out);
+        Ok(())
+    }
+
+    fn reset(&mut self, core: &mut Core, offset: Offset, out: &mut Vec<Effect>) {
+        core.log = LocalLog::starting_at(offset);
+        core.high_watermark = core.high_watermark.min(offset);
+        out.push(Effect::ResetTo { offset });
     }
 
     fn truncate(
@@ -142,9 +175,15 @@ impl FollowerState {
                 end_offset: leader_end,
             });
         }
-        core.log.truncate_to(offset);
-        core.high_watermark = core.high_watermark.min(offset);
-        out.push(Effect::TruncateTo { offset });
+        if core.log.epochs().is_empty() {
+            // No record to keep (a log reset to start past the leader's
+            // end, after an unclean election): start again there.
+            self.reset(core, offset, out);
+        } else {
+            core.log.truncate_to(offset);
+            core.high_watermark = core.high_watermark.min(offset);
+            out.push(Effect::TruncateTo { offset });
+        }
         self.send_fetch(core, out);
         Ok(())
     }

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::log::{NodeId, Offset, PartitionEpoch};
+use super::log::{NodeId, Offset, PartitionEpoch, NO_EPOCH};
 use super::machine::{Core, Effect, ProduceOutcome};
 use super::messages::{
     FetchBody, FetchRefusal, FetchRequest, FetchResponse, IsrProposal, PartitionRecord,
@@ -180,7 +180,16 @@ impl LeaderState {
             out.push(answer(core, &request, FetchBody::Refused(refusal)));
             return;
         }
-        let (epoch, end_offset) = core.log.end_of_epoch(request.last_fetched_epoch);
+        let leader_end = core.log.end_offset();
+        // A follower with no epoch has no record to disagree about: an
+        // empty log, or one reset to start at this log's start (Kafka skips
+        // the check for an empty epoch cache too). Only a position past
+        // this log's end is wrong for it.
+        let (epoch, end_offset) = if request.last_fetched_epoch == NO_EPOCH {
+            (NO_EPOCH, leader_end)
+        } else {
+            core.log.end_of_epoch(request.last_fetched_epoch)
+        };
         if epoch != request.last_fetched_epoch || end_offset < request.fetch_offset {
             out.push(answer(
                 core,
@@ -189,7 +198,6 @@ impl LeaderState {
             ));
             return;
         }
-        let leader_end = core.log.end_offset();
         let Some(progress) = self.followers.get_mut(&request.replica) else {
             return; // refusal() checked it is a follower
         };

@@ -9,7 +9,9 @@
 //! Invariants kept by every method: epochs strictly increase, their start
 //! offsets strictly increase and lie below the log end (an epoch with no
 //! record is not in the history), `0 <= durable_offset <= end_offset`.
-//! Offsets start at 0 (log start and retention are out of scope here).
+//! The log start is not modelled (retention is the driver's): a log reset
+//! to start at `X` ([`LocalLog::starting_at`], a follower below its
+//! leader's log start) has no epochs and ends at `X`.
 
 use std::fmt;
 
@@ -85,6 +87,17 @@ impl LocalLog {
     /// An empty log.
     pub fn empty() -> Self {
         Self::default()
+    }
+
+    /// An empty log whose next offset is `offset` (a follower that dropped
+    /// its log to start at its leader's log start).
+    pub fn starting_at(offset: Offset) -> Self {
+        let offset = offset.max(0);
+        Self {
+            epochs: Vec::new(),
+            end_offset: offset,
+            durable_offset: offset,
+        }
     }
 
     /// The log as storage recovered it.

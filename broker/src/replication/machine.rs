@@ -7,8 +7,8 @@
 //! [`super::follower`].
 //!
 //! Contract with the driver:
-//! - Effects are carried out in the order pushed. `Append` and `TruncateTo`
-//!   change the local log; the machine already counts them as done (their
+//! - Effects are carried out in the order pushed. `Append`, `TruncateTo`
+//!   and `ResetTo` change the local log; the machine already counts them as done (their
 //!   write is ordered before any later one), so the driver must apply them
 //!   before appending anything else to that log.
 //! - `LocalAppended` reports the leader's own produce appends (offsets fixed
@@ -110,6 +110,10 @@ pub enum Effect {
     /// Drop every record at or after `offset` (and the epochs starting
     /// there); the durable offset falls with it.
     TruncateTo { offset: Offset },
+    /// Drop the whole log and start it again, empty, at `offset` (durable
+    /// before the next fetch reports it: the reset log's durable offset is
+    /// `offset`).
+    ResetTo { offset: Offset },
     /// The high watermark rose to this (checkpoint it; wake consumers).
     HighWatermarkAdvanced { high_watermark: Offset },
     /// Complete every `acks=all` produce waiting with its last offset
@@ -172,6 +176,12 @@ pub enum InputError {
     /// The leader's divergence answer would not shorten the log.
     UselessDivergence {
         epoch: LeaderEpoch,
+        end_offset: Offset,
+    },
+    /// The leader's out-of-range answer names a log start this log already
+    /// reaches: the leader could not read what it should hold.
+    UselessLogStart {
+        log_start: Offset,
         end_offset: Offset,
     },
 }

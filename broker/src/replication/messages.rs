@@ -53,6 +53,16 @@ pub enum FetchBody {
         epoch: LeaderEpoch,
         end_offset: Offset,
     },
+    /// The follower's position lies below the leader's log start
+    /// (retention or DeleteRecords removed those records; Kafka's
+    /// OFFSET_OUT_OF_RANGE to a follower). Not decided by the machine,
+    /// which does not model the log start: the leader's driver answers this
+    /// when its log cannot be read at the fetch offset. A follower whose
+    /// log ends below `log_start` drops its whole log and starts again,
+    /// empty, at `log_start` (Kafka's `truncateFullyAndStartAt`).
+    OutOfRange {
+        log_start: Offset,
+    },
     Refused(FetchRefusal),
 }
 

@@ -653,6 +653,11 @@ impl Sim {
                 self.stats.truncations += 1;
                 self.trace(format!("n{id} truncates {had} -> {offset}"));
             }
+            Effect::ResetTo { offset } => {
+                // The simulated leaders never delete records, so never
+                // answer out of range.
+                return Err(format!("n{id}: reset to {offset} without a log start"));
+            }
             Effect::HighWatermarkAdvanced { .. } => {}
             Effect::CompleteProduces { upto, outcome } => self.complete(id, upto, outcome)?,
             Effect::FailProduces { .. } => {

@@ -1109,3 +1109,91 @@ fn fencing_moves_leadership_shrinks_the_isr_or_takes_the_partition_offline() {
         None
     );
 }
+
+// ---- a follower below the leader's log start ----
+
+#[test]
+fn a_follower_below_the_leaders_log_start_starts_again_there() {
+    let (mut f, request) = follower(log(&[(2, 0)], 6, 6));
+    let effects = step(
+        &mut f,
+        Input::FetchAnswer(answer_to(
+            &request,
+            FetchBody::OutOfRange { log_start: 20 },
+            30,
+        )),
+    );
+    assert_eq!(effects[0], Effect::ResetTo { offset: 20 });
+    let Effect::SendFetch { request: next, .. } = &effects[1] else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(
+        (
+            next.fetch_offset,
+            next.last_fetched_epoch,
+            next.durable_offset
+        ),
+        (20, NO_EPOCH, 20)
+    );
+    assert!(f.log().epochs().is_empty());
+    assert_eq!(f.log().end_offset(), 20);
+}
+
+#[test]
+fn an_out_of_range_answer_the_log_already_reaches_changes_nothing() {
+    let (mut f, request) = follower(log(&[(2, 0)], 6, 6));
+    let mut out = Vec::new();
+    let answer = answer_to(&request, FetchBody::OutOfRange { log_start: 6 }, 6);
+    assert!(matches!(
+        f.handle(Input::FetchAnswer(answer), &mut out),
+        Err(InputError::UselessLogStart { .. })
+    ));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(f.log().end_offset(), 6);
+}
+
+#[test]
+fn a_leader_serves_a_fetch_without_epoch_anywhere_up_to_its_end() {
+    let mut l = leader(log(&[(3, 0), (4, 30)], 50, 50), 0, &[1, 2]);
+    // A follower reset to start at 20 (this log's start, say).
+    let effects = step(&mut l, fetch(2, 20, NO_EPOCH, 20));
+    let answered = answers(&effects);
+    let [(2, FetchBody::Records(ranges))] = &answered[..] else {
+        panic!("{answered:?}")
+    };
+    assert_eq!(ranges[0].start, 20);
+    // Past the end it has nothing to agree with: truncate to the end.
+    let effects = step(&mut l, fetch(2, 60, NO_EPOCH, 60));
+    assert_eq!(
+        answers(&effects),
+        vec![(
+            2,
+            FetchBody::Diverging {
+                epoch: NO_EPOCH,
+                end_offset: 50
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_reset_follower_past_the_leaders_end_starts_again_at_the_end() {
+    let (mut f, request) = follower(LocalLog::starting_at(60));
+    assert_eq!(
+        (request.fetch_offset, request.last_fetched_epoch),
+        (60, NO_EPOCH)
+    );
+    let effects = step(
+        &mut f,
+        Input::FetchAnswer(answer_to(
+            &request,
+            FetchBody::Diverging {
+                epoch: NO_EPOCH,
+                end_offset: 50,
+            },
+            50,
+        )),
+    );
+    assert_eq!(effects[0], Effect::ResetTo { offset: 50 });
+    assert_eq!(f.log().end_offset(), 50);
+}

@@ -65,7 +65,7 @@
 //! |---|---|---|
 //! | 0 | 16 | topic id |
 //! | 16 | 4 | partition index, i32 |
-//! | 20 | 1 | kind: 0 records, 1 diverging, 2 refused |
+//! | 20 | 1 | kind: 0 records, 1 diverging, 2 refused, 3 out of range |
 //! | 21 | 1 | refusal: 1 not leader, 2 fenced leader epoch, 3 unknown leader epoch, 4 not a replica, 5 malformed |
 //! | 22 | 2 | reserved (0) |
 //! | 24 | 4 | leader, i32 |
@@ -75,7 +75,7 @@
 //! | 40 | 8 | fetch id, u64 (echoed) |
 //! | 48 | 8 | fetch offset, i64 (echoed) |
 //! | 56 | 8 | high watermark, i64 |
-//! | 64 | 8 | diverging: end offset, i64 |
+//! | 64 | 8 | diverging: end offset; out of range: the leader's log start, i64 |
 //! | 72 | 4 | records: range count, u32 |
 //! | 76 | 4 | records: record bytes, u32 |
 //! | 80 | 24 × ranges | ranges: epoch i32, reserved u32 (0), start i64, end i64 |
@@ -87,7 +87,7 @@
 //! transport's 12-byte frame header). An answer costs 80 bytes per partition
 //! plus 24 per record range: 104 bytes for the usual answer of one range
 //! (records of one leader epoch), 80 for an empty parked answer, a
-//! divergence or a refusal (plus 16 per frame and 12 of frame header). A
+//! divergence, an out-of-range answer or a refusal (plus 16 per frame and 12 of frame header). A
 //! thousand idle partitions on one node pair thus cost 56 kB per fetch and
 //! 80 kB per answer; batching them in one frame is what keeps that to one
 //! frame header and one CRC per round.
@@ -143,6 +143,7 @@ const TOPIC_ID_BYTES: usize = 16;
 const KIND_RECORDS: u8 = 0;
 const KIND_DIVERGING: u8 = 1;
 const KIND_REFUSED: u8 = 2;
+const KIND_OUT_OF_RANGE: u8 = 3;
 
 // Every 8-byte field of a fetch stays 8-aligned from the body start; so do
 // an answer's, up to its first record bytes.
@@ -505,6 +506,7 @@ fn put_partition_answer(
         FetchBody::Records(_) => (KIND_RECORDS, 0, 0, 0),
         FetchBody::Diverging { epoch, end_offset } => (KIND_DIVERGING, 0, *epoch, *end_offset),
         FetchBody::Refused(refusal) => (KIND_REFUSED, refusal_code(*refusal), 0, 0),
+        FetchBody::OutOfRange { log_start } => (KIND_OUT_OF_RANGE, 0, 0, *log_start),
     };
     put_partition(fixed, &answer.partition);
     fixed.put_u8(kind);
@@ -594,6 +596,8 @@ fn decode_partition_answer(
             diverging_epoch_at,
             "diverging epoch",
         )?;
+    }
+    if kind != KIND_DIVERGING && kind != KIND_OUT_OF_RANGE {
         zero(
             diverging_end_offset,
             diverging_end_at,
@@ -610,13 +614,17 @@ fn decode_partition_answer(
             record_batches = split_batches(&region, region_at, limits)?;
             FetchBody::Records(ranges)
         }
-        KIND_DIVERGING | KIND_REFUSED => {
+        KIND_DIVERGING | KIND_REFUSED | KIND_OUT_OF_RANGE => {
             zero(i64::from(range_count), range_count_at, "range count")?;
             zero(record_bytes as i64, record_bytes_at, "record bytes")?;
             if kind == KIND_DIVERGING {
                 FetchBody::Diverging {
                     epoch: diverging_epoch,
                     end_offset: diverging_end_offset,
+                }
+            } else if kind == KIND_OUT_OF_RANGE {
+                FetchBody::OutOfRange {
+                    log_start: diverging_end_offset,
                 }
             } else {
                 let refusal = refusal_from_code(refusal).ok_or(DecodeError::UnknownRefusal {

@@ -35,6 +35,64 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Drops every record and starts the log again, empty, at `offset`
+    /// (Kafka's `truncateFullyAndStartAt`): a follower whose log ends below
+    /// its leader's log start cannot fetch what it lacks and starts over at
+    /// the leader's start. Durable before it returns. A crash part way
+    /// leaves the old log start with no segment (or the old segments): the
+    /// follower then asks again and is reset again.
+    pub async fn truncate_fully_and_start_at(&self, offset: u64) -> LogResult<()> {
+        let _permit = self.shared.lock().await?;
+        write_pending(&self.shared).await?;
+        leave_clean_state(&self.shared).await?;
+        finish_all_fills(&self.shared).await;
+        let bases: Vec<u64> = self
+            .shared
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|segment| segment.base_offset)
+            .collect();
+        let dir = self.shared.dir.clone();
+        checkpoint::off_executor(move || {
+            for base in bases {
+                remove_segment_files(&dir, base)?;
+            }
+            sync_dir(&dir)
+        })
+        .await?;
+        let (epochs, cleaner) = {
+            let mut state = self.shared.state.borrow_mut();
+            state.segments = vec![Segment::new(offset, now_ms())];
+            state.log_start_offset = offset;
+            state.next_offset = offset;
+            state.written_offset = offset;
+            state.durable_offset = offset;
+            state.sync_requested_until = offset;
+            state.hot.clear();
+            state.hot_bytes = 0;
+            state.unwritten_bytes = 0;
+            state.unsynced_records = 0;
+            state.first_unsynced_write = None;
+            state.epochs.truncate_from(0);
+            state.cleaner.truncate(0);
+            (state.epochs.clone(), state.cleaner.clone())
+        };
+        let dir = self.shared.dir.clone();
+        checkpoint::off_executor(move || {
+            epochs.store(&dir)?;
+            cleaner.store(&dir)?;
+            checkpoint::write_offset(&dir, checkpoint::RECOVERY_POINT_FILE, offset)?;
+            checkpoint::write_offset(&dir, checkpoint::LOG_START_FILE, offset)?;
+            sync_dir(&dir)
+        })
+        .await?;
+        tracing::info!(dir = %self.shared.dir.display(), offset, "log emptied to start again at its leader's log start");
+        self.shared.progress.wake_all();
+        Ok(())
+    }
+
     /// Advances the log start offset to `offset` (DeleteRecords) and deletes
     /// segments wholly below it. Returns the new log start offset.
     pub async fn truncate_before(&self, offset: u64) -> LogResult<u64> {

@@ -629,6 +629,7 @@ fn any_partition_answer() -> impl Strategy<Value = (PartitionAnswer, Vec<Bytes>)
         proptest::collection::vec(range, 0..4).prop_map(FetchBody::Records),
         (any::<i32>(), any::<i64>())
             .prop_map(|(epoch, end_offset)| FetchBody::Diverging { epoch, end_offset }),
+        any::<i64>().prop_map(|log_start| FetchBody::OutOfRange { log_start }),
         any_refusal().prop_map(FetchBody::Refused),
     ];
     let values = proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..4);
