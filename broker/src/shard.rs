@@ -219,12 +219,33 @@ impl Shard {
         &self,
         partition: &crate::replication::wire::ReplicaPartition,
     ) -> Option<Rc<crate::replication::driver::Replicated>> {
+        self.replica_partition_by_id(partition)?
+            .replicated()
+            .cloned()
+    }
+
+    /// [`Shard::replicated_by_id`], the partition itself.
+    pub fn replica_partition_by_id(
+        &self,
+        partition: &crate::replication::wire::ReplicaPartition,
+    ) -> Option<Rc<Partition>> {
         let metadata = self.metadata.borrow();
         let topic = metadata.topic_by_id(partition.topic_id)?;
         let key = (topic.name.clone(), partition.partition_index);
         let open = self.partitions.borrow();
-        let replicated = open.get(&key)?.replicated()?;
-        (replicated.topic_id == partition.topic_id).then(|| replicated.clone())
+        let found = open.get(&key)?;
+        let replicated = found.replicated()?;
+        (replicated.topic_id == partition.topic_id).then(|| found.clone())
+    }
+
+    /// The open replicated partitions in which a read found damage.
+    pub fn damaged_replicated_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .values()
+            .filter(|partition| partition.replicated().is_some() && partition.has_damage())
+            .cloned()
+            .collect()
     }
 
     /// Every replicated partition this shard has open.

@@ -34,6 +34,6 @@ pub use cleaner::{CleanReport, CleanerLimits};
 pub use config::{CompactionConfig, LogConfig, SyncPolicy, TimestampType};
 pub use error::{BatchError, LogError, LogResult};
 pub use log::{
-    finish_stop, AppendInfo, LogOffsets, LogStats, PartitionLog, PendingMarker, ProgressWatcher,
-    ReadChunk, ReadResult, TimestampHit, WriteState, PAUSED_RETRY,
+    finish_stop, AppendInfo, DamagedBatch, LogOffsets, LogStats, PartitionLog, PendingMarker,
+    ProgressWatcher, ReadChunk, ReadResult, RepairRefusal, TimestampHit, WriteState, PAUSED_RETRY,
 };

@@ -1,14 +1,15 @@
 //! A follower's log: batches appended exactly as the leader stored them
 //! (`append_replicated`), a diverged suffix cut by leader epoch
 //! (`truncate_to`), a log emptied to start again at its leader's log start
-//! (`truncate_fully_and_start_at`), and the result identical to the
-//! leader's log byte for byte, through a restart.
+//! (`truncate_fully_and_start_at`), a damaged batch repaired in place with
+//! another replica's copy (`repair_damaged`), and the result identical to
+//! the leader's log byte for byte, through a restart.
 
 mod common;
 
 use bytes::Bytes;
-use common::{make_batch, run, split_batches, test_dir};
-use kafki_storage::{LogConfig, LogError, PartitionLog};
+use common::{batches_in_file, make_batch, run, segment_files, split_batches, test_dir};
+use kafki_storage::{LogConfig, LogError, PartitionLog, RepairRefusal};
 
 fn config() -> LogConfig {
     LogConfig {
@@ -308,4 +309,110 @@ fn a_follower_below_the_leaders_log_start_starts_again_there() {
             stored_batches(&leader, log_start).await
         );
     });
+}
+
+#[test]
+fn a_damaged_batch_is_repaired_in_place_with_another_replicas_copy() {
+    let dir = test_dir();
+    let (damaged_dir, healthy_dir) = (dir.path().join("damaged"), dir.path().join("healthy"));
+    let small_segments = LogConfig {
+        segment_bytes: 8 * 1024,
+        ..config()
+    };
+    let (first_dir, second_dir, settings) = (
+        damaged_dir.clone(),
+        healthy_dir.clone(),
+        small_segments.clone(),
+    );
+    run(move || async move {
+        // Two replicas holding the same batches (epochs 1 then 2).
+        let leader = PartitionLog::open(&first_dir, settings.clone())
+            .await
+            .expect("open");
+        for index in 0..40u8 {
+            leader
+                .append(make_batch(1_000, 3, 100, index), i32::from(index / 20) + 1)
+                .await
+                .expect("append");
+        }
+        leader.flush().await.expect("flush");
+        let follower = PartitionLog::open(&second_dir, settings)
+            .await
+            .expect("open");
+        for batch in stored_batches(&leader, 0).await {
+            follower.append_replicated(batch).await.expect("replicate");
+        }
+        follower.close().await.expect("close");
+        leader.close().await.expect("close");
+    });
+    // Bit rot in the middle of a sealed segment after a clean stop (trusted
+    // at open, checked when first read).
+    let files = segment_files(&damaged_dir);
+    assert!(files.len() >= 2, "{files:?}");
+    let batches = batches_in_file(&files[0]);
+    let (position, header) = batches[batches.len() / 2];
+    let mut bytes = std::fs::read(&files[0]).expect("read");
+    bytes[position as usize + 80] ^= 0x40;
+    std::fs::write(&files[0], &bytes).expect("write");
+    let damaged_offset = header.base_offset as u64;
+
+    run(move || async move {
+        let log = PartitionLog::open(&damaged_dir, small_segments.clone())
+            .await
+            .expect("open");
+        let healthy = PartitionLog::open(&healthy_dir, small_segments)
+            .await
+            .expect("open");
+        assert!(!log.has_damage());
+        assert!(matches!(
+            log.read(damaged_offset, 1 << 20, u64::MAX).await,
+            Err(LogError::Damaged { .. })
+        ));
+        assert!(log.has_damage());
+        let at = log
+            .damaged_batch()
+            .await
+            .expect("find")
+            .expect("a damaged batch");
+        assert_eq!(at.offset, damaged_offset);
+        assert_eq!(
+            at.epoch,
+            Some(i32::from((damaged_offset / 3 / 20) as u8) + 1)
+        );
+
+        let copies = stored_batches(&healthy, 0).await;
+        let index = (damaged_offset / 3) as usize;
+        // Refused: another batch, or the right one in another epoch.
+        let refused = log
+            .repair_damaged(at, copies[index + 1].clone())
+            .await
+            .expect("disk");
+        assert!(
+            matches!(refused, Err(RepairRefusal::WrongOffset { .. })),
+            "{refused:?}"
+        );
+        let mut other_epoch = copies[index].to_vec();
+        other_epoch[12..16].copy_from_slice(&99i32.to_be_bytes());
+        let refused = log
+            .repair_damaged(at, Bytes::from(other_epoch))
+            .await
+            .expect("disk");
+        // (The epoch lies outside the batch's CRC: checked on its own.)
+        assert!(
+            matches!(refused, Err(RepairRefusal::WrongEpoch { .. })),
+            "{refused:?}"
+        );
+        assert!(log.has_damage(), "nothing written yet");
+
+        log.repair_damaged(at, copies[index].clone())
+            .await
+            .expect("disk")
+            .expect("repaired");
+        assert!(!log.has_damage());
+        assert_eq!(stored_batches(&log, 0).await, copies);
+        log.close().await.expect("close");
+    });
+    let repaired = std::fs::read(&files[0]).expect("read");
+    assert_eq!(repaired.len(), bytes.len());
+    assert_ne!(repaired, bytes, "the flipped byte is back");
 }

@@ -14,6 +14,8 @@ Kafka's contract states it and real clients see it:
   sync it is still acknowledged under min.insync.replicas=2 and refused with
   NOT_ENOUGH_REPLICAS under 3 (acks=1 still works); the follower rejoins the
   ISR when it comes back and acks=all works again.
+- A leader stopped with SIGTERM hands its partitions to the ISR as it
+  stops (controlled shutdown), not after the session timeout.
 - A follower that was down while the leader deleted the records it needs
   next (DeleteRecords, retention) starts its log again at the leader's log
   start, copies the rest and rejoins the ISR; its copy is byte-identical.
@@ -599,6 +601,36 @@ def test_a_follower_below_the_leaders_log_start_starts_again_there(cluster_facto
     assert copied[0].base <= low <= copied[0].last, \
         f"the follower's log starts with offsets {copied[0].base}..{copied[0].last}, not at {low}"
     assert "log started again at the leader's log start" in c[follower].log_text()
+
+
+def test_a_cleanly_stopped_leader_hands_its_partitions_over_at_once(cluster_factory):
+    """SIGTERM to a partition leader (Kafka's controlled shutdown): its
+    partitions get new leaders from the ISR while it stops, not after the
+    session timeout (30 s here, so waiting for it would fail the test), and
+    acks=all produce works again through the new leader within seconds; the
+    stopped node leaves the ISR and rejoins it when it is back."""
+    topic = "controlled-shutdown"
+    c = cluster_factory(3, settings={**SETTINGS, "broker.session.timeout.ms": "30000"})
+    c.wait_for_controller(30)
+    c.wait_for_nodes_alive([1, 2, 3], 30)
+    create_replicated(c.bootstrap, topic, 1, min_insync=2)
+    leader = wait_for_isr(c.bootstrap, topic, timeout=15, what=" after creation")[0].leader
+    acks = AckLog()
+    producer = idempotent_producer(c.bootstrap)
+    produce_some(producer, topic, acks, (f"before-{i}" for i in range(20)))
+
+    stopped_at = time.monotonic()
+    c[leader].stop()
+    survivors = set(c.ids) - {leader}
+    parts = wait_for_isr(live_bootstrap(c), topic, survivors, timeout=10,
+                         what=f" after SIGTERM to leader {leader}")
+    moved = time.monotonic() - stopped_at
+    print(f"leadership moved {moved:.1f}s after SIGTERM (stop included), to {parts[0].leader}")
+    produce_some(producer, topic, acks, (f"after-{i}" for i in range(20)), timeout=20)
+    c[leader].start()
+    wait_for_isr(c.bootstrap, topic, timeout=30, what=f" after node {leader} came back")
+    records = check_partition(live_bootstrap(c), topic, 0, acks)
+    assert len(records) == 40, f"read {len(records)} of the 40 acknowledged records"
 
 
 def test_idempotent_producers_entering_through_different_nodes_do_not_collide(cluster_factory):

@@ -475,18 +475,37 @@ impl Quorum {
 
     /// Tells the controller this node is stopping (best effort, bounded),
     /// so it is not fenced as dead meanwhile and gets no new partitions.
+    /// As Kafka's controlled shutdown does, the same command hands the
+    /// replicated partitions it leads to other in-sync replicas and takes
+    /// it out of the ISRs (what a fence would do, without waiting out the
+    /// session timeout): a stopped node no longer holds them unavailable.
     pub async fn announce_shutdown(self: &Rc<Self>) {
         if let Some(epoch) = self.my_epoch.get() {
-            let record = MetadataRecord::NodeStateChanged {
-                node: self.me,
-                epoch,
-                state: NodeState::ShuttingDown,
-            };
-            if let Err(error) = self
-                .propose(vec![record], None, Duration::from_secs(2))
-                .await
-            {
-                tracing::warn!(%error, "could not tell the controller this node is stopping");
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                let mut records = vec![MetadataRecord::NodeStateChanged {
+                    node: self.me,
+                    epoch,
+                    state: NodeState::ShuttingDown,
+                }];
+                // Never unclean: a stopping node has no reason to lose data.
+                records.extend(crate::metadata::leadership::on_node_fenced(
+                    &self.image(),
+                    self.me,
+                    false,
+                ));
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match self.propose(records, None, left).await {
+                    Ok((Verdict::Refused(refusal), _)) if !left.is_zero() => {
+                        // A partition moved meanwhile: computed again.
+                        tracing::debug!(?refusal, "shutdown hand-over refused as stale; again");
+                    }
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not tell the controller this node is stopping");
+                        break;
+                    }
+                }
             }
         }
         self.stopping.set(true);
@@ -623,7 +642,10 @@ impl Quorum {
     fn on_frame(self: &Rc<Self>, frame: Inbound) {
         if matches!(
             frame.kind,
-            FrameKind::ReplicaFetch | FrameKind::ReplicaFetchAnswer
+            FrameKind::ReplicaFetch
+                | FrameKind::ReplicaFetchAnswer
+                | FrameKind::ReplicaRepair
+                | FrameKind::ReplicaRepairAnswer
         ) {
             if let Some(route) = &*self.replica_frames.borrow() {
                 route(frame);
@@ -652,7 +674,11 @@ impl Quorum {
                     tracing::warn!(from = frame.from, %error, "dropping an undecodable control message")
                 }
             },
-            FrameKind::Hello | FrameKind::ReplicaFetch | FrameKind::ReplicaFetchAnswer => {}
+            FrameKind::Hello
+            | FrameKind::ReplicaFetch
+            | FrameKind::ReplicaFetchAnswer
+            | FrameKind::ReplicaRepair
+            | FrameKind::ReplicaRepairAnswer => {}
         }
     }
 

@@ -48,6 +48,11 @@ pub enum FrameKind {
     /// A leader node's answer to a `ReplicaFetch`, record batches included
     /// ([`crate::replication::wire`], fixed layout).
     ReplicaFetchAnswer = 5,
+    /// A replica's request for another replica's copy of a batch it found
+    /// damaged ([`crate::replication::wire::RepairRequest`]).
+    ReplicaRepair = 6,
+    /// The copy, or none ([`crate::replication::wire::RepairAnswer`]).
+    ReplicaRepairAnswer = 7,
 }
 
 impl FrameKind {
@@ -58,6 +63,8 @@ impl FrameKind {
             3 => Some(Self::Control),
             4 => Some(Self::ReplicaFetch),
             5 => Some(Self::ReplicaFetchAnswer),
+            6 => Some(Self::ReplicaRepair),
+            7 => Some(Self::ReplicaRepairAnswer),
             _ => None,
         }
     }

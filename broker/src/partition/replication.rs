@@ -120,6 +120,37 @@ impl Partition {
         Ok((vec![read.load().await?], next_offset))
     }
 
+    /// Whether a read found a damaged batch here that is not repaired yet.
+    pub fn has_damage(&self) -> bool {
+        self.log.has_damage()
+    }
+
+    /// The first damaged batch a read found (for a repair).
+    pub async fn damaged_batch(&self) -> LogResult<Option<kafki_storage::DamagedBatch>> {
+        self.log.damaged_batch().await
+    }
+
+    /// Writes another replica's copy over the damaged batch `at` (checked
+    /// first, see storage's `repair_damaged`).
+    pub async fn repair_damaged(
+        &self,
+        at: kafki_storage::DamagedBatch,
+        batch: Bytes,
+    ) -> LogResult<Result<(), kafki_storage::RepairRefusal>> {
+        self.log.repair_damaged(at, batch).await
+    }
+
+    /// This replica's copy of the whole batch starting at `offset`, for
+    /// another replica repairing its own; `None` if it holds no batch
+    /// starting there (or cannot read it either).
+    pub async fn batch_at(&self, offset: u64) -> Option<Bytes> {
+        let read = self.log.read(offset, 1, u64::MAX).await.ok()?;
+        let bytes = read.load().await.ok()?;
+        let header = BatchHeader::parse(&bytes).ok()?;
+        let total = header.total_bytes();
+        (header.base_offset == offset as i64 && bytes.len() >= total).then(|| bytes.slice(..total))
+    }
+
     /// A follower's append of one of the leader's batches, exactly as the
     /// leader stored it; its producer's sequence is recorded as the leader
     /// did, so a producer retrying after a failover is recognised here.

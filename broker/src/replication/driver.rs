@@ -148,6 +148,24 @@ impl Replicated {
         self.consumer_high_watermark.get().is_some()
     }
 
+    /// The other replicas of the partition, in-sync ones first (whom to
+    /// ask for a copy of a damaged batch).
+    pub fn peers_in_sync_first(&self) -> Vec<NodeId> {
+        let record = self.record.borrow();
+        let Some(record) = record.as_ref() else {
+            return Vec::new();
+        };
+        let mut peers: Vec<NodeId> = record
+            .isr
+            .iter()
+            .chain(record.replicas.iter().filter(|n| !record.isr.contains(n)))
+            .copied()
+            .filter(|node| *node != self.me)
+            .collect();
+        peers.dedup();
+        peers
+    }
+
     pub fn is_leader(&self) -> bool {
         self.machine.borrow().is_leader()
     }

@@ -13,6 +13,9 @@
 //! - **Time**: one ticker per shard ticks every replicated partition it
 //!   owns ([`run_ticker`]).
 //! - **ISR changes** go to the quorum on shard 0 as `AlterPartition`.
+//! - **Repairs** of damaged batches ([`super::repair`]): the ticker starts
+//!   them; their requests and answers travel as their own frames, one
+//!   partition each (rare).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -21,13 +24,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 
 use super::driver::ReplicaOutlet;
 use super::messages::{FetchBody, FetchRefusal, FetchResponse, IsrProposal};
 use super::wire::{
-    decode_replica_fetch, decode_replica_fetch_answer, encode_replica_fetch,
-    encode_replica_fetch_answer, PartitionAnswer, PartitionFetch, ReplicaFetch, ReplicaFetchAnswer,
-    WireLimits,
+    decode_repair_answer, decode_repair_request, decode_replica_fetch, decode_replica_fetch_answer,
+    encode_repair_answer_header, encode_repair_request, encode_replica_fetch,
+    encode_replica_fetch_answer, PartitionAnswer, PartitionFetch, RepairAnswer, RepairRequest,
+    ReplicaFetch, ReplicaFetchAnswer, ReplicaPartition, WireLimits,
 };
 use super::NodeId;
 use crate::cluster::liveness::monotonic_ms;
@@ -61,6 +66,16 @@ pub struct ReplicaLinks {
     /// The newest image (throttled replicas, this node's throttle rate).
     image: RefCell<Arc<ClusterMetadata>>,
     throttle: RefCell<TokenBucket>,
+    /// Per damaged partition: whether a repair runs, and when the next may.
+    repairs: RefCell<HashMap<ReplicaPartition, RepairSlot>>,
+    /// Repair requests sent, by request id: where the copy goes.
+    asked_repairs: RefCell<HashMap<u64, oneshot::Sender<Option<Bytes>>>>,
+}
+
+#[derive(Debug, Default)]
+struct RepairSlot {
+    running: bool,
+    next_at_ms: u64,
 }
 
 /// This shard's share of the node's `leader.replication.throttled.rate`:
@@ -116,7 +131,72 @@ impl ReplicaLinks {
                 tokens: 0.0,
                 updated: std::time::Instant::now(),
             }),
+            repairs: RefCell::new(HashMap::new()),
+            asked_repairs: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Whether a repair of `partition` may start now (then it is marked
+    /// running until [`ReplicaLinks::finish_repair`]).
+    pub fn claim_repair(&self, partition: ReplicaPartition, now_ms: u64) -> bool {
+        let mut repairs = self.repairs.borrow_mut();
+        let slot = repairs.entry(partition).or_default();
+        if slot.running || now_ms < slot.next_at_ms {
+            return false;
+        }
+        slot.running = true;
+        true
+    }
+
+    pub fn finish_repair(&self, partition: ReplicaPartition, repaired: bool, now_ms: u64) {
+        let mut repairs = self.repairs.borrow_mut();
+        if repaired {
+            repairs.remove(&partition);
+        } else if let Some(slot) = repairs.get_mut(&partition) {
+            slot.running = false;
+            slot.next_at_ms = now_ms + super::repair::RETRY.as_millis() as u64;
+        }
+    }
+
+    /// Asks `peer` for its copy of a batch; `None` if it has none or does
+    /// not answer within `wait`.
+    pub async fn ask_repair(
+        &self,
+        peer: NodeId,
+        mut request: RepairRequest,
+        wait: Duration,
+    ) -> Option<Bytes> {
+        let request_id = self.request_id.get().wrapping_add(1);
+        self.request_id.set(request_id);
+        request.request_id = request_id;
+        let (sender, receiver) = oneshot::channel();
+        self.asked_repairs.borrow_mut().insert(request_id, sender);
+        self.transport.send(
+            peer,
+            FrameKind::ReplicaRepair,
+            &encode_repair_request(&request),
+        );
+        let answered =
+            glommio::timer::timeout(wait, async { Ok(receiver.await.ok().flatten()) }).await;
+        self.asked_repairs.borrow_mut().remove(&request_id);
+        answered.ok().flatten()
+    }
+
+    /// A copy (or none) from another replica, to the repair that asked.
+    fn deliver_repair(&self, answer: RepairAnswer) {
+        if let Some(sender) = self.asked_repairs.borrow_mut().remove(&answer.request_id) {
+            let _ = sender.send(answer.batch);
+        }
+    }
+
+    fn send_repair_answer(&self, to: NodeId, answer: &RepairAnswer) {
+        let header = encode_repair_answer_header(answer);
+        let mut parts: Vec<&[u8]> = vec![header.as_ref()];
+        if let Some(batch) = &answer.batch {
+            parts.push(batch.as_ref());
+        }
+        self.transport
+            .send_parts(to, FrameKind::ReplicaRepairAnswer, &parts);
     }
 
     /// A new image: the cluster addresses of registered nodes (a configured
@@ -356,6 +436,43 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
                     .await;
             }
         }
+        FrameKind::ReplicaRepair => {
+            let request = match decode_repair_request(&frame.body) {
+                Ok(request) => request,
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable repair request");
+                    return;
+                }
+            };
+            let owner = owner_of(&image, &shard, &request.partition);
+            let from = frame.from;
+            let _ = shard
+                .invoke_on(owner, move |shard| async move {
+                    let answer = super::repair::answer(&shard, request).await;
+                    if let Some(links) = shard.replica_links() {
+                        links.send_repair_answer(from, &answer);
+                    }
+                })
+                .await;
+        }
+        FrameKind::ReplicaRepairAnswer => {
+            let body = Bytes::from(frame.body);
+            let answer = match decode_repair_answer(&body, &limits) {
+                Ok(answer) => answer,
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable repair answer");
+                    return;
+                }
+            };
+            let owner = owner_of(&image, &shard, &answer.partition);
+            let _ = shard
+                .invoke_on(owner, move |shard| async move {
+                    if let Some(links) = shard.replica_links() {
+                        links.deliver_repair(answer);
+                    }
+                })
+                .await;
+        }
         _ => {}
     }
 }
@@ -439,8 +556,11 @@ impl Shard {
     }
 }
 
-/// Ticks every replicated partition of `shard` until it stops.
+/// Ticks every replicated partition of `shard` until it stops, and about
+/// once a second starts repairs of damaged ones.
 pub async fn run_ticker(shard: Weak<Shard>) {
+    const TICKS_PER_REPAIR_LOOK: u32 = 20;
+    let mut ticks = 0u32;
     loop {
         glommio::timer::sleep(TICK).await;
         let Some(shard) = shard.upgrade() else {
@@ -452,6 +572,12 @@ pub async fn run_ticker(shard: Weak<Shard>) {
         let now = monotonic_ms();
         for replicated in shard.replicated_partitions() {
             replicated.tick(now);
+        }
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(TICKS_PER_REPAIR_LOOK) {
+            if let Some(links) = shard.replica_links() {
+                super::repair::start_repairs(&shard, &links);
+            }
         }
     }
 }

@@ -16,6 +16,8 @@
 //! - `leader` / `follower`: each role's reactions (see their docs for the
 //!   rules: high watermark, ISR shrink and expand, divergence).
 //! - [`election`]: the controller's pure choices (leader election, fencing).
+//! - [`repair`]: self-healing of a batch a read found damaged, with another
+//!   replica's copy.
 //! - [`wire`]: the node-to-node frames that carry fetches and answers for
 //!   many partitions at once, record batches as stored (a pure codec).
 //!
@@ -85,6 +87,7 @@ pub mod links;
 pub mod log;
 pub mod machine;
 pub mod messages;
+pub mod repair;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]

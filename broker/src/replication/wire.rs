@@ -1,5 +1,7 @@
 //! The node-to-node replication wire format: the bodies of the
 //! [`FrameKind::ReplicaFetch`] and [`FrameKind::ReplicaFetchAnswer`] frames
+//! (and of the rare `ReplicaRepair` / `ReplicaRepairAnswer`: one damaged
+//! batch asked of another replica, see [`RepairRequest`])
 //! (the frame header, its length and its CRC32C are the transport's). A pure
 //! codec: bytes in, structs out, no I/O, no clock, so property tests and a
 //! fuzzer can run on it alone.
@@ -705,6 +707,150 @@ fn split_batches(
         position += batch_bytes;
     }
     Ok(batches)
+}
+
+// ---------------------------------------------------------------------------
+// ReplicaRepair / ReplicaRepairAnswer
+
+/// A `ReplicaRepair` body: [`REPAIR_REQUEST_BYTES`].
+pub const REPAIR_REQUEST_BYTES: usize = 48;
+/// The fixed part of a `ReplicaRepairAnswer` body (the batch follows).
+pub const REPAIR_ANSWER_HEADER_BYTES: usize = 32;
+const _: () = assert!(REPAIR_REQUEST_BYTES == 1 + 3 + 8 + TOPIC_ID_BYTES + 4 + 4 + 8 + 4);
+const _: () = assert!(REPAIR_ANSWER_HEADER_BYTES == 1 + 1 + 2 + 4 + 8 + TOPIC_ID_BYTES);
+
+/// A replica with a damaged batch asks another replica for its copy: the
+/// batch starting at `offset`, written in `epoch` (`NO_EPOCH`: unknown).
+/// Rare (bit rot), so one partition per frame.
+///
+/// | at | bytes | field |
+/// |---|---|---|
+/// | 0 | 1 | version |
+/// | 1 | 3 | reserved (0) |
+/// | 4 | 8 | request id, u64 (echoed) |
+/// | 12 | 16 | topic id |
+/// | 28 | 4 | partition index, i32 |
+/// | 32 | 4 | epoch, i32 |
+/// | 36 | 8 | offset, i64 |
+/// | 44 | 4 | reserved (0) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairRequest {
+    pub request_id: u64,
+    pub partition: ReplicaPartition,
+    pub epoch: i32,
+    pub offset: i64,
+}
+
+/// The answer: the whole batch starting at the asked offset, exactly as
+/// stored, or none (`batch` empty: not held, or damaged here too).
+///
+/// | at | bytes | field |
+/// |---|---|---|
+/// | 0 | 1 | version |
+/// | 1 | 1 | has batch: 0 or 1 |
+/// | 2 | 2 | reserved (0) |
+/// | 4 | 4 | partition index, i32 |
+/// | 8 | 8 | request id, u64 |
+/// | 16 | 16 | topic id |
+/// | 32 | … | the batch (Kafka v2, whole), when there is one |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairAnswer {
+    pub request_id: u64,
+    pub partition: ReplicaPartition,
+    pub batch: Option<Bytes>,
+}
+
+pub fn encode_repair_request(request: &RepairRequest) -> Bytes {
+    let mut body = BytesMut::with_capacity(REPAIR_REQUEST_BYTES);
+    body.put_u8(WIRE_VERSION);
+    body.put_bytes(0, 3);
+    body.put_u64_le(request.request_id);
+    put_partition(&mut body, &request.partition);
+    body.put_i32_le(request.epoch);
+    body.put_i64_le(request.offset);
+    body.put_bytes(0, 4);
+    debug_assert_eq!(body.len(), REPAIR_REQUEST_BYTES);
+    body.freeze()
+}
+
+pub fn decode_repair_request(body: &[u8]) -> Result<RepairRequest, DecodeError> {
+    let mut reader = Reader::new(body);
+    reader.version()?;
+    reader.reserved::<3>()?;
+    let request_id = reader.u64()?;
+    let partition = reader.partition()?;
+    let epoch = reader.i32()?;
+    let offset = reader.i64()?;
+    reader.reserved::<4>()?;
+    reader.finish()?;
+    Ok(RepairRequest {
+        request_id,
+        partition,
+        epoch,
+        offset,
+    })
+}
+
+/// The answer's fixed part; the batch (if any) is sent after it as is.
+pub fn encode_repair_answer_header(answer: &RepairAnswer) -> Bytes {
+    let mut body = BytesMut::with_capacity(REPAIR_ANSWER_HEADER_BYTES);
+    body.put_u8(WIRE_VERSION);
+    body.put_u8(u8::from(answer.batch.is_some()));
+    body.put_bytes(0, 2);
+    body.put_i32_le(answer.partition.partition_index);
+    body.put_u64_le(answer.request_id);
+    body.put_slice(answer.partition.topic_id.as_bytes());
+    body.freeze()
+}
+
+/// Decodes an answer; the batch is a slice of `body`, checked for framing
+/// (exactly one whole batch within the cap), not for its CRC (the repairing
+/// log checks that before writing).
+pub fn decode_repair_answer(
+    body: &Bytes,
+    limits: &WireLimits,
+) -> Result<RepairAnswer, DecodeError> {
+    let mut reader = Reader::new(body);
+    reader.version()?;
+    let has_batch_at = reader.position;
+    let has_batch = reader.u8()?;
+    reader.reserved::<2>()?;
+    let partition_index = reader.i32()?;
+    let request_id = reader.u64()?;
+    let topic_id = Uuid::from_bytes(reader.array::<TOPIC_ID_BYTES>()?);
+    let partition = ReplicaPartition {
+        topic_id,
+        partition_index,
+    };
+    let batch = match has_batch {
+        0 => {
+            reader.finish()?;
+            None
+        }
+        1 => {
+            let at = reader.position;
+            let region = body.slice(at..);
+            let mut batches = split_batches(&region, at, limits)?;
+            if batches.len() != 1 {
+                return Err(DecodeError::FieldNotZero {
+                    at,
+                    field: "batches after the first",
+                });
+            }
+            batches.pop()
+        }
+        _ => {
+            return Err(DecodeError::FieldNotZero {
+                at: has_batch_at,
+                field: "has batch (0 or 1)",
+            })
+        }
+    };
+    Ok(RepairAnswer {
+        request_id,
+        partition,
+        batch,
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -55,6 +55,9 @@ mod flush;
 mod maintenance;
 mod read;
 mod recovery;
+mod repair;
+
+pub use repair::{DamagedBatch, RepairRefusal};
 
 use flush::{finish_all_fills, run_flusher, sync_active, write_pending};
 use recovery::recover;

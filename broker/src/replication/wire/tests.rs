@@ -750,3 +750,80 @@ proptest! {
         let _ = decode_replica_fetch(&fetch_body, &LIMITS);
     }
 }
+
+// ---- repair request and answer ----
+
+#[test]
+fn repair_frames_round_trip_and_refuse_every_truncation() {
+    let request = RepairRequest {
+        request_id: 9,
+        partition: partition(3),
+        epoch: 7,
+        offset: 1234,
+    };
+    let body = encode_repair_request(&request);
+    assert_eq!(body.len(), REPAIR_REQUEST_BYTES);
+    assert_eq!(decode_repair_request(&body), Ok(request));
+    for cut in 0..body.len() {
+        assert!(decode_repair_request(&body[..cut]).is_err(), "cut at {cut}");
+    }
+
+    let copy = batch(1234, &[b"a", b"bc"]);
+    for answer in [
+        RepairAnswer {
+            request_id: 9,
+            partition: partition(3),
+            batch: Some(copy.clone()),
+        },
+        RepairAnswer {
+            request_id: 9,
+            partition: partition(3),
+            batch: None,
+        },
+    ] {
+        let mut body = encode_repair_answer_header(&answer).to_vec();
+        if let Some(batch) = &answer.batch {
+            body.extend_from_slice(batch);
+        }
+        let body = Bytes::from(body);
+        assert_eq!(decode_repair_answer(&body, &LIMITS), Ok(answer.clone()));
+        for cut in 0..body.len() {
+            assert!(
+                decode_repair_answer(&body.slice(..cut), &LIMITS).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_repair_answer_carries_exactly_one_batch() {
+    let answer = RepairAnswer {
+        request_id: 1,
+        partition: partition(0),
+        batch: Some(batch(5, &[b"x"])),
+    };
+    let mut body = encode_repair_answer_header(&answer).to_vec();
+    body.extend_from_slice(&batch(5, &[b"x"]));
+    body.extend_from_slice(&batch(6, &[b"y"]));
+    assert!(decode_repair_answer(&Bytes::from(body), &LIMITS).is_err());
+    // A "no batch" answer with bytes after it, or an unknown flag.
+    let mut none = encode_repair_answer_header(&RepairAnswer {
+        batch: None,
+        ..answer.clone()
+    })
+    .to_vec();
+    none.push(0);
+    assert!(decode_repair_answer(&Bytes::from(none.clone()), &LIMITS).is_err());
+    none.pop();
+    none[1] = 2;
+    assert!(decode_repair_answer(&Bytes::from(none), &LIMITS).is_err());
+}
+
+proptest! {
+    #[test]
+    fn random_repair_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = decode_repair_request(&bytes);
+        let _ = decode_repair_answer(&Bytes::from(bytes), &LIMITS);
+    }
+}
