@@ -6,7 +6,9 @@ Checks: the move completes (Metadata shows the target replicas, all in
 sync), every acknowledged record is on the partition exactly once at its
 offset afterwards (read from the new leader), the throttle bounded the copy
 rate, ListPartitionReassignments showed the move while it ran, the removed
-node dropped its copy, and `--verify` cleared the throttles it set.
+node dropped its copy, and `--verify` cleared the throttles it set. A
+follower-only throttle (`follower.replication.throttled.rate` on the new
+replica's node, nothing on the leader) bounds the copy on its own.
 
 Run: `.venv-compat/bin/pytest tests/cluster/test_reassignment.py -q -s`
 (needs Kafka 4.1's jars, see scripts/install-test-deps.sh)."""
@@ -18,8 +20,9 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                  NewTopic)
 
 from cluster_harness import wait_until
 from replication_checker import AckLog, assert_no_problems, check_log
@@ -139,7 +142,17 @@ def test_kafka_reassign_partitions_moves_a_replica_under_load(cluster_factory, t
     # Every acknowledged record is there exactly once at its offset.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "mover-check",
                          "enable.auto.commit": False})
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    # A new leader answers NOT_LEADER_OR_FOLLOWER until its high watermark
+    # reaches its epoch start (its followers' first fetches in the epoch).
+    high = None
+    deadline = time.monotonic() + 30
+    while high is None:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     consumer.assign([TopicPartition(topic, 0, 0)])
     read = []
     deadline = time.monotonic() + 60
@@ -158,6 +171,57 @@ def test_kafka_reassign_partitions_moves_a_replica_under_load(cluster_factory, t
     described = admin.describe_configs([ConfigResource("TOPIC", topic)])
     configs = next(iter(described.values())).result(10)
     assert not configs["leader.replication.throttled.replicas"].value, configs
+
+
+@pytest.mark.timeout(300)
+def test_a_follower_throttle_alone_bounds_the_copy(cluster_factory, tmp_path):
+    """Only the *new* replica's node is throttled, as a follower: the
+    leader sends as fast as it is asked, the follower asks at its rate."""
+    compat = _compat()
+    c = cluster_factory(4, settings=FAST)
+    bootstrap = c.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    c.wait_for_controller()
+    wait_until(lambda: len(admin.list_topics(timeout=10).brokers) == 4, 30, what="4 live nodes")
+    topic = "follower-throttled"
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3)])[topic].result(30)
+    wait_until(lambda: len(partition_state(admin, topic, 0)[2]) == 3, 30, what="full ISR")
+    leader, replicas, _ = partition_state(admin, topic, 0)
+    outside = next(n for n in c.ids if n not in replicas)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    records, size = 1500, 1100
+    for i in range(records):
+        producer.produce(topic, value=f"{i:06d}".encode() + b"x" * (size - 6), partition=0)
+    assert producer.flush(60) == 0
+    rate = 300_000  # bytes/s
+    done = admin.incremental_alter_configs([
+        ConfigResource("BROKER", str(outside), incremental_configs=[
+            ConfigEntry("follower.replication.throttled.rate", str(rate),
+                        incremental_operation=AlterConfigOpType.SET)]),
+        ConfigResource("TOPIC", topic, incremental_configs=[
+            ConfigEntry("follower.replication.throttled.replicas", f"0:{outside}",
+                        incremental_operation=AlterConfigOpType.SET)]),
+    ])
+    for future in done.values():
+        future.result(30)
+
+    # Replace a follower with the new node (the leader stays).
+    target = [leader] + [n for n in replicas if n != leader][:1] + [outside]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "partitions": [
+        {"topic": topic, "partition": 0, "replicas": target}]}))
+    started = time.monotonic()
+    out = reassign(compat, bootstrap, str(plan), "--execute")
+    assert "Successfully started partition reassignment" in out, out
+    wait_until(lambda: sorted(partition_state(admin, topic, 0)[1]) == sorted(target)
+               and sorted(partition_state(admin, topic, 0)[2]) == sorted(target),
+               120, what="the move to complete")
+    elapsed = time.monotonic() - started
+    copied = records * size
+    print(f"copied {copied} bytes in {elapsed:.1f} s under a {rate} B/s follower throttle")
+    assert elapsed >= copied / rate * 0.6, \
+        f"{copied} bytes copied in {elapsed:.1f} s: faster than the {rate} B/s follower throttle"
+    assert f"follower.replication.throttled.rate" in c[outside].log_text()
 
 
 def admin_post(node, path: str, body: dict, timeout: float = 60.0) -> tuple[int, dict]:

@@ -46,12 +46,19 @@ enum Work {
 /// changes (the shard's links and quorum; a trait so the pump can be tested
 /// without either).
 pub trait ReplicaOutlet {
-    /// For an answer to a follower outside the ISR: `None` if this node
-    /// does not throttle the partition, else how long to wait before
-    /// sending records (zero: now).
-    fn throttle_delay(&self, topic: &str, partition: i32) -> Option<std::time::Duration>;
-    /// Record bytes sent to a throttled follower.
-    fn throttle_charge(&self, bytes: usize);
+    /// For an answer to a follower outside the ISR (`Leader`), or a fetch
+    /// of this node while it is outside the ISR (`Follower`): `None` if
+    /// this node does not throttle the partition on that side, else how
+    /// long to wait before sending (zero: now).
+    fn throttle_delay(
+        &self,
+        side: ThrottleSide,
+        topic: &str,
+        partition: i32,
+    ) -> Option<std::time::Duration>;
+    /// Record bytes sent (`Leader`) or received (`Follower`) under a
+    /// throttle.
+    fn throttle_charge(&self, side: ThrottleSide, bytes: usize);
     fn queue_fetch(&self, to: NodeId, fetch: PartitionFetch);
     fn queue_answer(&self, to: NodeId, answer: PartitionAnswer);
     /// Proposes `proposal` to the metadata quorum; `on_refused` runs if the
@@ -63,6 +70,15 @@ pub trait ReplicaOutlet {
         proposal: IsrProposal,
         on_refused: Box<dyn FnOnce()>,
     );
+}
+
+/// Which of Kafka's two replication throttles: `leader.replication.*`
+/// (what a leader sends) or `follower.replication.*` (what a follower
+/// fetches). Both apply only to replicas outside the ISR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleSide {
+    Leader,
+    Follower,
 }
 
 /// Where an `acks=all` produce's outcome goes (a Kafka error code).
@@ -146,6 +162,15 @@ impl Replicated {
     /// its high watermark can be shown.
     pub fn serves_clients(&self) -> bool {
         self.consumer_high_watermark.get().is_some()
+    }
+
+    /// Whether this replica is outside the ISR the quorum committed (a
+    /// follower's machine knows no ISR: the leader's does).
+    pub fn outside_committed_isr(&self) -> bool {
+        self.record
+            .borrow()
+            .as_ref()
+            .is_some_and(|record| !record.isr.contains(&self.me))
     }
 
     /// The other replicas of the partition, in-sync ones first (whom to
@@ -492,13 +517,33 @@ pub async fn run_pump(
             return;
         };
         match work {
-            Work::SendFetch { to, request } => outlet.queue_fetch(
-                to,
-                PartitionFetch {
-                    partition: replicated.wire_partition(),
-                    request,
-                },
-            ),
+            Work::SendFetch { to, request } => {
+                // A follower outside the ISR listed in the topic's
+                // `follower.replication.throttled.replicas` fetches at its
+                // share of the node's `follower.replication.throttled.rate`.
+                let out_of_sync = replicated.outside_committed_isr();
+                let throttled = out_of_sync
+                    && outlet
+                        .throttle_delay(
+                            ThrottleSide::Follower,
+                            &replicated.topic,
+                            replicated.index,
+                        )
+                        .is_some();
+                if throttled {
+                    drop(partition);
+                    if !wait_for_throttle(&outlet, ThrottleSide::Follower, &replicated).await {
+                        return;
+                    }
+                }
+                outlet.queue_fetch(
+                    to,
+                    PartitionFetch {
+                        partition: replicated.wire_partition(),
+                        request,
+                    },
+                );
+            }
             Work::AnswerFetch { to, mut response } => {
                 let has_records =
                     matches!(&response.body, FetchBody::Records(ranges) if !ranges.is_empty());
@@ -512,19 +557,14 @@ pub async fn run_pump(
                 let throttled = has_records
                     && out_of_sync
                     && outlet
-                        .throttle_delay(&replicated.topic, replicated.index)
+                        .throttle_delay(ThrottleSide::Leader, &replicated.topic, replicated.index)
                         .is_some();
                 if throttled {
                     // A throttled follower waits for its share of the
                     // node's rate; the partition is not held meanwhile.
                     drop(partition);
-                    while let Some(delay) =
-                        outlet.throttle_delay(&replicated.topic, replicated.index)
-                    {
-                        if delay.is_zero() || replicated.stopped.get() {
-                            break;
-                        }
-                        glommio::timer::sleep(delay).await;
+                    if !wait_for_throttle(&outlet, ThrottleSide::Leader, &replicated).await {
+                        return;
                     }
                     let Some(again) = weak_partition.upgrade() else {
                         return;
@@ -536,7 +576,10 @@ pub async fn run_pump(
                         match read_ranges(&partition, ranges).await {
                             Ok(batches) => {
                                 if throttled {
-                                    outlet.throttle_charge(batches.iter().map(Bytes::len).sum());
+                                    outlet.throttle_charge(
+                                        ThrottleSide::Leader,
+                                        batches.iter().map(Bytes::len).sum(),
+                                    );
                                 }
                                 batches
                             }
@@ -576,6 +619,17 @@ pub async fn run_pump(
                 );
             }
             Work::Append { batches } => {
+                let out_of_sync = replicated.outside_committed_isr();
+                if out_of_sync
+                    && outlet
+                        .throttle_delay(ThrottleSide::Follower, &replicated.topic, replicated.index)
+                        .is_some()
+                {
+                    outlet.throttle_charge(
+                        ThrottleSide::Follower,
+                        batches.iter().map(Bytes::len).sum(),
+                    );
+                }
                 for batch in batches {
                     if let Err(error) = partition.append_from_leader(batch).await {
                         tracing::warn!(topic = %replicated.topic, partition = replicated.index, %error, "appending a leader's records");
@@ -637,6 +691,25 @@ pub async fn run_pump(
             }
         }
     }
+}
+
+/// Sleeps while `side`'s throttle is in debt. False if the partition
+/// closed meanwhile (the pump ends).
+async fn wait_for_throttle(
+    outlet: &Rc<dyn ReplicaOutlet>,
+    side: ThrottleSide,
+    replicated: &Replicated,
+) -> bool {
+    while let Some(delay) = outlet.throttle_delay(side, &replicated.topic, replicated.index) {
+        if delay.is_zero() {
+            break;
+        }
+        if replicated.stopped.get() {
+            return false;
+        }
+        glommio::timer::sleep(delay).await;
+    }
+    !replicated.stopped.get()
 }
 
 /// Reads the records of `ranges` (contiguous) and cuts the ranges to what

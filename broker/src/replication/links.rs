@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::channel::oneshot;
 
-use super::driver::ReplicaOutlet;
+use super::driver::{ReplicaOutlet, ThrottleSide};
 use super::messages::{FetchBody, FetchRefusal, FetchResponse, IsrProposal};
 use super::wire::{
     decode_repair_answer, decode_repair_request, decode_replica_fetch, decode_replica_fetch_answer,
@@ -65,7 +65,10 @@ pub struct ReplicaLinks {
     request_id: Cell<u64>,
     /// The newest image (throttled replicas, this node's throttle rate).
     image: RefCell<Arc<ClusterMetadata>>,
-    throttle: RefCell<TokenBucket>,
+    /// This shard's share of `leader.replication.throttled.rate` and of
+    /// `follower.replication.throttled.rate`.
+    leader_throttle: RefCell<TokenBucket>,
+    follower_throttle: RefCell<TokenBucket>,
     /// Per damaged partition: whether a repair runs, and when the next may.
     repairs: RefCell<HashMap<ReplicaPartition, RepairSlot>>,
     /// Repair requests sent, by request id: where the copy goes.
@@ -78,9 +81,9 @@ struct RepairSlot {
     next_at_ms: u64,
 }
 
-/// This shard's share of the node's `leader.replication.throttled.rate`:
-/// record bytes sent to throttled followers are charged here, and an answer
-/// waits while the bucket is in debt.
+/// This shard's share of one of the node's replication throttle rates:
+/// record bytes sent to (or fetched by) throttled replicas are charged
+/// here, and the next answer (or fetch) waits while the bucket is in debt.
 #[derive(Debug)]
 struct TokenBucket {
     /// Bytes per millisecond; `None`: unthrottled.
@@ -90,6 +93,29 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
+    fn unthrottled() -> Self {
+        Self {
+            rate: None,
+            tokens: 0.0,
+            updated: std::time::Instant::now(),
+        }
+    }
+
+    /// A new rate in bytes per millisecond (`None`: unthrottled).
+    fn set_rate(&mut self, rate: Option<f64>, me: NodeId, setting: &str) {
+        self.refill();
+        if self.rate != rate {
+            tracing::info!(
+                node = me,
+                setting,
+                bytes_per_second_per_shard = rate.map(|r| (r * 1000.0) as u64),
+                "replication throttle"
+            );
+            self.rate = rate;
+            self.tokens = self.tokens.min(rate.map_or(0.0, |r| r * 1000.0));
+        }
+    }
+
     fn refill(&mut self) {
         let now = std::time::Instant::now();
         if let Some(rate) = self.rate {
@@ -105,7 +131,9 @@ impl TokenBucket {
 /// `*.replication.throttled.replicas` value (`*` or `partition:node,...`).
 /// As in Kafka, a leader throttles a partition when *it* is listed in
 /// `leader.replication.throttled.replicas`, and only toward followers
-/// outside the ISR (the driver checks that).
+/// outside the ISR; a follower when it is listed in
+/// `follower.replication.throttled.replicas` and outside the ISR (the
+/// driver checks the ISR).
 pub fn throttled_replica(list: &str, partition: i32, node: NodeId) -> bool {
     let list = list.trim();
     list == "*"
@@ -126,11 +154,8 @@ impl ReplicaLinks {
             flush_scheduled: Cell::new(false),
             request_id: Cell::new(0),
             image: RefCell::new(shard.metadata()),
-            throttle: RefCell::new(TokenBucket {
-                rate: None,
-                tokens: 0.0,
-                updated: std::time::Instant::now(),
-            }),
+            leader_throttle: RefCell::new(TokenBucket::unthrottled()),
+            follower_throttle: RefCell::new(TokenBucket::unthrottled()),
             repairs: RefCell::new(HashMap::new()),
             asked_repairs: RefCell::new(HashMap::new()),
         })
@@ -207,23 +232,17 @@ impl ReplicaLinks {
             self.transport
                 .learn_address(node.id, &node.cluster_listen, false);
         }
-        let rate = image
-            .dynamic_broker_config(self.me, "leader.replication.throttled.rate")
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .filter(|rate| *rate < i64::MAX as u64)
-            .map(|rate| rate as f64 / 1000.0 / shards.max(1) as f64);
-        let mut bucket = self.throttle.borrow_mut();
-        bucket.refill();
-        if bucket.rate != rate {
-            tracing::info!(
-                node = self.me,
-                bytes_per_second_per_shard = rate.map(|r| (r * 1000.0) as u64),
-                "leader replication throttle"
-            );
-            bucket.rate = rate;
-            bucket.tokens = bucket.tokens.min(rate.map_or(0.0, |r| r * 1000.0));
+        for (bucket, setting) in [
+            (&self.leader_throttle, "leader.replication.throttled.rate"),
+            (&self.follower_throttle, "follower.replication.throttled.rate"),
+        ] {
+            let rate = image
+                .dynamic_broker_config(self.me, setting)
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .filter(|rate| *rate < i64::MAX as u64)
+                .map(|rate| rate as f64 / 1000.0 / shards.max(1) as f64);
+            bucket.borrow_mut().set_rate(rate, self.me, setting);
         }
-        drop(bucket);
         self.image.replace(image.clone());
     }
 
@@ -299,13 +318,22 @@ async fn yield_once() {
 }
 
 impl ReplicaOutlet for Rc<ReplicaLinks> {
-    fn throttle_delay(&self, topic: &str, partition: i32) -> Option<Duration> {
-        let mut bucket = self.throttle.borrow_mut();
+    fn throttle_delay(&self, side: ThrottleSide, topic: &str, partition: i32) -> Option<Duration> {
+        let (mut bucket, replicas) = match side {
+            ThrottleSide::Leader => (
+                self.leader_throttle.borrow_mut(),
+                "leader.replication.throttled.replicas",
+            ),
+            ThrottleSide::Follower => (
+                self.follower_throttle.borrow_mut(),
+                "follower.replication.throttled.replicas",
+            ),
+        };
         let rate = bucket.rate?;
         let image = self.image.borrow();
         let listed = image
             .topic(topic)
-            .and_then(|meta| meta.configs.get("leader.replication.throttled.replicas"))
+            .and_then(|meta| meta.configs.get(replicas))
             .is_some_and(|list| throttled_replica(list, partition, self.me));
         if !listed {
             return None;
@@ -319,8 +347,11 @@ impl ReplicaOutlet for Rc<ReplicaLinks> {
         ))
     }
 
-    fn throttle_charge(&self, bytes: usize) {
-        let mut bucket = self.throttle.borrow_mut();
+    fn throttle_charge(&self, side: ThrottleSide, bytes: usize) {
+        let mut bucket = match side {
+            ThrottleSide::Leader => self.leader_throttle.borrow_mut(),
+            ThrottleSide::Follower => self.follower_throttle.borrow_mut(),
+        };
         if bucket.rate.is_some() {
             bucket.refill();
             bucket.tokens -= bytes as f64;
