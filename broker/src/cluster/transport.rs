@@ -14,6 +14,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
 use glommio::channels::local_channel::{self, LocalSender};
@@ -126,25 +127,42 @@ pub enum FrameError {
 }
 
 pub fn encode_frame(kind: FrameKind, body: &[u8]) -> Vec<u8> {
-    encode_frame_parts(kind, &[body])
+    frame_segments(kind, vec![Bytes::copy_from_slice(body)]).concat()
 }
 
-/// A frame whose body is `parts` joined (one copy of each part).
-pub fn encode_frame_parts(kind: FrameKind, parts: &[&[u8]]) -> Vec<u8> {
-    let length: usize = parts.iter().map(|part| part.len()).sum();
+/// Parts at least this large are written as they are; smaller ones are
+/// joined with their neighbours (and the header) into one write.
+const COPY_BELOW_BYTES: usize = 16 << 10;
+
+/// A frame whose body is `parts` joined, as segments to write in order:
+/// the header and the small parts copied together, large parts (record
+/// batches) passed through without a copy.
+pub fn frame_segments(kind: FrameKind, parts: Vec<Bytes>) -> Vec<Bytes> {
+    let length: usize = parts.iter().map(Bytes::len).sum();
     let crc = parts
         .iter()
         .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
-    let mut frame = Vec::with_capacity(HEADER_BYTES + length);
-    frame.extend_from_slice(&MAGIC);
-    frame.push(VERSION);
-    frame.push(kind as u8);
-    frame.extend_from_slice(&(length as u32).to_be_bytes());
-    frame.extend_from_slice(&crc.to_be_bytes());
+    let mut small = BytesMut::with_capacity(HEADER_BYTES + 256);
+    small.put_slice(&MAGIC);
+    small.put_u8(VERSION);
+    small.put_u8(kind as u8);
+    small.put_u32(length as u32);
+    small.put_u32(crc);
+    let mut segments = Vec::new();
     for part in parts {
-        frame.extend_from_slice(part);
+        if part.len() < COPY_BELOW_BYTES {
+            small.put_slice(&part);
+        } else {
+            if !small.is_empty() {
+                segments.push(small.split().freeze());
+            }
+            segments.push(part);
+        }
     }
-    frame
+    if !small.is_empty() {
+        segments.push(small.freeze());
+    }
+    segments
 }
 
 /// Checks a frame header; the body's length and expected CRC.
@@ -179,7 +197,7 @@ pub struct Transport {
     /// Where each peer listens (voters from the configuration, other nodes
     /// from their registration).
     addresses: RefCell<HashMap<i32, String>>,
-    queues: RefCell<HashMap<i32, LocalSender<Vec<u8>>>>,
+    queues: RefCell<HashMap<i32, LocalSender<Vec<Bytes>>>>,
 }
 
 impl Transport {
@@ -211,15 +229,16 @@ impl Transport {
     /// Queues a frame for `to`; dropped (and `false`) when the peer is
     /// unknown or its queue is full.
     pub fn send(self: &Rc<Self>, to: i32, kind: FrameKind, body: &[u8]) -> bool {
-        self.send_parts(to, kind, &[body])
+        self.send_parts(to, kind, vec![Bytes::copy_from_slice(body)])
     }
 
-    /// [`Transport::send`] of a body in parts (copied once, into the frame).
-    pub fn send_parts(self: &Rc<Self>, to: i32, kind: FrameKind, parts: &[&[u8]]) -> bool {
+    /// [`Transport::send`] of a body in parts: large parts (record batches)
+    /// are written from where they are, never copied ([`frame_segments`]).
+    pub fn send_parts(self: &Rc<Self>, to: i32, kind: FrameKind, parts: Vec<Bytes>) -> bool {
         if to == self.me {
             return false;
         }
-        let frame = encode_frame_parts(kind, parts);
+        let frame = frame_segments(kind, parts);
         if let Some(queue) = self.queues.borrow().get(&to) {
             return queue.try_send(frame).is_ok();
         }
@@ -251,7 +270,7 @@ impl Transport {
         self: Rc<Self>,
         peer: i32,
         mut address: String,
-        receiver: local_channel::LocalReceiver<Vec<u8>>,
+        receiver: local_channel::LocalReceiver<Vec<Bytes>>,
     ) {
         let mut receiver = receiver.stream();
         let mut backoff = RECONNECT_MIN;
@@ -286,7 +305,12 @@ impl Transport {
                 continue;
             };
             let written = glommio::timer::timeout(WRITE_TIMEOUT, async {
-                Ok(stream.write_all(&frame).await)
+                for segment in &frame {
+                    if let Err(error) = stream.write_all(segment).await {
+                        return Ok(Err(error));
+                    }
+                }
+                Ok(Ok(()))
             })
             .await;
             if !matches!(written, Ok(Ok(()))) {
@@ -385,6 +409,25 @@ mod tests {
         let mut bad = header;
         bad[4..8].copy_from_slice(&(FRAME_BYTES_MAX as u32 + 1).to_be_bytes());
         assert!(matches!(decode_header(&bad), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn large_parts_are_passed_through_and_the_frame_is_the_same() {
+        let big = Bytes::from(vec![7u8; COPY_BELOW_BYTES + 1]);
+        let parts = vec![
+            Bytes::from_static(b"head"),
+            big.clone(),
+            Bytes::from_static(b"mid"),
+            Bytes::from_static(b"tail"),
+        ];
+        let joined: Vec<u8> = parts.iter().flat_map(|part| part.iter().copied()).collect();
+        let segments = frame_segments(FrameKind::ReplicaFetchAnswer, parts);
+        assert_eq!(segments.len(), 3, "header+head, the large part, mid+tail");
+        assert_eq!(segments[1].as_ptr(), big.as_ptr(), "not copied");
+        assert_eq!(
+            segments.concat(),
+            encode_frame(FrameKind::ReplicaFetchAnswer, &joined)
+        );
     }
 
     #[test]

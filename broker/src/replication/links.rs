@@ -215,13 +215,12 @@ impl ReplicaLinks {
     }
 
     fn send_repair_answer(&self, to: NodeId, answer: &RepairAnswer) {
-        let header = encode_repair_answer_header(answer);
-        let mut parts: Vec<&[u8]> = vec![header.as_ref()];
+        let mut parts = vec![encode_repair_answer_header(answer)];
         if let Some(batch) = &answer.batch {
-            parts.push(batch.as_ref());
+            parts.push(batch.clone());
         }
         self.transport
-            .send_parts(to, FrameKind::ReplicaRepairAnswer, &parts);
+            .send_parts(to, FrameKind::ReplicaRepairAnswer, parts);
     }
 
     /// A new image: the cluster addresses of registered nodes (a configured
@@ -234,7 +233,10 @@ impl ReplicaLinks {
         }
         for (bucket, setting) in [
             (&self.leader_throttle, "leader.replication.throttled.rate"),
-            (&self.follower_throttle, "follower.replication.throttled.rate"),
+            (
+                &self.follower_throttle,
+                "follower.replication.throttled.rate",
+            ),
         ] {
             let rate = image
                 .dynamic_broker_config(self.me, setting)
@@ -288,13 +290,11 @@ impl ReplicaLinks {
                 };
                 match encode_replica_fetch_answer(&answer, &limits) {
                     Ok(body) => {
-                        let parts: Vec<&[u8]> = body
-                            .segments
-                            .iter()
-                            .map(|segment| segment.as_ref())
-                            .collect();
-                        self.transport
-                            .send_parts(peer, FrameKind::ReplicaFetchAnswer, &parts);
+                        self.transport.send_parts(
+                            peer,
+                            FrameKind::ReplicaFetchAnswer,
+                            body.segments,
+                        );
                     }
                     Err(error) => tracing::warn!(peer, %error, "cannot encode a replica answer"),
                 }

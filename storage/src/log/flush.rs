@@ -209,7 +209,20 @@ fn plan_write(shared: &Shared) -> Option<WritePlan> {
     let mut pieces = Vec::new();
     let mut end_offset = state.written_offset;
     let mut records = 0;
-    for cached in state.hot.iter().filter(|cached| {
+    // The hot tail is in log order and its unwritten batches are at its
+    // end (this segment's, then later segments' after a roll): walk back to
+    // the first of them instead of over the whole tail (thousands of
+    // written batches, on every write).
+    let first_unwritten = state
+        .hot
+        .iter()
+        .rposition(|cached| {
+            cached.segment_base < segment.base_offset
+                || (cached.segment_base == segment.base_offset
+                    && cached.position < segment.written_bytes)
+        })
+        .map_or(0, |last_written| last_written + 1);
+    for cached in state.hot.range(first_unwritten..).filter(|cached| {
         cached.segment_base == segment.base_offset && cached.position >= segment.written_bytes
     }) {
         pieces.push(cached.header.clone());
