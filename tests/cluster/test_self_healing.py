@@ -91,16 +91,22 @@ def same_batches(c, topic: str) -> None:
         assert batches == first, f"node {node_id}'s batches differ from the others'"
 
 
-def test_a_damaged_batch_on_the_leader_is_repaired_from_a_follower(cluster_factory):
-    topic = "heal-leader"
+def filled_cluster(cluster_factory, topic: str):
+    """Three nodes, `topic` (RF 3) with every replica in sync and RECORDS
+    records: (cluster, partition 0's replicas, the values produced)."""
     c = cluster_factory(3, settings=FAST)
     c.wait_for_controller(30)
     c.wait_for_nodes_alive([1, 2, 3], 30)
     create(c.bootstrap, topic)
     parts = wait_for_partitions(admin(c.bootstrap), topic, lambda p: set(p[0].isrs) == {1, 2, 3},
                                 30, "a full ISR")
-    preferred = parts[0].replicas[0]
-    values = produce(c.bootstrap, topic)
+    return c, list(parts[0].replicas), produce(c.bootstrap, topic)
+
+
+def test_a_damaged_batch_on_the_leader_is_repaired_from_a_follower(cluster_factory):
+    topic = "heal-leader"
+    c, replicas, values = filled_cluster(cluster_factory, topic)
+    preferred = replicas[0]
 
     # Bit rot on the preferred leader's disk while it is stopped (cleanly:
     # its segments are trusted at the next open, checked when read).
@@ -122,14 +128,8 @@ def test_a_damaged_batch_on_the_leader_is_repaired_from_a_follower(cluster_facto
 
 def test_damage_on_two_replicas_heals_from_the_third(cluster_factory):
     topic = "heal-two"
-    c = cluster_factory(3, settings=FAST)
-    c.wait_for_controller(30)
-    c.wait_for_nodes_alive([1, 2, 3], 30)
-    create(c.bootstrap, topic)
-    parts = wait_for_partitions(admin(c.bootstrap), topic, lambda p: set(p[0].isrs) == {1, 2, 3},
-                                30, "a full ISR")
-    first, second = parts[0].replicas[0], parts[0].replicas[1]
-    values = produce(c.bootstrap, topic)
+    c, replicas, values = filled_cluster(cluster_factory, topic)
+    first, second = replicas[0], replicas[1]
 
     # The same batch damaged on two replicas: only the third holds it.
     for node in (first, second):

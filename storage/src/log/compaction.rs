@@ -827,14 +827,7 @@ impl PartitionLog {
             if self.simulate_crash(context.crash_at, SwapStep::AfterCommit, report) {
                 return Ok(true);
             }
-            let bases: Vec<u64> = self
-                .shared
-                .state
-                .borrow()
-                .segments
-                .iter()
-                .map(|segment| segment.base_offset)
-                .collect();
+            let bases = self.segment_bases();
             for (done, group) in swap_groups.iter().enumerate() {
                 if let Err(error) = apply_group(dir, group, &bases) {
                     // Half applied on disk; the next open finishes it from the

@@ -46,14 +46,7 @@ impl PartitionLog {
         write_pending(&self.shared).await?;
         leave_clean_state(&self.shared).await?;
         finish_all_fills(&self.shared).await;
-        let bases: Vec<u64> = self
-            .shared
-            .state
-            .borrow()
-            .segments
-            .iter()
-            .map(|segment| segment.base_offset)
-            .collect();
+        let bases = self.segment_bases();
         let dir = self.shared.dir.clone();
         checkpoint::off_executor(move || {
             for base in bases {
