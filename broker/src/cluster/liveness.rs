@@ -27,6 +27,19 @@ pub struct Liveness {
     /// When this node became the controller: every node gets one full
     /// session from then (it may have heartbeated to the previous one).
     leader_since_ms: u64,
+    /// Per node, the registration epoch this controller last saw in the
+    /// image and when it first saw it: a node gets one full session from
+    /// its registration too. Its heartbeats in the new epoch start only once
+    /// it has learnt that epoch (an observer, registered by the controller
+    /// on its behalf, a heartbeat interval or more later), and what was
+    /// heard from its previous life (before a kill or a fence) may be older
+    /// than a session: counting that fenced it again right after each
+    /// registration, forever.
+    registered_seen: HashMap<i32, (u64, u64)>,
+    /// Whether [`Self::to_fence`] ran since this node became the
+    /// controller: registrations found on the first look predate it, and
+    /// `leader_since_ms` covers them.
+    looked: bool,
     /// Fences proposed and not yet seen applied: (node, epoch).
     proposed: HashSet<(i32, u64)>,
 }
@@ -43,14 +56,18 @@ impl Liveness {
         self.leader_since_ms = now_ms;
         self.last_heard.clear();
         self.proposed.clear();
+        self.registered_seen.clear();
+        self.looked = false;
     }
 
     pub fn heard(&mut self, node: i32, now_ms: u64) {
         self.last_heard.insert(node, now_ms);
     }
 
-    /// Alive nodes silent for longer than the session timeout, each
-    /// returned once (until its state or epoch changes in `image`).
+    /// Alive nodes silent for longer than the session timeout (counted
+    /// from the later of its last heartbeat, this controller's start and
+    /// its registration as first seen here), each returned once (until its
+    /// state or epoch changes in `image`).
     pub fn to_fence(&mut self, image: &ClusterMetadata, now_ms: u64) -> Vec<(i32, u64)> {
         self.proposed.retain(|(node, epoch)| {
             image
@@ -58,8 +75,18 @@ impl Liveness {
                 .get(node)
                 .is_some_and(|n| n.epoch == *epoch && n.state == NodeState::Alive)
         });
+        let first_look = !self.looked;
+        self.looked = true;
         let mut fence = Vec::new();
         for node in image.nodes.values() {
+            let registered_ms = match self.registered_seen.get(&node.id) {
+                Some((epoch, since_ms)) if *epoch == node.epoch => *since_ms,
+                // Registered (again) while this node is the controller.
+                _ if !first_look => now_ms,
+                _ => 0,
+            };
+            self.registered_seen
+                .insert(node.id, (node.epoch, registered_ms));
             if node.state != NodeState::Alive {
                 continue;
             }
@@ -68,7 +95,8 @@ impl Liveness {
                 .get(&node.id)
                 .copied()
                 .unwrap_or(0)
-                .max(self.leader_since_ms);
+                .max(self.leader_since_ms)
+                .max(registered_ms);
             if now_ms.saturating_sub(heard) > self.session_timeout_ms
                 && self.proposed.insert((node.id, node.epoch))
             {
@@ -196,6 +224,55 @@ mod tests {
         liveness.became_controller(20_000);
         assert!(liveness.to_fence(&fenced, 20_999).is_empty());
         assert_eq!(liveness.to_fence(&fenced, 21_001).len(), 2);
+    }
+
+    #[test]
+    fn a_node_registering_again_gets_a_full_session_before_its_first_heartbeat() {
+        let image = image_with(&[1, 2]);
+        let mut liveness = Liveness::new(1000);
+        liveness.became_controller(10_000);
+        liveness.heard(1, 10_000);
+        liveness.heard(2, 10_000);
+        assert!(liveness.to_fence(&image, 10_500).is_empty());
+        // Node 2 dies; fenced after a session.
+        assert_eq!(liveness.to_fence(&image, 11_200), vec![(1, 0), (2, 0)]);
+        liveness.heard(1, 11_300);
+        let fenced = image.apply(&MetadataRecord::NodeStateChanged {
+            node: 2,
+            epoch: 0,
+            state: NodeState::Fenced,
+        });
+        // Much later it registers again (a new epoch); its first heartbeat
+        // in that epoch has not come yet (an observer learns its epoch
+        // through the log): its last heartbeat, 5 s old, does not count.
+        let mut back = fenced.clone();
+        back.log_offset = 40;
+        let mut registration = back.nodes[&2].clone();
+        registration.incarnation += 1;
+        registration.state = NodeState::Alive;
+        let back = back.apply(&MetadataRecord::NodeRegistered(registration));
+        assert_eq!(back.nodes[&2].epoch, 40);
+        liveness.heard(1, 15_000);
+        assert!(
+            liveness.to_fence(&back, 15_050).is_empty(),
+            "a session from the registration"
+        );
+        liveness.heard(1, 15_900);
+        assert!(liveness.to_fence(&back, 16_000).is_empty());
+        // Still silent a full session after registering: fenced again.
+        assert_eq!(liveness.to_fence(&back, 16_051), vec![(2, 40)]);
+        // Heard in its new epoch, it stays.
+        liveness.heard(1, 16_100);
+        liveness.heard(2, 16_100);
+        let mut again = back.clone();
+        again.log_offset = 50;
+        let mut registration = again.nodes[&2].clone();
+        registration.incarnation += 1;
+        let again = again.apply(&MetadataRecord::NodeRegistered(registration));
+        assert!(liveness.to_fence(&again, 16_200).is_empty());
+        liveness.heard(2, 17_000);
+        liveness.heard(1, 17_000);
+        assert!(liveness.to_fence(&again, 17_900).is_empty());
     }
 
     #[test]

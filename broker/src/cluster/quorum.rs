@@ -817,9 +817,11 @@ impl Quorum {
     }
 
     /// The controller, after each image change and every second: partitions
-    /// without a leader whose ISR has a live node get one, and preferred
-    /// replicas lead again once back in the ISR (unless
-    /// `auto.leader.rebalance.enable` is off). One proposal at a time; a
+    /// without a leader whose ISR has a live node get one, those whose ISR
+    /// has none get an out-of-sync live replica where the topic (or the
+    /// broker default) allows unclean election, and preferred replicas lead
+    /// again once back in the ISR (unless `auto.leader.rebalance.enable` is
+    /// off). One proposal at a time; a
     /// stale one is refused and recomputed from the newer image.
     fn leadership_duties(self: &Rc<Self>, image: &ClusterMetadata) {
         let ticks = self.ticks.get();
@@ -836,6 +838,28 @@ impl Quorum {
                 image, node.id, rebalance,
             ));
         }
+        let unclean = crate::metadata::leadership::unclean_elections(
+            image,
+            self.config.unclean_leader_election,
+        );
+        for record in &unclean {
+            if let MetadataRecord::PartitionChange {
+                topic,
+                partition,
+                state,
+            } = record
+            {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    leader = ?state.leader,
+                    leader_epoch = state.leader_epoch,
+                    "unclean leader election: no in-sync replica is alive and the topic allows \
+                     electing an out-of-sync one; records it lacks are lost"
+                );
+            }
+        }
+        records.extend(unclean);
         if records.is_empty() {
             return;
         }

@@ -84,6 +84,30 @@ pub fn on_node_registered(
         .collect()
 }
 
+/// Unclean elections for offline partitions (no leader) whose ISR has no
+/// live member but another replica is alive, where the topic allows it
+/// (its `unclean.leader.election.enable`, else `unclean_default`, the
+/// broker's): the first live replica leads alone, as Kafka's controller
+/// does for offline partitions on its own. [`on_node_fenced`] only decides
+/// at the fence, when the out-of-sync replica may still be down, and
+/// [`on_node_registered`] only elects ISR members; without this, a replica
+/// coming back after the fence, or the topic setting turned on later (it
+/// is dynamic), would leave the partition offline until an operator asked.
+/// Partitions with a live ISR member are left to the clean election.
+pub fn unclean_elections(image: &ClusterMetadata, unclean_default: bool) -> Vec<MetadataRecord> {
+    let is_alive = |candidate: NodeId| image.is_alive(candidate);
+    image
+        .partition_records_iter()
+        .filter(|(_, _, record)| record.leader.is_none())
+        .filter(|(_, _, record)| !record.isr.iter().any(|node| is_alive(*node)))
+        .filter(|(topic, _, _)| image.unclean_election_allowed(topic, unclean_default))
+        .filter_map(|(topic, partition, record)| {
+            let election = elect_leader(record, is_alive, true)?;
+            Some(change(topic, partition, election.record))
+        })
+        .collect()
+}
+
 /// Preferred-leader election over every partition: where the preferred
 /// replica (the first) is alive and in the ISR but does not lead, it leads
 /// again (leader epoch bumped). Leaves offline partitions to

@@ -4,8 +4,8 @@
 //! leadership decisions, and replica placement over nodes and racks.
 use super::command::{MetadataCommand, ProposalId, Verdict};
 use super::leadership::{
-    elections_for, on_node_fenced, on_node_registered, preferred_leader_elections, ElectionOutcome,
-    ElectionPlan, ElectionType,
+    elections_for, on_node_fenced, on_node_registered, preferred_leader_elections,
+    unclean_elections, ElectionOutcome, ElectionPlan, ElectionType,
 };
 use super::nodes::Leader;
 use super::partitions::initial_partition_records;
@@ -384,6 +384,60 @@ fn fencing_the_last_isr_member_takes_the_partition_offline_and_keeps_its_isr() {
     let by_default = on_node_fenced(&image, 1, true);
     let elected = commit(&fence(&image, 1), by_default);
     assert_eq!(record(&elected, "t", 0).leader, Some(2));
+}
+
+#[test]
+fn an_offline_partition_gets_an_out_of_sync_leader_once_unclean_election_is_allowed() {
+    // Partition 0 on nodes 1, 2, 3; its ISR shrank to node 1, which was
+    // then fenced while 2 and 3 were down too: offline, ISR [1].
+    let image = with_created(
+        &cluster(&[(1, None), (2, None), (3, None)]),
+        topic("t", vec![vec![1, 2, 3]]),
+    );
+    let state = record(&image, "t", 0);
+    let image = commit(&image, vec![proposal(&state, vec![1])]);
+    let all_down = fence(&fence(&image, 2), 3);
+    let offline = commit(&fence(&all_down, 1), on_node_fenced(&all_down, 1, false));
+    let before = record(&offline, "t", 0);
+    assert_eq!((before.leader, before.isr.clone()), (None, vec![1]));
+    // No live replica: nothing to elect, whatever the setting.
+    assert!(unclean_elections(&offline, true).is_empty());
+    // Node 3 (out of sync) registers again after the fence.
+    let back = offline.apply(&MetadataRecord::NodeRegistered(node(3, None)));
+    assert!(
+        on_node_registered(&back, 3, true).is_empty(),
+        "not a clean candidate"
+    );
+    assert!(
+        unclean_elections(&back, false).is_empty(),
+        "never by default"
+    );
+    // The broker default, or the topic's (dynamic) setting, allows it: node
+    // 3 leads alone in a new leader epoch.
+    let mut allowing = back.topic("t").cloned().expect("t");
+    allowing
+        .configs
+        .insert("unclean.leader.election.enable".into(), "true".into());
+    let allowing = back.with_topic(allowing);
+    for (image, default) in [(&back, true), (&allowing, false)] {
+        let changes = unclean_elections(image, default);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let elected = record(&commit(image, changes), "t", 0);
+        assert_eq!((elected.leader, elected.isr.clone()), (Some(3), vec![3]));
+        assert_eq!(elected.leader_epoch, before.leader_epoch + 1);
+        assert_eq!(elected.partition_epoch, before.partition_epoch + 1);
+    }
+    // The topic's "false" wins over a broker default of true.
+    let mut refusing = back.topic("t").cloned().expect("t");
+    refusing
+        .configs
+        .insert("unclean.leader.election.enable".into(), "false".into());
+    assert!(unclean_elections(&back.with_topic(refusing), true).is_empty());
+    // An ISR member alive again: the clean election's, not an unclean one.
+    let isr_back = allowing.apply(&MetadataRecord::NodeRegistered(node(1, None)));
+    assert!(unclean_elections(&isr_back, true).is_empty());
+    let clean = on_node_registered(&isr_back, 1, false);
+    assert_eq!(record(&commit(&isr_back, clean), "t", 0).leader, Some(1));
 }
 
 #[test]
