@@ -250,6 +250,12 @@ pub const SETTINGS: &[Setting] = &[
     // unset: a single node, its own quorum of one.
     setting(None, "controller.quorum.voters", None, SettingKind::String),
     setting(None, "broker.rack", None, SettingKind::String),
+    // KIP-392: how a partition's leader picks the replica a consumer that
+    // names its rack (`client.rack`) should read from. Unset (Kafka's
+    // default): consumers read from leaders. Only Kafka's rack-aware
+    // selector (or its alias `rack-aware`) is accepted; Kafki runs no
+    // plugins.
+    setting(None, "replica.selector.class", None, SettingKind::String),
     // A node whose heartbeats stop for this long is fenced (KRaft's names
     // and defaults).
     setting(
@@ -441,6 +447,16 @@ pub fn check_value(setting: &Setting, value: &str) -> anyhow::Result<()> {
             // Batches are stored as producers compressed them; recompression
             // is not implemented, so only "producer" is honest.
             "compression.type" => value == "producer",
+            "replica.selector.class" => {
+                if crate::replication::selector::ReplicaSelector::parse(value).is_none() {
+                    bail!(
+                        "invalid value {value:?} for replica.selector.class: Kafki supports only {} (or {:?})",
+                        crate::replication::selector::RACK_AWARE_CLASS,
+                        crate::replication::selector::RACK_AWARE_ALIAS,
+                    );
+                }
+                true
+            }
             _ => true,
         },
     };

@@ -76,6 +76,8 @@ struct Families {
     requests: IntCounterVec,
     latency: HistogramVec,
     fetch_bytes: IntCounterVec,
+    follower_fetch_partitions: IntCounterVec,
+    preferred_replica_redirects: IntCounterVec,
     bytes_in: IntCounterVec,
     bytes_out: IntCounterVec,
     partitions: IntGaugeVec,
@@ -144,6 +146,18 @@ impl Families {
                 "kafki_fetch_bytes_total",
                 "Record bytes returned by Fetch, by shard and how they reached the socket (sendfile: spliced from the file; memory: from the hot tail; copy: read from the file into memory).",
                 &["shard", "path"],
+            ),
+            follower_fetch_partitions: counter_vec(
+                &registry,
+                "kafki_follower_fetch_partitions_total",
+                "Partitions of consumer Fetch answers served by this node's follower replica (KIP-392), by shard of the connection.",
+                &["shard"],
+            ),
+            preferred_replica_redirects: counter_vec(
+                &registry,
+                "kafki_preferred_replica_redirects_total",
+                "Partitions of consumer Fetch answers where this leader named a preferred read replica on the client's rack instead of sending records (KIP-392, replica.selector.class), by shard of the connection.",
+                &["shard"],
             ),
             bytes_in: counter_vec(
                 &registry,
@@ -290,6 +304,8 @@ pub struct ShardMetrics {
     /// Indexed by API key; the last slot is `Unknown`.
     apis: Box<[OnceCell<ApiMetrics>]>,
     fetch_bytes: [IntCounter; 3],
+    follower_fetch_partitions: IntCounter,
+    preferred_replica_redirects: IntCounter,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
     partitions: IntGauge,
@@ -331,6 +347,12 @@ impl ShardMetrics {
         Self {
             apis: (0..=API_SLOTS).map(|_| OnceCell::new()).collect(),
             fetch_bytes,
+            follower_fetch_partitions: families
+                .follower_fetch_partitions
+                .with_label_values(&[label]),
+            preferred_replica_redirects: families
+                .preferred_replica_redirects
+                .with_label_values(&[label]),
             bytes_in: families.bytes_in.with_label_values(&[label]),
             bytes_out: families.bytes_out.with_label_values(&[label]),
             partitions: families.partitions.with_label_values(&[label]),
@@ -391,6 +413,18 @@ impl ShardMetrics {
     /// Adds Fetch record bytes served through `path`.
     pub fn add_fetch_bytes(&self, path: FetchPath, bytes: u64) {
         self.fetch_bytes[path.index()].inc_by(bytes);
+    }
+
+    /// Counts one partition of a consumer Fetch answer a follower replica
+    /// served (KIP-392).
+    pub fn count_follower_fetch_partition(&self) {
+        self.follower_fetch_partitions.inc();
+    }
+
+    /// Counts one partition of a consumer Fetch answer redirected to a
+    /// preferred read replica (KIP-392).
+    pub fn count_preferred_replica_redirect(&self) {
+        self.preferred_replica_redirects.inc();
     }
 
     /// Adds bytes read from client sockets.
@@ -543,6 +577,9 @@ mod tests {
         metrics.add_fetch_bytes(FetchPath::Copy, 30);
         metrics.add_bytes_in(4096);
         metrics.add_bytes_out(8192);
+        metrics.count_follower_fetch_partition();
+        metrics.count_follower_fetch_partition();
+        metrics.count_preferred_replica_redirect();
         metrics.set_partitions(12);
         metrics.connection_opened();
         metrics.connection_opened();
@@ -566,6 +603,8 @@ mod tests {
             "kafki_requests_total",
             "kafki_request_latency_seconds",
             "kafki_fetch_bytes_total",
+            "kafki_follower_fetch_partitions_total",
+            "kafki_preferred_replica_redirects_total",
             "kafki_bytes_in_total",
             "kafki_bytes_out_total",
             "kafki_partitions",
@@ -632,6 +671,14 @@ mod tests {
             30.0,
         );
         check(&format!(r#"kafki_bytes_in_total{{{s}}}"#), 4096.0);
+        check(
+            &format!(r#"kafki_follower_fetch_partitions_total{{{s}}}"#),
+            2.0,
+        );
+        check(
+            &format!(r#"kafki_preferred_replica_redirects_total{{{s}}}"#),
+            1.0,
+        );
         check(&format!(r#"kafki_bytes_out_total{{{s}}}"#), 8192.0);
         check(&format!(r#"kafki_partitions{{{s}}}"#), 12.0);
         check(&format!(r#"kafki_connections{{{s}}}"#), 1.0);

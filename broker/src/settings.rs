@@ -44,6 +44,9 @@ pub struct BrokerSettings {
     /// `log.idle.partition.close.ms` (Kafki's own): how long a partition
     /// must be unused before a spent descriptor budget closes it.
     pub idle_partition_close: Duration,
+    /// `replica.selector.class` (KIP-392): `None` (Kafka's default) keeps
+    /// every consumer on the leader.
+    pub replica_selector: Option<crate::replication::selector::ReplicaSelector>,
 }
 
 impl BrokerSettings {
@@ -99,6 +102,10 @@ impl BrokerSettings {
                 .get_i64("log.dir.reserve.bytes")
                 .map_or(0, |bytes| bytes.max(0) as u64),
             idle_partition_close: millis("log.idle.partition.close.ms", 60_000),
+            // Checked when it was set (`config::check_value`).
+            replica_selector: kafka
+                .get("replica.selector.class")
+                .and_then(crate::replication::selector::ReplicaSelector::parse),
         }
     }
 }
@@ -130,6 +137,24 @@ mod tests {
         assert_eq!(resolved.offsets_topic_partitions, 4);
         assert_eq!(resolved.group_initial_rebalance_delay, Duration::ZERO);
         assert_eq!(resolved.max_connections, 7);
+    }
+
+    #[test]
+    fn the_replica_selector_is_unset_by_default_and_other_classes_are_refused() {
+        use crate::replication::selector::{ReplicaSelector, RACK_AWARE_CLASS};
+        assert_eq!(BrokerSettings::default().replica_selector, None);
+        let mut kafka = KafkaSettings::default();
+        let refused = kafka
+            .set("replica.selector.class", "com.example.MySelector")
+            .expect_err("an unknown selector class is refused");
+        assert!(refused.to_string().contains(RACK_AWARE_CLASS), "{refused}");
+        kafka
+            .set("replica.selector.class", RACK_AWARE_CLASS)
+            .expect("set");
+        assert_eq!(
+            BrokerSettings::resolve(&kafka).replica_selector,
+            Some(ReplicaSelector::RackAware)
+        );
     }
 
     #[test]

@@ -41,6 +41,14 @@ const OPEN_CONCURRENCY: usize = 64;
 /// A unit of work sent to another shard.
 pub type ShardTask = Box<dyn FnOnce(Rc<Shard>) -> LocalBoxFuture<'static, ()> + Send>;
 
+/// Which replica of a partition answers a consumer's fetch here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServingRole {
+    Leader,
+    /// A follower replica (KIP-392), reading up to its own high watermark.
+    Follower,
+}
+
 /// Per-core broker state.
 pub struct Shard {
     pub id: usize,
@@ -351,11 +359,7 @@ impl Shard {
     /// The local partition, opening its log on first use. Errors are Kafka
     /// codes: unknown topic/partition, not owned here, or a storage error.
     pub async fn partition(&self, topic: &str, index: i32) -> Result<PartitionRef, i16> {
-        let opened = self.open_partition(topic, index, Open::OnDemand).await;
-        if opened.as_ref().is_ok_and(|(_, new)| *new) {
-            self.publish_partitions();
-        }
-        let (partition, _) = opened?;
+        let partition = self.open_for_request(topic, index).await?;
         // A follower replica (or a new leader whose high watermark cannot
         // be shown yet) is not for clients.
         if !partition.serves_clients() {
@@ -363,6 +367,36 @@ impl Shard {
         }
         partition.touch(Instant::now());
         Ok(PartitionRef::new(&partition))
+    }
+
+    /// [`Shard::partition`] for a consumer's Fetch that may read a follower
+    /// (KIP-392: Fetch v11+ from a consumer): also answers with a follower
+    /// replica that knows a high watermark, saying which role serves.
+    pub async fn partition_for_consumer_fetch(
+        &self,
+        topic: &str,
+        index: i32,
+    ) -> Result<(PartitionRef, ServingRole), i16> {
+        let partition = self.open_for_request(topic, index).await?;
+        let role = if partition.serves_clients() {
+            ServingRole::Leader
+        } else if partition.serves_follower_reads() {
+            ServingRole::Follower
+        } else {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        };
+        partition.touch(Instant::now());
+        Ok((PartitionRef::new(&partition), role))
+    }
+
+    /// The local partition for a client request, whatever its role,
+    /// publishing the layout if this opened it.
+    async fn open_for_request(&self, topic: &str, index: i32) -> Result<Rc<Partition>, i16> {
+        let opened = self.open_partition(topic, index, Open::OnDemand).await;
+        if opened.as_ref().is_ok_and(|(_, new)| *new) {
+            self.publish_partitions();
+        }
+        opened.map(|(partition, _)| partition)
     }
 
     /// [`Shard::partition`] without publishing the layout, and whether this

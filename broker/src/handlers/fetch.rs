@@ -10,6 +10,16 @@
 //! buffers from memory, older data as file regions spliced to the socket
 //! (`crate::zerocopy`). Incremental fetch sessions (KIP-227) live in
 //! `fetch_session.rs`, on the connection's shard.
+//!
+//! Fetching from the closest replica (KIP-392), for consumers (replica id
+//! < 0) speaking Fetch v11+: a follower replica answers from its own log,
+//! up to the high watermark it learned from the leader (beyond its log end:
+//! OFFSET_OUT_OF_RANGE, as Kafka; the consumer then goes back to the
+//! leader). A leader with `replica.selector.class` set answers a consumer
+//! on another rack with the in-sync replica on the consumer's rack as
+//! `preferred_read_replica`, no records and at once
+//! (`crate::replication::selector`). Older versions and other requests
+//! reach leaders only.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -23,8 +33,10 @@ use kafki_storage::ReadChunk;
 use super::Reply;
 use crate::errors::code_for_log_error;
 use crate::fetch_session::{FetchSessions, PartitionAnswer};
+use crate::metadata::NodeState;
 use crate::metrics::FetchPath;
-use crate::shard::Shard;
+use crate::replication::selector::{self, NodeView, PartitionView};
+use crate::shard::{ServingRole, Shard};
 use crate::zerocopy::WirePart;
 
 /// Longest long poll we honour.
@@ -40,6 +52,30 @@ struct PartitionRead {
     current_leader_epoch: i32,
 }
 
+/// What KIP-392 needs to know of the fetching client, the same for every
+/// partition of the request.
+#[derive(Clone, Default)]
+struct ConsumerPlacement {
+    /// A consumer speaking Fetch v11+: a follower replica may answer.
+    may_read_follower: bool,
+    /// Its `client.rack` when it sent one (for the leader's choice).
+    rack: Option<String>,
+}
+
+impl ConsumerPlacement {
+    fn of(request: &FetchRequest, version: i16) -> Self {
+        let consumer = request.replica_id.0 < 0 && request.replica_state.replica_id.0 < 0;
+        if !consumer || version < 11 {
+            return Self::default();
+        }
+        let rack = request.rack_id.as_str();
+        Self {
+            may_read_follower: true,
+            rack: (!rack.is_empty()).then(|| rack.to_string()),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct ReadOutcome {
     slot: usize,
@@ -47,6 +83,10 @@ struct ReadOutcome {
     high_watermark: i64,
     log_start_offset: i64,
     records: Option<Vec<WirePart>>,
+    /// The replica the consumer should fetch from instead (-1: none).
+    preferred_read_replica: i32,
+    /// Which role of this node answered (`None`: nothing was read).
+    served_by: Option<ServingRole>,
 }
 
 impl ReadOutcome {
@@ -61,7 +101,16 @@ impl ReadOutcome {
             high_watermark: -1,
             log_start_offset: -1,
             records: None,
+            preferred_read_replica: -1,
+            served_by: None,
         }
+    }
+
+    /// Whether the answer must go out now rather than wait for data: an
+    /// error, or a redirect to a preferred replica (Kafka answers those at
+    /// once).
+    fn answers_at_once(&self) -> bool {
+        self.error_code != 0 || self.preferred_read_replica >= 0
     }
 }
 
@@ -107,20 +156,31 @@ pub async fn fetch(
             current_leader_epoch: read.current_leader_epoch,
         })
         .collect();
-    let mut outcomes = read_all(shard, &reads, max_bytes).await;
+    let placement = ConsumerPlacement::of(&request, version);
+    let mut outcomes = read_all(shard, &reads, &placement, max_bytes).await;
     loop {
         let bytes: u64 = outcomes.iter().map(ReadOutcome::records_bytes).sum();
-        let errors = outcomes.iter().any(|outcome| outcome.error_code != 0);
+        let at_once = outcomes.iter().any(ReadOutcome::answers_at_once);
         let elapsed = started.elapsed();
-        if bytes >= min_bytes.max(1) || errors || elapsed >= max_wait || shard.shutting_down.get() {
+        if bytes >= min_bytes.max(1) || at_once || elapsed >= max_wait || shard.shutting_down.get()
+        {
             break;
         }
         let seen: Vec<i64> = outcomes
             .iter()
             .map(|outcome| outcome.high_watermark)
             .collect();
-        wait_for_data(shard, &reads, &seen, max_wait - elapsed).await;
-        outcomes = read_all(shard, &reads, max_bytes).await;
+        let may_read_follower = placement.may_read_follower;
+        wait_for_data(shard, &reads, &seen, may_read_follower, max_wait - elapsed).await;
+        outcomes = read_all(shard, &reads, &placement, max_bytes).await;
+    }
+    for outcome in &outcomes {
+        if outcome.served_by == Some(ServingRole::Follower) {
+            shard.metrics.count_follower_fetch_partition();
+        }
+        if outcome.preferred_read_replica >= 0 {
+            shard.metrics.count_preferred_replica_redirect();
+        }
     }
     // Group the answers by topic, in read order; an incremental session
     // answer keeps only partitions with something new to say.
@@ -133,7 +193,8 @@ pub async fn fetch(
                 &read.topic,
                 read.partition,
                 PartitionAnswer {
-                    has_records: outcome.records_bytes() > 0,
+                    // A redirect is news even when nothing else changed.
+                    has_records: outcome.records_bytes() > 0 || outcome.preferred_read_replica >= 0,
                     error_code: outcome.error_code,
                     high_watermark: outcome.high_watermark,
                     log_start: outcome.log_start_offset,
@@ -168,7 +229,7 @@ pub async fn fetch(
                 -1
             },
             aborted_transactions: None,
-            preferred_read_replica: -1,
+            preferred_read_replica: outcome.preferred_read_replica,
             records_len: Some(records_len),
         };
         records.push(outcome.records.unwrap_or_default());
@@ -219,7 +280,12 @@ fn top_level_error(correlation_id: CorrelationId, version: i16, code: i16) -> Re
 
 /// Reads every partition on its owner, shards in turn, sharing the
 /// response byte budget.
-async fn read_all(shard: &Rc<Shard>, reads: &[PartitionRead], max_bytes: u64) -> Vec<ReadOutcome> {
+async fn read_all(
+    shard: &Rc<Shard>,
+    reads: &[PartitionRead],
+    placement: &ConsumerPlacement,
+    max_bytes: u64,
+) -> Vec<ReadOutcome> {
     let mut by_shard: BTreeMap<usize, Vec<PartitionRead>> = BTreeMap::new();
     for read in reads {
         by_shard
@@ -233,9 +299,10 @@ async fn read_all(shard: &Rc<Shard>, reads: &[PartitionRead], max_bytes: u64) ->
         let slots: Vec<usize> = batch.iter().map(|read| read.slot).collect();
         let remaining = budget;
         let first_in_response = budget == max_bytes;
+        let placement = placement.clone();
         let results = shard
             .invoke_on(owner, move |owner| async move {
-                read_on_owner(owner, batch, remaining, first_in_response).await
+                read_on_owner(owner, batch, &placement, remaining, first_in_response).await
             })
             .await
             .unwrap_or_else(|error| {
@@ -268,12 +335,13 @@ async fn read_all(shard: &Rc<Shard>, reads: &[PartitionRead], max_bytes: u64) ->
 async fn read_on_owner(
     shard: Rc<Shard>,
     reads: Vec<PartitionRead>,
+    placement: &ConsumerPlacement,
     mut budget: u64,
     mut first_in_response: bool,
 ) -> Vec<ReadOutcome> {
     let mut outcomes = Vec::with_capacity(reads.len());
     for read in reads {
-        let outcome = read_partition(&shard, &read, budget, first_in_response).await;
+        let outcome = read_partition(&shard, &read, placement, budget, first_in_response).await;
         let taken = outcome.records_bytes();
         if taken > 0 {
             first_in_response = false;
@@ -284,15 +352,60 @@ async fn read_on_owner(
     outcomes
 }
 
+/// The partition for a fetch here, and the role that serves it: the
+/// leader, or (KIP-392, when the client may read one) a follower.
+async fn serving_partition(
+    shard: &Shard,
+    topic: &str,
+    index: i32,
+    may_read_follower: bool,
+) -> Result<(crate::partition::PartitionRef, ServingRole), i16> {
+    if may_read_follower {
+        shard.partition_for_consumer_fetch(topic, index).await
+    } else {
+        let partition = shard.partition(topic, index).await?;
+        Ok((partition, ServingRole::Leader))
+    }
+}
+
+/// The replica a consumer on `rack` should read `read`'s partition from
+/// instead of this leader (`replica.selector.class`), from the metadata
+/// image: the partition's replicas and ISR, the nodes' racks and liveness.
+fn preferred_read_replica(shard: &Shard, read: &PartitionRead, rack: &str) -> Option<i32> {
+    let selector = shard.config.settings.replica_selector;
+    selector?;
+    let metadata = shard.metadata();
+    let record = metadata.partition_record(&read.topic, read.partition)?;
+    let partition = PartitionView {
+        leader: shard.config.node_id,
+        replicas: &record.replicas,
+        isr: &record.isr,
+    };
+    selector::preferred_read_replica(selector, rack, partition, |id| {
+        metadata.nodes.get(&id).map(|node| NodeView {
+            rack: node.rack.as_deref(),
+            alive: node.state == NodeState::Alive,
+        })
+    })
+}
+
 async fn read_partition(
     shard: &Shard,
     read: &PartitionRead,
+    placement: &ConsumerPlacement,
     budget: u64,
     first_in_response: bool,
 ) -> ReadOutcome {
     let mut outcome = ReadOutcome::failed(read.slot, 0);
-    let partition = match shard.partition(&read.topic, read.partition).await {
-        Ok(partition) => partition,
+    let served = serving_partition(
+        shard,
+        &read.topic,
+        read.partition,
+        placement.may_read_follower,
+    )
+    .await;
+    let (partition, role) = match served {
+        Ok(served) => served,
         Err(code) => {
             outcome.error_code = code;
             return outcome;
@@ -306,6 +419,17 @@ async fn read_partition(
     let high_watermark = offsets.high_watermark;
     outcome.high_watermark = high_watermark as i64;
     outcome.log_start_offset = offsets.log_start_offset as i64;
+    outcome.served_by = Some(role);
+    // Kafka answers a redirect with the leader's offsets and no records,
+    // whatever the fetch offset (the preferred replica judges it).
+    let redirect = match (&placement.rack, role) {
+        (Some(rack), ServingRole::Leader) => preferred_read_replica(shard, read, rack),
+        _ => None,
+    };
+    if let Some(node) = redirect {
+        outcome.preferred_read_replica = node;
+        return outcome;
+    }
     if read.offset < 0
         || (read.offset as u64) < offsets.log_start_offset
         || read.offset as u64 > offsets.log_end_offset
@@ -381,6 +505,7 @@ async fn wait_for_data(
     shard: &Rc<Shard>,
     reads: &[PartitionRead],
     seen: &[i64],
+    may_read_follower: bool,
     timeout: Duration,
 ) {
     let mut by_shard: BTreeMap<usize, Vec<(String, i32, i64)>> = BTreeMap::new();
@@ -394,7 +519,7 @@ async fn wait_for_data(
         .into_iter()
         .map(|(owner, partitions)| {
             Box::pin(shard.invoke_on(owner, move |owner| async move {
-                wait_on_owner(owner, partitions, timeout).await;
+                wait_on_owner(owner, partitions, may_read_follower, timeout).await;
             }))
         })
         .collect();
@@ -409,10 +534,16 @@ async fn wait_for_data(
 /// saw (no wake-up is lost between that read and this wait), or until one
 /// is handed over to another shard: a parked poll must not hold the old
 /// owner's log open, and the re-read then tells the client to look again.
-async fn wait_on_owner(shard: Rc<Shard>, partitions: Vec<(String, i32, i64)>, timeout: Duration) {
+async fn wait_on_owner(
+    shard: Rc<Shard>,
+    partitions: Vec<(String, i32, i64)>,
+    may_read_follower: bool,
+    timeout: Duration,
+) {
     let mut waits = Vec::new();
     for (topic, index, seen) in partitions {
-        let Ok(partition) = shard.partition(&topic, index).await else {
+        let served = serving_partition(&shard, &topic, index, may_read_follower).await;
+        let Ok((partition, _)) = served else {
             // Gone since the read (deleted, or being handed over): the
             // re-read reports it now rather than after the whole wait.
             return;

@@ -74,8 +74,18 @@ impl Partition {
     pub async fn wait_for_high_watermark_beyond(&self, seen: i64) {
         if let Some(replicated) = self.replicated() {
             loop {
-                let shown = replicated.consumer_high_watermark();
-                if shown.is_none_or(|high_watermark| high_watermark > seen)
+                let shown = replicated.readable_high_watermarks();
+                let since = self.log.offsets();
+                // A leader's consumer high watermark, or a follower's
+                // (KIP-392) as readers see it: capped at its written log
+                // (the leader's records may wait to be appended). Neither:
+                // the role changed, and the re-read says how.
+                let readable = match (shown.leader, shown.follower) {
+                    (Some(high_watermark), _) => Some(high_watermark),
+                    (None, Some(_)) => Some(self.replication.high_watermark(&since) as i64),
+                    (None, None) => None,
+                };
+                if readable.is_none_or(|high_watermark| high_watermark > seen)
                     || replicated.is_stopped()
                     || !self.log.is_healthy()
                     || self.is_released()
@@ -84,7 +94,13 @@ impl Partition {
                 }
                 let moved = std::pin::pin!(replicated.wait_high_watermark_change(shown));
                 let released = std::pin::pin!(self.wait_released());
-                futures::future::select(moved, released).await;
+                if shown.follower.is_some() {
+                    let progress = std::pin::pin!(self.log.wait_for_progress(since));
+                    let either = futures::future::select(moved, progress);
+                    futures::future::select(either, released).await;
+                } else {
+                    futures::future::select(moved, released).await;
+                }
             }
         }
         loop {

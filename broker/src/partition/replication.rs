@@ -5,7 +5,9 @@
 //! high watermark is its replication machine's (durable on every in-sync
 //! replica, [`crate::replication`]), and `acks=all` waits for it there.
 //! This file also holds the partition's doors for the replication driver
-//! (reads for followers, a follower's appends and truncation).
+//! (reads for followers, a follower's appends and truncation), and whether
+//! a follower replica may serve consumers (KIP-392): up to the high
+//! watermark it learned from the leader, capped at its written log.
 
 use std::rc::Rc;
 
@@ -52,7 +54,12 @@ impl Replication {
     /// The high watermark given the local log's offsets.
     pub fn high_watermark(&self, offsets: &LogOffsets) -> u64 {
         match self {
-            Self::Replicated(replicated) => replicated.high_watermark().max(0) as u64,
+            // Capped at the written log: a follower's (KIP-392) may run
+            // ahead of it while the leader's records wait to be appended; a
+            // leader's never does.
+            Self::Replicated(replicated) => {
+                (replicated.high_watermark().max(0) as u64).min(offsets.written_offset)
+            }
             Self::Local {
                 stage: CommitStage::Durable,
             } => offsets.durable_offset,
@@ -91,6 +98,14 @@ impl Partition {
     pub fn serves_clients(&self) -> bool {
         self.replicated()
             .is_none_or(|replicated| replicated.serves_clients())
+    }
+
+    /// Whether a consumer may read it here although it does not lead
+    /// (KIP-392): a replicated partition's follower that knows a high
+    /// watermark. Produce and the other client requests stay refused.
+    pub fn serves_follower_reads(&self) -> bool {
+        self.replicated()
+            .is_some_and(|replicated| replicated.follower_high_watermark().is_some())
     }
 
     /// A waiter for the log's progress that does not hold the partition.

@@ -11,6 +11,10 @@
 //! queue is empty: then storage holds exactly what the machine counts
 //! (a queued append or truncation would make storage's offset describe
 //! other records).
+//!
+//! Consumers read a leader up to its consumer high watermark and a follower
+//! (KIP-392) up to the high watermark it learned from the leader
+//! ([`ReadableHighWatermarks`]); fetch long polls wait for either to move.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -81,6 +85,16 @@ pub enum ThrottleSide {
     Follower,
 }
 
+/// How far consumers may read this replica, by role: at most one is set.
+/// A change of either (a role change included) wakes fetch long polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadableHighWatermarks {
+    /// Leading, with a high watermark that can be shown.
+    pub leader: Option<Offset>,
+    /// Following: the high watermark learned from the leader's answers.
+    pub follower: Option<Offset>,
+}
+
 /// Where an `acks=all` produce's outcome goes (a Kafka error code).
 type AckSender = oneshot::Sender<Result<(), i16>>;
 
@@ -95,6 +109,9 @@ pub struct Replicated {
     /// What consumers may read up to (`None`: not leading, or a new
     /// leader's high watermark still below its epoch start).
     consumer_high_watermark: Cell<Option<Offset>>,
+    /// What consumers may read up to on this replica while it follows
+    /// (KIP-392; `None` while not following).
+    follower_high_watermark: Cell<Option<Offset>>,
     /// `acks=all` produces waiting: (end offset, arrival) → where the
     /// outcome goes (a Kafka error code).
     waiting_acks: RefCell<BTreeMap<(Offset, u64), AckSender>>,
@@ -141,6 +158,7 @@ impl Replicated {
             machine: RefCell::new(machine),
             config,
             consumer_high_watermark: Cell::new(None),
+            follower_high_watermark: Cell::new(None),
             waiting_acks: RefCell::new(BTreeMap::new()),
             next_waiter: Cell::new(0),
             work: RefCell::new(VecDeque::new()),
@@ -236,11 +254,11 @@ impl Replicated {
             .unwrap_or(Err(ResponseError::NotLeaderOrFollower.code()))
     }
 
-    /// Returns once the consumer high watermark differs from `seen`, or the
+    /// Returns once what consumers may read differs from `seen`, or the
     /// partition stops.
-    pub async fn wait_high_watermark_change(&self, seen: Option<Offset>) {
+    pub async fn wait_high_watermark_change(&self, seen: ReadableHighWatermarks) {
         std::future::poll_fn(|context| {
-            if self.consumer_high_watermark.get() != seen || self.stopped.get() {
+            if self.readable_high_watermarks() != seen || self.stopped.get() {
                 return Poll::Ready(());
             }
             let mut watchers = self.watchers.borrow_mut();
@@ -257,6 +275,20 @@ impl Replicated {
 
     pub fn consumer_high_watermark(&self) -> Option<Offset> {
         self.consumer_high_watermark.get()
+    }
+
+    /// While this replica follows: the high watermark the leader's answers
+    /// brought, what a consumer may read here (KIP-392). It may run ahead
+    /// of the local log while appends are queued; readers cap it there.
+    pub fn follower_high_watermark(&self) -> Option<Offset> {
+        self.follower_high_watermark.get()
+    }
+
+    pub fn readable_high_watermarks(&self) -> ReadableHighWatermarks {
+        ReadableHighWatermarks {
+            leader: self.consumer_high_watermark.get(),
+            follower: self.follower_high_watermark.get(),
+        }
     }
 
     /// A committed partition state from the metadata quorum.
@@ -385,8 +417,17 @@ impl Replicated {
                 }
             }
         }
-        let shown = self.machine.borrow().consumer_high_watermark();
-        if shown != self.consumer_high_watermark.replace(shown) {
+        let (shown, following) = {
+            let machine = self.machine.borrow();
+            let following = machine
+                .following()
+                .is_some()
+                .then(|| machine.high_watermark());
+            (machine.consumer_high_watermark(), following)
+        };
+        let leader_moved = shown != self.consumer_high_watermark.replace(shown);
+        let follower_moved = following != self.follower_high_watermark.replace(following);
+        if leader_moved || follower_moved {
             for waker in self.watchers.borrow_mut().drain(..) {
                 waker.wake();
             }

@@ -20,6 +20,8 @@
 //!   replica's copy.
 //! - [`wire`]: the node-to-node frames that carry fetches and answers for
 //!   many partitions at once, record batches as stored (a pure codec).
+//! - [`selector`]: which replica a consumer should read from (KIP-392,
+//!   `replica.selector.class`), a pure choice the Fetch handler asks for.
 //!
 //! # The model
 //!
@@ -78,6 +80,15 @@
 //! to consumers only once it reaches the epoch start
 //! ([`PartitionReplica::consumer_high_watermark`]), so consumers never see it
 //! go backwards across a failover.
+//!
+//! # Consumers on followers (KIP-392)
+//!
+//! A follower learns the high watermark from the leader's answers and
+//! serves consumer fetches (Fetch v11+) from its own log up to it
+//! ([`driver::Replicated::follower_high_watermark`]); everything else a
+//! client sends a follower (produce, offsets, older fetches) is refused with
+//! NOT_LEADER_OR_FOLLOWER. The leader sends a consumer there by answering
+//! with a preferred read replica ([`selector`]).
 
 pub mod driver;
 pub mod election;
@@ -88,6 +99,7 @@ pub mod log;
 pub mod machine;
 pub mod messages;
 pub mod repair;
+pub mod selector;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
