@@ -565,11 +565,7 @@ pub async fn run_pump(
                 let out_of_sync = replicated.outside_committed_isr();
                 let throttled = out_of_sync
                     && outlet
-                        .throttle_delay(
-                            ThrottleSide::Follower,
-                            &replicated.topic,
-                            replicated.index,
-                        )
+                        .throttle_delay(ThrottleSide::Follower, &replicated.topic, replicated.index)
                         .is_some();
                 if throttled {
                     drop(partition);
