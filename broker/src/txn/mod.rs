@@ -38,10 +38,16 @@
 //! stable offset), and each aborted transaction leaves an entry that Fetch
 //! returns so that clients drop its records.
 //!
+//! The randomized test (`simulation`, tests only) runs the coordinator
+//! with producers, zombies, partitions, crashes, failovers and timeouts,
+//! and checks that a `read_committed` reader sees each committed
+//! transaction's records all together and no aborted record ever.
 
 pub mod coordinator;
 pub mod partition_index;
 pub mod records;
+#[cfg(test)]
+mod simulation;
 pub mod state;
 #[cfg(test)]
 mod tests;
