@@ -375,6 +375,7 @@ pub struct TxnCoordinator {
     /// Producer-id blocks: `[next, end)` each.
     producer_ids: VecDeque<(i64, i64)>,
     producer_ids_requested: bool,
+    last_load: LoadStats,
 }
 
 impl TxnCoordinator {
@@ -386,7 +387,13 @@ impl TxnCoordinator {
             entries: BTreeMap::new(),
             producer_ids: VecDeque::new(),
             producer_ids_requested: false,
+            last_load: LoadStats::default(),
         }
+    }
+
+    /// What the last [`Input::Load`] made of its records (for the log).
+    pub fn last_load(&self) -> &LoadStats {
+        &self.last_load
     }
 
     pub fn config(&self) -> &TxnConfig {
@@ -540,7 +547,8 @@ impl TxnCoordinator {
                 records,
                 end_offset,
             } => {
-                self.load(log_partition, coordinator_epoch, records, end_offset, out)?;
+                self.last_load =
+                    self.load(log_partition, coordinator_epoch, records, end_offset, out)?;
             }
             Input::Unload { log_partition } => {
                 self.unload(log_partition, TxnError::NotCoordinator, out)

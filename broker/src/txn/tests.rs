@@ -690,6 +690,24 @@ fn a_load_sends_the_markers_of_every_prepared_transaction_again() {
     assert_eq!(markers[0].coordinator_epoch, 7);
     assert_eq!(markers[0].producer, me);
     assert_eq!(fresh.state(), TxnState::PrepareAbort);
+    assert_eq!(fresh.coordinator.last_load().markers_resent, 1);
+}
+
+#[test]
+fn a_load_skips_records_that_do_not_decode() {
+    let mut harness = Harness::new();
+    harness.input(Input::Load {
+        log_partition: 0,
+        coordinator_epoch: 3,
+        records: vec![StoredRecord {
+            offset: 0,
+            key: bytes::Bytes::from_static(&[0, 9]),
+            value: None,
+        }],
+        end_offset: 1,
+    });
+    assert_eq!(harness.coordinator.last_load().malformed, 1);
+    assert_eq!(harness.coordinator.last_load().transactional_ids, 0);
 }
 
 #[test]
