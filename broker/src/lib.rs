@@ -29,4 +29,5 @@ pub mod settings;
 pub mod shard;
 #[cfg(test)]
 mod simulation_support;
+pub mod txn;
 pub mod zerocopy;
