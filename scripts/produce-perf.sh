@@ -10,6 +10,7 @@
 # Needs scripts/install-test-deps.sh (Kafka jars) and, for kafki, a release
 # build (cargo build --release -p kafki). Kafka runs with its defaults unless
 # KAFKA_BROKER_ARGS is set (e.g. KAFKA_BROKER_ARGS="flush.messages=1").
+# KAFKI_SERVE_BIN=PATH serves Kafki from another build (a before/after figure).
 set -euo pipefail
 target=${1:?kafki or kafka}
 records=${2:-300000}
@@ -22,7 +23,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 data=$(mktemp -d -p "$root/target" perf-data.XXXXXX)
 case "$target" in
   kafki)
-    taskset -c 0 "$root/target/release/kafki" serve --cores 0 --listen "127.0.0.1:$port" \
+    taskset -c 0 "${KAFKI_SERVE_BIN:-$root/target/release/kafki}" serve --cores 0 --listen "127.0.0.1:$port" \
       --admin-listen "127.0.0.1:$((port + 1))" --data-dir "$data" >"$data.log" 2>&1 &
     pid=$!
     stop() { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$data" "$data.log"; }
