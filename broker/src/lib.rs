@@ -24,6 +24,7 @@ pub mod reassign;
 pub mod records;
 pub mod replication;
 pub mod routing;
+pub mod schema_reader;
 pub mod server;
 pub mod settings;
 pub mod shard;

@@ -19,6 +19,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::schema_reader::{SchemaError, SchemaReader};
+
 /// Key version Kafka uses for offset commits (0 and 1 share a layout).
 pub const OFFSET_COMMIT_KEY_VERSION: i16 = 1;
 /// Key version of group metadata records.
@@ -51,6 +53,21 @@ pub enum RecordError {
     UnexpectedNull,
     #[error("{0} trailing bytes")]
     TrailingBytes(usize),
+    #[error("varint too long")]
+    VarintTooLong,
+}
+
+impl From<SchemaError> for RecordError {
+    fn from(error: SchemaError) -> Self {
+        match error {
+            SchemaError::Truncated => Self::Truncated,
+            SchemaError::NotUtf8 => Self::NotUtf8,
+            SchemaError::NegativeLength(length) => Self::NegativeLength(length),
+            SchemaError::UnexpectedNull => Self::UnexpectedNull,
+            SchemaError::VarintTooLong => Self::VarintTooLong,
+            SchemaError::TrailingBytes(count) => Self::TrailingBytes(count),
+        }
+    }
 }
 
 /// The decoded key of a `__consumer_offsets` record.
@@ -200,76 +217,9 @@ pub fn encode(key: &RecordKey, value: Option<&RecordValue>) -> OffsetsRecord {
 
 // ---------------------------------------------------------------- decoding
 
-/// A bounds-checked reader over one record's bytes.
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, count: usize) -> Result<&'a [u8], RecordError> {
-        if self.bytes.len() < count {
-            return Err(RecordError::Truncated);
-        }
-        let (head, tail) = self.bytes.split_at(count);
-        self.bytes = tail;
-        Ok(head)
-    }
-
-    fn i16(&mut self) -> Result<i16, RecordError> {
-        let raw = self.take(2)?;
-        Ok(i16::from_be_bytes([raw[0], raw[1]]))
-    }
-
-    fn i32(&mut self) -> Result<i32, RecordError> {
-        let raw = self.take(4)?;
-        Ok(i32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]))
-    }
-
-    fn i64(&mut self) -> Result<i64, RecordError> {
-        let raw = self.take(8)?;
-        let mut array = [0u8; 8];
-        array.copy_from_slice(raw);
-        Ok(i64::from_be_bytes(array))
-    }
-
-    fn nullable_string(&mut self) -> Result<Option<String>, RecordError> {
-        let length = self.i16()?;
-        if length == -1 {
-            return Ok(None);
-        }
-        if length < 0 {
-            return Err(RecordError::NegativeLength(i64::from(length)));
-        }
-        let raw = self.take(length as usize)?;
-        let text = std::str::from_utf8(raw).map_err(|_| RecordError::NotUtf8)?;
-        Ok(Some(text.to_owned()))
-    }
-
-    fn string(&mut self) -> Result<String, RecordError> {
-        self.nullable_string()?.ok_or(RecordError::UnexpectedNull)
-    }
-
-    fn bytes(&mut self) -> Result<Bytes, RecordError> {
-        let length = self.i32()?;
-        if length < 0 {
-            // Kafka's `bytes` fields in these schemas are not nullable.
-            return Err(RecordError::NegativeLength(i64::from(length)));
-        }
-        Ok(Bytes::copy_from_slice(self.take(length as usize)?))
-    }
-
-    fn finish(&self) -> Result<(), RecordError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(RecordError::TrailingBytes(self.bytes.len()))
-        }
-    }
-}
-
 /// Decodes a record key.
 pub fn decode_key(bytes: &[u8]) -> Result<RecordKey, RecordError> {
-    let mut reader = Reader { bytes };
+    let mut reader = SchemaReader::new(bytes);
     let version = reader.i16()?;
     let key = match version {
         0 | 1 => RecordKey::Offset {
@@ -288,7 +238,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<RecordKey, RecordError> {
 
 /// Decodes an `OffsetCommitValue` of version 0 to 3.
 pub fn decode_offset_value(bytes: &[u8]) -> Result<OffsetValue, RecordError> {
-    let mut reader = Reader { bytes };
+    let mut reader = SchemaReader::new(bytes);
     let version = reader.i16()?;
     if !(0..=3).contains(&version) {
         return Err(RecordError::UnknownVersion(version));
@@ -311,7 +261,7 @@ pub fn decode_offset_value(bytes: &[u8]) -> Result<OffsetValue, RecordError> {
 
 /// Decodes a `GroupMetadataValue` of version 0 to 3.
 pub fn decode_group_value(bytes: &[u8]) -> Result<GroupValue, RecordError> {
-    let mut reader = Reader { bytes };
+    let mut reader = SchemaReader::new(bytes);
     let version = reader.i16()?;
     if !(0..=3).contains(&version) {
         return Err(RecordError::UnknownVersion(version));
@@ -326,7 +276,7 @@ pub fn decode_group_value(bytes: &[u8]) -> Result<GroupValue, RecordError> {
         return Err(RecordError::NegativeLength(i64::from(count)));
     }
     // Each member takes at least 20 bytes, so never reserve more than the bytes can hold.
-    let mut members = Vec::with_capacity((count as usize).min(reader.bytes.len() / 20));
+    let mut members = Vec::with_capacity((count as usize).min(reader.remaining() / 20));
     for _ in 0..count {
         let member_id = reader.string()?;
         let group_instance_id = if version >= 3 {

@@ -26,6 +26,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::state::{TopicPartition, TxnMetadata, TxnState, NO_PRODUCER_ID};
+use crate::schema_reader::{SchemaError, SchemaReader};
 
 pub const KEY_VERSION: i16 = 0;
 /// The value version Kafki writes by default (Kafka 4.x's).
@@ -68,6 +69,19 @@ pub enum TxnRecordError {
     VarintTooLong,
     #[error("{0} trailing bytes")]
     TrailingBytes(usize),
+}
+
+impl From<SchemaError> for TxnRecordError {
+    fn from(error: SchemaError) -> Self {
+        match error {
+            SchemaError::Truncated => Self::Truncated,
+            SchemaError::NotUtf8 => Self::NotUtf8,
+            SchemaError::NegativeLength(length) => Self::NegativeLength(length),
+            SchemaError::UnexpectedNull => Self::UnexpectedNull,
+            SchemaError::VarintTooLong => Self::VarintTooLong,
+            SchemaError::TrailingBytes(count) => Self::TrailingBytes(count),
+        }
+    }
 }
 
 /// One entry of `TransactionPartitions`.
@@ -290,113 +304,9 @@ pub fn tombstone(transactional_id: &str) -> TxnLogRecord {
 
 // ---------------------------------------------------------------- decoding
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, count: usize) -> Result<&'a [u8], TxnRecordError> {
-        if self.bytes.len() < count {
-            return Err(TxnRecordError::Truncated);
-        }
-        let (head, tail) = self.bytes.split_at(count);
-        self.bytes = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], TxnRecordError> {
-        let mut array = [0u8; N];
-        array.copy_from_slice(self.take(N)?);
-        Ok(array)
-    }
-
-    fn i8(&mut self) -> Result<i8, TxnRecordError> {
-        Ok(i8::from_be_bytes(self.array()?))
-    }
-
-    fn i16(&mut self) -> Result<i16, TxnRecordError> {
-        Ok(i16::from_be_bytes(self.array()?))
-    }
-
-    fn i32(&mut self) -> Result<i32, TxnRecordError> {
-        Ok(i32::from_be_bytes(self.array()?))
-    }
-
-    fn i64(&mut self) -> Result<i64, TxnRecordError> {
-        Ok(i64::from_be_bytes(self.array()?))
-    }
-
-    fn unsigned_varint(&mut self) -> Result<u32, TxnRecordError> {
-        let mut value: u32 = 0;
-        for shift in (0..35).step_by(7) {
-            let byte = self.array::<1>()?[0];
-            value |= u32::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(TxnRecordError::VarintTooLong)
-    }
-
-    fn utf8(raw: &[u8]) -> Result<String, TxnRecordError> {
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| TxnRecordError::NotUtf8)
-    }
-
-    fn string(&mut self) -> Result<String, TxnRecordError> {
-        let length = self.i16()?;
-        if length == -1 {
-            return Err(TxnRecordError::UnexpectedNull);
-        }
-        if length < 0 {
-            return Err(TxnRecordError::NegativeLength(i64::from(length)));
-        }
-        Self::utf8(self.take(length as usize)?)
-    }
-
-    fn compact_string(&mut self) -> Result<String, TxnRecordError> {
-        let length_plus_one = self.unsigned_varint()?;
-        if length_plus_one == 0 {
-            return Err(TxnRecordError::UnexpectedNull);
-        }
-        Self::utf8(self.take(length_plus_one as usize - 1)?)
-    }
-
-    /// A count of elements at least `min_element_bytes` each, checked
-    /// against the bytes left before anything is allocated for it.
-    fn checked_count(&self, count: u64, min_element_bytes: usize) -> Result<usize, TxnRecordError> {
-        let count = usize::try_from(count).map_err(|_| TxnRecordError::Truncated)?;
-        if count.saturating_mul(min_element_bytes) > self.bytes.len() {
-            return Err(TxnRecordError::Truncated);
-        }
-        Ok(count)
-    }
-
-    fn skip_tagged_fields(&mut self) -> Result<Vec<(u32, &'a [u8])>, TxnRecordError> {
-        let count = self.unsigned_varint()?;
-        let count = self.checked_count(u64::from(count), 2)?;
-        let mut fields = Vec::with_capacity(count);
-        for _ in 0..count {
-            let tag = self.unsigned_varint()?;
-            let size = self.unsigned_varint()?;
-            fields.push((tag, self.take(size as usize)?));
-        }
-        Ok(fields)
-    }
-
-    fn finish(self) -> Result<(), TxnRecordError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(TxnRecordError::TrailingBytes(self.bytes.len()))
-        }
-    }
-}
-
 /// The transactional id of a key.
 pub fn decode_key(bytes: &[u8]) -> Result<String, TxnRecordError> {
-    let mut reader = Reader { bytes };
+    let mut reader = SchemaReader::new(bytes);
     let version = reader.i16()?;
     if version != KEY_VERSION {
         return Err(TxnRecordError::UnknownKeyVersion(version));
@@ -408,7 +318,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<String, TxnRecordError> {
 
 /// A value of version 0 or 1.
 pub fn decode_value(bytes: &[u8]) -> Result<TxnLogValue, TxnRecordError> {
-    let mut reader = Reader { bytes };
+    let mut reader = SchemaReader::new(bytes);
     let version = reader.i16()?;
     let flexible = match version {
         VALUE_VERSION_CLASSIC => false,
@@ -440,8 +350,8 @@ pub fn decode_value(bytes: &[u8]) -> Result<TxnLogValue, TxnRecordError> {
         client_transaction_version: 0,
     };
     if flexible {
-        for (tag, data) in reader.skip_tagged_fields()? {
-            let mut field = Reader { bytes: data };
+        for (tag, data) in reader.tagged_fields()? {
+            let mut field = SchemaReader::new(data);
             match tag {
                 TAG_PREVIOUS_PRODUCER_ID => value.previous_producer_id = field.i64()?,
                 TAG_NEXT_PRODUCER_ID => value.next_producer_id = field.i64()?,
@@ -456,7 +366,7 @@ pub fn decode_value(bytes: &[u8]) -> Result<TxnLogValue, TxnRecordError> {
 }
 
 fn read_partitions_classic(
-    reader: &mut Reader<'_>,
+    reader: &mut SchemaReader<'_>,
 ) -> Result<Option<Vec<PartitionsEntry>>, TxnRecordError> {
     let count = reader.i32()?;
     if count == -1 {
@@ -488,7 +398,7 @@ fn read_partitions_classic(
 }
 
 fn read_partitions_flexible(
-    reader: &mut Reader<'_>,
+    reader: &mut SchemaReader<'_>,
 ) -> Result<Option<Vec<PartitionsEntry>>, TxnRecordError> {
     let count_plus_one = reader.unsigned_varint()?;
     if count_plus_one == 0 {
@@ -508,7 +418,7 @@ fn read_partitions_flexible(
         for _ in 0..ids {
             partition_ids.push(reader.i32()?);
         }
-        reader.skip_tagged_fields()?;
+        reader.tagged_fields()?;
         entries.push(PartitionsEntry {
             topic,
             partition_ids,
