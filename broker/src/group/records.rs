@@ -41,33 +41,11 @@ pub struct OffsetsRecord {
 /// Why a record could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("record truncated")]
-    Truncated,
     #[error("unknown record version {0}")]
     UnknownVersion(i16),
-    #[error("string is not UTF-8")]
-    NotUtf8,
-    #[error("negative length {0}")]
-    NegativeLength(i64),
-    #[error("null where a value is required")]
-    UnexpectedNull,
-    #[error("{0} trailing bytes")]
-    TrailingBytes(usize),
-    #[error("varint too long")]
-    VarintTooLong,
-}
-
-impl From<SchemaError> for RecordError {
-    fn from(error: SchemaError) -> Self {
-        match error {
-            SchemaError::Truncated => Self::Truncated,
-            SchemaError::NotUtf8 => Self::NotUtf8,
-            SchemaError::NegativeLength(length) => Self::NegativeLength(length),
-            SchemaError::UnexpectedNull => Self::UnexpectedNull,
-            SchemaError::VarintTooLong => Self::VarintTooLong,
-            SchemaError::TrailingBytes(count) => Self::TrailingBytes(count),
-        }
-    }
+    /// A field does not read (truncated, not UTF-8, a bad length...).
+    #[error(transparent)]
+    Field(#[from] SchemaError),
 }
 
 /// The decoded key of a `__consumer_offsets` record.
@@ -273,7 +251,7 @@ pub fn decode_group_value(bytes: &[u8]) -> Result<GroupValue, RecordError> {
     let current_state_timestamp_ms = if version >= 2 { reader.i64()? } else { -1 };
     let count = reader.i32()?;
     if count < 0 {
-        return Err(RecordError::NegativeLength(i64::from(count)));
+        return Err(SchemaError::NegativeLength(i64::from(count)).into());
     }
     // Each member takes at least 20 bytes, so never reserve more than the bytes can hold.
     let mut members = Vec::with_capacity((count as usize).min(reader.remaining() / 20));
@@ -404,12 +382,18 @@ mod tests {
         let mut bytes = vec![0u8, 3, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
         bytes.extend_from_slice(&0i64.to_be_bytes());
         bytes.extend_from_slice(&i32::MAX.to_be_bytes());
-        assert_eq!(decode_group_value(&bytes), Err(RecordError::Truncated));
+        assert_eq!(
+            decode_group_value(&bytes),
+            Err(RecordError::Field(SchemaError::Truncated))
+        );
         assert_eq!(decode_key(&[0, 9]), Err(RecordError::UnknownVersion(9)));
-        assert_eq!(decode_key(&[0, 2, 0x7f, 0xff]), Err(RecordError::Truncated));
+        assert_eq!(
+            decode_key(&[0, 2, 0x7f, 0xff]),
+            Err(RecordError::Field(SchemaError::Truncated))
+        );
         assert_eq!(
             decode_key(&[0, 2, 0, 0, 1]),
-            Err(RecordError::TrailingBytes(1))
+            Err(RecordError::Field(SchemaError::TrailingBytes(1)))
         );
     }
 

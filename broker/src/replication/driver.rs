@@ -198,15 +198,14 @@ impl Replicated {
         let Some(record) = record.as_ref() else {
             return Vec::new();
         };
-        let mut peers: Vec<NodeId> = record
+        // The ISR is a subset of the replicas: each node comes once.
+        record
             .isr
             .iter()
             .chain(record.replicas.iter().filter(|n| !record.isr.contains(n)))
             .copied()
             .filter(|node| *node != self.me)
-            .collect();
-        peers.dedup();
-        peers
+            .collect()
     }
 
     pub fn is_leader(&self) -> bool {

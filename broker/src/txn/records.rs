@@ -51,37 +51,15 @@ pub struct TxnLogRecord {
 /// Why a record could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TxnRecordError {
-    #[error("record truncated")]
-    Truncated,
     #[error("unknown key version {0}")]
     UnknownKeyVersion(i16),
     #[error("unknown value version {0}")]
     UnknownValueVersion(i16),
     #[error("unknown transaction status {0}")]
     UnknownStatus(i8),
-    #[error("string is not UTF-8")]
-    NotUtf8,
-    #[error("negative length {0}")]
-    NegativeLength(i64),
-    #[error("null where a value is required")]
-    UnexpectedNull,
-    #[error("varint too long")]
-    VarintTooLong,
-    #[error("{0} trailing bytes")]
-    TrailingBytes(usize),
-}
-
-impl From<SchemaError> for TxnRecordError {
-    fn from(error: SchemaError) -> Self {
-        match error {
-            SchemaError::Truncated => Self::Truncated,
-            SchemaError::NotUtf8 => Self::NotUtf8,
-            SchemaError::NegativeLength(length) => Self::NegativeLength(length),
-            SchemaError::UnexpectedNull => Self::UnexpectedNull,
-            SchemaError::VarintTooLong => Self::VarintTooLong,
-            SchemaError::TrailingBytes(count) => Self::TrailingBytes(count),
-        }
-    }
+    /// A field does not read (truncated, not UTF-8, a bad length...).
+    #[error(transparent)]
+    Field(#[from] SchemaError),
 }
 
 /// One entry of `TransactionPartitions`.
@@ -373,7 +351,7 @@ fn read_partitions_classic(
         return Ok(None);
     }
     if count < 0 {
-        return Err(TxnRecordError::NegativeLength(i64::from(count)));
+        return Err(SchemaError::NegativeLength(i64::from(count)).into());
     }
     // Each entry is at least a string length and an array count.
     let count = reader.checked_count(count as u64, 6)?;
@@ -382,7 +360,7 @@ fn read_partitions_classic(
         let topic = reader.string()?;
         let ids = reader.i32()?;
         if ids < 0 {
-            return Err(TxnRecordError::NegativeLength(i64::from(ids)));
+            return Err(SchemaError::NegativeLength(i64::from(ids)).into());
         }
         let ids = reader.checked_count(ids as u64, 4)?;
         let mut partition_ids = Vec::with_capacity(ids);
@@ -411,7 +389,7 @@ fn read_partitions_flexible(
         let topic = reader.compact_string()?;
         let ids_plus_one = reader.unsigned_varint()?;
         if ids_plus_one == 0 {
-            return Err(TxnRecordError::UnexpectedNull);
+            return Err(SchemaError::UnexpectedNull.into());
         }
         let ids = reader.checked_count(u64::from(ids_plus_one - 1), 4)?;
         let mut partition_ids = Vec::with_capacity(ids);
@@ -590,7 +568,10 @@ mod tests {
     fn a_huge_count_is_refused_before_allocating() {
         let mut bytes = encode_value(&ongoing_value(), 0).to_vec();
         bytes[17..21].copy_from_slice(&i32::MAX.to_be_bytes());
-        assert_eq!(decode_value(&bytes), Err(TxnRecordError::Truncated));
+        assert_eq!(
+            decode_value(&bytes),
+            Err(TxnRecordError::Field(SchemaError::Truncated))
+        );
     }
 
     fn metadata_strategy() -> impl Strategy<Value = TxnMetadata> {
