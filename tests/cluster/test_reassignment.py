@@ -56,20 +56,28 @@ def partition_state(admin: AdminClient, topic: str, partition: int):
     return meta.leader, list(meta.replicas), list(meta.isrs)
 
 
-@pytest.mark.timeout(300)
-def test_kafka_reassign_partitions_moves_a_replica_under_load(cluster_factory, tmp_path):
-    compat = _compat()
+def four_nodes_with_topic(cluster_factory, topic: str, config: dict):
+    """Four nodes and `topic` (one partition, RF 3, `config`) fully in
+    sync: (cluster, admin, leader, replicas, the node holding no replica)."""
     c = cluster_factory(4, settings=FAST)
-    bootstrap = c.bootstrap
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": c.bootstrap})
     c.wait_for_controller()
     wait_until(lambda: len(admin.list_topics(timeout=10).brokers) == 4, 30, what="4 live nodes")
-    topic = "moving"
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3,
-                                  config={"min.insync.replicas": "2"})])[topic].result(30)
+                                  config=config)])[topic].result(30)
     wait_until(lambda: len(partition_state(admin, topic, 0)[2]) == 3, 30, what="full ISR")
     leader, replicas, _ = partition_state(admin, topic, 0)
     outside = next(n for n in c.ids if n not in replicas)
+    return c, admin, leader, replicas, outside
+
+
+@pytest.mark.timeout(300)
+def test_kafka_reassign_partitions_moves_a_replica_under_load(cluster_factory, tmp_path):
+    compat = _compat()
+    topic = "moving"
+    c, admin, leader, replicas, outside = four_nodes_with_topic(
+        cluster_factory, topic, {"min.insync.replicas": "2"})
+    bootstrap = c.bootstrap
     # Move the leader's replica away: the leader must hand over too.
     target = [outside] + [n for n in replicas if n != leader]
 
@@ -178,16 +186,9 @@ def test_a_follower_throttle_alone_bounds_the_copy(cluster_factory, tmp_path):
     """Only the *new* replica's node is throttled, as a follower: the
     leader sends as fast as it is asked, the follower asks at its rate."""
     compat = _compat()
-    c = cluster_factory(4, settings=FAST)
-    bootstrap = c.bootstrap
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    c.wait_for_controller()
-    wait_until(lambda: len(admin.list_topics(timeout=10).brokers) == 4, 30, what="4 live nodes")
     topic = "follower-throttled"
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3)])[topic].result(30)
-    wait_until(lambda: len(partition_state(admin, topic, 0)[2]) == 3, 30, what="full ISR")
-    leader, replicas, _ = partition_state(admin, topic, 0)
-    outside = next(n for n in c.ids if n not in replicas)
+    c, admin, leader, replicas, outside = four_nodes_with_topic(cluster_factory, topic, {})
+    bootstrap = c.bootstrap
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
     records, size = 1500, 1100
     for i in range(records):
