@@ -59,7 +59,7 @@ apt_need mkfs.ext4 e2fsprogs
 apt_need java openjdk-17-jre-headless
 apt_need node nodejs
 apt_need npm npm
-if [ "$want_kafka" = 1 ]; then apt_need mvn maven; fi
+if [ "$want_kafka" = 1 ]; then apt_need mvn maven; apt_need javac openjdk-17-jdk-headless; fi
 
 # ---------------------------------------------------------------- python venv
 REQ="$ROOT/tests/compat/requirements.txt"
@@ -160,6 +160,24 @@ rootLogger.appenderRef.out.ref = STDOUT
 logger.req.name = kafka.request.logger
 logger.req.level = warn
 EOF
+fi
+
+# ---------------------------------------------------------------- Java applications (tests/apps)
+# Small Maven projects the suite runs against Kafki (Kafka Streams apps;
+# tools/connect: the Connect and MirrorMaker 2 runtime scripts/migrate.sh uses);
+# each is rebuilt when its pom or sources change.
+if [ "$want_kafka" = 1 ]; then
+  for app in "$ROOT"/tests/apps/*/ "$ROOT"/tools/connect/; do
+    [ -f "$app/pom.xml" ] || continue
+    app_hash="$(find "$app/pom.xml" "$app/src" -type f | sort | xargs cat | sha256sum | cut -c1-16)"
+    if [ -f "$app/target/.kafki-built" ] && [ "$(cat "$app/target/.kafki-built")" = "$app_hash" ]; then
+      say "maven: $(basename "$app") up to date"
+    else
+      say "maven: building $(basename "$app")"
+      (cd "$app" && mvn -B -q -Dstyle.color=never package -DskipTests)
+      echo "$app_hash" >"$app/target/.kafki-built"
+    fi
+  done
 fi
 
 # ---------------------------------------------------------------- Tansu (optional)

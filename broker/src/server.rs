@@ -184,6 +184,9 @@ async fn shard_main(
     shard.publish_partitions();
     crate::group::runtime::load_groups(&shard).await;
     let group_timer = glommio::spawn_local(crate::group::runtime::run_group_timer(shard.clone()));
+    if config.cluster.is_some() {
+        shard.wait_until_registered(&stop).await;
+    }
     let listener = TcpListener::bind(config.listen)
         .map_err(|error| anyhow::anyhow!("listening on {}: {error}", config.listen))?;
     tracing::info!(shard = shard.id, listen = %config.listen, "accepting Kafka connections");

@@ -131,9 +131,28 @@ def log_end(node) -> int:
     return max((b.last + 1 for b in batches_of(node)), default=0)
 
 
+def views(bootstrap: str) -> str:
+    """What each node at `bootstrap` tells clients of TOPIC-0 and of the
+    brokers, for a failure message."""
+    lines = []
+    for address in bootstrap.split(","):
+        try:
+            md = admin(address).list_topics(topic=TOPIC, timeout=5)
+            topic = md.topics.get(TOPIC)
+            parts = {} if topic is None else dict(topic.partitions)
+            lines.append(f"{address}: brokers {sorted(md.brokers)} {describe(parts)} "
+                         f"topic error {None if topic is None else topic.error}")
+        except Exception as e:  # noqa: BLE001 - a diagnostic, whatever failed
+            lines.append(f"{address}: {e!r}")
+    return "; ".join(lines)
+
+
 def read_all(bootstrap: str) -> list[tuple[int, str, int]]:
     """TOPIC-0 from offset 0 to its high watermark: [(offset, value, leader epoch)]."""
-    high = high_watermark(bootstrap, TOPIC, 0)
+    try:
+        high = high_watermark(bootstrap, TOPIC, 0)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the nodes say: {views(bootstrap)}") from None
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
                          "fetch.wait.max.ms": 100})

@@ -36,6 +36,40 @@ pub struct OpenedLog {
 }
 
 impl Shard {
+    /// Returns once this process's registration is in this shard's image
+    /// (or the node is stopping). Until then the image is what the local
+    /// metadata log held at start, possibly far behind the quorum: a node
+    /// restarted after being fenced would name itself the leader of
+    /// partitions that moved while it was down, and list brokers without
+    /// itself, and a client caching that answer is stuck with it. Kafka's
+    /// brokers likewise open their listeners only once caught up.
+    pub async fn wait_until_registered(&self, stop: &std::sync::atomic::AtomicBool) {
+        const NOTE_EVERY: Duration = Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        let mut next_note = NOTE_EVERY;
+        loop {
+            let epoch = self
+                .shared
+                .cluster
+                .get()
+                .and_then(|quorum| quorum.status.lock().ok().and_then(|s| s.node_epoch));
+            if epoch.is_some_and(|epoch| self.metadata().log_offset >= epoch)
+                || stop.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return;
+            }
+            if started.elapsed() >= next_note {
+                tracing::info!(
+                    shard = self.id,
+                    waited_s = started.elapsed().as_secs(),
+                    "not registered with the cluster yet (no quorum reachable?): Kafka connections wait"
+                );
+                next_note += NOTE_EVERY;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Shard 0 of a cluster member: starts the metadata quorum. Images it
     /// applies are installed on every shard, newest last.
     pub fn start_quorum(self: &Rc<Self>, opened: OpenedLog) -> anyhow::Result<()> {
