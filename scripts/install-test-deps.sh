@@ -167,7 +167,7 @@ fi
 # tools/connect: the Connect and MirrorMaker 2 runtime scripts/migrate.sh uses);
 # each is rebuilt when its pom or sources change.
 if [ "$want_kafka" = 1 ]; then
-  for app in "$ROOT"/tests/apps/*/ "$ROOT"/tools/connect/; do
+  for app in "$ROOT"/tests/apps/*/ "$ROOT"/tools/connect/ "$ROOT"/bench/java/*/; do
     [ -f "$app/pom.xml" ] || continue
     app_hash="$(find "$app/pom.xml" "$app/src" -type f | sort | xargs cat | sha256sum | cut -c1-16)"
     if [ -f "$app/target/.kafki-built" ] && [ "$(cat "$app/target/.kafki-built")" = "$app_hash" ]; then

@@ -69,7 +69,8 @@ class StreamsApp:
         java = shutil.which("java") or "java"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [java, "-cp", ":".join(built_app()), "kafki.apps.StreamsCount", *self.args],
+                [java, "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", ":".join(built_app()),
+                 "kafki.apps.StreamsCount", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def log(self) -> str:
