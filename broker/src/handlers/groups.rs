@@ -38,32 +38,47 @@ pub async fn find_coordinator(
     } else {
         vec![request.key.to_string()]
     };
-    let ready = ensure_offsets_topic(shard).await;
-    // Key type 0 is a group; 1 (transactions) is not supported yet.
-    let supported = request.key_type == 0;
-    let code = match (&ready, supported) {
-        (Err(code), _) => *code,
-        (Ok(()), false) => ResponseError::InvalidRequest.code(),
-        (Ok(()), true) => 0,
+    // Key type 0 is a group, 1 a transactional id; others (share groups)
+    // are not supported.
+    const GROUP: i8 = 0;
+    const TRANSACTION: i8 = 1;
+    let key_type = request.key_type;
+    let ready = match key_type {
+        GROUP => ensure_offsets_topic(shard).await,
+        TRANSACTION => crate::txn::runtime::ensure_txn_topic(shard).await,
+        _ => Err(ResponseError::InvalidRequest.code()),
     };
-    // The coordinator is the node leading the group's offsets partition.
+    let code = match &ready {
+        Err(code) => *code,
+        Ok(()) => 0,
+    };
+    // The coordinator is the node leading the key's partition of
+    // `__consumer_offsets` or `__transaction_state`.
     let metadata = shard.metadata();
     let coordinator_of = |key: &str| -> Result<crate::routing::NodeAddress, i16> {
         if code != 0 {
             return Err(code);
         }
-        let partition = crate::group::runtime::offsets_partition_for(
-            key,
-            crate::group::runtime::offsets_partitions(shard),
-        );
-        crate::routing::leader_of(
-            shard,
-            &metadata,
-            crate::group::runtime::OFFSETS_TOPIC,
-            partition,
-        )
-        .and_then(|node| crate::routing::address_of(shard, &metadata, node))
-        .ok_or(ResponseError::CoordinatorNotAvailable.code())
+        let (topic, partition) = if key_type == TRANSACTION {
+            if key.is_empty() || key.len() > i16::MAX as usize {
+                return Err(ResponseError::InvalidRequest.code());
+            }
+            (
+                crate::txn::runtime::TXN_TOPIC,
+                crate::txn::runtime::txn_partition_for(shard, key),
+            )
+        } else {
+            (
+                crate::group::runtime::OFFSETS_TOPIC,
+                crate::group::runtime::offsets_partition_for(
+                    key,
+                    crate::group::runtime::offsets_partitions(shard),
+                ),
+            )
+        };
+        crate::routing::leader_of(shard, &metadata, topic, partition)
+            .and_then(|node| crate::routing::address_of(shard, &metadata, node))
+            .ok_or(ResponseError::CoordinatorNotAvailable.code())
     };
     if version >= 4 {
         let coordinators = keys

@@ -1,0 +1,248 @@
+//! The transaction coordinator wired in-process (`common::InProcessBroker`):
+//! FindCoordinator for a transactional id, InitProducerId with one (and
+//! the fence of an older epoch, in the codes of new and old clients),
+//! AddPartitionsToTxn in both forms (and `verify_only`), EndTxn,
+//! Describe/ListTransactions, and refusals of bad input. Markers are the
+//! partition side's (a stub here), so a committed transaction with
+//! partitions stays PrepareCommit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{run, InProcessBroker};
+use kafki_net::kafka_protocol::error::ResponseError;
+use kafki_net::kafka_protocol::messages::add_partitions_to_txn_request::{
+    AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+};
+use kafki_net::kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafki_net::kafka_protocol::messages::*;
+use kafki_net::kafka_protocol::protocol::StrBytes;
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_string())
+}
+
+async fn create_topic(broker: &InProcessBroker, topic: &str, partitions: i32) {
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(text(topic)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)])
+        .with_timeout_ms(10_000);
+    let response: CreateTopicsResponse = broker
+        .call(RequestKind::CreateTopics(request), 5)
+        .await
+        .expect("answer");
+    assert_eq!(response.topics[0].error_code, 0, "{response:?}");
+}
+
+/// InitProducerId, retried while the coordinator loads or fetches ids.
+async fn init(broker: &InProcessBroker, id: &str, version: i16) -> InitProducerIdResponse {
+    for _ in 0..100 {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(text(id))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let response: InitProducerIdResponse = broker
+            .call(RequestKind::InitProducerId(request), version)
+            .await
+            .expect("answer");
+        let retriable = [
+            ResponseError::CoordinatorLoadInProgress.code(),
+            ResponseError::ConcurrentTransactions.code(),
+        ];
+        if !retriable.contains(&response.error_code) {
+            return response;
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("InitProducerId kept asking to retry");
+}
+
+fn topics(topic: &str, partitions: &[i32]) -> Vec<AddPartitionsToTxnTopic> {
+    vec![AddPartitionsToTxnTopic::default()
+        .with_name(TopicName(text(topic)))
+        .with_partitions(partitions.to_vec())]
+}
+
+/// AddPartitionsToTxn v3 (one transaction); every partition's code.
+async fn add_partitions(
+    broker: &InProcessBroker,
+    id: &str,
+    producer: &InitProducerIdResponse,
+    topic: &str,
+    partitions: &[i32],
+    version: i16,
+) -> Vec<i16> {
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(text(id)))
+        .with_v3_and_below_producer_id(producer.producer_id)
+        .with_v3_and_below_producer_epoch(producer.producer_epoch)
+        .with_v3_and_below_topics(topics(topic, partitions));
+    let response: AddPartitionsToTxnResponse = broker
+        .call(RequestKind::AddPartitionsToTxn(request), version)
+        .await
+        .expect("answer");
+    response
+        .results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|topic| topic.results_by_partition.iter())
+        .map(|result| result.partition_error_code)
+        .collect()
+}
+
+async fn describe(broker: &InProcessBroker, id: &str) -> (i16, String, Vec<(String, Vec<i32>)>) {
+    let request = DescribeTransactionsRequest::default()
+        .with_transactional_ids(vec![TransactionalId(text(id))]);
+    let response: DescribeTransactionsResponse = broker
+        .call(RequestKind::DescribeTransactions(request), 0)
+        .await
+        .expect("answer");
+    let state = &response.transaction_states[0];
+    (
+        state.error_code,
+        state.transaction_state.to_string(),
+        state
+            .topics
+            .iter()
+            .map(|topic| (topic.topic.to_string(), topic.partitions.clone()))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_transaction_goes_from_init_to_prepare_commit_and_is_described() {
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        create_topic(&broker, "data", 2).await;
+
+        let find = FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_coordinator_keys(vec![text("app-1")]);
+        let found: FindCoordinatorResponse = broker
+            .call(RequestKind::FindCoordinator(find), 4)
+            .await
+            .expect("answer");
+        assert_eq!(found.coordinators[0].error_code, 0, "{found:?}");
+        assert_eq!(found.coordinators[0].node_id.0, broker.shard.config.node_id);
+
+        let producer = init(&broker, "app-1", 4).await;
+        assert_eq!(producer.error_code, 0, "{producer:?}");
+        assert!(producer.producer_id.0 >= 0);
+        assert_eq!(producer.producer_epoch, 0);
+        assert_eq!(describe(&broker, "app-1").await.1, "Empty");
+
+        let codes = add_partitions(&broker, "app-1", &producer, "data", &[0, 1], 3).await;
+        assert_eq!(codes, vec![0, 0]);
+        let (code, state, partitions) = describe(&broker, "app-1").await;
+        assert_eq!((code, state.as_str()), (0, "Ongoing"));
+        assert_eq!(partitions, vec![("data".to_string(), vec![0, 1])]);
+
+        // A partition leader's verify-only check (v4+, batched form).
+        let verify = AddPartitionsToTxnRequest::default().with_transactions(vec![
+            AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(TransactionalId(text("app-1")))
+                .with_producer_id(producer.producer_id)
+                .with_producer_epoch(producer.producer_epoch)
+                .with_verify_only(true)
+                .with_topics(topics("data", &[0])),
+        ]);
+        let verified: AddPartitionsToTxnResponse = broker
+            .call(RequestKind::AddPartitionsToTxn(verify), 4)
+            .await
+            .expect("answer");
+        let result = &verified.results_by_transaction[0].topic_results[0].results_by_partition[0];
+        assert_eq!(result.partition_error_code, 0, "{verified:?}");
+
+        let listed: ListTransactionsResponse = broker
+            .call(
+                RequestKind::ListTransactions(
+                    ListTransactionsRequest::default()
+                        .with_state_filters(vec![text("Ongoing"), text("Bogus")]),
+                ),
+                1,
+            )
+            .await
+            .expect("answer");
+        let ids: Vec<String> = listed
+            .transaction_states
+            .iter()
+            .map(|state| state.transactional_id.to_string())
+            .collect();
+        assert_eq!(ids, vec!["app-1".to_string()]);
+        assert_eq!(listed.unknown_state_filters, vec![text("Bogus")]);
+
+        let end = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(text("app-1")))
+            .with_producer_id(producer.producer_id)
+            .with_producer_epoch(producer.producer_epoch)
+            .with_committed(true);
+        let ended: EndTxnResponse = broker
+            .call(RequestKind::EndTxn(end), 3)
+            .await
+            .expect("answer");
+        assert_eq!(ended.error_code, 0);
+        // The markers are the partition side's: until then it is preparing.
+        assert_eq!(describe(&broker, "app-1").await.1, "PrepareCommit");
+    });
+}
+
+#[test]
+fn a_new_producer_fences_the_old_one_and_old_clients_get_their_code() {
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        create_topic(&broker, "data", 1).await;
+        let first = init(&broker, "app-2", 4).await;
+        assert_eq!(first.error_code, 0);
+        let second = init(&broker, "app-2", 4).await;
+        assert_eq!(second.error_code, 0);
+        assert_eq!(second.producer_id, first.producer_id);
+        assert_eq!(second.producer_epoch, first.producer_epoch + 1);
+
+        let fenced = add_partitions(&broker, "app-2", &first, "data", &[0], 3).await;
+        assert_eq!(fenced, vec![ResponseError::ProducerFenced.code()]);
+        let legacy = add_partitions(&broker, "app-2", &first, "data", &[0], 1).await;
+        assert_eq!(legacy, vec![ResponseError::InvalidProducerEpoch.code()]);
+        let current = add_partitions(&broker, "app-2", &second, "data", &[0], 3).await;
+        assert_eq!(current, vec![0]);
+    });
+}
+
+#[test]
+fn bad_input_gets_kafka_codes() {
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        create_topic(&broker, "data", 1).await;
+        let empty = init(&broker, "", 4).await;
+        assert_eq!(empty.error_code, ResponseError::InvalidRequest.code());
+
+        let producer = init(&broker, "app-3", 4).await;
+        let codes = add_partitions(&broker, "app-3", &producer, "data", &[0, 7], 3).await;
+        assert_eq!(
+            codes,
+            vec![
+                ResponseError::OperationNotAttempted.code(),
+                ResponseError::UnknownTopicOrPartition.code()
+            ]
+        );
+        let unknown = describe(&broker, "never-seen").await;
+        assert_eq!(unknown.0, ResponseError::TransactionalIdNotFound.code());
+
+        let too_long = init(&broker, &"x".repeat(40_000), 4).await;
+        assert_eq!(too_long.error_code, ResponseError::InvalidRequest.code());
+
+        let find = FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_coordinator_keys(vec![text("")]);
+        let found: FindCoordinatorResponse = broker
+            .call(RequestKind::FindCoordinator(find), 4)
+            .await
+            .expect("answer");
+        assert_eq!(
+            found.coordinators[0].error_code,
+            ResponseError::InvalidRequest.code()
+        );
+    });
+}
