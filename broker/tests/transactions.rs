@@ -246,3 +246,104 @@ fn bad_input_gets_kafka_codes() {
         );
     });
 }
+
+/// OffsetFetch v7 of `topic`-0 for `group`: (offset, error code).
+async fn fetch_offset(
+    broker: &InProcessBroker,
+    group: &str,
+    topic: &str,
+    stable: bool,
+) -> (i64, i16) {
+    use kafki_net::kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_require_stable(stable)
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(TopicName(text(topic)))
+            .with_partition_indexes(vec![0])]));
+    let response: OffsetFetchResponse = broker
+        .call(RequestKind::OffsetFetch(request), 7)
+        .await
+        .expect("answer");
+    let partition = &response.topics[0].partitions[0];
+    (partition.committed_offset, partition.error_code)
+}
+
+#[test]
+fn transactional_offsets_wait_for_the_commit_marker() {
+    use kafki_net::kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        create_topic(&broker, "data", 1).await;
+        let producer = init(&broker, "app-4", 4).await;
+        let add = AddOffsetsToTxnRequest::default()
+            .with_transactional_id(TransactionalId(text("app-4")))
+            .with_producer_id(producer.producer_id)
+            .with_producer_epoch(producer.producer_epoch)
+            .with_group_id(GroupId(text("g")));
+        let added: AddOffsetsToTxnResponse = broker
+            .call(RequestKind::AddOffsetsToTxn(add), 3)
+            .await
+            .expect("answer");
+        assert_eq!(added.error_code, 0);
+        let (_, _, partitions) = describe(&broker, "app-4").await;
+        assert_eq!(partitions[0].0, "__consumer_offsets");
+
+        let commit = TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(text("app-4")))
+            .with_group_id(GroupId(text("g")))
+            .with_producer_id(producer.producer_id)
+            .with_producer_epoch(producer.producer_epoch)
+            .with_generation_id(-1)
+            .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(text("data")))
+                .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(17)])]);
+        let committed: TxnOffsetCommitResponse = broker
+            .call(RequestKind::TxnOffsetCommit(commit.clone()), 3)
+            .await
+            .expect("answer");
+        assert_eq!(
+            committed.topics[0].partitions[0].error_code, 0,
+            "{committed:?}"
+        );
+        // Stored, but pending: invisible, and unstable for require_stable.
+        assert_eq!(fetch_offset(&broker, "g", "data", false).await, (-1, 0));
+        assert_eq!(
+            fetch_offset(&broker, "g", "data", true).await,
+            (-1, ResponseError::UnstableOffsetCommit.code())
+        );
+        // A second commit of the same producer lands too (next sequence).
+        let again: TxnOffsetCommitResponse = broker
+            .call(
+                RequestKind::TxnOffsetCommit(commit.with_topics(vec![
+                    TxnOffsetCommitRequestTopic::default()
+                        .with_name(TopicName(text("data")))
+                        .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(18)]),
+                ])),
+                3,
+            )
+            .await
+            .expect("answer");
+        assert_eq!(again.topics[0].partitions[0].error_code, 0, "{again:?}");
+
+        // What the partition side does once the COMMIT marker is durable.
+        let offsets_partition = kafki_broker::group::runtime::offsets_partition_for(
+            "g",
+            broker.shard.config.settings.offsets_topic_partitions,
+        );
+        kafki_broker::group::runtime::complete_txn_offsets(
+            &broker.shard,
+            offsets_partition,
+            producer.producer_id.0,
+            true,
+        )
+        .await;
+        assert_eq!(fetch_offset(&broker, "g", "data", true).await, (18, 0));
+    });
+}

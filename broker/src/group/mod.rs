@@ -26,6 +26,7 @@ pub mod runtime;
 mod state;
 #[cfg(test)]
 mod tests;
+mod txn_offsets;
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,7 @@ use kafki_net::kafka_protocol::messages::{JoinGroupResponse, SyncGroupResponse};
 
 pub use records::{OffsetsRecord, RecordError};
 pub use state::{CommittedOffset, GroupState};
+pub use txn_offsets::{PendingTxnCommit, TxnOffsetsRecords, TxnProducer};
 
 use state::Group;
 
@@ -128,6 +130,9 @@ struct Effects {
     completed: Vec<Completion>,
     records: Vec<OffsetsRecord>,
     commits: Vec<PendingCommit>,
+    /// Transactional offsets: one batch per entry (`txn_offsets`).
+    txn_records: Vec<TxnOffsetsRecords>,
+    txn_commits: Vec<PendingTxnCommit>,
 }
 
 /// An accepted offset commit whose record is not stored yet.
@@ -144,6 +149,8 @@ pub struct PendingCommit {
 pub struct GroupCoordinator {
     config: GroupConfig,
     groups: BTreeMap<String, Group>,
+    /// Transactional offsets stored but not committed yet, per group.
+    pending_txn: BTreeMap<String, txn_offsets::PendingTxnOffsets>,
     effects: Effects,
     next_ticket: u64,
     random_state: u64,
@@ -155,6 +162,7 @@ impl GroupCoordinator {
         GroupCoordinator {
             config,
             groups: BTreeMap::new(),
+            pending_txn: BTreeMap::new(),
             effects: Effects::default(),
             next_ticket: 1,
             random_state,
@@ -232,6 +240,7 @@ impl GroupCoordinator {
     /// another node now); how many went.
     pub fn unload_groups(&mut self, unload: impl Fn(&str) -> bool) -> usize {
         let before = self.groups.len();
+        self.unload_pending_txn(&unload);
         self.groups.retain(|name, _| !unload(name));
         before - self.groups.len()
     }

@@ -15,6 +15,7 @@ use kafki_net::kafka_protocol::messages::{
     HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
     ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 
 use super::str_bytes;
@@ -248,6 +249,78 @@ pub async fn offset_commit(
                 })
                 .collect();
             OffsetCommitResponse::default().with_topics(topics)
+        }
+    }
+}
+
+/// TxnOffsetCommit (v0–v4): offsets of a transactional producer, held
+/// pending by the group coordinator until the transaction's marker. Old
+/// clients (< v2) get INVALID_PRODUCER_EPOCH where Kafka fences.
+pub async fn txn_offset_commit(
+    shard: &Rc<Shard>,
+    request: TxnOffsetCommitRequest,
+    version: i16,
+) -> TxnOffsetCommitResponse {
+    use kafki_net::kafka_protocol::messages::txn_offset_commit_response::{
+        TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+    };
+    let group = request.group_id.to_string();
+    let topics: Vec<(kafki_net::kafka_protocol::messages::TopicName, Vec<i32>)> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            (
+                topic.name.clone(),
+                topic
+                    .partitions
+                    .iter()
+                    .map(|partition| partition.partition_index)
+                    .collect(),
+            )
+        })
+        .collect();
+    let outcome = on_coordinator_stored(shard, &group, move |coordinator, now| {
+        coordinator.txn_commit_offsets(now, &request)
+    })
+    .await;
+    let legacy = |code: i16| {
+        if version < 2 && code == ResponseError::ProducerFenced.code() {
+            ResponseError::InvalidProducerEpoch.code()
+        } else {
+            code
+        }
+    };
+    match outcome {
+        Ok((mut response, stored)) => {
+            for topic in &mut response.topics {
+                for partition in &mut topic.partitions {
+                    if let (0, Err(code)) = (partition.error_code, stored) {
+                        partition.error_code = code;
+                    }
+                    partition.error_code = legacy(partition.error_code);
+                }
+            }
+            response
+        }
+        Err(code) => {
+            let topics = topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    TxnOffsetCommitResponseTopic::default()
+                        .with_name(name)
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|index| {
+                                    TxnOffsetCommitResponsePartition::default()
+                                        .with_partition_index(index)
+                                        .with_error_code(legacy(code))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            TxnOffsetCommitResponse::default().with_topics(topics)
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::AddPartitionsToTxn, 0, 4),
             SupportedApi::new(ApiKey::AddOffsetsToTxn, 0, 4),
             SupportedApi::new(ApiKey::EndTxn, 0, 4),
+            SupportedApi::new(ApiKey::TxnOffsetCommit, 0, 4),
             SupportedApi::new(ApiKey::DescribeTransactions, 0, 0),
             SupportedApi::new(ApiKey::ListTransactions, 0, 1),
             SupportedApi::new(ApiKey::DescribeConfigs, 1, 4),
@@ -215,6 +216,9 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         }
         RequestKind::OffsetCommit(body) => {
             ResponseKind::OffsetCommit(groups::offset_commit(&shard, body, version).await)
+        }
+        RequestKind::TxnOffsetCommit(body) => {
+            ResponseKind::TxnOffsetCommit(groups::txn_offset_commit(&shard, body, version).await)
         }
         RequestKind::OffsetFetch(body) => {
             ResponseKind::OffsetFetch(groups::offset_fetch(&shard, body, version).await)
