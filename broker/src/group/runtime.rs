@@ -635,3 +635,47 @@ where
         _ => Err(ResponseError::CoordinatorNotAvailable.code()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transactional_offsets_batch_is_valid_and_names_its_producer() {
+        let plain = crate::records::build_keyed_batch(&[(Some(b"k".as_ref()), Some(b"v"))], 1);
+        let producer = super::super::TxnProducer {
+            producer_id: 42,
+            producer_epoch: 3,
+        };
+        let stamped = transactional_batch(plain, producer, 5);
+        let header =
+            kafki_storage::batch::validate_producer_batch(&stamped).expect("a valid batch");
+        assert!(header.is_transactional() && !header.is_control());
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (42, 3, 5)
+        );
+        let (records, skipped) = crate::records::read_keyed_records(&stamped);
+        assert_eq!((records.len(), skipped), (1, 0));
+    }
+
+    #[test]
+    fn a_control_batch_reads_as_its_marker_type() {
+        let commit = crate::txn::EndTxnMarker {
+            control_type: crate::txn::ControlType::Commit,
+            coordinator_epoch: 1,
+        };
+        let key = commit.encode_key();
+        let value = commit.encode_value();
+        let plain =
+            crate::records::build_keyed_batch(&[(Some(key.as_ref()), Some(value.as_ref()))], 1);
+        let mut control = bytes::BytesMut::from(plain.as_ref());
+        let attributes = kafki_storage::batch::ATTRIBUTE_CONTROL.to_be_bytes();
+        control[21..23].copy_from_slice(&attributes);
+        assert_eq!(control_type_of(&control.freeze()), Some(1));
+    }
+}

@@ -35,6 +35,10 @@ const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
 /// Transactions one batched (v4+) AddPartitionsToTxn may carry.
 const TRANSACTIONS_PER_REQUEST_MAX: usize = 1_000;
 
+/// Ids one DescribeTransactions may name (each is a call to its
+/// coordinator shard); the rest are answered INVALID_REQUEST.
+const DESCRIBED_IDS_MAX: usize = 10_000;
+
 /// The code for `error` at `version`, given the first version that knows
 /// PRODUCER_FENCED.
 fn code_at(error: TxnError, version: i16, fenced_since: i16) -> i16 {
@@ -326,8 +330,16 @@ pub async fn describe_transactions(
     request: DescribeTransactionsRequest,
     _version: i16,
 ) -> DescribeTransactionsResponse {
-    let mut states = Vec::with_capacity(request.transactional_ids.len());
-    for transactional_id in request.transactional_ids {
+    let mut states = Vec::with_capacity(request.transactional_ids.len().min(DESCRIBED_IDS_MAX));
+    for (index, transactional_id) in request.transactional_ids.into_iter().enumerate() {
+        if index >= DESCRIBED_IDS_MAX {
+            states.push(
+                describe_transactions_response::TransactionState::default()
+                    .with_transactional_id(transactional_id)
+                    .with_error_code(ResponseError::InvalidRequest.code()),
+            );
+            continue;
+        }
         let id = transactional_id.to_string();
         let looked_up = {
             let id = id.clone();
@@ -406,14 +418,17 @@ pub async fn list_transactions(
     version: i16,
 ) -> ListTransactionsResponse {
     let mut unknown_states = Vec::new();
-    let mut wanted_states = Vec::new();
+    let mut wanted_states = std::collections::BTreeSet::new();
     for name in &request.state_filters {
         match STATE_NAMES.iter().position(|known| *known == name.as_str()) {
-            Some(_) => wanted_states.push(name.to_string()),
+            Some(_) => {
+                wanted_states.insert(name.to_string());
+            }
             None => unknown_states.push(name.clone()),
         }
     }
-    let wanted_producers: Vec<i64> = request.producer_id_filters.iter().map(|id| id.0).collect();
+    let wanted_producers: std::collections::HashSet<i64> =
+        request.producer_id_filters.iter().map(|id| id.0).collect();
     let duration_filter_ms = if version >= 1 {
         request.duration_filter
     } else {
@@ -448,9 +463,7 @@ pub async fn list_transactions(
     }
     let states = listed
         .into_iter()
-        .filter(|listed| {
-            wanted_states.is_empty() || wanted_states.iter().any(|s| s == listed.state.name())
-        })
+        .filter(|listed| wanted_states.is_empty() || wanted_states.contains(listed.state.name()))
         .filter(|listed| {
             wanted_producers.is_empty() || wanted_producers.contains(&listed.producer_id)
         })

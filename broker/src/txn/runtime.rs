@@ -607,6 +607,9 @@ async fn ensure_loaded(shard: &Rc<Shard>, log_partition: i32) -> bool {
     {
         return false;
     }
+    // A load at an older epoch stops appending now (its queued appends
+    // are dropped), so the log read below is the whole of it.
+    shard.txn.loaded.borrow_mut().remove(&log_partition);
     load_partition(shard, log_partition).await
 }
 
