@@ -133,6 +133,30 @@ def test_a_second_producer_fences_the_first(broker):
     consumer.close()
 
 
+@pytest.mark.timeout(120)
+def test_pending_offsets_stay_pending_across_a_kill(broker):
+    """The replay of __consumer_offsets honours transactions: offsets of a
+    transactional batch with no marker after it come back pending (still
+    invisible, still UNSTABLE_OFFSET_COMMIT), not committed."""
+    import confluent_kafka
+
+    suffix = uuid.uuid4().hex[:8]
+    topic, group = f"data-{suffix}", f"g-{suffix}"
+    make_topic(confluent_kafka, broker.bootstrap, topic)
+    producer = transactional_producer(confluent_kafka, broker.bootstrap, f"tx-{suffix}")
+    consumer = group_consumer(confluent_kafka, broker.bootstrap, group)
+    send_offsets(producer, consumer, topic, 5)
+    consumer.close()
+    broker.restart_after_kill()
+    consumer = group_consumer(confluent_kafka, broker.bootstrap, group)
+    assert committed_offset(consumer, topic) == NO_OFFSET
+    consumer.close()
+    stable = group_consumer(confluent_kafka, broker.bootstrap, group, "read_committed")
+    with pytest.raises(confluent_kafka.KafkaException):
+        stable.committed([confluent_kafka.TopicPartition(topic, 0)], timeout=3)
+    stable.close()
+
+
 def init_producer_id_v1(port, transactional_id):
     """Raw InitProducerId v1: (producer id, epoch), retried while the
     coordinator loads, fetches ids or finishes a transition."""
