@@ -11,9 +11,13 @@ needs offsets to become visible after a commit is skipped with that reason.
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -155,6 +159,41 @@ def test_pending_offsets_stay_pending_across_a_kill(broker):
     with pytest.raises(confluent_kafka.KafkaException):
         stable.committed([confluent_kafka.TopicPartition(topic, 0)], timeout=3)
     stable.close()
+
+
+KAFKA_LIBS = Path(os.environ.get("KAFKI_CACHE", Path.home() / ".cache" / "kafki")) / "kafka-4.1.2" / "libs"
+
+
+def transactions_cli(bootstrap, *args):
+    """Kafka's `kafka-transactions.sh` (TransactionsCommand): its stdout."""
+    done = subprocess.run(
+        ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.TransactionsCommand",
+         "--bootstrap-server", bootstrap, *args],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("java") is None or not (KAFKA_LIBS / "kafka-tools-4.1.2.jar").exists(),
+                    reason="needs java and Kafka 4.1.2's jars (scripts/install-test-deps.sh)")
+@pytest.mark.timeout(120)
+def test_kafka_transactions_cli_lists_and_describes(broker):
+    """ListTransactions and DescribeTransactions as `kafka-transactions.sh` uses them."""
+    import confluent_kafka
+
+    suffix = uuid.uuid4().hex[:8]
+    topic, group, transactional_id = f"data-{suffix}", f"g-{suffix}", f"tx-{suffix}"
+    make_topic(confluent_kafka, broker.bootstrap, topic)
+    producer = transactional_producer(confluent_kafka, broker.bootstrap, transactional_id)
+    consumer = group_consumer(confluent_kafka, broker.bootstrap, group)
+    send_offsets(producer, consumer, topic, 3)
+    listed = transactions_cli(broker.bootstrap, "list")
+    row = next(line.split() for line in listed.splitlines() if line.startswith(transactional_id))
+    assert row[-1] == "Ongoing", listed
+    described = transactions_cli(broker.bootstrap, "describe", "--transactional-id", transactional_id)
+    assert "Ongoing" in described and "__consumer_offsets-" in described, described
+    producer.abort_transaction(30)
+    consumer.close()
 
 
 def init_producer_id_v1(port, transactional_id):
