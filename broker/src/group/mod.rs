@@ -9,7 +9,10 @@
 //! once its record is stored: OffsetCommit leaves it pending
 //! ([`GroupCoordinator::take_pending_commits`]) and the runtime applies it with
 //! [`GroupCoordinator::apply_commits`] after the append reached its commit stage, or
-//! drops it and answers an error.
+//! drops it and answers an error. Transactional offsets (TxnOffsetCommit,
+//! `txn_offsets.rs`) stay pending per (group, producer) until the
+//! producer's COMMIT marker lands on the group's offsets partition
+//! ([`runtime::complete_txn_offsets`]); ABORT drops them.
 //!
 //! The behaviour follows Apache Kafka's `GroupMetadataManager` (classic-group part),
 //! `ClassicGroup` and `OffsetMetadataManager` (Kafka 4.x): see `rebalance.rs` for the

@@ -3,7 +3,9 @@
 //! coordinator shard by the runtime ([`crate::group::runtime`]), and its
 //! answer into the response. A commit is answered only after its records
 //! reached `__consumer_offsets`' commit stage (durable by default), so a
-//! committed offset survives a crash.
+//! committed offset survives a crash. TxnOffsetCommit is answered the same
+//! way; its offsets become visible at the transaction's COMMIT marker.
+//! FindCoordinator also answers transactional ids (key type 1).
 
 use std::rc::Rc;
 
