@@ -2,7 +2,9 @@
 //! FindCoordinator for a transactional id, InitProducerId with one (and
 //! the fence of an older epoch, in the codes of new and old clients),
 //! AddPartitionsToTxn in both forms (and `verify_only`), EndTxn,
-//! Describe/ListTransactions, and refusals of bad input. Markers are the
+//! Describe/ListTransactions, TxnOffsetCommit pending until the marker,
+//! a timed-out transaction aborted and its producer fenced, and refusals
+//! of bad input. Markers are the
 //! partition side's (a stub here), so a committed transaction with
 //! partitions stays PrepareCommit.
 
@@ -39,10 +41,19 @@ async fn create_topic(broker: &InProcessBroker, topic: &str, partitions: i32) {
 
 /// InitProducerId, retried while the coordinator loads or fetches ids.
 async fn init(broker: &InProcessBroker, id: &str, version: i16) -> InitProducerIdResponse {
+    init_with_timeout(broker, id, version, 60_000).await
+}
+
+async fn init_with_timeout(
+    broker: &InProcessBroker,
+    id: &str,
+    version: i16,
+    timeout_ms: i32,
+) -> InitProducerIdResponse {
     for _ in 0..100 {
         let request = InitProducerIdRequest::default()
             .with_transactional_id(Some(TransactionalId(text(id))))
-            .with_transaction_timeout_ms(60_000)
+            .with_transaction_timeout_ms(timeout_ms)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
         let response: InitProducerIdResponse = broker
@@ -345,5 +356,40 @@ fn transactional_offsets_wait_for_the_commit_marker() {
         )
         .await;
         assert_eq!(fetch_offset(&broker, "g", "data", true).await, (18, 0));
+    });
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        create_topic(&broker, "data", 1).await;
+        let producer = init_with_timeout(&broker, "app-5", 4, 50).await;
+        assert_eq!(producer.error_code, 0);
+        let added = add_partitions(&broker, "app-5", &producer, "data", &[0], 3).await;
+        assert_eq!(added, vec![0]);
+        glommio::timer::sleep(Duration::from_millis(120)).await;
+        // The coordinator hears the time before each input: the timed-out
+        // transaction is aborted with the epoch bumped (CONCURRENT_TRANSACTIONS
+        // while that record is in flight), so this producer's commit is fenced.
+        let end = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(text("app-5")))
+            .with_producer_id(producer.producer_id)
+            .with_producer_epoch(producer.producer_epoch)
+            .with_committed(true);
+        let mut code = ResponseError::ConcurrentTransactions.code();
+        for _ in 0..100 {
+            let ended: EndTxnResponse = broker
+                .call(RequestKind::EndTxn(end.clone()), 3)
+                .await
+                .expect("answer");
+            code = ended.error_code;
+            if code != ResponseError::ConcurrentTransactions.code() {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(code, ResponseError::ProducerFenced.code());
+        assert_eq!(describe(&broker, "app-5").await.1, "PrepareAbort");
     });
 }
