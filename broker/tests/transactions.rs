@@ -166,6 +166,26 @@ fn a_transaction_goes_from_init_to_prepare_commit_and_is_described() {
             .expect("answer");
         let result = &verified.results_by_transaction[0].topic_results[0].results_by_partition[0];
         assert_eq!(result.partition_error_code, 0, "{verified:?}");
+        // The same check as the partition side calls it in-process.
+        let checked = kafki_broker::txn::runtime::verify_partitions(
+            &broker.shard,
+            "app-1",
+            kafki_broker::txn::ProducerIdAndEpoch {
+                producer_id: producer.producer_id.0,
+                epoch: producer.producer_epoch,
+            },
+            vec![
+                kafki_broker::txn::TopicPartition::new("data", 1),
+                kafki_broker::txn::TopicPartition::new("other", 0),
+            ],
+        )
+        .await
+        .expect("the coordinator answers");
+        let errors: Vec<_> = checked.into_iter().map(|(_, error)| error).collect();
+        assert_eq!(
+            errors,
+            vec![None, Some(kafki_broker::txn::TxnError::InvalidTxnState)]
+        );
 
         let listed: ListTransactionsResponse = broker
             .call(

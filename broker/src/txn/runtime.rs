@@ -218,6 +218,33 @@ where
         })
 }
 
+/// KIP-890's check a partition leader makes before it accepts a
+/// transaction's first write to a partition: per partition, `None` when it
+/// is in `producer`'s Ongoing transaction. For a coordinator on this node;
+/// elsewhere the answer is NOT_COORDINATOR (the wire form is
+/// AddPartitionsToTxn v4+ with `verify_only`).
+pub async fn verify_partitions(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    producer: super::ProducerIdAndEpoch,
+    partitions: Vec<super::TopicPartition>,
+) -> Result<Vec<(super::TopicPartition, Option<TxnError>)>, TxnError> {
+    let id = transactional_id.to_string();
+    let answer = on_txn_coordinator(shard, transactional_id, move |request| {
+        Input::VerifyPartitions {
+            request,
+            transactional_id: id,
+            producer,
+            partitions,
+        }
+    })
+    .await?;
+    match answer {
+        Response::VerifyPartitions(result) => result,
+        _ => Err(TxnError::CoordinatorNotAvailable),
+    }
+}
+
 /// Reads the coordinator of `transactional_id` once its partition is
 /// loaded (DescribeTransactions).
 pub async fn inspect_txn_coordinator<R, F>(
