@@ -384,12 +384,12 @@ async fn run_appender(shard: Rc<Shard>, mut queue: mpsc::UnboundedReceiver<Queue
                 None => return,
             },
         };
+        let (log_partition, generation) = (first.log_partition, first.generation);
         let mut batch = vec![first];
         while batch.len() < APPEND_BATCH_RECORDS_MAX {
             match queue.try_recv() {
                 Ok(next)
-                    if next.log_partition == batch[0].log_partition
-                        && next.generation == batch[0].generation =>
+                    if next.log_partition == log_partition && next.generation == generation =>
                 {
                     batch.push(next)
                 }
@@ -406,9 +406,11 @@ async fn run_appender(shard: Rc<Shard>, mut queue: mpsc::UnboundedReceiver<Queue
 
 /// Appends one batch of records of one partition and reports the outcome.
 async fn append_batch(shard: &Rc<Shard>, batch: Vec<QueuedAppend>) {
-    let log_partition = batch[0].log_partition;
-    let generation = batch[0].generation;
-    let first_offset = batch[0].offset;
+    let Some(first) = batch.first() else {
+        return;
+    };
+    let (log_partition, generation, first_offset) =
+        (first.log_partition, first.generation, first.offset);
     let is_current = |shard: &Shard| {
         shard
             .txn
