@@ -371,6 +371,45 @@ pub const SETTINGS: &[Setting] = &[
         Some("104857600"),
         SettingKind::Int,
     ),
+    // The transaction coordinator (broker/src/txn/runtime.rs), Kafka's
+    // names and defaults; the replication factor and min ISR of
+    // `__transaction_state` are capped at the live nodes when it is created.
+    setting(
+        None,
+        "transaction.state.log.num.partitions",
+        Some("50"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "transaction.state.log.replication.factor",
+        Some("3"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "transaction.state.log.min.isr",
+        Some("2"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "transaction.state.log.segment.bytes",
+        Some("104857600"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "transaction.max.timeout.ms",
+        Some("900000"),
+        SettingKind::Int,
+    ),
+    setting(
+        None,
+        "transactional.id.expiration.ms",
+        Some("604800000"),
+        SettingKind::Int,
+    ),
     // Idempotent-producer state (handlers/producer.rs): forget a producer
     // whose last batch is older (Kafka's name and default, one day; here
     // also per topic), how often to look, and Kafki's cap on producers

@@ -184,6 +184,7 @@ async fn shard_main(
     shard.publish_partitions();
     crate::group::runtime::load_groups(&shard).await;
     let group_timer = glommio::spawn_local(crate::group::runtime::run_group_timer(shard.clone()));
+    let txn_timer = glommio::spawn_local(crate::txn::runtime::run_txn_timer(shard.clone()));
     if config.cluster.is_some() {
         shard.wait_until_registered(&stop).await;
     }
@@ -232,6 +233,7 @@ async fn shard_main(
     // Before the partitions close, which write their final snapshots.
     producer_state.cancel().await;
     group_timer.cancel().await;
+    txn_timer.cancel().await;
     if let Some(commands) = commands {
         // Drops the queue: the admin listener answers 503 from now on.
         commands.cancel().await;

@@ -31,6 +31,14 @@ pub struct BrokerSettings {
     pub offsets_topic_partitions: i32,
     /// `offsets.topic.segment.bytes`.
     pub offsets_topic_segment_bytes: i64,
+    /// `transaction.state.log.num.partitions`, 1..=1000.
+    pub transaction_state_partitions: i32,
+    /// `transaction.state.log.segment.bytes`.
+    pub transaction_state_segment_bytes: i64,
+    /// `transaction.max.timeout.ms`: the longest timeout a producer may ask.
+    pub transaction_max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`: an id unused this long is forgotten.
+    pub transactional_id_expiration_ms: i64,
     /// `group.initial.rebalance.delay.ms` (0 allowed).
     pub group_initial_rebalance_delay: Duration,
     /// `log.retention.check.interval.ms`.
@@ -84,6 +92,20 @@ impl BrokerSettings {
             offsets_topic_segment_bytes: kafka
                 .positive("offsets.topic.segment.bytes")
                 .unwrap_or(104_857_600),
+            transaction_state_partitions: kafka
+                .positive("transaction.state.log.num.partitions")
+                .filter(|count| *count <= 1000)
+                .map_or(50, |count| count as i32),
+            transaction_state_segment_bytes: kafka
+                .positive("transaction.state.log.segment.bytes")
+                .unwrap_or(104_857_600),
+            transaction_max_timeout_ms: kafka
+                .positive("transaction.max.timeout.ms")
+                .and_then(|ms| i32::try_from(ms).ok())
+                .unwrap_or(900_000),
+            transactional_id_expiration_ms: kafka
+                .positive("transactional.id.expiration.ms")
+                .unwrap_or(604_800_000),
             group_initial_rebalance_delay: Duration::from_millis(
                 kafka
                     .get_i64("group.initial.rebalance.delay.ms")

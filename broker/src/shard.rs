@@ -73,6 +73,8 @@ pub struct Shard {
     pub shutting_down: Cell<bool>,
     /// Consumer groups coordinated on this shard.
     pub groups: crate::group::runtime::GroupShard,
+    /// Transactions coordinated on this shard.
+    pub txn: crate::txn::runtime::TxnShard,
     /// Producer ids (used on the controller shard only).
     pub producer_ids: crate::producer::ProducerIdAllocator,
     /// Incremental fetch sessions of connections served here.
@@ -179,6 +181,7 @@ impl Shard {
         Rc::new(Self {
             id,
             groups,
+            txn: crate::txn::runtime::TxnShard::new(&config),
             producer_ids: Default::default(),
             metrics: crate::metrics::ShardMetrics::new(id),
             fetch_sessions: RefCell::new(Default::default()),
@@ -781,6 +784,7 @@ impl Shard {
         self.fence_to(&next);
         self.feed_partition_records(&next);
         crate::group::runtime::unload_moved_groups(self);
+        crate::txn::runtime::unload_moved_txn_partitions(self);
         self.drop_moved_replicas(&previous, &next).await;
         self.publish_partitions();
         self.reopen_reconfigured(&previous, &next).await;

@@ -9,7 +9,10 @@
 //! once its record is stored: OffsetCommit leaves it pending
 //! ([`GroupCoordinator::take_pending_commits`]) and the runtime applies it with
 //! [`GroupCoordinator::apply_commits`] after the append reached its commit stage, or
-//! drops it and answers an error.
+//! drops it and answers an error. Transactional offsets (TxnOffsetCommit,
+//! `txn_offsets.rs`) stay pending per (group, producer) until the
+//! producer's COMMIT marker lands on the group's offsets partition
+//! ([`runtime::complete_txn_offsets`]); ABORT drops them.
 //!
 //! The behaviour follows Apache Kafka's `GroupMetadataManager` (classic-group part),
 //! `ClassicGroup` and `OffsetMetadataManager` (Kafka 4.x): see `rebalance.rs` for the
@@ -26,6 +29,7 @@ pub mod runtime;
 mod state;
 #[cfg(test)]
 mod tests;
+mod txn_offsets;
 
 use std::collections::BTreeMap;
 
@@ -33,6 +37,7 @@ use kafki_net::kafka_protocol::messages::{JoinGroupResponse, SyncGroupResponse};
 
 pub use records::{OffsetsRecord, RecordError};
 pub use state::{CommittedOffset, GroupState};
+pub use txn_offsets::{PendingTxnCommit, TxnOffsetsRecords, TxnProducer};
 
 use state::Group;
 
@@ -128,6 +133,9 @@ struct Effects {
     completed: Vec<Completion>,
     records: Vec<OffsetsRecord>,
     commits: Vec<PendingCommit>,
+    /// Transactional offsets: one batch per entry (`txn_offsets`).
+    txn_records: Vec<TxnOffsetsRecords>,
+    txn_commits: Vec<PendingTxnCommit>,
 }
 
 /// An accepted offset commit whose record is not stored yet.
@@ -144,6 +152,8 @@ pub struct PendingCommit {
 pub struct GroupCoordinator {
     config: GroupConfig,
     groups: BTreeMap<String, Group>,
+    /// Transactional offsets stored but not committed yet, per group.
+    pending_txn: BTreeMap<String, txn_offsets::PendingTxnOffsets>,
     effects: Effects,
     next_ticket: u64,
     random_state: u64,
@@ -155,6 +165,7 @@ impl GroupCoordinator {
         GroupCoordinator {
             config,
             groups: BTreeMap::new(),
+            pending_txn: BTreeMap::new(),
             effects: Effects::default(),
             next_ticket: 1,
             random_state,
@@ -232,6 +243,7 @@ impl GroupCoordinator {
     /// another node now); how many went.
     pub fn unload_groups(&mut self, unload: impl Fn(&str) -> bool) -> usize {
         let before = self.groups.len();
+        self.unload_pending_txn(&unload);
         self.groups.retain(|name, _| !unload(name));
         before - self.groups.len()
     }

@@ -46,6 +46,15 @@ struct JoinArgs<'a> {
     protocols: Vec<(String, Bytes)>,
 }
 
+/// The member check of a commit (transactional ones too).
+pub(super) fn check_member(
+    group: &Group,
+    member_id: &str,
+    instance_id: Option<&str>,
+) -> Result<(), ResponseError> {
+    validate_member(group, member_id, instance_id)
+}
+
 fn validate_member(
     group: &Group,
     member_id: &str,
@@ -843,24 +852,31 @@ impl GroupCoordinator {
                     .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                     .collect()
             });
+            let group_id: &str = &request.group_id.0;
             let topics = self
-                .fetch_group(&request.group_id.0, wanted)
+                .fetch_group(group_id, wanted)
                 .into_iter()
                 .map(|(name, partitions)| {
+                    let partitions = partitions
+                        .into_iter()
+                        .map(|(index, offset)| {
+                            let answered =
+                                OffsetFetchResponsePartition::default().with_partition_index(index);
+                            match self.unstable(request.require_stable, group_id, &name, index) {
+                                Some(code) => answered
+                                    .with_committed_offset(-1)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_error_code(code),
+                                None => answered
+                                    .with_committed_offset(offset.offset)
+                                    .with_committed_leader_epoch(offset.leader_epoch)
+                                    .with_metadata(Some(str_bytes(&offset.metadata))),
+                            }
+                        })
+                        .collect();
                     OffsetFetchResponseTopic::default()
                         .with_name(TopicName(str_bytes(&name)))
-                        .with_partitions(
-                            partitions
-                                .into_iter()
-                                .map(|(index, offset)| {
-                                    OffsetFetchResponsePartition::default()
-                                        .with_partition_index(index)
-                                        .with_committed_offset(offset.offset)
-                                        .with_committed_leader_epoch(offset.leader_epoch)
-                                        .with_metadata(Some(str_bytes(&offset.metadata)))
-                                })
-                                .collect(),
-                        )
+                        .with_partitions(partitions)
                 })
                 .collect();
             return OffsetFetchResponse::default().with_topics(topics);
@@ -875,24 +891,32 @@ impl GroupCoordinator {
                         .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
+                let group_id: &str = &group.group_id.0;
                 let topics = self
-                    .fetch_group(&group.group_id.0, wanted)
+                    .fetch_group(group_id, wanted)
                     .into_iter()
                     .map(|(name, partitions)| {
+                        let partitions = partitions
+                            .into_iter()
+                            .map(|(index, offset)| {
+                                let answered = OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(index);
+                                match self.unstable(request.require_stable, group_id, &name, index)
+                                {
+                                    Some(code) => answered
+                                        .with_committed_offset(-1)
+                                        .with_committed_leader_epoch(-1)
+                                        .with_error_code(code),
+                                    None => answered
+                                        .with_committed_offset(offset.offset)
+                                        .with_committed_leader_epoch(offset.leader_epoch)
+                                        .with_metadata(Some(str_bytes(&offset.metadata))),
+                                }
+                            })
+                            .collect();
                         OffsetFetchResponseTopics::default()
                             .with_name(TopicName(str_bytes(&name)))
-                            .with_partitions(
-                                partitions
-                                    .into_iter()
-                                    .map(|(index, offset)| {
-                                        OffsetFetchResponsePartitions::default()
-                                            .with_partition_index(index)
-                                            .with_committed_offset(offset.offset)
-                                            .with_committed_leader_epoch(offset.leader_epoch)
-                                            .with_metadata(Some(str_bytes(&offset.metadata)))
-                                    })
-                                    .collect(),
-                            )
+                            .with_partitions(partitions)
                     })
                     .collect();
                 OffsetFetchResponseGroup::default()
@@ -901,6 +925,14 @@ impl GroupCoordinator {
             })
             .collect();
         OffsetFetchResponse::default().with_groups(groups)
+    }
+
+    /// Kafka: with `require_stable`, a partition whose group has
+    /// transactional offsets pending answers UNSTABLE_OFFSET_COMMIT (the
+    /// client retries until the transaction ends).
+    fn unstable(&self, require_stable: bool, group: &str, topic: &str, index: i32) -> Option<i16> {
+        (require_stable && self.has_pending_txn_offset(group, topic, index))
+            .then(|| ResponseError::UnstableOffsetCommit.code())
     }
 
     /// (topic, [(partition, offset)]) for the wanted partitions, or all when `None`.

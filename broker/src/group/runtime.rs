@@ -133,12 +133,14 @@ pub(crate) async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), i16> {
 /// after the call that produced them (no await between: the records are
 /// that call's). `Err` carries the code for a commit that was not stored.
 async fn settle(shard: &Rc<Shard>) -> Result<(), i16> {
-    let (completions, records, commits) = {
+    let (completions, records, commits, txn_records, txn_commits) = {
         let mut coordinator = shard.groups.coordinator.borrow_mut();
         (
             coordinator.take_completed(),
             coordinator.take_records(),
             coordinator.take_pending_commits(),
+            coordinator.take_txn_records(),
+            coordinator.take_pending_txn_commits(),
         )
     };
     for completion in completions {
@@ -160,7 +162,131 @@ async fn settle(shard: &Rc<Shard>) -> Result<(), i16> {
             "offset commits not stored; answered COORDINATOR_NOT_AVAILABLE and not applied"
         );
     }
-    stored
+    if txn_records.is_empty() {
+        return stored;
+    }
+    let txn_stored = persist_transactional(shard, txn_records).await;
+    if txn_stored.is_ok() {
+        shard
+            .groups
+            .coordinator
+            .borrow_mut()
+            .apply_txn_commits(txn_commits);
+    } else {
+        tracing::warn!(
+            offsets = txn_commits.len(),
+            "transactional offsets not stored; answered COORDINATOR_NOT_AVAILABLE"
+        );
+    }
+    stored.and(txn_stored)
+}
+
+/// Writes each TxnOffsetCommit's records as one transactional batch of its
+/// producer (id, epoch, the partition's next sequence for it) to the
+/// group's offsets partition, and waits for the commit stage. They stay
+/// pending until the producer's marker ([`complete_txn_offsets`]).
+///
+/// The sequence is read from the partition right before the append, with
+/// no await between: a producer sends its TxnOffsetCommits one at a time.
+async fn persist_transactional(
+    shard: &Rc<Shard>,
+    batches: Vec<super::TxnOffsetsRecords>,
+) -> Result<(), i16> {
+    let not_stored = ResponseError::CoordinatorNotAvailable.code();
+    let mut outcome = Ok(());
+    let partitions = offsets_partitions(shard);
+    for batch in batches {
+        let index = offsets_partition_for(&batch.group, partitions);
+        let partition = match shard.partition(OFFSETS_TOPIC, index).await {
+            Ok(partition) => partition,
+            Err(code) => {
+                tracing::error!(code, partition = index, "offsets partition unavailable");
+                outcome = Err(not_stored);
+                continue;
+            }
+        };
+        let pairs: Vec<crate::records::KeyValueRef<'_>> = batch
+            .records
+            .iter()
+            .map(|record| (Some(record.key.as_ref()), record.value.as_deref()))
+            .collect();
+        let producer = batch.producer;
+        let sequence = partition.next_sequence_of(producer.producer_id, producer.producer_epoch);
+        let bytes = transactional_batch(
+            crate::records::build_keyed_batch(&pairs, now_ms() as i64),
+            producer,
+            sequence,
+        );
+        let appended = partition
+            .append(vec![bytes], Acks::All, Some(OFFSETS_COMMIT_TIMEOUT))
+            .await;
+        if let Err(refused) = appended {
+            tracing::error!(partition = index, error = %refused.error, "transactional offsets not stored");
+            outcome = Err(not_stored);
+        }
+    }
+    outcome
+}
+
+/// `batch` (one the broker built) stamped as `producer`'s transactional
+/// batch starting at `base_sequence`, its CRC computed again.
+fn transactional_batch(
+    batch: bytes::Bytes,
+    producer: super::TxnProducer,
+    base_sequence: i32,
+) -> bytes::Bytes {
+    use kafki_storage::batch::{compute_crc, ATTRIBUTE_TRANSACTIONAL};
+    // The v2 batch header's layout (Kafka's DefaultRecordBatch).
+    const CRC_AT: usize = 17;
+    const ATTRIBUTES_AT: usize = 21;
+    const PRODUCER_ID_AT: usize = 43;
+    const PRODUCER_EPOCH_AT: usize = 51;
+    const BASE_SEQUENCE_AT: usize = 53;
+    let mut bytes = bytes::BytesMut::from(batch.as_ref());
+    if bytes.len() < kafki_storage::batch::BATCH_HEADER_BYTES {
+        return batch;
+    }
+    let attributes = i16::from_be_bytes([bytes[ATTRIBUTES_AT], bytes[ATTRIBUTES_AT + 1]])
+        | ATTRIBUTE_TRANSACTIONAL;
+    bytes[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    bytes[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer.producer_id.to_be_bytes());
+    bytes[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
+        .copy_from_slice(&producer.producer_epoch.to_be_bytes());
+    bytes[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = compute_crc(&bytes);
+    bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    bytes.freeze()
+}
+
+/// The partition side calls this on the owner shard of `__consumer_offsets`
+/// partition `offsets_partition` once `producer_id`'s marker (COMMIT when
+/// `commit`, else ABORT) is durable there: the transactional offsets that
+/// producer committed for the groups of that partition become committed
+/// offsets, or are dropped.
+pub async fn complete_txn_offsets(
+    shard: &Rc<Shard>,
+    offsets_partition: i32,
+    producer_id: i64,
+    commit: bool,
+) {
+    let partitions = offsets_partitions(shard);
+    let settled =
+        shard
+            .groups
+            .coordinator
+            .borrow_mut()
+            .complete_txn_offsets(producer_id, commit, |group| {
+                offsets_partition_for(group, partitions) == offsets_partition
+            });
+    if settled > 0 {
+        tracing::debug!(
+            offsets_partition,
+            producer_id,
+            commit,
+            settled,
+            "transactional offsets completed"
+        );
+    }
 }
 
 /// Appends coordinator records to their `__consumer_offsets` partitions and
@@ -328,25 +454,86 @@ async fn load_partition(shard: &Rc<Shard>, index: i32) -> bool {
         };
         offset = read.next_offset;
         let Ok(bytes) = read.load().await else { break };
-        let (pairs, skipped) = crate::records::read_keyed_records(&bytes);
-        let stats =
-            shard
-                .groups
-                .coordinator
-                .borrow_mut()
-                .load(pairs.iter().filter_map(|(key, value)| {
-                    key.as_ref().map(|key| (key.as_ref(), value.as_deref()))
-                }));
-        if skipped > 0 || stats.malformed > 0 {
-            tracing::warn!(
-                partition = index,
-                skipped,
-                malformed = stats.malformed,
-                "skipped offsets records"
-            );
-        }
+        replay_batches(shard, index, &bytes);
     }
     true
+}
+
+/// Replays the batches of one read: plain batches load at once; a
+/// transactional batch's offsets stay pending until a marker of its
+/// producer follows (COMMIT makes them committed, ABORT drops them).
+fn replay_batches(shard: &Rc<Shard>, index: i32, bytes: &bytes::Bytes) {
+    use kafki_storage::batch::{BatchHeader, BATCH_HEADER_BYTES};
+    let partitions = offsets_partitions(shard);
+    let mut skipped = 0usize;
+    let mut malformed = 0usize;
+    let mut position = 0usize;
+    while position + BATCH_HEADER_BYTES <= bytes.len() {
+        let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
+            break;
+        };
+        let total = header.total_bytes();
+        if header.batch_length < 0 || position + total > bytes.len() {
+            break;
+        }
+        let batch = bytes.slice(position..position + total);
+        position += total;
+        let mut coordinator = shard.groups.coordinator.borrow_mut();
+        if header.is_control() {
+            match control_type_of(&batch) {
+                Some(control) => {
+                    // 1 COMMIT, 0 ABORT; other control records are not markers.
+                    if control == 0 || control == 1 {
+                        coordinator.complete_txn_offsets(
+                            header.producer_id,
+                            control == 1,
+                            |group| offsets_partition_for(group, partitions) == index,
+                        );
+                    }
+                }
+                None => skipped += 1,
+            }
+            continue;
+        }
+        let (pairs, batch_skipped) = crate::records::read_keyed_records(&batch);
+        skipped += batch_skipped;
+        let records = pairs
+            .iter()
+            .filter_map(|(key, value)| key.as_ref().map(|key| (key.as_ref(), value.as_deref())));
+        if header.is_transactional() {
+            malformed += coordinator.load_txn_offsets(header.producer_id, records);
+        } else {
+            malformed += coordinator.load(records).malformed;
+        }
+    }
+    if skipped > 0 || malformed > 0 {
+        tracing::warn!(
+            partition = index,
+            skipped,
+            malformed,
+            "skipped offsets records"
+        );
+    }
+}
+
+/// The type of a control batch's (first) record: its key's second int16.
+fn control_type_of(batch: &bytes::Bytes) -> Option<i16> {
+    let (pairs, _) = read_control_records(batch);
+    let key = pairs.first()?.0.as_ref()?;
+    crate::txn::partition_index::decode_control_key(key).ok()
+}
+
+/// `read_keyed_records` skips control batches; read one as a plain batch.
+fn read_control_records(batch: &bytes::Bytes) -> (Vec<crate::records::KeyValue>, usize) {
+    const ATTRIBUTES_AT: usize = 21;
+    let mut plain = bytes::BytesMut::from(batch.as_ref());
+    if plain.len() < kafki_storage::batch::BATCH_HEADER_BYTES {
+        return (Vec::new(), 1);
+    }
+    let attributes = i16::from_be_bytes([plain[ATTRIBUTES_AT], plain[ATTRIBUTES_AT + 1]])
+        & !kafki_storage::batch::ATTRIBUTE_CONTROL;
+    plain[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    crate::records::read_keyed_records(&plain.freeze())
 }
 
 /// The group's offsets partition if this node coordinates the group (leads
@@ -446,5 +633,49 @@ where
         Ok(Ok(Some(response))) => Ok(response),
         Ok(Err(code)) => Err(code),
         _ => Err(ResponseError::CoordinatorNotAvailable.code()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transactional_offsets_batch_is_valid_and_names_its_producer() {
+        let plain = crate::records::build_keyed_batch(&[(Some(b"k".as_ref()), Some(b"v"))], 1);
+        let producer = super::super::TxnProducer {
+            producer_id: 42,
+            producer_epoch: 3,
+        };
+        let stamped = transactional_batch(plain, producer, 5);
+        let header =
+            kafki_storage::batch::validate_producer_batch(&stamped).expect("a valid batch");
+        assert!(header.is_transactional() && !header.is_control());
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (42, 3, 5)
+        );
+        let (records, skipped) = crate::records::read_keyed_records(&stamped);
+        assert_eq!((records.len(), skipped), (1, 0));
+    }
+
+    #[test]
+    fn a_control_batch_reads_as_its_marker_type() {
+        let commit = crate::txn::EndTxnMarker {
+            control_type: crate::txn::ControlType::Commit,
+            coordinator_epoch: 1,
+        };
+        let key = commit.encode_key();
+        let value = commit.encode_value();
+        let plain =
+            crate::records::build_keyed_batch(&[(Some(key.as_ref()), Some(value.as_ref()))], 1);
+        let mut control = bytes::BytesMut::from(plain.as_ref());
+        let attributes = kafki_storage::batch::ATTRIBUTE_CONTROL.to_be_bytes();
+        control[21..23].copy_from_slice(&attributes);
+        assert_eq!(control_type_of(&control.freeze()), Some(1));
     }
 }

@@ -3,7 +3,9 @@
 //! coordinator shard by the runtime ([`crate::group::runtime`]), and its
 //! answer into the response. A commit is answered only after its records
 //! reached `__consumer_offsets`' commit stage (durable by default), so a
-//! committed offset survives a crash.
+//! committed offset survives a crash. TxnOffsetCommit is answered the same
+//! way; its offsets become visible at the transaction's COMMIT marker.
+//! FindCoordinator also answers transactional ids (key type 1).
 
 use std::rc::Rc;
 
@@ -15,6 +17,7 @@ use kafki_net::kafka_protocol::messages::{
     HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
     ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 
 use super::str_bytes;
@@ -38,32 +41,47 @@ pub async fn find_coordinator(
     } else {
         vec![request.key.to_string()]
     };
-    let ready = ensure_offsets_topic(shard).await;
-    // Key type 0 is a group; 1 (transactions) is not supported yet.
-    let supported = request.key_type == 0;
-    let code = match (&ready, supported) {
-        (Err(code), _) => *code,
-        (Ok(()), false) => ResponseError::InvalidRequest.code(),
-        (Ok(()), true) => 0,
+    // Key type 0 is a group, 1 a transactional id; others (share groups)
+    // are not supported.
+    const GROUP: i8 = 0;
+    const TRANSACTION: i8 = 1;
+    let key_type = request.key_type;
+    let ready = match key_type {
+        GROUP => ensure_offsets_topic(shard).await,
+        TRANSACTION => crate::txn::runtime::ensure_txn_topic(shard).await,
+        _ => Err(ResponseError::InvalidRequest.code()),
     };
-    // The coordinator is the node leading the group's offsets partition.
+    let code = match &ready {
+        Err(code) => *code,
+        Ok(()) => 0,
+    };
+    // The coordinator is the node leading the key's partition of
+    // `__consumer_offsets` or `__transaction_state`.
     let metadata = shard.metadata();
     let coordinator_of = |key: &str| -> Result<crate::routing::NodeAddress, i16> {
         if code != 0 {
             return Err(code);
         }
-        let partition = crate::group::runtime::offsets_partition_for(
-            key,
-            crate::group::runtime::offsets_partitions(shard),
-        );
-        crate::routing::leader_of(
-            shard,
-            &metadata,
-            crate::group::runtime::OFFSETS_TOPIC,
-            partition,
-        )
-        .and_then(|node| crate::routing::address_of(shard, &metadata, node))
-        .ok_or(ResponseError::CoordinatorNotAvailable.code())
+        let (topic, partition) = if key_type == TRANSACTION {
+            if key.is_empty() || key.len() > i16::MAX as usize {
+                return Err(ResponseError::InvalidRequest.code());
+            }
+            (
+                crate::txn::runtime::TXN_TOPIC,
+                crate::txn::runtime::txn_partition_for(shard, key),
+            )
+        } else {
+            (
+                crate::group::runtime::OFFSETS_TOPIC,
+                crate::group::runtime::offsets_partition_for(
+                    key,
+                    crate::group::runtime::offsets_partitions(shard),
+                ),
+            )
+        };
+        crate::routing::leader_of(shard, &metadata, topic, partition)
+            .and_then(|node| crate::routing::address_of(shard, &metadata, node))
+            .ok_or(ResponseError::CoordinatorNotAvailable.code())
     };
     if version >= 4 {
         let coordinators = keys
@@ -233,6 +251,78 @@ pub async fn offset_commit(
                 })
                 .collect();
             OffsetCommitResponse::default().with_topics(topics)
+        }
+    }
+}
+
+/// TxnOffsetCommit (v0–v4): offsets of a transactional producer, held
+/// pending by the group coordinator until the transaction's marker. Old
+/// clients (< v2) get INVALID_PRODUCER_EPOCH where Kafka fences.
+pub async fn txn_offset_commit(
+    shard: &Rc<Shard>,
+    request: TxnOffsetCommitRequest,
+    version: i16,
+) -> TxnOffsetCommitResponse {
+    use kafki_net::kafka_protocol::messages::txn_offset_commit_response::{
+        TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+    };
+    let group = request.group_id.to_string();
+    let topics: Vec<(kafki_net::kafka_protocol::messages::TopicName, Vec<i32>)> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            (
+                topic.name.clone(),
+                topic
+                    .partitions
+                    .iter()
+                    .map(|partition| partition.partition_index)
+                    .collect(),
+            )
+        })
+        .collect();
+    let outcome = on_coordinator_stored(shard, &group, move |coordinator, now| {
+        coordinator.txn_commit_offsets(now, &request)
+    })
+    .await;
+    let legacy = |code: i16| {
+        if version < 2 && code == ResponseError::ProducerFenced.code() {
+            ResponseError::InvalidProducerEpoch.code()
+        } else {
+            code
+        }
+    };
+    match outcome {
+        Ok((mut response, stored)) => {
+            for topic in &mut response.topics {
+                for partition in &mut topic.partitions {
+                    if let (0, Err(code)) = (partition.error_code, stored) {
+                        partition.error_code = code;
+                    }
+                    partition.error_code = legacy(partition.error_code);
+                }
+            }
+            response
+        }
+        Err(code) => {
+            let topics = topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    TxnOffsetCommitResponseTopic::default()
+                        .with_name(name)
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|index| {
+                                    TxnOffsetCommitResponsePartition::default()
+                                        .with_partition_index(index)
+                                        .with_error_code(legacy(code))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            TxnOffsetCommitResponse::default().with_topics(topics)
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod producer;
 pub mod quorum;
 pub mod reassignments;
 pub mod topics;
+pub mod txn;
 
 /// The APIs and versions Kafki answers. Produce is advertised from v0
 /// (librdkafka gates compressed produce on it, KAFKA-18659) although
@@ -41,8 +42,17 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::ApiVersions, 0, 4),
             SupportedApi::new(ApiKey::CreateTopics, 2, 7),
             SupportedApi::new(ApiKey::DeleteTopics, 1, 6),
-            SupportedApi::new(ApiKey::FindCoordinator, 0, 4),
+            SupportedApi::new(ApiKey::FindCoordinator, 0, 6),
             SupportedApi::new(ApiKey::InitProducerId, 0, 5),
+            // Transactions (version 1 of Kafka's protocol: no per-transaction
+            // epoch bump, so EndTxn, AddPartitionsToTxn and TxnOffsetCommit
+            // stop below the versions transaction version 2 needs).
+            SupportedApi::new(ApiKey::AddPartitionsToTxn, 0, 4),
+            SupportedApi::new(ApiKey::AddOffsetsToTxn, 0, 4),
+            SupportedApi::new(ApiKey::EndTxn, 0, 4),
+            SupportedApi::new(ApiKey::TxnOffsetCommit, 0, 4),
+            SupportedApi::new(ApiKey::DescribeTransactions, 0, 0),
+            SupportedApi::new(ApiKey::ListTransactions, 0, 1),
             SupportedApi::new(ApiKey::DescribeConfigs, 1, 4),
             SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
             SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
@@ -174,6 +184,21 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         RequestKind::InitProducerId(body) => {
             ResponseKind::InitProducerId(producer::init_producer_id(&shard, body, version).await)
         }
+        RequestKind::AddPartitionsToTxn(body) => ResponseKind::AddPartitionsToTxn(
+            txn::add_partitions_to_txn(&shard, body, version).await,
+        ),
+        RequestKind::AddOffsetsToTxn(body) => {
+            ResponseKind::AddOffsetsToTxn(txn::add_offsets_to_txn(&shard, body, version).await)
+        }
+        RequestKind::EndTxn(body) => {
+            ResponseKind::EndTxn(txn::end_txn(&shard, body, version).await)
+        }
+        RequestKind::DescribeTransactions(body) => ResponseKind::DescribeTransactions(
+            txn::describe_transactions(&shard, body, version).await,
+        ),
+        RequestKind::ListTransactions(body) => {
+            ResponseKind::ListTransactions(txn::list_transactions(&shard, body, version).await)
+        }
         RequestKind::FindCoordinator(body) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(&shard, body, version).await)
         }
@@ -191,6 +216,9 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         }
         RequestKind::OffsetCommit(body) => {
             ResponseKind::OffsetCommit(groups::offset_commit(&shard, body, version).await)
+        }
+        RequestKind::TxnOffsetCommit(body) => {
+            ResponseKind::TxnOffsetCommit(groups::txn_offset_commit(&shard, body, version).await)
         }
         RequestKind::OffsetFetch(body) => {
             ResponseKind::OffsetFetch(groups::offset_fetch(&shard, body, version).await)

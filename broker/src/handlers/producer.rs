@@ -1,7 +1,8 @@
 //! InitProducerId: a new idempotent producer gets an id from shard 0's
 //! allocator ([`crate::producer::ProducerIdAllocator`], cluster-wide
 //! blocks on a cluster member);
-//! one that has an id gets its epoch bumped (KIP-360).
+//! one that has an id gets its epoch bumped (KIP-360). A transactional
+//! producer goes to its transaction coordinator ([`super::txn`]).
 
 use std::rc::Rc;
 
@@ -12,18 +13,22 @@ use kafki_net::kafka_protocol::messages::{
 
 use crate::shard::Shard;
 
-/// InitProducerId for idempotent producers. Transactional ids are refused
-/// (transactions are not implemented and not advertised).
+/// InitProducerId: with a `transactional_id`, the transaction
+/// coordinator's; without one, an idempotent producer's id.
 pub async fn init_producer_id(
     shard: &Rc<Shard>,
     request: InitProducerIdRequest,
-    _version: i16,
+    version: i16,
 ) -> InitProducerIdResponse {
-    if request.transactional_id.is_some() {
-        return InitProducerIdResponse::default()
-            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
+    if let Some(transactional_id) = &request.transactional_id {
+        let transactional_id = transactional_id.to_string();
+        return super::txn::init_transactional_producer_id(
+            shard,
+            request,
+            version,
+            transactional_id,
+        )
+        .await;
     }
     // A producer that already has an id asks for an epoch bump (KIP-360).
     if request.producer_id.0 >= 0

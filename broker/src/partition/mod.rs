@@ -307,6 +307,21 @@ impl Partition {
         self.replication.high_watermark(&self.log.offsets())
     }
 
+    /// The base sequence `producer_id`'s next batch at `epoch` must carry
+    /// here (0 for a producer not seen, or at a newer epoch). The group
+    /// coordinator stamps it on the transactional offsets batches it
+    /// writes for a producer (TxnOffsetCommit).
+    pub fn next_sequence_of(&self, producer_id: i64, epoch: i16) -> i32 {
+        let states = self.producers.states.borrow();
+        match states.get(producer_id) {
+            Some(entry) if entry.epoch == epoch => entry
+                .batches
+                .back()
+                .map_or(0, |last| last.last_sequence.checked_add(1).unwrap_or(0)),
+            _ => 0,
+        }
+    }
+
     /// The offsets a fetch or a lookup reports, taken together.
     pub fn offsets(&self) -> PartitionOffsets {
         let offsets = self.log.offsets();

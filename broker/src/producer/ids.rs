@@ -43,6 +43,21 @@ impl ProducerIdAllocator {
         node: i32,
         data_dir: &Path,
     ) -> Result<i64, String> {
+        self.allocate_range_in_cluster(quorum, node, data_dir, 1)
+            .await
+            .map(|(first, _)| first)
+    }
+
+    /// Up to `wanted` consecutive ids `[first, first + count)` on a cluster
+    /// member (at least one; fewer when the current block ends first): what
+    /// a transaction coordinator takes at once.
+    pub async fn allocate_range_in_cluster(
+        &self,
+        quorum: &std::rc::Rc<crate::cluster::quorum::Quorum>,
+        node: i32,
+        data_dir: &Path,
+        wanted: u64,
+    ) -> Result<(i64, u64), String> {
         let _permit = self
             .reserving
             .acquire_permit(1)
@@ -77,12 +92,18 @@ impl ProducerIdAllocator {
             self.next.set(first);
             self.reserved_until.set(end);
         }
-        let id = self.next.get();
-        self.next.set(id + 1);
-        Ok(id)
+        Ok(self.take(wanted))
     }
 
     pub async fn allocate(&self, data_dir: &Path) -> Result<i64, String> {
+        self.allocate_range(data_dir, 1)
+            .await
+            .map(|(first, _)| first)
+    }
+
+    /// Up to `wanted` consecutive ids on a single node (at least one; fewer
+    /// when the reserved block ends first).
+    pub async fn allocate_range(&self, data_dir: &Path, wanted: u64) -> Result<(i64, u64), String> {
         let _permit = self
             .reserving
             .acquire_permit(1)
@@ -106,9 +127,17 @@ impl ProducerIdAllocator {
             kafki_storage::checkpoint::off_executor(move || write_durably(&dir, until)).await?;
             self.reserved_until.set(until);
         }
-        let id = self.next.get();
-        self.next.set(id + 1);
-        Ok(id)
+        Ok(self.take(wanted))
+    }
+
+    /// Takes `[first, first + count)` from the reserved block, which the
+    /// callers made non-empty: `count` is between 1 and `wanted`.
+    fn take(&self, wanted: u64) -> (i64, u64) {
+        let first = self.next.get();
+        let left = u64::try_from(self.reserved_until.get() - first).unwrap_or(0);
+        let count = wanted.clamp(1, left.max(1));
+        self.next.set(first + count as i64);
+        (first, count)
     }
 }
 
@@ -146,6 +175,12 @@ mod tests {
                 let restarted = ProducerIdAllocator::default();
                 let e = restarted.allocate(&path).await.expect("id");
                 assert!(e > c.max(d), "{e} after restart must exceed {c} and {d}");
+                // A range for a transaction coordinator: consecutive ids,
+                // never shared with the single ids around it.
+                let (first, count) = restarted.allocate_range(&path, 10).await.expect("ids");
+                assert_eq!((first, count), (e + 1, 10));
+                let after = restarted.allocate(&path).await.expect("id");
+                assert_eq!(after, first + 10);
             })
             .expect("executor")
             .join()

@@ -1,5 +1,5 @@
-//! Kafka transactions, the pure core: no I/O, no clock, no async. Not
-//! wired to the network yet (issue 12's first step).
+//! Kafka transactions: a pure core (no I/O, no clock, no async) and the
+//! runtime that wires its coordinator to the network and the log.
 //!
 //! Rooms:
 //! - [`state`]: what the coordinator keeps per `transactional.id`
@@ -14,6 +14,14 @@
 //!   `read_committed`: open transactions, the last stable offset, the
 //!   aborted-transaction entries and the Fetch query over them, marker
 //!   fencing by producer and coordinator epoch; Kafka's control record.
+//!   Not wired yet: the partition side (transactional produce, markers,
+//!   `read_committed`) is built separately.
+//! - [`runtime`]: the coordinator's driver: per-shard [`runtime::TxnShard`],
+//!   `__transaction_state` created on first use, loaded on leadership and
+//!   unloaded when it goes, appends with `acks=all`, markers retried, the
+//!   timer. The handlers are `crate::handlers::txn`.
+//! - [`markers`]: the seam to the partition side: writing one
+//!   transaction's markers (a stub until the partition side lands).
 //!
 //! # The model
 //!
@@ -44,8 +52,10 @@
 //! transaction's records all together and no aborted record ever.
 
 pub mod coordinator;
+pub mod markers;
 pub mod partition_index;
 pub mod records;
+pub mod runtime;
 #[cfg(test)]
 mod simulation;
 pub mod state;

@@ -152,6 +152,14 @@ fn api_key_of(body: &RequestKind) -> ApiKey {
         RequestKind::OffsetFetch(_) => ApiKey::OffsetFetch,
         RequestKind::FindCoordinator(_) => ApiKey::FindCoordinator,
         RequestKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
+        RequestKind::InitProducerId(_) => ApiKey::InitProducerId,
+        RequestKind::AddPartitionsToTxn(_) => ApiKey::AddPartitionsToTxn,
+        RequestKind::AddOffsetsToTxn(_) => ApiKey::AddOffsetsToTxn,
+        RequestKind::EndTxn(_) => ApiKey::EndTxn,
+        RequestKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
+        RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
+        RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
+        RequestKind::JoinGroup(_) => ApiKey::JoinGroup,
         other => panic!("add {other:?}'s API key to the harness"),
     }
 }
