@@ -26,6 +26,7 @@ pub mod runtime;
 mod state;
 #[cfg(test)]
 mod tests;
+pub mod txn_hook;
 
 use std::collections::BTreeMap;
 

@@ -8,6 +8,7 @@
 //! `fnv1a(g) mod offsets.topic.num.partitions` of `__consumer_offsets`, so a
 //! group's state and its offsets records live on the same core.
 
+pub use super::txn_hook::complete_txn_offsets;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! Kafka transactions, the pure core: no I/O, no clock, no async. Not
-//! wired to the network yet (issue 12's first step).
+//! Kafka transactions: the pure core (no I/O, no clock, no async) and,
+//! in [`markers`], the partition leaders' side of writing markers.
 //!
 //! Rooms:
 //! - [`state`]: what the coordinator keeps per `transactional.id`
@@ -10,6 +10,8 @@
 //!   rules and error codes; its docs list them and the driver's contract.
 //! - [`records`]: the `__transaction_state` key and value (v0 and the
 //!   flexible v1) in Kafka's bytes, and tombstones.
+//! - [`markers`]: the partition-leader side of a decision: writing
+//!   COMMIT/ABORT markers where this node leads, forwarding the rest.
 //! - [`partition_index`]: what a partition leader needs for
 //!   `read_committed`: open transactions, the last stable offset, the
 //!   aborted-transaction entries and the Fetch query over them, marker
@@ -44,6 +46,8 @@
 //! transaction's records all together and no aborted record ever.
 
 pub mod coordinator;
+pub mod marker_frames;
+pub mod markers;
 pub mod partition_index;
 pub mod records;
 #[cfg(test)]

@@ -152,6 +152,7 @@ fn api_key_of(body: &RequestKind) -> ApiKey {
         RequestKind::OffsetFetch(_) => ApiKey::OffsetFetch,
         RequestKind::FindCoordinator(_) => ApiKey::FindCoordinator,
         RequestKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
+        RequestKind::WriteTxnMarkers(_) => ApiKey::WriteTxnMarkers,
         other => panic!("add {other:?}'s API key to the harness"),
     }
 }
