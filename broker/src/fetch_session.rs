@@ -44,6 +44,9 @@ pub struct PartitionAnswer {
     pub has_records: bool,
     pub error_code: i16,
     pub high_watermark: i64,
+    /// The last stable offset (moves apart from the high watermark while a
+    /// transaction is open; Kafka counts its change as news too).
+    pub last_stable_offset: i64,
     pub log_start: i64,
 }
 
@@ -61,6 +64,7 @@ pub struct SessionPlan {
 struct SessionPartition {
     read: PlannedRead,
     last_high_watermark: i64,
+    last_stable_offset: i64,
     last_log_start: i64,
     sent: bool,
 }
@@ -99,6 +103,7 @@ fn fresh(read: PlannedRead) -> SessionPartition {
     SessionPartition {
         read,
         last_high_watermark: -1,
+        last_stable_offset: -1,
         last_log_start: -1,
         sent: false,
     }
@@ -202,6 +207,7 @@ impl FetchSessions {
             has_records,
             error_code,
             high_watermark,
+            last_stable_offset,
             log_start,
         } = answer;
         let Some(known) = self.sessions.get_mut(&session_id).and_then(|session| {
@@ -216,10 +222,12 @@ impl FetchSessions {
             || error_code != 0
             || !known.sent
             || known.last_high_watermark != high_watermark
+            || known.last_stable_offset != last_stable_offset
             || known.last_log_start != log_start;
         if changed {
             known.sent = true;
             known.last_high_watermark = high_watermark;
+            known.last_stable_offset = last_stable_offset;
             known.last_log_start = log_start;
         }
         changed
@@ -362,6 +370,7 @@ mod tests {
             has_records,
             error_code,
             high_watermark,
+            last_stable_offset: high_watermark,
             log_start: 0,
         };
         // (answer, sent?, why), in order: each is compared with the one before.

@@ -4,9 +4,8 @@
 //! AddPartitionsToTxn in both forms (and `verify_only`), EndTxn,
 //! Describe/ListTransactions, TxnOffsetCommit pending until the marker,
 //! a timed-out transaction aborted and its producer fenced, and refusals
-//! of bad input. Markers are the
-//! partition side's (a stub here), so a committed transaction with
-//! partitions stays PrepareCommit.
+//! of bad input. Markers are written by the partition side
+//! (`txn::markers`), so an ended transaction reaches its Complete state.
 
 mod common;
 
@@ -215,8 +214,18 @@ fn a_transaction_goes_from_init_to_prepare_commit_and_is_described() {
             .await
             .expect("answer");
         assert_eq!(ended.error_code, 0);
-        // The markers are the partition side's: until then it is preparing.
-        assert_eq!(describe(&broker, "app-1").await.1, "PrepareCommit");
+        // Answered once PrepareCommit is durable; complete once the
+        // partition took the marker.
+        let mut state = describe(&broker, "app-1").await.1;
+        for _ in 0..200 {
+            if state == "CompleteCommit" {
+                break;
+            }
+            assert_eq!(state, "PrepareCommit");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            state = describe(&broker, "app-1").await.1;
+        }
+        assert_eq!(state, "CompleteCommit");
     });
 }
 
@@ -410,6 +419,16 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(code, ResponseError::ProducerFenced.code());
-        assert_eq!(describe(&broker, "app-5").await.1, "PrepareAbort");
+        // The abort's markers are written (the partition is local), so it
+        // completes.
+        let mut state = describe(&broker, "app-5").await.1;
+        for _ in 0..200 {
+            if state == "CompleteAbort" {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            state = describe(&broker, "app-5").await.1;
+        }
+        assert_eq!(state, "CompleteAbort");
     });
 }

@@ -84,7 +84,6 @@ def read_committed(bootstrap: str) -> list[str]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="transactions are being wired (issue 12)")
 def test_flink_exactly_once_sink_survives_kill_9(broker):
     create_topic(broker.bootstrap, "flink-in", partitions=PARTITIONS)
     create_topic(broker.bootstrap, "flink-out", partitions=PARTITIONS)

@@ -173,6 +173,5 @@ def test_connect_file_source_to_sink_across_a_worker_restart(broker):
     file_pipeline_across_a_restart(broker, exactly_once=False)
 
 
-@pytest.mark.xfail(strict=True, reason="transactions are being wired (issue 12)")
 def test_connect_exactly_once_source_across_a_worker_restart(broker):
     file_pipeline_across_a_restart(broker, exactly_once=True)

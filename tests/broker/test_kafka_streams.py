@@ -198,7 +198,6 @@ def test_streams_at_least_once_survives_kill_9(broker):
         assert max(counts) >= PER_WORD, (word, counts[-5:])
 
 
-@pytest.mark.xfail(strict=True, reason="transactions are being wired (issue 12)")
 def test_streams_exactly_once_v2_survives_kill_9(broker):
     updates = run_with_a_crash(broker, "exactly_once_v2")
     for word in WORDS:

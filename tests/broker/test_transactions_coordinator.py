@@ -4,9 +4,8 @@ to a transaction (TxnOffsetCommit) invisible to the group until the COMMIT
 marker and never visible after an abort, and a second producer with the same
 transactional.id fencing the first.
 
-Markers are written by the partition side (`crate::txn::markers`); until it
-is integrated the coordinator's marker stub writes nothing, so the test that
-needs offsets to become visible after a commit is skipped with that reason.
+Markers are written by the partition side (`crate::txn::markers`), which
+completes the transactional offsets on the `__consumer_offsets` partition.
 """
 
 from __future__ import annotations
@@ -228,8 +227,6 @@ def test_producer_epochs_survive_a_kill(broker):
     assert init_producer_id_v1(broker.port, transactional_id) == (producer_id, 2)
 
 
-@pytest.mark.skip(reason="needs the partition side's crate::txn::markers::write_markers "
-                         "(this branch has its stub, which writes no marker): unskip at integration")
 @pytest.mark.timeout(90)
 def test_committed_offsets_become_visible_and_aborted_ones_do_not(broker):
     import confluent_kafka

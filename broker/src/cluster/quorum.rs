@@ -646,6 +646,8 @@ impl Quorum {
                 | FrameKind::ReplicaFetchAnswer
                 | FrameKind::ReplicaRepair
                 | FrameKind::ReplicaRepairAnswer
+                | FrameKind::TxnMarkers
+                | FrameKind::TxnMarkersAnswer
         ) {
             if let Some(route) = &*self.replica_frames.borrow() {
                 route(frame);
@@ -678,7 +680,9 @@ impl Quorum {
             | FrameKind::ReplicaFetch
             | FrameKind::ReplicaFetchAnswer
             | FrameKind::ReplicaRepair
-            | FrameKind::ReplicaRepairAnswer => {}
+            | FrameKind::ReplicaRepairAnswer
+            | FrameKind::TxnMarkers
+            | FrameKind::TxnMarkersAnswer => {}
         }
     }
 

@@ -54,6 +54,12 @@ pub enum FrameKind {
     ReplicaRepair = 6,
     /// The copy, or none ([`crate::replication::wire::RepairAnswer`]).
     ReplicaRepairAnswer = 7,
+    /// Markers to write on the partitions the receiver leads
+    /// ([`crate::txn::marker_frames::MarkersRequest`]).
+    TxnMarkers = 8,
+    /// One error code per partition of a `TxnMarkers`
+    /// ([`crate::txn::marker_frames::MarkersAnswer`]).
+    TxnMarkersAnswer = 9,
 }
 
 impl FrameKind {
@@ -66,6 +72,8 @@ impl FrameKind {
             5 => Some(Self::ReplicaFetchAnswer),
             6 => Some(Self::ReplicaRepair),
             7 => Some(Self::ReplicaRepairAnswer),
+            8 => Some(Self::TxnMarkers),
+            9 => Some(Self::TxnMarkersAnswer),
             _ => None,
         }
     }

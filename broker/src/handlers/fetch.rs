@@ -11,6 +11,13 @@
 //! (`crate::zerocopy`). Incremental fetch sessions (KIP-227) live in
 //! `fetch_session.rs`, on the connection's shard.
 //!
+//! Isolation: a `read_committed` fetch (isolation level 1) reads only
+//! below the last stable offset (a batch reaching it is not served: the
+//! log never splits one), gets the aborted transactions overlapping what it
+//! read (producer id and first offset: the client drops their records) and
+//! parks until the last stable offset moves; `read_uncommitted` reads to
+//! the high watermark. Both are told the real last stable offset.
+//!
 //! Fetching from the closest replica (KIP-392), for consumers (replica id
 //! < 0) speaking Fetch v11+: a follower replica answers from its own log,
 //! up to the high watermark it learned from the leader (beyond its log end:
@@ -42,6 +49,9 @@ use crate::zerocopy::WirePart;
 /// Longest long poll we honour.
 const MAX_WAIT_MS_MAX: i32 = 30_000;
 
+/// Kafka's isolation level `READ_COMMITTED`.
+const READ_COMMITTED: i8 = 1;
+
 #[derive(Clone)]
 struct PartitionRead {
     slot: usize,
@@ -50,6 +60,8 @@ struct PartitionRead {
     offset: i64,
     max_bytes: i32,
     current_leader_epoch: i32,
+    /// Reads stop at the last stable offset (isolation level 1).
+    read_committed: bool,
 }
 
 /// What KIP-392 needs to know of the fetching client, the same for every
@@ -81,7 +93,11 @@ struct ReadOutcome {
     slot: usize,
     error_code: i16,
     high_watermark: i64,
+    last_stable_offset: i64,
     log_start_offset: i64,
+    /// `read_committed` only: (producer id, first offset) of the aborted
+    /// transactions overlapping the records read.
+    aborted_transactions: Option<Vec<(i64, i64)>>,
     records: Option<Vec<WirePart>>,
     /// The replica the consumer should fetch from instead (-1: none).
     preferred_read_replica: i32,
@@ -99,7 +115,9 @@ impl ReadOutcome {
             slot,
             error_code,
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start_offset: -1,
+            aborted_transactions: None,
             records: None,
             preferred_read_replica: -1,
             served_by: None,
@@ -143,6 +161,7 @@ pub async fn fetch(
             Err(code) => return top_level_error(correlation_id, version, code),
         }
     };
+    let read_committed = request.isolation_level == READ_COMMITTED;
     let reads: Vec<PartitionRead> = plan
         .reads
         .iter()
@@ -154,6 +173,7 @@ pub async fn fetch(
             offset: read.fetch_offset,
             max_bytes: read.max_bytes,
             current_leader_epoch: read.current_leader_epoch,
+            read_committed,
         })
         .collect();
     let placement = ConsumerPlacement::of(&request, version);
@@ -166,12 +186,28 @@ pub async fn fetch(
         {
             break;
         }
+        // What bounds the reads: a read_committed poll waits for the last
+        // stable offset to move, not the high watermark.
         let seen: Vec<i64> = outcomes
             .iter()
-            .map(|outcome| outcome.high_watermark)
+            .map(|outcome| {
+                if read_committed {
+                    outcome.last_stable_offset
+                } else {
+                    outcome.high_watermark
+                }
+            })
             .collect();
         let may_read_follower = placement.may_read_follower;
-        wait_for_data(shard, &reads, &seen, may_read_follower, max_wait - elapsed).await;
+        wait_for_data(
+            shard,
+            &reads,
+            &seen,
+            may_read_follower,
+            read_committed,
+            max_wait - elapsed,
+        )
+        .await;
         outcomes = read_all(shard, &reads, &placement, max_bytes).await;
     }
     for outcome in &outcomes {
@@ -197,6 +233,7 @@ pub async fn fetch(
                     has_records: outcome.records_bytes() > 0 || outcome.preferred_read_replica >= 0,
                     error_code: outcome.error_code,
                     high_watermark: outcome.high_watermark,
+                    last_stable_offset: outcome.last_stable_offset,
                     log_start: outcome.log_start_offset,
                 },
             )
@@ -213,6 +250,7 @@ pub async fn fetch(
                     has_records: true,
                     error_code: outcome.error_code,
                     high_watermark: outcome.high_watermark,
+                    last_stable_offset: outcome.last_stable_offset,
                     log_start: outcome.log_start_offset,
                 },
             );
@@ -222,13 +260,13 @@ pub async fn fetch(
             partition_index: read.partition,
             error_code: outcome.error_code,
             high_watermark: outcome.high_watermark,
-            last_stable_offset: outcome.high_watermark,
+            last_stable_offset: outcome.last_stable_offset,
             log_start_offset: if version >= 5 {
                 outcome.log_start_offset
             } else {
                 -1
             },
-            aborted_transactions: None,
+            aborted_transactions: outcome.aborted_transactions,
             preferred_read_replica: outcome.preferred_read_replica,
             records_len: Some(records_len),
         };
@@ -417,7 +455,16 @@ async fn read_partition(
     }
     let offsets = partition.offsets();
     let high_watermark = offsets.high_watermark;
+    let last_stable_offset = partition.last_stable_offset();
     outcome.high_watermark = high_watermark as i64;
+    outcome.last_stable_offset = last_stable_offset as i64;
+    // The bound of this read: committed data, or only stable data.
+    let upper = if read.read_committed {
+        outcome.aborted_transactions = Some(Vec::new());
+        last_stable_offset
+    } else {
+        high_watermark
+    };
     outcome.log_start_offset = offsets.log_start_offset as i64;
     outcome.served_by = Some(role);
     // Kafka answers a redirect with the leader's offsets and no records,
@@ -444,13 +491,24 @@ async fn read_partition(
     } else {
         partition_budget.min(budget)
     };
-    if limit == 0 || read.offset as u64 >= high_watermark {
+    if limit == 0 || read.offset as u64 >= upper {
         return outcome;
     }
-    match partition.read(read.offset as u64, limit).await {
+    let result = if read.read_committed {
+        partition.read_committed(read.offset as u64, limit).await
+    } else {
+        partition.read(read.offset as u64, limit).await
+    };
+    match result {
         Ok(result) => {
             if !first_in_response && result.bytes > budget {
                 return outcome;
+            }
+            if read.read_committed && result.bytes > 0 {
+                // Kafka's collectAbortedTxns over [fetch offset, the
+                // offset after the last batch read).
+                outcome.aborted_transactions =
+                    Some(partition.aborted_transactions(read.offset as u64, result.next_offset));
             }
             let mut parts = Vec::with_capacity(result.chunks.len());
             for chunk in result.chunks {
@@ -506,6 +564,7 @@ async fn wait_for_data(
     reads: &[PartitionRead],
     seen: &[i64],
     may_read_follower: bool,
+    read_committed: bool,
     timeout: Duration,
 ) {
     let mut by_shard: BTreeMap<usize, Vec<(String, i32, i64)>> = BTreeMap::new();
@@ -519,7 +578,14 @@ async fn wait_for_data(
         .into_iter()
         .map(|(owner, partitions)| {
             Box::pin(shard.invoke_on(owner, move |owner| async move {
-                wait_on_owner(owner, partitions, may_read_follower, timeout).await;
+                wait_on_owner(
+                    owner,
+                    partitions,
+                    may_read_follower,
+                    read_committed,
+                    timeout,
+                )
+                .await;
             }))
         })
         .collect();
@@ -530,14 +596,15 @@ async fn wait_for_data(
     let _ = futures::future::select_all(waits).await;
 }
 
-/// Waits until one partition's high watermark passes what the last read
-/// saw (no wake-up is lost between that read and this wait), or until one
+/// Waits until one partition's high watermark (`read_committed`: last
+/// stable offset) passes what the last read saw (no wake-up is lost between that read and this wait), or until one
 /// is handed over to another shard: a parked poll must not hold the old
 /// owner's log open, and the re-read then tells the client to look again.
 async fn wait_on_owner(
     shard: Rc<Shard>,
     partitions: Vec<(String, i32, i64)>,
     may_read_follower: bool,
+    read_committed: bool,
     timeout: Duration,
 ) {
     let mut waits = Vec::new();
@@ -548,10 +615,14 @@ async fn wait_on_owner(
             // re-read reports it now rather than after the whole wait.
             return;
         };
-        waits.push(
-            Box::pin(async move { partition.wait_for_high_watermark_beyond(seen).await })
-                as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-        );
+        waits.push(Box::pin(async move {
+            if read_committed {
+                partition.wait_for_stable_offset_beyond(seen).await
+            } else {
+                partition.wait_for_high_watermark_beyond(seen).await
+            }
+        })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>);
     }
     let timer = Box::pin(glommio::timer::sleep(timeout));
     if waits.is_empty() {

@@ -27,6 +27,7 @@ pub mod quorum;
 pub mod reassignments;
 pub mod topics;
 pub mod txn;
+pub mod txn_markers;
 
 /// The APIs and versions Kafki answers. Produce is advertised from v0
 /// (librdkafka gates compressed produce on it, KAFKA-18659) although
@@ -73,6 +74,7 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::DeleteGroups, 0, 2),
             SupportedApi::new(ApiKey::AlterPartitionReassignments, 0, 1),
             SupportedApi::new(ApiKey::ListPartitionReassignments, 0, 0),
+            SupportedApi::new(ApiKey::WriteTxnMarkers, 1, 1),
         ];
         match SupportedApis::new(entries) {
             Ok(table) => table,
@@ -232,6 +234,9 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         RequestKind::DeleteGroups(body) => {
             ResponseKind::DeleteGroups(groups::delete_groups(&shard, body, version).await)
         }
+        RequestKind::WriteTxnMarkers(body) => ResponseKind::WriteTxnMarkers(
+            txn_markers::write_txn_markers(&shard, body, version).await,
+        ),
         other => {
             // The decoder only passes APIs from the table; reaching here
             // means the table and this match disagree.

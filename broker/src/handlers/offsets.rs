@@ -22,6 +22,9 @@ use crate::shard::Shard;
 
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
+/// Kafka's isolation level `READ_COMMITTED`: lookups see only offsets below
+/// the last stable offset (LATEST is the last stable offset).
+const READ_COMMITTED: i8 = 1;
 const MAX_TIMESTAMP: i64 = -3;
 
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +33,7 @@ struct Lookup {
     partition: i32,
     timestamp: i64,
     current_leader_epoch: i32,
+    read_committed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +63,7 @@ pub async fn list_offsets(
                 partition: wanted.partition_index,
                 timestamp: wanted.timestamp,
                 current_leader_epoch: wanted.current_leader_epoch,
+                read_committed: request.isolation_level == READ_COMMITTED,
             };
             slots += 1;
             partitions.push(wanted.partition_index);
@@ -142,7 +147,13 @@ async fn lookup_on_owner(shard: &Shard, topic: &str, lookup: Lookup) -> Found {
         return found;
     }
     let offsets = partition.offsets();
-    let high_watermark = offsets.high_watermark as i64;
+    // The end of what the asker may read: named `high_watermark` below,
+    // the last stable offset for a read_committed asker.
+    let high_watermark = if lookup.read_committed {
+        partition.last_stable_offset() as i64
+    } else {
+        offsets.high_watermark as i64
+    };
     match lookup.timestamp {
         EARLIEST => found.offset = offsets.log_start_offset as i64,
         LATEST => found.offset = high_watermark,

@@ -1,9 +1,18 @@
-//! Produce: refuse what no partition may take (transactions, internal
-//! topics, unknown `acks`), split the request by owning shard, split each
+//! Produce: refuse what no partition may take (transactional batches
+//! without a `transactional_id`, internal topics, unknown `acks`), split the request by owning shard, split each
 //! partition's records into batches, hand them to the partition
 //! ([`crate::partition::Partition::append`]: validation, sequences, the
 //! wait `acks` asks for within `timeout_ms`), and gather the answers in
 //! request order. `acks=0` sends no response.
+//!
+//! Transactions (Kafka's transaction version 1): a request carrying
+//! transactional batches needs a `transactional_id` (else every partition
+//! gets `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, as Kafka without one); the
+//! partition applies the transaction rules
+//! ([`crate::producer::transactions`]). The leader does not ask the
+//! coordinator whether the partition is in the transaction (KIP-890's
+//! verification): a producer that skipped AddPartitionsToTxn is not caught
+//! here.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -78,14 +87,22 @@ pub async fn produce(
     let mut layout: Vec<(TopicName, Vec<i32>)> = Vec::new();
     let mut by_shard: BTreeMap<usize, Vec<PartitionWrite>> = BTreeMap::new();
     let mut outcomes: Vec<Option<PartitionOutcome>> = Vec::new();
-    let transactional = request.transactional_id.is_some();
+    // Kafka refuses the whole request when a batch is transactional and no
+    // transactional id (the authorization subject) is given.
+    let refuse_transactional = request.transactional_id.is_none()
+        && request.topic_data.iter().any(|topic| {
+            topic
+                .partition_data
+                .iter()
+                .any(|data| data.records.as_ref().is_some_and(has_transactional_batch))
+        });
     for topic in request.topic_data {
         let name = topic.name.to_string();
         let mut partitions = Vec::with_capacity(topic.partition_data.len());
         for data in topic.partition_data {
             let slot = outcomes.len();
             partitions.push(data.index);
-            if transactional {
+            if refuse_transactional {
                 outcomes.push(Some(PartitionOutcome::failed(
                     slot,
                     ResponseError::TransactionalIdAuthorizationFailed.code(),
@@ -192,6 +209,15 @@ pub async fn produce(
         })
         .collect();
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// Whether the first batch of a records field is transactional (Kafka
+/// looks at the first: a produce carries one batch per partition).
+fn has_transactional_batch(records: &Bytes) -> bool {
+    const ATTRIBUTES_AT: usize = 21;
+    records
+        .get(ATTRIBUTES_AT..ATTRIBUTES_AT + 2)
+        .is_some_and(|bytes| i16::from_be_bytes([bytes[0], bytes[1]]) & (1 << 4) != 0)
 }
 
 /// Splits a records field into its batches by their length fields, without

@@ -196,6 +196,18 @@ impl Partition {
                     return Err(AppendError::code(code));
                 }
             }
+            if let Err(code) = self.producers.states.borrow().check_transactions(&header) {
+                tracing::debug!(
+                    topic = %self.topic,
+                    partition = self.index,
+                    producer_id = header.producer_id,
+                    producer_epoch = header.producer_epoch,
+                    transactional = header.is_transactional(),
+                    code,
+                    "refusing a batch by the transaction rules"
+                );
+                return Err(AppendError::code(code));
+            }
             if let Some(replicated) = &replicated {
                 // Leadership may have moved while this waited for room.
                 if replicated.is_stopped() || !replicated.is_leader() {
@@ -211,11 +223,9 @@ impl Partition {
                             crate::cluster::liveness::monotonic_ms(),
                         );
                     }
-                    self.producers.states.borrow_mut().record(
-                        &header,
-                        info.base_offset,
-                        crate::clock::now_ms(),
-                    );
+                    let mut states = self.producers.states.borrow_mut();
+                    states.record(&header, info.base_offset, crate::clock::now_ms());
+                    states.record_transactional_data(&header, info.base_offset);
                     first.get_or_insert((info.base_offset, info.log_append_time_ms));
                     last_offset = info.last_offset;
                 }

@@ -1,8 +1,9 @@
 //! The partition layer: what handlers and the group runtime see of a
 //! partition this shard leads. [`Partition`] appends (with `acks` and a
 //! timeout, [`append`]), reads up to the high watermark, answers offset
-//! and timestamp lookups, checks and fences leader epochs ([`epoch`]), and
-//! holds its idempotent producers' state; its log and the files beneath are
+//! and timestamp lookups, checks and fences leader epochs ([`epoch`]),
+//! writes transaction markers ([`marker`]), and holds its idempotent and
+//! transactional producers' state; its log and the files beneath are
 //! private to this module. How records become committed is
 //! [`replication::Replication`]: today the single node's local commit,
 //! later the cluster's replicated partition behind the same calls.
@@ -13,6 +14,7 @@
 
 pub mod append;
 pub mod epoch;
+pub mod marker;
 mod ops;
 pub mod replication;
 

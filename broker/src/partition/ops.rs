@@ -68,6 +68,62 @@ impl Partition {
         self.log.read(offset, max_bytes, high_watermark).await
     }
 
+    /// The last stable offset: how far a `read_committed` consumer may
+    /// read (below the oldest open transaction, at most the high
+    /// watermark).
+    pub fn last_stable_offset(&self) -> u64 {
+        let high_watermark = self.high_watermark();
+        self.producers
+            .states
+            .borrow()
+            .last_stable_offset(high_watermark)
+    }
+
+    /// Reads for a `read_committed` consumer: like [`Self::read`], but
+    /// never a batch reaching the last stable offset.
+    pub async fn read_committed(&self, offset: u64, max_bytes: u64) -> LogResult<ReadResult> {
+        let last_stable_offset = self.last_stable_offset();
+        self.log.read(offset, max_bytes, last_stable_offset).await
+    }
+
+    /// The aborted transactions a `read_committed` fetch of `[from, upper)`
+    /// returns: (producer id, first offset), in marker order.
+    pub fn aborted_transactions(&self, from: u64, upper: u64) -> Vec<(i64, i64)> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let upper = i64::try_from(upper).unwrap_or(i64::MAX);
+        self.producers
+            .states
+            .borrow()
+            .transactions()
+            .aborted_overlapping(from, upper)
+            .iter()
+            .map(|entry| (entry.producer_id, entry.first_offset))
+            .collect()
+    }
+
+    /// Returns once the last stable offset passes `seen` (a parked
+    /// `read_committed` fetch), or as [`Self::wait_for_high_watermark_beyond`]
+    /// would for another reason (hand-over, failed log, role change). The
+    /// last stable offset moves only when a marker is appended (then the
+    /// high watermark must move past it) or the high watermark moves, so
+    /// waiting for the high watermark misses nothing.
+    pub async fn wait_for_stable_offset_beyond(&self, seen: i64) {
+        loop {
+            if self.last_stable_offset() as i64 > seen
+                || self.is_released()
+                || !self.log.is_healthy()
+            {
+                return;
+            }
+            let high_watermark = self.high_watermark() as i64;
+            self.wait_for_high_watermark_beyond(high_watermark).await;
+            if self.high_watermark() as i64 <= high_watermark {
+                // Woken for another reason: the caller reads again.
+                return;
+            }
+        }
+    }
+
     /// Returns once the high watermark passes `seen`, the log stops being
     /// healthy, or the partition is handed over: what a fetch long poll
     /// waits for (no wake-up is lost between its read and this wait).
@@ -130,7 +186,19 @@ impl Partition {
     /// DeleteRecords: makes `offset` the log start (whole segments below it
     /// deleted). Returns the new log start offset.
     pub async fn delete_records_before(&self, offset: u64) -> LogResult<u64> {
-        self.log.truncate_before(offset).await
+        let log_start = self.log.truncate_before(offset).await?;
+        self.drop_transactions_below_log_start();
+        Ok(log_start)
+    }
+
+    /// Aborted-transaction entries whose marker the log no longer holds
+    /// go (Kafka drops them with their segment's `.txnindex`).
+    fn drop_transactions_below_log_start(&self) {
+        let log_start = self.log.offsets().log_start_offset;
+        self.producers
+            .states
+            .borrow_mut()
+            .drop_transactions_before(log_start);
     }
 
     /// Whether the log can still serve (not failed).
@@ -189,7 +257,11 @@ impl Partition {
 
     /// Deletes segments beyond `retention.ms` / `retention.bytes`.
     pub async fn enforce_retention(&self, now_ms: i64) -> LogResult<usize> {
-        self.log.enforce_retention(now_ms).await
+        let deleted = self.log.enforce_retention(now_ms).await?;
+        if deleted > 0 {
+            self.drop_transactions_below_log_start();
+        }
+        Ok(deleted)
     }
 
     /// Makes everything appended durable (a close while a request still

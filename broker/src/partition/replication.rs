@@ -167,8 +167,8 @@ impl Partition {
     }
 
     /// A follower's append of one of the leader's batches, exactly as the
-    /// leader stored it; its producer's sequence is recorded as the leader
-    /// did, so a producer retrying after a failover is recognised here.
+    /// leader stored it; its producer's sequence (and transaction, or
+    /// marker) is recorded as the leader did, so a producer retrying after a failover is recognised here.
     pub async fn append_from_leader(&self, batch: Bytes) -> LogResult<()> {
         let header = BatchHeader::parse(&batch).ok();
         if let Some(header) = &header {
@@ -185,10 +185,14 @@ impl Partition {
                 self.log.truncate_fully_and_start_at(base).await?;
             }
         }
+        let stored = batch.clone();
         let info = self.log.append_replicated(batch).await?;
         if let Some(header) = header {
-            self.producers.states.borrow_mut().record(
+            // The transactions too, so a follower that becomes leader
+            // serves `read_committed` and fences markers as its leader did.
+            self.producers.states.borrow_mut().record_stored_batch(
                 &header,
+                &stored,
                 info.base_offset,
                 crate::clock::now_ms(),
             );

@@ -1,11 +1,13 @@
 //! The idempotent producer's room: producer ids ([`ids`]), each
-//! partition's sequence state ([`state`]) and its snapshot file beside the
-//! log ([`snapshot`]). A partition holds its state; the controller shard
-//! holds the allocator; handlers only translate requests.
+//! partition's sequence state ([`state`]), its transactions
+//! ([`transactions`]) and its snapshot file beside the log ([`snapshot`]).
+//! A partition holds its state; the controller shard holds the allocator;
+//! handlers only translate requests.
 
 pub mod ids;
 pub mod snapshot;
 pub mod state;
+pub mod transactions;
 
 pub use ids::ProducerIdAllocator;
 pub use snapshot::PartitionProducers;

@@ -14,7 +14,7 @@
 //! | at | bytes | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `KPSN` |
-//! | 4 | 2 | version (1) |
+//! | 4 | 2 | version (2; version 1 files, without the transactions, are read too) |
 //! | 6 | 2 | flags (0) |
 //! | 8 | 4 | length of the whole file |
 //! | 12 | 4 | CRC32C of bytes 0..12 and 16..length |
@@ -22,6 +22,12 @@
 //! | 24 | 8 | written at (ms since the epoch; informational) |
 //! | 32 | 4 | producer count |
 //! | 36 | … | per producer, least recently used first: id i64, epoch i16, last timestamp ms i64, batch count u8 (1..=5), then per batch (oldest first) first sequence i32, last sequence i32, base offset u64 |
+//! | … | 8 | v2: the transaction index's end (the next transactional write starts at or after it) |
+//! | … | 4 | v2: transactional producer count, then per producer: id i64, epoch i16, coordinator epoch i32, open u8 (0/1), open transaction's first offset i64 and last offset i64 (0 when none) |
+//! | … | 4 | v2: aborted-transaction count, then per entry (by marker offset): producer id i64, first offset i64, marker offset i64, last stable offset after it i64 |
+//!
+//! The aborted entries are those ending at or above the log start when the
+//! snapshot was taken (retention and DeleteRecords drop the older ones).
 //!
 //! # When it is written
 //!
@@ -69,11 +75,22 @@ use crate::producer::state::{
     ProducerEntry, ProducerLimits, ProducerStates, SequencedBatch, PRODUCERS_MAX_DEFAULT,
     REMEMBERED_BATCHES,
 };
+use crate::txn::partition_index::{IndexParts, ProducerTxnPart};
+use crate::txn::{AbortedTxn, PartitionTxnIndex};
 
 pub const SNAPSHOT_FILE: &str = "producer-state-snapshot";
 const SNAPSHOT_TEMP_FILE: &str = "producer-state-snapshot.tmp";
 const MAGIC: [u8; 4] = *b"KPSN";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+/// The first version, without the transactions: still read.
+const VERSION_WITHOUT_TRANSACTIONS: u16 = 1;
+/// Id, epoch, coordinator epoch, open flag, first and last offsets.
+const TXN_PRODUCER_BYTES: usize = 8 + 2 + 4 + 1 + 8 + 8;
+/// Producer id, first offset, marker offset, last stable offset.
+const ABORTED_TXN_BYTES: usize = 8 * 4;
+/// Aborted entries a snapshot file may hold (bounds the read at open; a
+/// partition holding more keeps only the newest in its file).
+const ABORTED_TXNS_MAX: usize = 1_000_000;
 /// Magic, version, flags, length, CRC, offset, written at, count.
 const HEADER_BYTES: usize = 36;
 /// Where the CRC field sits; the CRC covers everything but itself.
@@ -104,6 +121,8 @@ pub struct Snapshot {
     pub written_ms: i64,
     /// Least recently used first.
     pub producers: Vec<(i64, ProducerEntry)>,
+    /// The transaction index (empty from a version 1 file).
+    pub transactions: IndexParts,
 }
 
 /// Why a snapshot file is not used.
@@ -113,7 +132,7 @@ pub enum SnapshotError {
     Truncated(String),
     #[error("not a producer-state snapshot (magic {0:02x?})")]
     BadMagic([u8; 4]),
-    #[error("unsupported version {0} (this broker reads version {VERSION})")]
+    #[error("unsupported version {0} (this broker reads versions 1 to {VERSION})")]
     UnsupportedVersion(u16),
     #[error("CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadCrc { stored: u32, computed: u32 },
@@ -171,11 +190,123 @@ pub fn encode(states: &ProducerStates, offset: u64, written_ms: i64) -> Vec<u8> 
         count += 1;
     }
     out[count_at..count_at + 4].copy_from_slice(&count.to_be_bytes());
+    encode_transactions(&mut out, &states.transactions().parts());
     let length = out.len() as u32;
     out[8..12].copy_from_slice(&length.to_be_bytes());
     let crc = crc_of(&out);
     out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// Appends the v2 transactions section.
+fn encode_transactions(out: &mut Vec<u8>, parts: &IndexParts) {
+    out.extend_from_slice(&parts.end_offset.to_be_bytes());
+    out.extend_from_slice(&(parts.producers.len() as u32).to_be_bytes());
+    for producer in &parts.producers {
+        out.extend_from_slice(&producer.producer_id.to_be_bytes());
+        out.extend_from_slice(&producer.epoch.to_be_bytes());
+        out.extend_from_slice(&producer.coordinator_epoch.to_be_bytes());
+        let (open, (first, last)) = match producer.open {
+            Some(range) => (1u8, range),
+            None => (0u8, (0, 0)),
+        };
+        out.push(open);
+        out.extend_from_slice(&first.to_be_bytes());
+        out.extend_from_slice(&last.to_be_bytes());
+    }
+    let skip = parts.aborted.len().saturating_sub(ABORTED_TXNS_MAX);
+    let aborted = &parts.aborted[skip..];
+    out.extend_from_slice(&(aborted.len() as u32).to_be_bytes());
+    for entry in aborted {
+        out.extend_from_slice(&entry.producer_id.to_be_bytes());
+        out.extend_from_slice(&entry.first_offset.to_be_bytes());
+        out.extend_from_slice(&entry.last_offset.to_be_bytes());
+        out.extend_from_slice(&entry.last_stable_offset.to_be_bytes());
+    }
+}
+
+/// Decodes the v2 transactions section of a snapshot of `offset`, checking
+/// every field (counts against the bytes left, unique producers, open
+/// transactions and aborted entries below the index's end, which lies at or
+/// below the snapshot's offset, aborted entries in marker order).
+fn decode_transactions(reader: &mut Reader<'_>, offset: u64) -> Result<IndexParts, SnapshotError> {
+    let malformed = |what: String| SnapshotError::Malformed(format!("transactions: {what}"));
+    let end_offset = reader.i64("transaction index end")?;
+    if end_offset < 0 || end_offset as u64 > offset {
+        return Err(malformed(format!(
+            "index end {end_offset} outside 0..={offset}"
+        )));
+    }
+    let count = reader.u32("transactional producer count")? as usize;
+    if count > reader.remaining() / TXN_PRODUCER_BYTES {
+        return Err(SnapshotError::Truncated(format!(
+            "{count} transactional producers cannot fit in the {} bytes left",
+            reader.remaining()
+        )));
+    }
+    let mut producers = Vec::with_capacity(count);
+    let mut seen = HashSet::with_capacity(count);
+    for _ in 0..count {
+        let producer_id = reader.i64("transactional producer id")?;
+        let epoch = reader.i16("producer epoch")?;
+        let coordinator_epoch = reader.i32("coordinator epoch")?;
+        let open = reader.u8("open flag")?;
+        let first = reader.i64("open first offset")?;
+        let last = reader.i64("open last offset")?;
+        if producer_id < 0 || !seen.insert(producer_id) {
+            return Err(malformed(format!(
+                "bad or repeated producer id {producer_id}"
+            )));
+        }
+        let open = match open {
+            0 => None,
+            1 if 0 <= first && first <= last && last < end_offset => Some((first, last)),
+            _ => {
+                return Err(malformed(format!(
+                    "producer {producer_id}: open flag {open}, offsets {first}..={last}"
+                )))
+            }
+        };
+        producers.push(ProducerTxnPart {
+            producer_id,
+            epoch,
+            coordinator_epoch,
+            open,
+        });
+    }
+    let count = reader.u32("aborted transaction count")? as usize;
+    if count > reader.remaining() / ABORTED_TXN_BYTES {
+        return Err(SnapshotError::Truncated(format!(
+            "{count} aborted transactions cannot fit in the {} bytes left",
+            reader.remaining()
+        )));
+    }
+    let mut aborted: Vec<AbortedTxn> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let entry = AbortedTxn {
+            producer_id: reader.i64("aborted producer id")?,
+            first_offset: reader.i64("aborted first offset")?,
+            last_offset: reader.i64("aborted marker offset")?,
+            last_stable_offset: reader.i64("aborted last stable offset")?,
+        };
+        let ordered = aborted
+            .last()
+            .is_none_or(|previous| previous.last_offset < entry.last_offset);
+        if entry.producer_id < 0
+            || entry.first_offset < 0
+            || entry.first_offset > entry.last_offset
+            || entry.last_offset >= end_offset
+            || !ordered
+        {
+            return Err(malformed(format!("bad aborted entry {entry:?}")));
+        }
+        aborted.push(entry);
+    }
+    Ok(IndexParts {
+        producers,
+        aborted,
+        end_offset,
+    })
 }
 
 /// Reads big-endian fields from a slice, refusing to run past its end.
@@ -257,7 +388,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         return Err(SnapshotError::BadMagic(magic));
     }
     let version = reader.u16("version")?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITHOUT_TRANSACTIONS {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     let flags = reader.u16("flags")?;
@@ -341,10 +472,15 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
             },
         ));
     }
+    let transactions = if version == VERSION_WITHOUT_TRANSACTIONS {
+        IndexParts::default()
+    } else {
+        decode_transactions(&mut reader, offset)?
+    };
     if reader.remaining() != 0 {
         // The length matched, so these bytes are inside the CRC: a writer bug.
         return Err(SnapshotError::Malformed(format!(
-            "{} bytes after the last producer",
+            "{} bytes after the last section",
             reader.remaining()
         )));
     }
@@ -352,6 +488,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         offset,
         written_ms,
         producers,
+        transactions,
     })
 }
 
@@ -370,7 +507,13 @@ pub fn check_range(offset: u64, log_start: u64, log_end: u64) -> Result<(), Snap
 /// if larger: the file may predate a lowered cap) can be.
 fn file_bytes_max(producers_max: usize) -> u64 {
     let producers = producers_max.max(PRODUCERS_MAX_DEFAULT) as u64;
-    HEADER_BYTES as u64 + producers.saturating_mul(ENTRY_BYTES_MAX as u64)
+    // Transactional producers are idempotent ones too, plus at most the
+    // open transactions (counted once more per producer).
+    let per_producer = (ENTRY_BYTES_MAX + 2 * TXN_PRODUCER_BYTES) as u64;
+    HEADER_BYTES as u64
+        + 16
+        + producers.saturating_mul(per_producer)
+        + (ABORTED_TXNS_MAX * ABORTED_TXN_BYTES) as u64
 }
 
 fn io_error(error: glommio::GlommioError<()>) -> std::io::Error {
@@ -749,7 +892,15 @@ async fn replay(
                 } else {
                     now_ms
                 };
-                states.record(&header, base_offset, timestamp_ms);
+                let batch_end = position
+                    .saturating_add(header.total_bytes())
+                    .min(bytes.len());
+                states.record_stored_batch(
+                    &header,
+                    &bytes[position..batch_end],
+                    base_offset,
+                    timestamp_ms,
+                );
             }
             batches += 1;
             position += header.total_bytes();
@@ -817,6 +968,7 @@ async fn load_with_fallback(
             for (producer_id, entry) in snapshot.producers {
                 states.insert_loaded(producer_id, entry);
             }
+            states.load_transactions(PartitionTxnIndex::from_parts(snapshot.transactions));
             Some(snapshot.offset)
         }
         Ok(None) => {
@@ -841,6 +993,7 @@ async fn load_with_fallback(
     if let Some(reason) = stopped {
         tracing::warn!(partition = %label, %reason, "producer-state replay stopped early: producers whose last batch comes later may be forgotten");
     }
+    states.drop_transactions_before(log_start);
     let expired = states.expire(now_ms);
     states.enforce_cap();
     if snapshot_offset.is_some() || log_end > log_start {

@@ -136,6 +136,12 @@ pub struct ProducerStates {
     /// warning was.
     evicted_unreported: u64,
     last_cap_warning: Option<Instant>,
+    /// The partition's transactions (open ones, aborted entries, marker
+    /// fencing): kept here because it has the same lifetime as the
+    /// sequences (changed only by appends, rebuilt by the same replay,
+    /// saved in the same snapshot, counted by the same change counter).
+    /// Its rules live in [`crate::producer::transactions`].
+    pub(super) transactions: crate::txn::PartitionTxnIndex,
 }
 
 impl ProducerStates {
@@ -257,7 +263,13 @@ impl ProducerStates {
                 self.recency.remove(&(entry.last_offset(), *producer_id));
             }
         }
-        if !expired.is_empty() {
+        // A transactional producer's epoch and coordinator epoch are kept
+        // while its sequences are, or while its transaction is open.
+        let producers = &self.producers;
+        let forgotten = self
+            .transactions
+            .forget_idle(|producer_id| producers.contains_key(&producer_id));
+        if !expired.is_empty() || forgotten > 0 {
             self.changes += 1;
         }
         expired.len()
@@ -337,6 +349,11 @@ impl ProducerStates {
     /// A counter bumped by every change.
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// Counts a change made outside this file (the transactions).
+    pub(super) fn note_change(&mut self) {
+        self.changes += 1;
     }
 
     pub fn limits(&self) -> ProducerLimits {

@@ -13,6 +13,10 @@
 //! - **Time**: one ticker per shard ticks every replicated partition it
 //!   owns ([`run_ticker`]).
 //! - **ISR changes** go to the quorum on shard 0 as `AlterPartition`.
+//! - **Transaction markers** for partitions another node leads
+//!   ([`crate::txn::markers`]): a `TxnMarkers` frame to that node, whose
+//!   shard 0 writes them where they are owned and answers with a
+//!   `TxnMarkersAnswer` routed back to the asking shard.
 //! - **Repairs** of damaged batches ([`super::repair`]): the ticker starts
 //!   them; their requests and answers travel as their own frames, one
 //!   partition each (rare).
@@ -40,6 +44,18 @@ use crate::cluster::transport::{FrameKind, Inbound, Transport};
 use crate::metadata::command::Verdict;
 use crate::metadata::{ClusterMetadata, MetadataRecord};
 use crate::shard::Shard;
+use crate::txn::marker_frames::{
+    decode_answer as decode_markers_answer, decode_request as decode_markers_request,
+    encode_answer as encode_markers_answer, encode_request as encode_markers_request,
+    MarkerPartition, MarkersAnswer, MarkersRequest,
+};
+use crate::txn::markers::MarkerWrite;
+use crate::txn::TopicPartition;
+use kafki_net::kafka_protocol::error::ResponseError;
+
+/// How much longer than a marker's own commit wait a forwarded write is
+/// waited for (the frames' round trip).
+const MARKER_ANSWER_SLACK: Duration = Duration::from_secs(5);
 
 /// How often each shard ticks its replicated partitions (their timers are
 /// hundreds of milliseconds and up).
@@ -73,6 +89,8 @@ pub struct ReplicaLinks {
     repairs: RefCell<HashMap<ReplicaPartition, RepairSlot>>,
     /// Repair requests sent, by request id: where the copy goes.
     asked_repairs: RefCell<HashMap<u64, oneshot::Sender<Option<Bytes>>>>,
+    /// Marker writes forwarded to other nodes, by request id.
+    asked_markers: RefCell<HashMap<u64, oneshot::Sender<MarkersAnswer>>>,
 }
 
 #[derive(Debug, Default)]
@@ -158,6 +176,7 @@ impl ReplicaLinks {
             follower_throttle: RefCell::new(TokenBucket::unthrottled()),
             repairs: RefCell::new(HashMap::new()),
             asked_repairs: RefCell::new(HashMap::new()),
+            asked_markers: RefCell::new(HashMap::new()),
         })
     }
 
@@ -205,6 +224,77 @@ impl ReplicaLinks {
             glommio::timer::timeout(wait, async { Ok(receiver.await.ok().flatten()) }).await;
         self.asked_repairs.borrow_mut().remove(&request_id);
         answered.ok().flatten()
+    }
+
+    /// Asks `node` to write `write`'s marker to `partitions` (which it
+    /// leads) and waits for its answer: one code per partition, `None`
+    /// when it did not answer in time. A topic this node does not know
+    /// answers `UNKNOWN_TOPIC_OR_PARTITION` without asking.
+    pub async fn ask_markers(
+        &self,
+        node: NodeId,
+        write: MarkerWrite,
+        partitions: Vec<TopicPartition>,
+    ) -> Option<Vec<(TopicPartition, i16)>> {
+        let shard = self.shard.upgrade()?;
+        let image = self.image.borrow().clone();
+        let mut answers = Vec::new();
+        let mut named: HashMap<MarkerPartition, TopicPartition> = HashMap::new();
+        for partition in partitions {
+            match image.topic(&partition.topic) {
+                Some(meta) => {
+                    let id = MarkerPartition {
+                        topic_id: meta.id,
+                        partition_index: partition.partition,
+                    };
+                    named.insert(id, partition);
+                }
+                None => answers.push((partition, ResponseError::UnknownTopicOrPartition.code())),
+            }
+        }
+        if named.is_empty() {
+            return Some(answers);
+        }
+        let request_id = self.request_id.get().wrapping_add(1);
+        self.request_id.set(request_id);
+        let request = MarkersRequest {
+            request_id,
+            asking_shard: shard.id as u32,
+            producer_id: write.producer_id,
+            producer_epoch: write.producer_epoch,
+            marker: write.marker,
+            partitions: named.keys().copied().collect(),
+        };
+        let (sender, receiver) = oneshot::channel();
+        self.asked_markers.borrow_mut().insert(request_id, sender);
+        self.transport.send(
+            node,
+            FrameKind::TxnMarkers,
+            &encode_markers_request(&request),
+        );
+        let wait = crate::partition::marker::MARKER_COMMIT_WAIT + MARKER_ANSWER_SLACK;
+        let answered = glommio::timer::timeout(wait, async { Ok(receiver.await.ok()) }).await;
+        self.asked_markers.borrow_mut().remove(&request_id);
+        let answer = answered.ok().flatten()?;
+        for (id, code) in answer.partitions {
+            if let Some(partition) = named.remove(&id) {
+                answers.push((partition, code));
+            }
+        }
+        // Partitions the answer left out: retriable.
+        answers.extend(
+            named
+                .into_values()
+                .map(|partition| (partition, ResponseError::NotLeaderOrFollower.code())),
+        );
+        Some(answers)
+    }
+
+    /// Another node's answer to a forwarded marker write.
+    fn deliver_markers(&self, answer: MarkersAnswer) {
+        if let Some(sender) = self.asked_markers.borrow_mut().remove(&answer.request_id) {
+            let _ = sender.send(answer);
+        }
     }
 
     /// A copy (or none) from another replica, to the repair that asked.
@@ -500,6 +590,48 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
                 .invoke_on(owner, move |shard| async move {
                     if let Some(links) = shard.replica_links() {
                         links.deliver_repair(answer);
+                    }
+                })
+                .await;
+        }
+        FrameKind::TxnMarkers => {
+            let request = match decode_markers_request(&frame.body) {
+                Ok(request) => request,
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable markers request");
+                    return;
+                }
+            };
+            let answer = crate::txn::markers::answer_forwarded(&shard, &image, request).await;
+            if let Some(links) = shard.replica_links() {
+                links.transport.send(
+                    frame.from,
+                    FrameKind::TxnMarkersAnswer,
+                    &encode_markers_answer(&answer),
+                );
+            }
+        }
+        FrameKind::TxnMarkersAnswer => {
+            let answer = match decode_markers_answer(&frame.body) {
+                Ok(answer) => answer,
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable markers answer");
+                    return;
+                }
+            };
+            let asking = answer.asking_shard as usize;
+            if asking >= shard.count {
+                tracing::warn!(
+                    from = frame.from,
+                    asking,
+                    "dropping a markers answer for a shard this node does not have"
+                );
+                return;
+            }
+            let _ = shard
+                .invoke_on(asking, move |shard| async move {
+                    if let Some(links) = shard.replica_links() {
+                        links.deliver_markers(answer);
                     }
                 })
                 .await;

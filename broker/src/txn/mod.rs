@@ -1,5 +1,6 @@
-//! Kafka transactions: a pure core (no I/O, no clock, no async) and the
-//! runtime that wires its coordinator to the network and the log.
+//! Kafka transactions: a pure core (no I/O, no clock, no async), the
+//! runtime that wires its coordinator to the network and the log, and the
+//! partition leaders' side of writing markers ([`markers`]).
 //!
 //! Rooms:
 //! - [`state`]: what the coordinator keeps per `transactional.id`
@@ -10,6 +11,8 @@
 //!   rules and error codes; its docs list them and the driver's contract.
 //! - [`records`]: the `__transaction_state` key and value (v0 and the
 //!   flexible v1) in Kafka's bytes, and tombstones.
+//! - [`markers`]: the partition-leader side of a decision: writing
+//!   COMMIT/ABORT markers where this node leads, forwarding the rest.
 //! - [`partition_index`]: what a partition leader needs for
 //!   `read_committed`: open transactions, the last stable offset, the
 //!   aborted-transaction entries and the Fetch query over them, marker
@@ -52,6 +55,7 @@
 //! transaction's records all together and no aborted record ever.
 
 pub mod coordinator;
+pub mod marker_frames;
 pub mod markers;
 pub mod partition_index;
 pub mod records;

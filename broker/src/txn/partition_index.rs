@@ -336,9 +336,88 @@ impl PartitionTxnIndex {
             .retain(|entry| entry.last_offset >= log_start_offset);
     }
 
+    /// How many aborted entries it holds.
+    pub fn aborted_len(&self) -> usize {
+        self.aborted.len()
+    }
+
     pub fn open_transactions(&self) -> usize {
         self.open_by_first_offset.len()
     }
+
+    /// Forgets producers with no open transaction that `keep` does not
+    /// name (their idempotent state expired): bounds the map by the live
+    /// producers plus the open transactions. Returns how many went.
+    pub fn forget_idle(&mut self, keep: impl Fn(i64) -> bool) -> usize {
+        let before = self.producers.len();
+        self.producers
+            .retain(|producer_id, state| state.open.is_some() || keep(*producer_id));
+        before - self.producers.len()
+    }
+
+    /// Everything the index holds, for a snapshot file: per producer its
+    /// epoch, last coordinator epoch and open transaction; the aborted
+    /// entries; the offset the next write must start at or after.
+    pub fn parts(&self) -> IndexParts {
+        IndexParts {
+            producers: self
+                .producers
+                .iter()
+                .map(|(producer_id, state)| ProducerTxnPart {
+                    producer_id: *producer_id,
+                    epoch: state.epoch,
+                    coordinator_epoch: state.coordinator_epoch,
+                    open: state.open,
+                })
+                .collect(),
+            aborted: self.aborted.clone(),
+            end_offset: self.end_offset,
+        }
+    }
+
+    /// An index from [`Self::parts`] (a snapshot file's, already checked:
+    /// unique producers, `first <= last < end_offset`, aborted entries
+    /// ordered by last offset).
+    pub fn from_parts(parts: IndexParts) -> Self {
+        let mut index = Self {
+            aborted: parts.aborted,
+            end_offset: parts.end_offset,
+            ..Self::default()
+        };
+        for part in parts.producers {
+            if let Some((first, _)) = part.open {
+                index.open_by_first_offset.insert(first, part.producer_id);
+            }
+            index.producers.insert(
+                part.producer_id,
+                ProducerTxnState {
+                    epoch: part.epoch,
+                    coordinator_epoch: part.coordinator_epoch,
+                    open: part.open,
+                },
+            );
+        }
+        index
+    }
+}
+
+/// One producer's entry in [`IndexParts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerTxnPart {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// -1 before any marker.
+    pub coordinator_epoch: i32,
+    /// (first, last) offsets of its open transaction.
+    pub open: Option<(i64, i64)>,
+}
+
+/// A [`PartitionTxnIndex`] taken apart (for the producer-state snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexParts {
+    pub producers: Vec<ProducerTxnPart>,
+    pub aborted: Vec<AbortedTxn>,
+    pub end_offset: i64,
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ fn api_key_of(body: &RequestKind) -> ApiKey {
         RequestKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
         RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
         RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
+        RequestKind::WriteTxnMarkers(_) => ApiKey::WriteTxnMarkers,
         RequestKind::JoinGroup(_) => ApiKey::JoinGroup,
         other => panic!("add {other:?}'s API key to the harness"),
     }

@@ -128,9 +128,9 @@ fn every_damage_is_refused() {
 
     // Another version, even with a matching CRC.
     let mut future = good.clone();
-    future[4..6].copy_from_slice(&2u16.to_be_bytes());
+    future[4..6].copy_from_slice(&3u16.to_be_bytes());
     recrc(&mut future);
-    assert_eq!(decode(&future), Err(SnapshotError::UnsupportedVersion(2)));
+    assert_eq!(decode(&future), Err(SnapshotError::UnsupportedVersion(3)));
     let mut foreign = good.clone();
     foreign[..4].copy_from_slice(b"KAFK");
     assert!(matches!(decode(&foreign), Err(SnapshotError::BadMagic(_))));
@@ -538,5 +538,184 @@ fn expired_producers_are_dropped_at_load_and_the_cap_holds() {
             assert!(states.get(3).is_some() && states.get(4).is_some());
         }
         reopened.log.close().await.expect("close");
+    });
+}
+
+// ------------------------------------------------------------ transactions (v2)
+
+const ABORT: crate::txn::EndTxnMarker = crate::txn::EndTxnMarker {
+    control_type: crate::txn::ControlType::Abort,
+    coordinator_epoch: 4,
+};
+const COMMIT: crate::txn::EndTxnMarker = crate::txn::EndTxnMarker {
+    control_type: crate::txn::ControlType::Commit,
+    coordinator_epoch: 4,
+};
+
+fn transactional_header(producer_id: i64, epoch: i16, first: i32, count: i32) -> BatchHeader {
+    let mut header = header(producer_id, epoch, first, count);
+    header.attributes = crate::txn::partition_index::TRANSACTIONAL_ATTRIBUTE;
+    header
+}
+
+/// Producer 7 aborted [0, 1] at 4; producer 8 is open from 2; producer 9
+/// committed [5] at 6.
+fn transactional_states() -> ProducerStates {
+    let mut states = ProducerStates::new("t-0".into(), limits(i64::MAX, 100));
+    let data = |states: &mut ProducerStates, producer_id, count, offset| {
+        let header = transactional_header(producer_id, 0, 0, count);
+        states.record(&header, offset, 1_000);
+        states.record_transactional_data(&header, offset);
+    };
+    data(&mut states, 7, 2, 0);
+    data(&mut states, 8, 2, 2);
+    states.record_marker(7, 0, ABORT, 4).expect("abort");
+    data(&mut states, 9, 1, 5);
+    states.record_marker(9, 0, COMMIT, 6).expect("commit");
+    states
+}
+
+#[test]
+fn a_v2_snapshot_round_trips_the_transactions() {
+    let states = transactional_states();
+    let bytes = encode(&states, 7, 1_234);
+    let snapshot = decode(&bytes).expect("decodes");
+    assert_eq!(snapshot.transactions, states.transactions().parts());
+    let index = crate::txn::PartitionTxnIndex::from_parts(snapshot.transactions);
+    assert_eq!(index.last_stable_offset(100), 2);
+    assert_eq!(index.first_unstable_offset(), Some(2));
+    let aborted = index.aborted_overlapping(0, 100);
+    assert_eq!(aborted.len(), 1);
+    assert_eq!((aborted[0].producer_id, aborted[0].first_offset), (7, 0));
+    // Fencing survives: producer 9's coordinator epoch 4.
+    let older = crate::txn::EndTxnMarker {
+        coordinator_epoch: 3,
+        ..COMMIT
+    };
+    assert!(index.check_marker(9, 0, older).is_err());
+    // An index end beyond the snapshot's offset is refused.
+    assert!(matches!(
+        decode(&encode(&states, 6, 0)),
+        Err(SnapshotError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_version_1_file_still_loads_without_transactions() {
+    let v2 = encode(&sample_states(), 42, 1_234);
+    // A v1 file is the v2 one without its (here empty) transactions
+    // section: index end, producer count, aborted count.
+    let mut v1 = v2[..v2.len() - 16].to_vec();
+    v1[4..6].copy_from_slice(&1u16.to_be_bytes());
+    let length = v1.len() as u32;
+    v1[8..12].copy_from_slice(&length.to_be_bytes());
+    recrc(&mut v1);
+    let snapshot = decode(&v1).expect("v1 decodes");
+    assert_eq!(snapshot.producers, entries(&sample_states()));
+    assert_eq!(
+        snapshot.transactions,
+        crate::txn::partition_index::IndexParts::default()
+    );
+}
+
+/// A transactional batch (attribute bit 4), CRC recomputed.
+fn transactional_batch(producer_id: i64, first: i32, count: usize) -> Bytes {
+    let mut bytes = batch(producer_id, 0, first, count, now()).to_vec();
+    bytes[21..23]
+        .copy_from_slice(&crate::txn::partition_index::TRANSACTIONAL_ATTRIBUTE.to_be_bytes());
+    let crc = compute_crc(&bytes);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(bytes)
+}
+
+/// Appends as the produce path does, transactions included.
+fn produce_transactional(partition: &Partition, batch: Bytes) -> u64 {
+    let header = BatchHeader::parse(&batch).expect("header");
+    assert_eq!(
+        partition.producers.states.borrow().check(&header),
+        SequenceCheck::Accept
+    );
+    assert_eq!(
+        partition
+            .producers
+            .states
+            .borrow()
+            .check_transactions(&header),
+        Ok(())
+    );
+    let info = partition.log.append_now(batch, 0).expect("append");
+    let mut states = partition.producers.states.borrow_mut();
+    states.record(&header, info.base_offset, now());
+    states.record_transactional_data(&header, info.base_offset);
+    info.base_offset
+}
+
+/// Appends a marker as the partition does.
+fn write_marker(partition: &Partition, producer_id: i64, marker: crate::txn::EndTxnMarker) -> u64 {
+    let batch = crate::producer::transactions::build_marker_batch(producer_id, 0, marker, now());
+    let info = partition.log.append_now(batch, 0).expect("append marker");
+    partition
+        .producers
+        .states
+        .borrow_mut()
+        .record_marker(producer_id, 0, marker, info.base_offset)
+        .expect("marker recorded");
+    info.base_offset
+}
+
+fn transactions_of(partition: &Partition) -> crate::txn::partition_index::IndexParts {
+    partition.producers.states.borrow().transactions().parts()
+}
+
+#[test]
+fn the_replay_rebuilds_the_transactions_with_and_without_a_snapshot() {
+    run(|| async {
+        for with_snapshot in [false, true] {
+            let dir = test_dir();
+            let partition = open(dir.path(), 0, ProducerLimits::default()).await;
+            produce_transactional(&partition, transactional_batch(7, 0, 2)); // 0..=1
+            produce_transactional(&partition, transactional_batch(8, 0, 1)); // 2
+            if with_snapshot {
+                write_snapshot(&partition).await.expect("snapshot");
+            }
+            partition.log.roll();
+            write_marker(&partition, 7, ABORT); // 3
+            produce_transactional(&partition, transactional_batch(9, 0, 1)); // 4
+            write_marker(&partition, 9, COMMIT); // 5
+            produce_transactional(&partition, transactional_batch(8, 1, 1)); // 6
+            let before = transactions_of(&partition);
+            assert_eq!(
+                partition.producers.states.borrow().last_stable_offset(100),
+                2
+            );
+            partition.log.wait_durable(7).await.expect("durable");
+            partition.log.close().await.expect("close");
+            if !with_snapshot {
+                let _ = std::fs::remove_file(dir.path().join(SNAPSHOT_FILE));
+            }
+            // Fallback reaches back over every segment (one of them sealed).
+            let reopened = open(dir.path(), u64::MAX, ProducerLimits::default()).await;
+            assert_eq!(
+                transactions_of(&reopened),
+                before,
+                "with snapshot: {with_snapshot}"
+            );
+            let (last_stable_offset, aborted) = {
+                let states = reopened.producers.states.borrow();
+                let aborted = states.transactions().aborted_overlapping(0, 100);
+                (states.last_stable_offset(100), aborted)
+            };
+            assert_eq!(last_stable_offset, 2);
+            assert_eq!(aborted.len(), 1);
+            assert_eq!(
+                (
+                    aborted[0].producer_id,
+                    aborted[0].first_offset,
+                    aborted[0].last_offset
+                ),
+                (7, 0, 3)
+            );
+            reopened.log.close().await.expect("close");
+        }
     });
 }

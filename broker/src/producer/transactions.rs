@@ -1,0 +1,331 @@
+//! The transactional half of a partition's producer state: the Kafka rules
+//! a leader applies to transactional batches and COMMIT/ABORT markers, on
+//! top of the pure [`PartitionTxnIndex`] that [`ProducerStates`] holds, and
+//! the control batches themselves (built for a marker, read back by a
+//! replay or a follower).
+//!
+//! Rules (Kafka's `ProducerAppendInfo`, transaction version 1: the leader
+//! does not ask the coordinator whether the transaction includes this
+//! partition, KIP-890's verification is not done here):
+//! - clients never write control batches (`INVALID_RECORD`);
+//! - a transactional batch needs a producer id (`INVALID_RECORD`) and an
+//!   epoch no older than the partition saw (`INVALID_PRODUCER_EPOCH`); it
+//!   opens the producer's transaction at its first offset;
+//! - a non-transactional batch of a producer whose transaction is open here
+//!   is refused (`INVALID_TXN_STATE`);
+//! - a marker is refused when its coordinator epoch is older than the
+//!   producer's last marker's (`TRANSACTION_COORDINATOR_FENCED`) or its
+//!   producer epoch older (`INVALID_PRODUCER_EPOCH`); a marker for a
+//!   producer with nothing open here is written anyway (a retry, or a
+//!   partition the producer never wrote to), as Kafka does.
+//!
+//! Like the sequences, everything here changes only in the append paths
+//! (check, append, record with no await between) and the replay.
+
+use bytes::Bytes;
+use kafki_net::kafka_protocol::error::ResponseError;
+use kafki_storage::batch::BatchHeader;
+use kafki_storage::compression::Compression;
+use kafki_storage::records::{assemble_batch, batch_records, encode_record, records};
+use kafki_storage::records::{BatchFields, NewRecord};
+
+use crate::producer::state::ProducerStates;
+use crate::txn::partition_index::{
+    decode_control_key, IndexRefusal, CONTROL_ATTRIBUTE, TRANSACTIONAL_ATTRIBUTE,
+};
+use crate::txn::{AbortedTxn, ControlType, EndTxnMarker, PartitionTxnIndex};
+
+/// A control batch holds one tiny record; more than this decompressed is
+/// not a marker.
+const CONTROL_BATCH_BYTES_MAX: usize = 64 << 10;
+
+/// The Kafka error code of an index refusal.
+pub fn refusal_code(refusal: IndexRefusal) -> i16 {
+    match refusal {
+        IndexRefusal::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch.code(),
+        IndexRefusal::CoordinatorFenced { .. } => {
+            ResponseError::TransactionCoordinatorFenced.code()
+        }
+        // Offsets are the log's to give: a regression is the broker's bug.
+        IndexRefusal::OffsetNotAfterEnd { .. } => ResponseError::UnknownServerError.code(),
+    }
+}
+
+impl ProducerStates {
+    /// The partition's transactions.
+    pub fn transactions(&self) -> &PartitionTxnIndex {
+        &self.transactions
+    }
+
+    /// The index a snapshot file held (at load, before the replay).
+    pub fn load_transactions(&mut self, index: PartitionTxnIndex) {
+        self.transactions = index;
+    }
+
+    /// Retention or DeleteRecords moved the log start: aborted entries
+    /// whose marker lies below it go.
+    pub fn drop_transactions_before(&mut self, log_start_offset: u64) {
+        let before = self.transactions.aborted_len();
+        self.transactions
+            .drop_before(i64::try_from(log_start_offset).unwrap_or(i64::MAX));
+        if self.transactions.aborted_len() != before {
+            self.note_change();
+        }
+    }
+
+    /// How far a `read_committed` consumer may read: below the oldest open
+    /// transaction, never beyond `high_watermark`.
+    pub fn last_stable_offset(&self, high_watermark: u64) -> u64 {
+        let high_watermark = i64::try_from(high_watermark).unwrap_or(i64::MAX);
+        self.transactions.last_stable_offset(high_watermark).max(0) as u64
+    }
+
+    /// Checks a client's batch against the transaction rules (the module
+    /// docs); `Err` is the Kafka error code.
+    pub fn check_transactions(&self, header: &BatchHeader) -> Result<(), i16> {
+        if header.is_control() {
+            return Err(ResponseError::InvalidRecord.code());
+        }
+        if header.is_transactional() {
+            if header.producer_id < 0 {
+                return Err(ResponseError::InvalidRecord.code());
+            }
+            return self
+                .transactions
+                .check_transactional_batch(header.producer_id, header.producer_epoch)
+                .map_err(refusal_code);
+        }
+        if header.producer_id >= 0 && self.transactions.has_open_transaction(header.producer_id) {
+            return Err(ResponseError::InvalidTxnState.code());
+        }
+        Ok(())
+    }
+
+    /// A data batch was appended at `base_offset`: a transactional one
+    /// opens (or extends) its producer's transaction.
+    pub fn record_transactional_data(&mut self, header: &BatchHeader, base_offset: u64) {
+        if !header.is_transactional() || header.is_control() || header.producer_id < 0 {
+            return;
+        }
+        let first = base_offset as i64;
+        let last = first + i64::from(header.last_offset_delta);
+        match self.transactions.record_transactional_batch(
+            header.producer_id,
+            header.producer_epoch,
+            first,
+            last,
+        ) {
+            Ok(()) => self.note_change(),
+            Err(refusal) => {
+                tracing::debug!(partition = %self.label(), producer_id = header.producer_id, ?refusal, offset = first, "transactional batch not indexed")
+            }
+        }
+    }
+
+    /// Checks a marker for `producer_id` at `producer_epoch`; `Err` is the
+    /// Kafka error code.
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: EndTxnMarker,
+    ) -> Result<(), i16> {
+        self.transactions
+            .check_marker(producer_id, producer_epoch, marker)
+            .map_err(refusal_code)
+    }
+
+    /// A marker was appended at `offset`: closes the producer's open
+    /// transaction here, if any. Returns the aborted entry an ABORT leaves.
+    pub fn record_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: EndTxnMarker,
+        offset: u64,
+    ) -> Result<Option<AbortedTxn>, i16> {
+        let recorded = self
+            .transactions
+            .record_marker(producer_id, producer_epoch, marker, offset as i64)
+            .map_err(refusal_code)?;
+        self.note_change();
+        Ok(recorded)
+    }
+
+    /// Records a batch as stored in the log (a replay, or a follower's
+    /// append of its leader's batch): its sequence, and for a transactional
+    /// or control batch the transaction it opens or the marker it holds
+    /// (read from the batch's only record).
+    pub fn record_stored_batch(
+        &mut self,
+        header: &BatchHeader,
+        batch: &[u8],
+        base_offset: u64,
+        timestamp_ms: i64,
+    ) {
+        self.record(header, base_offset, timestamp_ms);
+        if !header.is_control() {
+            self.record_transactional_data(header, base_offset);
+            return;
+        }
+        if header.producer_id < 0 {
+            return;
+        }
+        match decode_marker(batch) {
+            Ok(Some(marker)) => {
+                if let Err(code) = self.record_marker(
+                    header.producer_id,
+                    header.producer_epoch,
+                    marker,
+                    base_offset,
+                ) {
+                    tracing::debug!(partition = %self.label(), producer_id = header.producer_id, code, offset = base_offset, "stored marker not indexed (fenced when written?)");
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                tracing::warn!(partition = %self.label(), offset = base_offset, %reason, "unreadable control batch skipped by the transaction index")
+            }
+        }
+    }
+}
+
+/// The COMMIT/ABORT marker of a control batch (a whole batch, header
+/// included); `Ok(None)` for another control record type.
+pub fn decode_marker(batch: &[u8]) -> Result<Option<EndTxnMarker>, String> {
+    let header = BatchHeader::parse(batch).map_err(|error| error.to_string())?;
+    let section =
+        batch_records(batch, CONTROL_BATCH_BYTES_MAX).map_err(|error| error.to_string())?;
+    let Some(first) = records(&section, header.records_count).next() else {
+        return Err("control batch without a record".into());
+    };
+    let record = first.map_err(|error| error.to_string())?;
+    let key = record.key.unwrap_or_default();
+    match decode_control_key(key).map_err(|error| error.to_string())? {
+        0 | 1 => EndTxnMarker::decode(key, record.value.unwrap_or_default())
+            .map(Some)
+            .map_err(|error| error.to_string()),
+        _ => Ok(None),
+    }
+}
+
+/// The control batch of `marker` for `producer_id` at `producer_epoch`:
+/// transactional and control attributes, base sequence -1, one record
+/// whose key and value are the marker's Kafka bytes.
+pub fn build_marker_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: EndTxnMarker,
+    timestamp_ms: i64,
+) -> Bytes {
+    let key = marker.encode_key();
+    let value = marker.encode_value();
+    let mut section = Vec::with_capacity(32);
+    encode_record(
+        &mut section,
+        &NewRecord {
+            key: Some(&key),
+            value: Some(&value),
+            ..NewRecord::default()
+        },
+    );
+    let fields = BatchFields {
+        attributes: TRANSACTIONAL_ATTRIBUTE | CONTROL_ATTRIBUTE,
+        base_timestamp: timestamp_ms,
+        max_timestamp: timestamp_ms,
+        producer_id,
+        producer_epoch,
+        base_sequence: -1,
+        records_count: 1,
+        ..BatchFields::default()
+    };
+    let mut batch = Vec::with_capacity(96);
+    assemble_batch(&mut batch, &fields, Compression::None, &section);
+    Bytes::from(batch)
+}
+
+/// The marker a coordinator's decision writes.
+pub fn marker_of(control_type: ControlType, coordinator_epoch: i32) -> EndTxnMarker {
+    EndTxnMarker {
+        control_type,
+        coordinator_epoch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::state::test_header;
+
+    const ABORT: EndTxnMarker = EndTxnMarker {
+        control_type: ControlType::Abort,
+        coordinator_epoch: 3,
+    };
+
+    fn transactional(producer_id: i64, epoch: i16, first: i32, count: i32) -> BatchHeader {
+        let mut header = test_header(producer_id, epoch, first, count);
+        header.attributes = TRANSACTIONAL_ATTRIBUTE;
+        header
+    }
+
+    #[test]
+    fn a_marker_batch_reads_back_as_its_marker() {
+        let batch = build_marker_batch(7, 2, ABORT, 1_000);
+        let header = kafki_storage::batch::validate_producer_batch(&batch).expect("valid");
+        assert!(header.is_control() && header.is_transactional());
+        assert_eq!((header.producer_id, header.producer_epoch), (7, 2));
+        assert_eq!(header.base_sequence, -1);
+        assert_eq!(decode_marker(&batch), Ok(Some(ABORT)));
+        let data = kafki_storage::batch::build_batch(1, &[b"x".as_slice()]);
+        assert!(decode_marker(&data).is_err());
+    }
+
+    #[test]
+    fn client_batches_follow_the_transaction_rules() {
+        let mut states = ProducerStates::default();
+        let mut control = transactional(7, 0, 0, 1);
+        control.attributes |= CONTROL_ATTRIBUTE;
+        assert_eq!(
+            states.check_transactions(&control),
+            Err(ResponseError::InvalidRecord.code())
+        );
+        assert_eq!(
+            states.check_transactions(&transactional(-1, -1, -1, 1)),
+            Err(ResponseError::InvalidRecord.code())
+        );
+        assert_eq!(
+            states.check_transactions(&transactional(7, 1, 0, 2)),
+            Ok(())
+        );
+        states.record(&transactional(7, 1, 0, 2), 10, 0);
+        states.record_transactional_data(&transactional(7, 1, 0, 2), 10);
+        assert_eq!(states.last_stable_offset(100), 10);
+        // Plain idempotent data while its transaction is open.
+        assert_eq!(
+            states.check_transactions(&test_header(7, 1, 2, 1)),
+            Err(ResponseError::InvalidTxnState.code())
+        );
+        assert_eq!(
+            states.check_transactions(&transactional(7, 0, 2, 1)),
+            Err(ResponseError::InvalidProducerEpoch.code())
+        );
+        let marker = build_marker_batch(7, 1, ABORT, 0);
+        let header = BatchHeader::parse(&marker).expect("header");
+        states.record_stored_batch(&header, &marker, 12, 0);
+        assert_eq!(states.last_stable_offset(100), 100);
+        let aborted = states.transactions().aborted_overlapping(0, 100);
+        assert_eq!(aborted.len(), 1);
+        assert_eq!((aborted[0].producer_id, aborted[0].first_offset), (7, 10));
+        assert_eq!(
+            states.check_marker(
+                7,
+                1,
+                EndTxnMarker {
+                    coordinator_epoch: 2,
+                    ..ABORT
+                }
+            ),
+            Err(ResponseError::TransactionCoordinatorFenced.code())
+        );
+    }
+}
