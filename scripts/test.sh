@@ -57,7 +57,8 @@ for line in open(sys.argv[1]):
     if m:
         passed += int(m.group(1)); failed += int(m.group(2))
 for line in open(sys.argv[2]):
-    if re.search(r"\d+ (passed|failed|xfailed)", line) and " in " in line:
+    # pytest's closing line only (client logs also say "... failed ... in ...").
+    if re.match(r"^(=+ )?\d+ (passed|failed|xfailed|xpassed|error)\b.* in [\d.]+s", line):
         for count, word in re.findall(r"(\d+) (passed|failed|xfailed|xpassed|error)", line):
             if word == "passed": passed += int(count)
             elif word == "xfailed": xfailed += int(count)
