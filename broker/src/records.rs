@@ -19,22 +19,32 @@ pub fn build_keyed_batch(records: &[KeyValueRef<'_>], timestamp_ms: i64) -> Byte
     kafki_storage::batch::build_keyed_batch(timestamp_ms, records)
 }
 
+/// The whole batches at the start of `bytes`, each with its parsed header;
+/// stops at the first header that does not parse or a batch cut short (a
+/// read ends on a batch boundary, so that is the end of what was read).
+pub fn whole_batches(bytes: &Bytes) -> impl Iterator<Item = (BatchHeader, Bytes)> + '_ {
+    let mut position = 0usize;
+    std::iter::from_fn(move || {
+        if position + BATCH_HEADER_BYTES > bytes.len() {
+            return None;
+        }
+        let header = BatchHeader::parse(&bytes[position..]).ok()?;
+        let total = header.total_bytes();
+        if header.batch_length < 0 || position + total > bytes.len() {
+            return None;
+        }
+        let batch = bytes.slice(position..position + total);
+        position += total;
+        Some((header, batch))
+    })
+}
+
 /// The `(key, value)` records of every uncompressed batch in `bytes`.
 /// Compressed or malformed batches are skipped (and counted).
 pub fn read_keyed_records(bytes: &Bytes) -> (Vec<KeyValue>, usize) {
     let mut out = Vec::new();
     let mut skipped = 0;
-    let mut position = 0usize;
-    while position + BATCH_HEADER_BYTES <= bytes.len() {
-        let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
-            break;
-        };
-        let total = header.total_bytes();
-        if header.batch_length < 0 || position + total > bytes.len() {
-            break;
-        }
-        let batch = bytes.slice(position..position + total);
-        position += total;
+    for (header, batch) in whole_batches(bytes) {
         if header.attributes & 0x07 != 0 || header.is_control() {
             skipped += 1;
             continue;

@@ -463,21 +463,10 @@ async fn load_partition(shard: &Rc<Shard>, index: i32) -> bool {
 /// transactional batch's offsets stay pending until a marker of its
 /// producer follows (COMMIT makes them committed, ABORT drops them).
 fn replay_batches(shard: &Rc<Shard>, index: i32, bytes: &bytes::Bytes) {
-    use kafki_storage::batch::{BatchHeader, BATCH_HEADER_BYTES};
     let partitions = offsets_partitions(shard);
     let mut skipped = 0usize;
     let mut malformed = 0usize;
-    let mut position = 0usize;
-    while position + BATCH_HEADER_BYTES <= bytes.len() {
-        let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
-            break;
-        };
-        let total = header.total_bytes();
-        if header.batch_length < 0 || position + total > bytes.len() {
-            break;
-        }
-        let batch = bytes.slice(position..position + total);
-        position += total;
+    for (header, batch) in crate::records::whole_batches(bytes) {
         let mut coordinator = shard.groups.coordinator.borrow_mut();
         if header.is_control() {
             match control_type_of(&batch) {

@@ -719,18 +719,7 @@ async fn load_partition(shard: &Rc<Shard>, log_partition: i32) -> bool {
 /// The keyed records of every batch in `bytes`, each with its batch's
 /// base offset plus its index (the coordinator uses them only to log).
 fn collect_records(bytes: &bytes::Bytes, out: &mut Vec<StoredRecord>) {
-    use kafki_storage::batch::{BatchHeader, BATCH_HEADER_BYTES};
-    let mut position = 0usize;
-    while position + BATCH_HEADER_BYTES <= bytes.len() {
-        let Ok(header) = BatchHeader::parse(&bytes[position..]) else {
-            break;
-        };
-        let total = header.total_bytes();
-        if header.batch_length < 0 || position + total > bytes.len() {
-            break;
-        }
-        let batch = bytes.slice(position..position + total);
-        position += total;
+    for (header, batch) in crate::records::whole_batches(bytes) {
         let (pairs, _) = crate::records::read_keyed_records(&batch);
         for (index, (key, value)) in pairs.into_iter().enumerate() {
             if let Some(key) = key {
