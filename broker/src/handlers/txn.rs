@@ -24,7 +24,9 @@ use kafki_net::kafka_protocol::messages::{
 
 use super::str_bytes;
 use crate::shard::Shard;
-use crate::txn::runtime::{inspect_txn_coordinator, on_txn_coordinator};
+use crate::txn::runtime::{
+    inspect_txn_coordinator, on_txn_coordinator, on_txn_coordinator_when_settled,
+};
 use crate::txn::{Input, ProducerIdAndEpoch, Response, TopicPartition, TxnError, TxnMetadata};
 
 /// Partitions one AddPartitionsToTxn may name (the coordinator's own
@@ -196,12 +198,12 @@ async fn add_partitions(
         })
         .await
     } else {
-        on_txn_coordinator(shard, &call.transactional_id, move |request| {
+        on_txn_coordinator_when_settled(shard, &call.transactional_id, move |request| {
             Input::AddPartitions {
                 request,
-                transactional_id,
+                transactional_id: transactional_id.clone(),
                 producer,
-                partitions,
+                partitions: partitions.clone(),
             }
         })
         .await
@@ -284,15 +286,16 @@ pub async fn add_offsets_to_txn(
         producer_id: request.producer_id.0,
         epoch: request.producer_epoch,
     };
-    let answer = on_txn_coordinator(shard, &transactional_id.clone(), move |request| {
-        Input::AddOffsets {
-            request,
-            transactional_id,
-            producer,
-            offsets_partition,
-        }
-    })
-    .await;
+    let answer =
+        on_txn_coordinator_when_settled(shard, &transactional_id.clone(), move |request| {
+            Input::AddOffsets {
+                request,
+                transactional_id: transactional_id.clone(),
+                producer,
+                offsets_partition,
+            }
+        })
+        .await;
     let code = match answer {
         Ok(Response::AddOffsets(Ok(()))) => 0,
         Ok(Response::AddOffsets(Err(error))) | Err(error) => code_at(error, version, 2),
