@@ -432,3 +432,39 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
         assert_eq!(state, "CompleteAbort");
     });
 }
+
+/// A producer committing back to back: the next transaction's first
+/// AddPartitionsToTxn arrives while the previous commit's markers are
+/// still being written. It waits for them (briefly) and succeeds instead
+/// of sending the client into its CONCURRENT_TRANSACTIONS backoff.
+#[test]
+fn the_next_transaction_waits_for_the_previous_commit_to_complete() {
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        create_topic(&broker, "data", 2).await;
+        let producer = init(&broker, "back-to-back", 4).await;
+        assert_eq!(producer.error_code, 0, "{producer:?}");
+        for round in 0..5 {
+            let codes =
+                add_partitions(&broker, "back-to-back", &producer, "data", &[0, 1], 3).await;
+            assert_eq!(codes, vec![0, 0], "round {round}");
+            let end = EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(text("back-to-back")))
+                .with_producer_id(producer.producer_id)
+                .with_producer_epoch(producer.producer_epoch)
+                .with_committed(true);
+            let ended: EndTxnResponse = broker
+                .call(RequestKind::EndTxn(end), 3)
+                .await
+                .expect("answer");
+            assert_eq!(ended.error_code, 0, "round {round}");
+            // No pause: the markers of this commit are still in flight.
+        }
+        let (code, state, _) = describe(&broker, "back-to-back").await;
+        assert_eq!(code, 0);
+        assert!(
+            state == "PrepareCommit" || state == "CompleteCommit",
+            "{state}"
+        );
+    });
+}
