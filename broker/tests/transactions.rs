@@ -4,7 +4,8 @@
 //! AddPartitionsToTxn in both forms (and `verify_only`), EndTxn,
 //! Describe/ListTransactions, TxnOffsetCommit pending until the marker,
 //! a timed-out transaction aborted and its producer fenced, and refusals
-//! of bad input. Markers are written by the partition side
+//! of bad input, and a back-to-back producer's next AddPartitionsToTxn
+//! waiting for the previous commit. Markers are written by the partition side
 //! (`txn::markers`), so an ended transaction reaches its Complete state.
 
 mod common;
@@ -101,6 +102,25 @@ async fn add_partitions(
         .flat_map(|topic| topic.results_by_partition.iter())
         .map(|result| result.partition_error_code)
         .collect()
+}
+
+/// EndTxn v3 for `producer`'s transaction of `id`; its error code.
+async fn end_txn(
+    broker: &InProcessBroker,
+    id: &str,
+    producer: &InitProducerIdResponse,
+    commit: bool,
+) -> i16 {
+    let end = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(text(id)))
+        .with_producer_id(producer.producer_id)
+        .with_producer_epoch(producer.producer_epoch)
+        .with_committed(commit);
+    let ended: EndTxnResponse = broker
+        .call(RequestKind::EndTxn(end), 3)
+        .await
+        .expect("answer");
+    ended.error_code
 }
 
 async fn describe(broker: &InProcessBroker, id: &str) -> (i16, String, Vec<(String, Vec<i32>)>) {
@@ -204,16 +224,7 @@ fn a_transaction_goes_from_init_to_prepare_commit_and_is_described() {
         assert_eq!(ids, vec!["app-1".to_string()]);
         assert_eq!(listed.unknown_state_filters, vec![text("Bogus")]);
 
-        let end = EndTxnRequest::default()
-            .with_transactional_id(TransactionalId(text("app-1")))
-            .with_producer_id(producer.producer_id)
-            .with_producer_epoch(producer.producer_epoch)
-            .with_committed(true);
-        let ended: EndTxnResponse = broker
-            .call(RequestKind::EndTxn(end), 3)
-            .await
-            .expect("answer");
-        assert_eq!(ended.error_code, 0);
+        assert_eq!(end_txn(&broker, "app-1", &producer, true).await, 0);
         // Answered once PrepareCommit is durable; complete once the
         // partition took the marker.
         let mut state = describe(&broker, "app-1").await.1;
@@ -448,16 +459,8 @@ fn the_next_transaction_waits_for_the_previous_commit_to_complete() {
             let codes =
                 add_partitions(&broker, "back-to-back", &producer, "data", &[0, 1], 3).await;
             assert_eq!(codes, vec![0, 0], "round {round}");
-            let end = EndTxnRequest::default()
-                .with_transactional_id(TransactionalId(text("back-to-back")))
-                .with_producer_id(producer.producer_id)
-                .with_producer_epoch(producer.producer_epoch)
-                .with_committed(true);
-            let ended: EndTxnResponse = broker
-                .call(RequestKind::EndTxn(end), 3)
-                .await
-                .expect("answer");
-            assert_eq!(ended.error_code, 0, "round {round}");
+            let ended = end_txn(&broker, "back-to-back", &producer, true).await;
+            assert_eq!(ended, 0, "round {round}");
             // No pause: the markers of this commit are still in flight.
         }
         let (code, state, _) = describe(&broker, "back-to-back").await;

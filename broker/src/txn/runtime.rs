@@ -217,17 +217,12 @@ pub async fn on_txn_coordinator<F>(
 where
     F: FnOnce(RequestId) -> Input + Send + 'static,
 {
-    let log_partition = coordinator_partition_here(shard, transactional_id).await?;
-    let target = shard.owner_of(TXN_TOPIC, log_partition);
-    shard
-        .invoke_on(target, move |owner| async move {
-            call(&owner, log_partition, make).await
-        })
-        .await
-        .unwrap_or_else(|error| {
-            tracing::error!(%error, "transaction coordinator shard unreachable");
-            Err(TxnError::CoordinatorNotAvailable)
-        })
+    on_coordinator_shard(
+        shard,
+        transactional_id,
+        move |owner, log_partition| async move { call(&owner, log_partition, make).await },
+    )
+    .await
 }
 
 /// [`on_txn_coordinator`] for AddPartitionsToTxn and AddOffsetsToTxn:
@@ -242,12 +237,14 @@ pub async fn on_txn_coordinator_when_settled<F>(
 where
     F: Fn(RequestId) -> Input + Send + 'static,
 {
-    let log_partition = coordinator_partition_here(shard, transactional_id).await?;
-    let target = shard.owner_of(TXN_TOPIC, log_partition);
-    shard
-        .invoke_on(target, move |owner| async move {
+    on_coordinator_shard(
+        shard,
+        transactional_id,
+        move |owner, log_partition| async move {
             let deadline = std::time::Instant::now() + CONCURRENT_WAIT;
             loop {
+                // Registered before the call, so progress made while it runs
+                // wakes the wait below too.
                 let (woken, progress) = oneshot::channel();
                 owner.txn.progress_waiters.borrow_mut().push(woken);
                 let answer = call(&owner, log_partition, &make).await;
@@ -262,12 +259,30 @@ where
                 if !concurrent || left.is_zero() {
                     return answer;
                 }
-                // Progress made since the call counts too: the waiter was
-                // registered before it.
                 let timer = std::pin::pin!(glommio::timer::sleep(left));
                 futures::future::select(progress, timer).await;
             }
-        })
+        },
+    )
+    .await
+}
+
+/// Runs `job` on the shard owning the `__transaction_state` partition of
+/// `transactional_id`, if this node leads it (else NOT_COORDINATOR).
+async fn on_coordinator_shard<R, J, Fut>(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    job: J,
+) -> Result<R, TxnError>
+where
+    R: Send + 'static,
+    J: FnOnce(Rc<Shard>, i32) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<R, TxnError>> + 'static,
+{
+    let log_partition = coordinator_partition_here(shard, transactional_id).await?;
+    let target = shard.owner_of(TXN_TOPIC, log_partition);
+    shard
+        .invoke_on(target, move |owner| job(owner, log_partition))
         .await
         .unwrap_or_else(|error| {
             tracing::error!(%error, "transaction coordinator shard unreachable");
@@ -313,17 +328,17 @@ where
     R: Send + 'static,
     F: FnOnce(&TxnCoordinator) -> R + Send + 'static,
 {
-    let log_partition = coordinator_partition_here(shard, transactional_id).await?;
-    let target = shard.owner_of(TXN_TOPIC, log_partition);
-    shard
-        .invoke_on(target, move |owner| async move {
+    on_coordinator_shard(
+        shard,
+        transactional_id,
+        move |owner, log_partition| async move {
             if !ensure_loaded(&owner, log_partition).await {
                 return Err(TxnError::CoordinatorLoadInProgress);
             }
             Ok(owner.txn.with_coordinator(read))
-        })
-        .await
-        .unwrap_or(Err(TxnError::CoordinatorNotAvailable))
+        },
+    )
+    .await
 }
 
 /// The partition of `transactional_id` if this node leads it.
