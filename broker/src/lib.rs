@@ -14,6 +14,7 @@ pub mod errors;
 pub mod fetch_session;
 pub mod group;
 pub mod handlers;
+pub mod internal_topics;
 pub mod metadata;
 pub mod metrics;
 pub mod partition;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use kafki_net::kafka_protocol::error::ResponseError;
 
 use super::{records, CompletedResponse, GroupConfig, GroupCoordinator, Outcome};
-use crate::errors::KafkaError;
+use crate::internal_topics::{capped_at_live_nodes, ensure_internal_topic};
 use crate::partition::Acks;
 use crate::placement::fnv1a_32;
 use crate::shard::Shard;
@@ -79,27 +79,8 @@ pub(crate) fn coordinator_shard(shard: &Shard, group: &str) -> usize {
     )
 }
 
-/// `offsets.topic.replication.factor`, at most the live nodes (1 on a
-/// single node).
-fn offsets_replication_factor(shard: &Shard) -> i16 {
-    if shard.config.cluster.is_none() {
-        return 1;
-    }
-    let wanted = shard
-        .config
-        .kafka
-        .get_i64("offsets.topic.replication.factor")
-        .unwrap_or(3)
-        .max(1);
-    let live = shard.metadata().live_nodes().count().max(1) as i64;
-    i16::try_from(wanted.min(live)).unwrap_or(1)
-}
-
 /// Creates `__consumer_offsets` if it does not exist yet.
 pub(crate) async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), i16> {
-    if shard.metadata().topic(OFFSETS_TOPIC).is_some() {
-        return Ok(());
-    }
     // Kafka's defaults for the offsets topic: compacted, in segments of
     // `offsets.topic.segment.bytes` (100 MiB) so that the cleaner, which
     // never touches the active segment, gets sealed segments to clean.
@@ -108,23 +89,15 @@ pub(crate) async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<(), i16> {
         ("cleanup.policy".to_string(), "compact".to_string()),
         ("segment.bytes".to_string(), segment_bytes.to_string()),
     ]);
-    match shard
-        .create_topic(
-            OFFSETS_TOPIC.to_string(),
-            offsets_partitions(shard),
-            offsets_replication_factor(shard),
-            configs,
-            false,
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(KafkaError { code, .. }) if code == ResponseError::TopicAlreadyExists.code() => Ok(()),
-        Err(error) => {
-            tracing::error!(%error, "cannot create {OFFSETS_TOPIC}");
-            Err(ResponseError::CoordinatorNotAvailable.code())
-        }
-    }
+    let replication_factor = capped_at_live_nodes(shard, "offsets.topic.replication.factor", 3);
+    ensure_internal_topic(
+        shard,
+        OFFSETS_TOPIC,
+        offsets_partitions(shard),
+        replication_factor,
+        configs,
+    )
+    .await
 }
 
 /// Drains what the coordinator produced: answers parked requests and

@@ -35,7 +35,7 @@ use super::{
     Effect, Input, MarkerRequest, RequestId, Response, StoredRecord, TxnConfig, TxnCoordinator,
     TxnError,
 };
-use crate::errors::KafkaError;
+use crate::internal_topics::{capped_at_live_nodes, ensure_internal_topic};
 use crate::partition::Acks;
 use crate::shard::Shard;
 
@@ -154,56 +154,27 @@ pub fn txn_partition_for(shard: &Shard, transactional_id: &str) -> i32 {
     log_partition_for(transactional_id, log_partitions(shard))
 }
 
-/// A Kafka setting capped at the live nodes (1 on a single node).
-fn capped_at_live_nodes(shard: &Shard, name: &str, default: i64) -> i64 {
-    if shard.config.cluster.is_none() {
-        return 1;
-    }
-    let wanted = shard.config.kafka.get_i64(name).unwrap_or(default).max(1);
-    let live = shard.metadata().live_nodes().count().max(1) as i64;
-    wanted.min(live)
-}
-
 /// Creates `__transaction_state` if it does not exist yet (compacted, as
-/// Kafka's; replicas and min ISR capped at the live nodes). `Err` is the
-/// code to answer (COORDINATOR_NOT_AVAILABLE: clients retry).
+/// Kafka's). `Err` is the code to answer.
 pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<(), i16> {
-    if shard.metadata().topic(TXN_TOPIC).is_some() {
-        return Ok(());
-    }
     let replication_factor =
         capped_at_live_nodes(shard, "transaction.state.log.replication.factor", 3);
     let min_isr =
         capped_at_live_nodes(shard, "transaction.state.log.min.isr", 2).min(replication_factor);
+    let segment_bytes = shard.config.settings.transaction_state_segment_bytes;
     let configs = BTreeMap::from([
         ("cleanup.policy".to_string(), "compact".to_string()),
-        (
-            "segment.bytes".to_string(),
-            shard
-                .config
-                .settings
-                .transaction_state_segment_bytes
-                .to_string(),
-        ),
+        ("segment.bytes".to_string(), segment_bytes.to_string()),
         ("min.insync.replicas".to_string(), min_isr.to_string()),
     ]);
-    match shard
-        .create_topic(
-            TXN_TOPIC.to_string(),
-            log_partitions(shard),
-            i16::try_from(replication_factor).unwrap_or(1),
-            configs,
-            false,
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(KafkaError { code, .. }) if code == ResponseError::TopicAlreadyExists.code() => Ok(()),
-        Err(error) => {
-            tracing::error!(%error, "cannot create {TXN_TOPIC}");
-            Err(ResponseError::CoordinatorNotAvailable.code())
-        }
-    }
+    ensure_internal_topic(
+        shard,
+        TXN_TOPIC,
+        log_partitions(shard),
+        replication_factor,
+        configs,
+    )
+    .await
 }
 
 /// Runs `make`'s input on the coordinator of `transactional_id` (this
