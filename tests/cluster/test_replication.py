@@ -139,10 +139,11 @@ def check_placement(parts: dict, partitions: int, nodes) -> None:
         assert m.leader in replicas, f"p{p}: leader is not a replica: {describe(parts)}"
 
 
-def high_watermark(bootstrap: str, topic: str, partition: int, timeout: float = 20.0) -> int:
-    """ListOffsets(latest) of a partition, retried on errors until `timeout`
-    (NOT_LEADER_OR_FOLLOWER while a leader moves and the client's metadata is
-    behind, a broker handle librdkafka replaced after a node restarted...)."""
+def watermarks(bootstrap: str, topic: str, partition: int, timeout: float = 20.0) -> tuple[int, int]:
+    """ListOffsets (earliest, latest) of a partition, retried on errors until
+    `timeout` (NOT_LEADER_OR_FOLLOWER while a leader moves and the client's
+    metadata is behind, a broker handle librdkafka replaced after a node
+    restarted...)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hw-{time.time()}",
                   "enable.auto.commit": False})
     errors = []
@@ -150,15 +151,19 @@ def high_watermark(bootstrap: str, topic: str, partition: int, timeout: float = 
     try:
         while True:
             try:
-                return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)[1]
+                return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
             except KafkaException as e:
                 errors.append(e.args[0].name())
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"{topic}-{partition}: no high watermark after "
+                    raise AssertionError(f"{topic}-{partition}: no watermarks after "
                                          f"{timeout}s: {errors[-5:]}") from None
                 time.sleep(0.2)
     finally:
         c.close()
+
+
+def high_watermark(bootstrap: str, topic: str, partition: int, timeout: float = 20.0) -> int:
+    return watermarks(bootstrap, topic, partition, timeout)[1]
 
 
 def read_to_high_watermark(bootstrap: str, topic: str, partition: int) -> tuple[list, int, list]:
@@ -601,6 +606,39 @@ def test_a_follower_below_the_leaders_log_start_starts_again_there(cluster_facto
     assert copied[0].base <= low <= copied[0].last, \
         f"the follower's log starts with offsets {copied[0].base}..{copied[0].last}, not at {low}"
     assert "log started again at the leader's log start" in c[follower].log_text()
+
+
+@pytest.mark.timeout(90)
+def test_in_sync_followers_follow_the_leaders_log_start_across_a_failover(cluster_factory):
+    """DeleteRecords moves the leader's log start; the followers move theirs
+    with it (the leader's start rides on every fetch answer, Kafka's
+    follower rule), so once the leader is killed the new leader neither
+    shows nor serves the deleted records."""
+    topic = "follow-log-start"
+    c = cluster_factory(3, settings=SETTINGS)
+    c.wait_for_controller(30)
+    c.wait_for_nodes_alive([1, 2, 3], 30)
+    create_replicated(c.bootstrap, topic, 1, min_insync=2)
+    leader = wait_for_isr(c.bootstrap, topic, timeout=15, what=" after creation")[0].leader
+    acks = AckLog()
+    producer = idempotent_producer(c.bootstrap)
+    produce_some(producer, topic, acks, (f"r-{i}" for i in range(100)))
+    client = admin(c.bootstrap)  # kept alive until its answer arrives
+    done = client.delete_records([TopicPartition(topic, 0, 60)], request_timeout=30)
+    assert next(iter(done.values())).result(timeout=35).low_watermark == 60
+    # Parked follower fetches come back within 500 ms with the new start.
+    time.sleep(2)
+
+    c[leader].kill9()
+    bootstrap = live_bootstrap(c)
+    survivors = set(c.ids) - {leader}
+    wait_for_isr(bootstrap, topic, survivors, timeout=30, what=f" after killing leader {leader}")
+    low, high = watermarks(bootstrap, topic, 0, timeout=30)
+    assert (low, high) == (60, 100), \
+        f"the new leader shows offsets {low}..{high}; DeleteRecords had moved the start to 60"
+    records, _, _ = read_to_high_watermark(bootstrap, topic, 0)
+    assert records and records[0][0] == 60, \
+        f"a consumer from the beginning starts at {records[0][0] if records else None}, not 60"
 
 
 def test_a_cleanly_stopped_leader_hands_its_partitions_over_at_once(cluster_factory):

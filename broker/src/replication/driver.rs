@@ -38,11 +38,28 @@ const ANSWER_BYTES_MAX: u64 = 1 << 20;
 
 /// Work the pump carries out, in order.
 enum Work {
-    SendFetch { to: NodeId, request: FetchRequest },
-    AnswerFetch { to: NodeId, response: FetchResponse },
-    Append { batches: Vec<Bytes> },
-    Truncate { offset: Offset },
-    Reset { offset: Offset },
+    SendFetch {
+        to: NodeId,
+        request: FetchRequest,
+    },
+    AnswerFetch {
+        to: NodeId,
+        response: FetchResponse,
+    },
+    Append {
+        batches: Vec<Bytes>,
+    },
+    Truncate {
+        offset: Offset,
+    },
+    Reset {
+        offset: Offset,
+    },
+    /// The leader's log start rose to `offset`: move this follower's start
+    /// up to it (bounded by what it has and knows committed).
+    FollowLogStart {
+        offset: Offset,
+    },
     ProposeIsr(IsrProposal),
 }
 
@@ -124,6 +141,9 @@ pub struct Replicated {
     stopped: Cell<bool>,
     /// The newest committed record fed in (replayed into a rebuilt machine).
     record: RefCell<Option<PartitionRecord>>,
+    /// The highest leader log start this follower has moved its own start
+    /// to (or queued that move for).
+    leader_log_start_seen: Cell<Offset>,
 }
 
 thread_local! {
@@ -166,6 +186,7 @@ impl Replicated {
             watchers: RefCell::new(Vec::new()),
             stopped: Cell::new(false),
             record: RefCell::new(None),
+            leader_log_start_seen: Cell::new(0),
         }
     }
 
@@ -315,10 +336,27 @@ impl Replicated {
         self.handle(Input::FollowerFetch(request), Vec::new());
     }
 
-    /// The leader's answer to this follower's fetch, with its batches.
-    pub fn on_fetch_answer(&self, response: FetchResponse, batches: Vec<Bytes>, now_ms: u64) {
+    /// The leader's answer to this follower's fetch, with its batches and
+    /// the leader's log start.
+    pub fn on_fetch_answer(
+        &self,
+        response: FetchResponse,
+        batches: Vec<Bytes>,
+        leader_log_start: i64,
+        now_ms: u64,
+    ) {
+        let records = matches!(response.body, FetchBody::Records(_));
         self.handle(Input::Tick { now_ms }, Vec::new());
         self.handle(Input::FetchAnswer(response), batches);
+        // Once per rise of the leader's start, not per answer: the pump
+        // moves this replica's start after the appends queued before it.
+        if records && leader_log_start > self.leader_log_start_seen.get() {
+            self.leader_log_start_seen.set(leader_log_start);
+            self.work.borrow_mut().push_back(Work::FollowLogStart {
+                offset: leader_log_start,
+            });
+            self.wake_pump();
+        }
     }
 
     /// Stops the pump and fails waiting produces (the partition closes).
@@ -351,6 +389,8 @@ impl Replicated {
         tracing::warn!(topic = %self.topic, partition = self.index, "replication state rebuilt from the log");
         let high_watermark = self.machine.borrow().high_watermark();
         self.work.borrow_mut().clear();
+        // A dropped log-start move is asked for again by the next answer.
+        self.leader_log_start_seen.set(0);
         self.fail_waiting(ResponseError::NotLeaderOrFollower.code());
         self.machine.replace(PartitionReplica::new(
             self.me,
@@ -649,6 +689,7 @@ pub async fn run_pump(
                     to,
                     PartitionAnswer {
                         partition: replicated.wire_partition(),
+                        leader_log_start: partition.offsets().log_start_offset as i64,
                         response,
                         record_batches: batches,
                     },
@@ -690,6 +731,29 @@ pub async fn run_pump(
                     tracing::info!(topic = %replicated.topic, partition = replicated.index, offset, "truncated a diverged suffix");
                 }
                 reported_durable = -1;
+            }
+            Work::FollowLogStart { offset } => {
+                // The leader's start never passes its high watermark, but
+                // this replica's copy of both may lag behind it.
+                let high_watermark = replicated.machine.borrow().high_watermark();
+                let offsets = partition.offsets();
+                let target = offset
+                    .min(high_watermark)
+                    .min(offsets.log_end_offset as Offset);
+                if target > offsets.log_start_offset as Offset {
+                    match partition.delete_records_before(target as u64).await {
+                        Ok(log_start) => {
+                            tracing::debug!(topic = %replicated.topic, partition = replicated.index, log_start, "log start follows the leader's")
+                        }
+                        Err(error) => {
+                            tracing::warn!(topic = %replicated.topic, partition = replicated.index, target, %error, "cannot move the log start to the leader's")
+                        }
+                    }
+                }
+                if target < offset {
+                    // Not all of it yet: a later answer asks again.
+                    replicated.leader_log_start_seen.set(target);
+                }
             }
             Work::Reset { offset } => {
                 if let Err(error) = partition.reset_for_replica(offset).await {

@@ -692,6 +692,7 @@ impl Shard {
                         PartitionAnswer {
                             partition: part.partition,
                             response,
+                            leader_log_start: 0,
                             record_batches: Vec::new(),
                         },
                     );
@@ -713,7 +714,12 @@ impl Shard {
                 continue;
             }
             if let Some(replicated) = self.replicated_by_id(&part.partition) {
-                replicated.on_fetch_answer(part.response, part.record_batches, now);
+                replicated.on_fetch_answer(
+                    part.response,
+                    part.record_batches,
+                    part.leader_log_start,
+                    now,
+                );
             }
         }
     }

@@ -77,7 +77,7 @@
 //! | 40 | 8 | fetch id, u64 (echoed) |
 //! | 48 | 8 | fetch offset, i64 (echoed) |
 //! | 56 | 8 | high watermark, i64 |
-//! | 64 | 8 | diverging: end offset; out of range: the leader's log start, i64 |
+//! | 64 | 8 | diverging: end offset; records and out of range: the leader's log start, i64 |
 //! | 72 | 4 | records: range count, u32 |
 //! | 76 | 4 | records: record bytes, u32 |
 //! | 80 | 24 × ranges | ranges: epoch i32, reserved u32 (0), start i64, end i64 |
@@ -128,7 +128,7 @@ use super::log::{NodeId, RecordRange};
 use super::messages::{FetchBody, FetchRefusal, FetchRequest, FetchResponse};
 
 /// The version byte every body starts with.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Fixed part of a `ReplicaFetch` body.
 pub const FETCH_HEADER_BYTES: usize = 32;
 /// One partition of a `ReplicaFetch`.
@@ -237,6 +237,11 @@ pub struct ReplicaFetchAnswer {
 pub struct PartitionAnswer {
     pub partition: ReplicaPartition,
     pub response: FetchResponse,
+    /// For a `Records` answer: the leader's log start when it answered
+    /// (followers move their own start up to it, bounded by their high
+    /// watermark, as Kafka's fetcher does after DeleteRecords or
+    /// retention); 0 otherwise.
+    pub leader_log_start: i64,
     /// The record batches of a `Records` response, exactly as stored
     /// (Kafka v2, whole batches); empty for any other response. To encode:
     /// chunks as storage returned them, in order (a chunk may hold several
@@ -505,7 +510,7 @@ fn put_partition_answer(
 ) {
     let response = &answer.response;
     let (kind, refusal, diverging_epoch, diverging_end_offset) = match &response.body {
-        FetchBody::Records(_) => (KIND_RECORDS, 0, 0, 0),
+        FetchBody::Records(_) => (KIND_RECORDS, 0, 0, answer.leader_log_start.max(0)),
         FetchBody::Diverging { epoch, end_offset } => (KIND_DIVERGING, 0, *epoch, *end_offset),
         FetchBody::Refused(refusal) => (KIND_REFUSED, refusal_code(*refusal), 0, 0),
         FetchBody::OutOfRange { log_start } => (KIND_OUT_OF_RANGE, 0, 0, *log_start),
@@ -599,7 +604,7 @@ fn decode_partition_answer(
             "diverging epoch",
         )?;
     }
-    if kind != KIND_DIVERGING && kind != KIND_OUT_OF_RANGE {
+    if kind == KIND_REFUSED {
         zero(
             diverging_end_offset,
             diverging_end_at,
@@ -607,6 +612,7 @@ fn decode_partition_answer(
         )?;
     }
     let mut record_batches = Vec::new();
+    let mut leader_log_start = 0;
     let body_kind = match kind {
         KIND_RECORDS => {
             let ranges = decode_ranges(reader, range_count, range_count_at, limits)?;
@@ -614,6 +620,7 @@ fn decode_partition_answer(
             reader.take(record_bytes)?;
             let region = body.slice(region_at..region_at + record_bytes);
             record_batches = split_batches(&region, region_at, limits)?;
+            leader_log_start = diverging_end_offset.max(0);
             FetchBody::Records(ranges)
         }
         KIND_DIVERGING | KIND_REFUSED | KIND_OUT_OF_RANGE => {
@@ -649,6 +656,7 @@ fn decode_partition_answer(
             high_watermark,
             body: body_kind,
         },
+        leader_log_start,
         record_batches,
     })
 }

@@ -76,11 +76,13 @@ fn sample_answer() -> (ReplicaFetchAnswer, Vec<Bytes>) {
                         end: 16,
                     },
                 ])),
+                leader_log_start: 7,
                 record_batches: vec![Bytes::from(first_chunk), batches[2].clone()],
             },
             PartitionAnswer {
                 partition: partition(1),
                 response: response(FetchBody::Records(vec![])),
+                leader_log_start: 0,
                 record_batches: vec![],
             },
             PartitionAnswer {
@@ -89,11 +91,13 @@ fn sample_answer() -> (ReplicaFetchAnswer, Vec<Bytes>) {
                     epoch: 2,
                     end_offset: 8,
                 }),
+                leader_log_start: 0,
                 record_batches: vec![],
             },
             PartitionAnswer {
                 partition: partition(3),
                 response: response(FetchBody::Refused(FetchRefusal::FencedLeaderEpoch)),
+                leader_log_start: 0,
                 record_batches: vec![],
             },
         ],
@@ -129,6 +133,7 @@ fn assert_same_answer(sent: &ReplicaFetchAnswer, decoded: &ReplicaFetchAnswer) {
     for (sent, decoded) in sent.partitions.iter().zip(&decoded.partitions) {
         assert_eq!(decoded.partition, sent.partition);
         assert_eq!(decoded.response, sent.response);
+        assert_eq!(decoded.leader_log_start, sent.leader_log_start);
         assert_eq!(
             decoded.record_batches.concat(),
             sent.record_batches.concat()
@@ -159,7 +164,7 @@ fn golden_bytes_of_a_fetch() {
         }],
     };
     let mut expected = Vec::new();
-    expected.extend_from_slice(&[1, 0, 0, 0]); // version, reserved
+    expected.extend_from_slice(&[WIRE_VERSION, 0, 0, 0]); // version, reserved
     expected.extend_from_slice(&[2, 0, 0, 0]); // fetching node
     expected.extend_from_slice(&[8, 7, 6, 5, 4, 3, 2, 1]); // request id
     expected.extend_from_slice(&[0, 1, 0, 0]); // max bytes 256
@@ -198,11 +203,12 @@ fn golden_bytes_of_a_refusal_answer() {
                 high_watermark: 90,
                 body: FetchBody::Refused(FetchRefusal::NotAReplica),
             },
+            leader_log_start: 0,
             record_batches: vec![],
         }],
     };
     let mut expected = Vec::new();
-    expected.extend_from_slice(&[1, 0, 0, 0]); // version, reserved
+    expected.extend_from_slice(&[WIRE_VERSION, 0, 0, 0]); // version, reserved
     expected.extend_from_slice(&[1, 0, 0, 0]); // one partition
     expected.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0]); // request id
     expected.extend_from_slice(&[0x22; 16]); // topic id
@@ -345,7 +351,8 @@ fn unknown_versions_kinds_refusals_and_reserved_bytes_are_refused() {
         damaged[at] = value;
         decode_replica_fetch_answer(&Bytes::from(damaged), &LIMITS)
     };
-    assert_eq!(decode_with(0, 2), Err(DecodeError::UnsupportedVersion(2)));
+    assert_eq!(decode_with(0, 1), Err(DecodeError::UnsupportedVersion(1)));
+    assert_eq!(decode_with(0, 3), Err(DecodeError::UnsupportedVersion(3)));
     assert_eq!(decode_with(0, 0), Err(DecodeError::UnsupportedVersion(0)));
     assert_eq!(
         decode_with(2, 1),
@@ -547,6 +554,7 @@ fn a_frame_over_the_transport_limit_is_not_encoded() {
         partitions: vec![PartitionAnswer {
             partition: partition(0),
             response: response(FetchBody::Records(vec![])),
+            leader_log_start: 0,
             record_batches: vec![chunk.clone(), chunk],
         }],
     };
@@ -663,8 +671,14 @@ fn any_partition_answer() -> impl Strategy<Value = (PartitionAnswer, Vec<Bytes>)
                 .windows(2)
                 .map(|pair| region.slice(pair[0]..pair[1]))
                 .collect();
+            // Only a records answer carries the leader's log start.
+            let leader_log_start = match body {
+                FetchBody::Records(_) => fetch_offset.max(0) / 2,
+                _ => 0,
+            };
             let answer = PartitionAnswer {
                 partition,
+                leader_log_start,
                 response: FetchResponse {
                     fetch_id,
                     leader,
