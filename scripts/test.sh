@@ -39,10 +39,10 @@ cargo build -p kafki
 bash scripts/compat.sh 2>&1 | tee "$compat_log"
 
 section "broker robustness: kill -9 under acks=all, damaged segments, hostile input, limits, admin"
-.venv-compat/bin/pytest tests/broker -q -p no:cacheprovider 2>&1 | tee -a "$compat_log"
+.venv-compat/bin/pytest tests/broker -q -p no:cacheprovider --durations=15 2>&1 | tee -a "$compat_log"
 
 section "cluster: N kafki processes, fault proxy"
-.venv-compat/bin/pytest tests/cluster -q -p no:cacheprovider 2>&1 | tee -a "$compat_log"
+.venv-compat/bin/pytest tests/cluster -q -p no:cacheprovider --durations=15 2>&1 | tee -a "$compat_log"
 
 section "compatibility: real Kafka clients against a 3-node kafki cluster"
 .venv-compat/bin/python tests/cluster/compat_on_cluster.py 2>&1 | tee -a "$compat_log"
