@@ -1,7 +1,9 @@
 //! Transactions through the Kafka handlers, in-process
 //! (`common::InProcessBroker`): a transactional produce, the last stable
 //! offset cutting `read_committed` fetches and ListOffsets, WriteTxnMarkers
-//! ending the transaction, and the aborted list a fetch then carries.
+//! ending the transaction, and the aborted list a fetch then carries;
+//! DescribeProducers listing a partition's producers and the admin's abort
+//! (`kafka-transactions.sh abort`) built from its answer.
 
 mod common;
 
@@ -9,6 +11,8 @@ use bytes::Bytes;
 use common::{run, InProcessBroker};
 use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_net::kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafki_net::kafka_protocol::messages::describe_producers_request::TopicRequest;
+use kafki_net::kafka_protocol::messages::describe_producers_response::PartitionResponse;
 use kafki_net::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafki_net::kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsTopic,
@@ -46,9 +50,16 @@ async fn create_topic(broker: &InProcessBroker) {
 
 /// A transactional batch of producer 7 (epoch 0) from `sequence`.
 fn transactional_batch(sequence: i32) -> Bytes {
-    let mut bytes = build_batch(1, &[b"in a transaction".as_slice()]).to_vec();
-    bytes[21..23].copy_from_slice(&(1i16 << 4).to_be_bytes());
-    bytes[43..51].copy_from_slice(&PRODUCER.to_be_bytes());
+    producer_batch(PRODUCER, sequence, &[b"in a transaction"], true)
+}
+
+/// A batch of `values` from `producer_id` (epoch 0) starting at `sequence`,
+/// transactional or only idempotent.
+fn producer_batch(producer_id: i64, sequence: i32, values: &[&[u8]], transactional: bool) -> Bytes {
+    let mut bytes = build_batch(1, values).to_vec();
+    let attributes: i16 = if transactional { 1 << 4 } else { 0 };
+    bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+    bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
     bytes[51..53].copy_from_slice(&0i16.to_be_bytes());
     bytes[53..57].copy_from_slice(&sequence.to_be_bytes());
     let crc = compute_crc(&bytes);
@@ -182,5 +193,123 @@ fn read_committed_stops_at_the_open_transaction_until_its_marker() {
             .collect();
         assert_eq!(aborted, vec![(PRODUCER, 0)]);
         assert_eq!(latest(&broker, 1).await, 3);
+    });
+}
+
+/// DescribeProducers for partitions `indexes` of `topic`.
+async fn describe_producers(
+    broker: &InProcessBroker,
+    topic: &str,
+    indexes: Vec<i32>,
+) -> Vec<PartitionResponse> {
+    let request = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+        .with_name(name(topic))
+        .with_partition_indexes(indexes)]);
+    let response: DescribeProducersResponse = broker
+        .call(RequestKind::DescribeProducers(request), 0)
+        .await
+        .expect("answer");
+    assert_eq!(response.topics.len(), 1, "{response:?}");
+    assert_eq!(response.topics[0].name, name(topic));
+    response.topics[0].partitions.clone()
+}
+
+/// WriteTxnMarkers as Admin.abortTransaction sends it: one ABORT for
+/// `producer_id` to partition 0, under `coordinator_epoch`.
+async fn abort_as_admin(broker: &InProcessBroker, producer_id: i64, coordinator_epoch: i32) -> i16 {
+    let request =
+        WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(0)
+            .with_transaction_result(false)
+            .with_coordinator_epoch(coordinator_epoch)
+            .with_topics(vec![WritableTxnMarkerTopic::default()
+                .with_name(name(TOPIC))
+                .with_partition_indexes(vec![0])])]);
+    let response: WriteTxnMarkersResponse = broker
+        .call(RequestKind::WriteTxnMarkers(request), 1)
+        .await
+        .expect("answer");
+    response.markers[0].topics[0].partitions[0].error_code
+}
+
+#[test]
+fn describe_producers_lists_sequences_and_open_transactions_for_the_admin_abort() {
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        create_topic(&broker).await;
+        let idempotent = 3;
+        let values: [&[u8]; 2] = [b"one", b"two"];
+        assert_eq!(
+            produce(&broker, producer_batch(idempotent, 0, &values, false), None).await,
+            0
+        );
+        // Producer 7's transaction opens at offset 2.
+        assert_eq!(
+            produce(&broker, transactional_batch(0), Some("tx")).await,
+            0
+        );
+
+        let partitions = describe_producers(&broker, TOPIC, vec![0, 5]).await;
+        assert_eq!(partitions[0].partition_index, 0);
+        assert_eq!(partitions[0].error_code, 0, "{partitions:?}");
+        let producers = &partitions[0].active_producers;
+        assert_eq!(producers.len(), 2, "{producers:?}");
+        let (plain, open) = (&producers[0], &producers[1]);
+        assert_eq!(plain.producer_id, ProducerId(idempotent));
+        assert_eq!((plain.producer_epoch, plain.last_sequence), (0, 1));
+        assert_eq!(plain.current_txn_start_offset, -1);
+        assert_eq!(plain.coordinator_epoch, -1);
+        assert!(plain.last_timestamp > 0, "{plain:?}");
+        assert_eq!(open.producer_id, ProducerId(PRODUCER));
+        assert_eq!((open.producer_epoch, open.last_sequence), (0, 0));
+        assert_eq!(open.current_txn_start_offset, 2);
+        assert_eq!(open.coordinator_epoch, -1, "no marker yet");
+        assert_eq!(partitions[1].partition_index, 5);
+        assert_eq!(
+            partitions[1].error_code,
+            ResponseError::UnknownTopicOrPartition.code()
+        );
+        let unknown = describe_producers(&broker, "no-such-topic", vec![0]).await;
+        assert_eq!(
+            unknown[0].error_code,
+            ResponseError::UnknownTopicOrPartition.code()
+        );
+        assert_eq!(
+            latest(&broker, 1).await,
+            2,
+            "the open transaction holds the LSO"
+        );
+
+        // kafka-transactions.sh abort: the coordinator epoch described, 0
+        // when there was none (TransactionsCommand's `orElse(0)`).
+        assert_eq!(
+            abort_as_admin(&broker, PRODUCER, open.coordinator_epoch.max(0)).await,
+            0
+        );
+        assert_eq!(latest(&broker, 1).await, 4, "LSO past the ABORT marker");
+        let after = describe_producers(&broker, TOPIC, vec![0]).await;
+        let aborted = &after[0].active_producers[1];
+        assert_eq!(aborted.current_txn_start_offset, -1);
+        assert_eq!(aborted.coordinator_epoch, 0);
+        let committed = fetch(&broker, 1).await;
+        let aborted_list: Vec<(i64, i64)> = committed
+            .aborted_transactions
+            .expect("read_committed gets the list")
+            .iter()
+            .map(|entry| (entry.producer_id.0, entry.first_offset))
+            .collect();
+        assert_eq!(aborted_list, vec![(PRODUCER, 2)]);
+
+        // A later coordinator epoch's marker (a retry, nothing open) is
+        // written; after it, one of an older coordinator epoch is fenced
+        // (Kafka's ProducerAppendInfo).
+        assert_eq!(abort_as_admin(&broker, PRODUCER, 2).await, 0);
+        assert_eq!(
+            abort_as_admin(&broker, PRODUCER, 1).await,
+            ResponseError::TransactionCoordinatorFenced.code()
+        );
+        let fenced = describe_producers(&broker, TOPIC, vec![0]).await;
+        assert_eq!(fenced[0].active_producers[1].coordinator_epoch, 2);
     });
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import struct
@@ -325,9 +326,9 @@ def frame(payload: bytes) -> bytes:
 
 def record_batch(records: list[tuple[bytes | None, bytes]], base_timestamp: int | None = None,
                  corrupt_crc: bool = False, producer_id: int = -1, producer_epoch: int = -1,
-                 base_sequence: int = -1) -> bytes:
+                 base_sequence: int = -1, transactional: bool = False) -> bytes:
     """A v2 record batch (magic 2, no compression); idempotent when given a producer id,
-    epoch and first sequence."""
+    epoch and first sequence, and part of a transaction when `transactional`."""
     from kafka.record.util import calc_crc32c
     ts = base_timestamp if base_timestamp is not None else int(time.time() * 1000)
     body = bytearray()
@@ -339,7 +340,8 @@ def record_batch(records: list[tuple[bytes | None, bytes]], base_timestamp: int 
         r += zvarint(len(value)) + value
         r += zvarint(0)                    # headers
         body += zvarint(len(r)) + r
-    after_crc = struct.pack(">hiqqqhii", 0, len(records) - 1, ts, ts, producer_id, producer_epoch,
+    attributes = 0x10 if transactional else 0
+    after_crc = struct.pack(">hiqqqhii", attributes, len(records) - 1, ts, ts, producer_id, producer_epoch,
                             base_sequence, len(records)) + body
     crc = calc_crc32c(bytes(after_crc))
     if corrupt_crc:
@@ -349,8 +351,8 @@ def record_batch(records: list[tuple[bytes | None, bytes]], base_timestamp: int 
 
 
 def produce_v9(corr: int, topic: str, partition: int, batch: bytes, acks: int = -1,
-               timeout_ms: int = 10000) -> bytes:
-    body = uvarint(0)                                  # transactional_id: null
+               timeout_ms: int = 10000, transactional_id: str | None = None) -> bytes:
+    body = compact_str(transactional_id)
     body += struct.pack(">hi", acks, timeout_ms)
     body += uvarint(2) + compact_str(topic)            # 1 topic
     body += uvarint(2) + struct.pack(">i", partition)  # 1 partition
@@ -430,3 +432,40 @@ def closed_within(sock: socket.socket, timeout: float) -> tuple[bool, bytes]:
             return True, data
         data += chunk
     return False, data
+
+
+# --------------------------------------------------------------------------- Kafka's own tools
+
+KAFKA_LIBS = Path(os.environ.get("KAFKI_CACHE", Path.home() / ".cache" / "kafki")) / "kafka-4.1.2" / "libs"
+KAFKA_TOOLS_MISSING = shutil.which("java") is None or not (KAFKA_LIBS / "kafka-tools-4.1.2.jar").exists()
+KAFKA_TOOLS_NEEDED = "needs java and Kafka 4.1.2's jars (scripts/install-test-deps.sh)"
+
+
+def transactions_cli(bootstrap: str, *args: str) -> str:
+    """Kafka's `kafka-transactions.sh` (TransactionsCommand): its stdout."""
+    done = subprocess.run(
+        ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.TransactionsCommand",
+         "--bootstrap-server", bootstrap, *args],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def init_producer_id_v1(port: int, transactional_id: str) -> tuple[int, int]:
+    """Raw InitProducerId v1: (producer id, epoch), retried while the
+    coordinator loads, fetches ids or finishes a transition."""
+    retriable = {14, 15, 51}  # LOAD_IN_PROGRESS, NOT_AVAILABLE, CONCURRENT_TRANSACTIONS
+    deadline = time.monotonic() + 30
+    while True:
+        sock = connect(port)
+        try:
+            body = kstr(transactional_id) + struct.pack(">i", 60000)
+            sock.sendall(frame(header_v1(22, 1, 7) + body))
+            payload = recv_response(sock)
+        finally:
+            sock.close()
+        _, _, error, producer_id, epoch = struct.unpack(">iihqh", payload[:20])
+        if error == 0:
+            return producer_id, epoch
+        assert error in retriable and time.monotonic() < deadline, f"InitProducerId error {error}"
+        time.sleep(0.1)

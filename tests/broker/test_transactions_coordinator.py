@@ -10,17 +10,12 @@ completes the transactional offsets on the `__consumer_offsets` partition.
 
 from __future__ import annotations
 
-import os
-import shutil
-import struct
-import subprocess
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from kafki_harness import connect, frame, header_v1, kstr, recv_response
+from kafki_harness import (KAFKA_TOOLS_MISSING, KAFKA_TOOLS_NEEDED, init_producer_id_v1,
+                           transactions_cli)
 
 # OFFSET_INVALID: librdkafka's "no committed offset".
 NO_OFFSET = -1001
@@ -160,21 +155,7 @@ def test_pending_offsets_stay_pending_across_a_kill(broker):
     stable.close()
 
 
-KAFKA_LIBS = Path(os.environ.get("KAFKI_CACHE", Path.home() / ".cache" / "kafki")) / "kafka-4.1.2" / "libs"
-
-
-def transactions_cli(bootstrap, *args):
-    """Kafka's `kafka-transactions.sh` (TransactionsCommand): its stdout."""
-    done = subprocess.run(
-        ["java", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.TransactionsCommand",
-         "--bootstrap-server", bootstrap, *args],
-        capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-@pytest.mark.skipif(shutil.which("java") is None or not (KAFKA_LIBS / "kafka-tools-4.1.2.jar").exists(),
-                    reason="needs java and Kafka 4.1.2's jars (scripts/install-test-deps.sh)")
+@pytest.mark.skipif(KAFKA_TOOLS_MISSING, reason=KAFKA_TOOLS_NEEDED)
 @pytest.mark.timeout(120)
 def test_kafka_transactions_cli_lists_and_describes(broker):
     """ListTransactions and DescribeTransactions as `kafka-transactions.sh` uses them."""
@@ -193,26 +174,6 @@ def test_kafka_transactions_cli_lists_and_describes(broker):
     assert "Ongoing" in described and "__consumer_offsets-" in described, described
     producer.abort_transaction(30)
     consumer.close()
-
-
-def init_producer_id_v1(port, transactional_id):
-    """Raw InitProducerId v1: (producer id, epoch), retried while the
-    coordinator loads, fetches ids or finishes a transition."""
-    retriable = {14, 15, 51}  # LOAD_IN_PROGRESS, NOT_AVAILABLE, CONCURRENT_TRANSACTIONS
-    deadline = time.monotonic() + 30
-    while True:
-        sock = connect(port)
-        try:
-            body = kstr(transactional_id) + struct.pack(">i", 60000)
-            sock.sendall(frame(header_v1(22, 1, 7) + body))
-            payload = recv_response(sock)
-        finally:
-            sock.close()
-        _, _, error, producer_id, epoch = struct.unpack(">iihqh", payload[:20])
-        if error == 0:
-            return producer_id, epoch
-        assert error in retriable and time.monotonic() < deadline, f"InitProducerId error {error}"
-        time.sleep(0.1)
 
 
 @pytest.mark.timeout(120)

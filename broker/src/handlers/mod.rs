@@ -16,6 +16,7 @@ use kafki_net::{CorrelationId, Request, RequestError, SupportedApi, SupportedApi
 use crate::shard::Shard;
 
 pub mod configs;
+pub mod describe_producers;
 pub mod fetch;
 pub mod groups;
 pub mod leaders;
@@ -54,6 +55,9 @@ pub fn supported_apis() -> &'static SupportedApis {
             SupportedApi::new(ApiKey::TxnOffsetCommit, 0, 4),
             SupportedApi::new(ApiKey::DescribeTransactions, 0, 0),
             SupportedApi::new(ApiKey::ListTransactions, 0, 1),
+            // What kafka-transactions.sh describe-producers, find-hanging and
+            // abort read of a partition's producers (Kafka 4.1: v0 only).
+            SupportedApi::new(ApiKey::DescribeProducers, 0, 0),
             SupportedApi::new(ApiKey::DescribeConfigs, 1, 4),
             SupportedApi::new(ApiKey::AlterConfigs, 0, 2),
             SupportedApi::new(ApiKey::IncrementalAlterConfigs, 0, 1),
@@ -201,6 +205,9 @@ async fn dispatch(shard: Rc<Shard>, request: Request, peer: SocketAddr) -> Reply
         RequestKind::ListTransactions(body) => {
             ResponseKind::ListTransactions(txn::list_transactions(&shard, body, version).await)
         }
+        RequestKind::DescribeProducers(body) => ResponseKind::DescribeProducers(
+            describe_producers::describe_producers(&shard, body, version).await,
+        ),
         RequestKind::FindCoordinator(body) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(&shard, body, version).await)
         }

@@ -324,6 +324,12 @@ impl Partition {
         }
     }
 
+    /// Its producers as DescribeProducers reports them
+    /// ([`crate::producer::active`]).
+    pub fn active_producers(&self) -> Vec<crate::producer::ActiveProducer> {
+        self.producers.states.borrow().active_producers()
+    }
+
     /// The offsets a fetch or a lookup reports, taken together.
     pub fn offsets(&self) -> PartitionOffsets {
         let offsets = self.log.offsets();

@@ -355,21 +355,25 @@ impl PartitionTxnIndex {
         before - self.producers.len()
     }
 
+    /// Every producer the index knows (its epoch, last coordinator epoch
+    /// and open transaction), by producer id.
+    pub fn producers(&self) -> impl Iterator<Item = ProducerTxnPart> + '_ {
+        self.producers
+            .iter()
+            .map(|(producer_id, state)| ProducerTxnPart {
+                producer_id: *producer_id,
+                epoch: state.epoch,
+                coordinator_epoch: state.coordinator_epoch,
+                open: state.open,
+            })
+    }
+
     /// Everything the index holds, for a snapshot file: per producer its
     /// epoch, last coordinator epoch and open transaction; the aborted
     /// entries; the offset the next write must start at or after.
     pub fn parts(&self) -> IndexParts {
         IndexParts {
-            producers: self
-                .producers
-                .iter()
-                .map(|(producer_id, state)| ProducerTxnPart {
-                    producer_id: *producer_id,
-                    epoch: state.epoch,
-                    coordinator_epoch: state.coordinator_epoch,
-                    open: state.open,
-                })
-                .collect(),
+            producers: self.producers().collect(),
             aborted: self.aborted.clone(),
             end_offset: self.end_offset,
         }

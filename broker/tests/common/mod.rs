@@ -160,6 +160,7 @@ fn api_key_of(body: &RequestKind) -> ApiKey {
         RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
         RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
         RequestKind::WriteTxnMarkers(_) => ApiKey::WriteTxnMarkers,
+        RequestKind::DescribeProducers(_) => ApiKey::DescribeProducers,
         RequestKind::JoinGroup(_) => ApiKey::JoinGroup,
         other => panic!("add {other:?}'s API key to the harness"),
     }
