@@ -55,22 +55,26 @@ def parse_fetch_v4(payload: bytes) -> dict:
 
 
 class ParkedFetch:
-    """One raw read_committed fetch sent now and answered in a thread."""
+    """One raw read_committed fetch sent now and answered in a thread:
+    Fetch v4 of `topic` partition 0 from `offset` unless given `request`
+    (framed) and its `parse`."""
 
-    def __init__(self, port: int, topic: str, offset: int):
+    def __init__(self, port: int, topic: str, offset: int, request: bytes | None = None,
+                 parse=parse_fetch_v4):
         self.sock = connect(port)
         self.sock.settimeout(MAX_WAIT_MS / 1000 + 10)
         self.answer: dict | None = None
         self.error: BaseException | None = None
         self.sent = time.monotonic()
         self.answered: float | None = None
-        self.sock.sendall(fetch_v4_read_committed(1, topic, offset))
+        self.parse = parse
+        self.sock.sendall(request or fetch_v4_read_committed(1, topic, offset))
         self.thread = threading.Thread(target=self._wait, daemon=True)
         self.thread.start()
 
     def _wait(self):
         try:
-            self.answer = parse_fetch_v4(recv_response(self.sock))
+            self.answer = self.parse(recv_response(self.sock))
             self.answered = time.monotonic()
         except BaseException as e:  # reported by result()
             self.error = e

@@ -16,6 +16,10 @@
   v11 (a consumer may read a follower, KIP-392) answered by every node
   gives the same high watermark, last stable offset (= high watermark),
   aborted-transaction list and record bytes, markers included.
+- A read_committed Fetch parked at the LSO of a replicated partition
+  (`max_wait_ms` 5 s), on the leader or on a follower (Fetch v11), answers
+  soon after the COMMIT marker is replicated, not at its `max_wait_ms` (the single-node case is in
+  tests/broker/test_read_committed_long_poll.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cluster_harness import admin_client, create_topic, wait_for_partitions, wait_until
 from kafki_harness import connect, frame, header_v1, kstr, recv_response
+from test_read_committed_long_poll import PROMPT_S, ParkedFetch
 from test_cluster import FAST
 
 NOT_COORDINATOR = 16
@@ -95,11 +100,12 @@ LAST = 5               # records per partition in t3 (committed)
 CONTROL = 1 << 5
 
 
-def fetch_v11_read_committed(partition: int) -> bytes:
-    """A consumer's sessionless read_committed Fetch v11 of TOPIC's
-    `partition` from offset 0, up to 8 MiB, answered at once."""
-    body = struct.pack(">iiiibii", -1, 0, 0, 8 << 20, 1, 0, -1)
-    body += struct.pack(">i", 1) + kstr(TOPIC)
+def fetch_v11_read_committed(partition: int, topic: str = TOPIC, max_wait_ms: int = 0,
+                             min_bytes: int = 0) -> bytes:
+    """A consumer's sessionless read_committed Fetch v11 of `topic`'s
+    `partition` from offset 0, up to 8 MiB (by default answered at once)."""
+    body = struct.pack(">iiiibii", -1, max_wait_ms, min_bytes, 8 << 20, 1, 0, -1)
+    body += struct.pack(">i", 1) + kstr(topic)
     body += struct.pack(">i", 1) + struct.pack(">iiqqi", partition, -1, 0, -1, 8 << 20)
     body += struct.pack(">i", 0)                      # forgotten topics
     body += kstr("")                                  # rack
@@ -124,8 +130,9 @@ def parse_fetch_v11(payload: bytes) -> dict:
     pos += 4                                          # preferred read replica
     (records_len,) = struct.unpack_from(">i", payload, pos)
     pos += 4
+    records = payload[pos:pos + max(0, records_len)]
     return {"error": error_code, "high_watermark": high, "last_stable_offset": stable,
-            "aborted": aborted, "records": payload[pos:pos + max(0, records_len)]}
+            "aborted": aborted, "records": records, "records_bytes": len(records)}
 
 
 def batches(records: bytes) -> list[tuple[int, bool, int]]:
@@ -278,3 +285,49 @@ def test_a_data_leader_dies_mid_transaction(cluster_factory):
             (partition, found)
         assert sum(1 for _, control, _ in found if control) == 3, (partition, found)
         assert len(answer["aborted"]) == 1, (partition, answer["aborted"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("reader", ["leader", "follower"])
+def test_a_parked_read_committed_fetch_wakes_on_a_replicated_marker(cluster_factory, reader):
+    """`leader`: Fetch v4 to the leader; `follower`: Fetch v11 to a
+    follower (KIP-392), whose LSO moves when it has the marker and the
+    high watermark past it."""
+    c = cluster_factory(3, settings=FAST)
+    topic = "lso-wake"
+    create_topic(c.bootstrap, topic, partitions=1, replication_factor=3,
+                 config={"min.insync.replicas": "2"})
+    parts = wait_for_partitions(admin_client(c.bootstrap), topic, lambda ps: len(ps[0].isrs) == 3,
+                                30, "a full ISR")
+    leader = c[parts[0].leader]
+    p = Producer({"bootstrap.servers": c.bootstrap, "transactional.id": "wake-replicated",
+                  "transaction.timeout.ms": 30000, "linger.ms": 0})
+    p.init_transactions(30)
+    p.begin_transaction()
+    p.produce(topic, value=b"first", partition=0)
+    assert p.flush(20) == 0
+    if reader == "leader":
+        parked = ParkedFetch(leader.port, topic, 0)
+    else:
+        follower = next(n for n in c if n is not leader)
+        request = fetch_v11_read_committed(0, topic, max_wait_ms=5000, min_bytes=1)
+        parked = ParkedFetch(follower.port, topic, 0, request, parse_fetch_v11)
+    time.sleep(0.5)
+    p.produce(topic, value=b"second", partition=0)
+    assert p.flush(20) == 0
+    time.sleep(0.5)
+    assert not parked.done(), f"answered before the marker: {parked.result()}"
+    ended = time.monotonic()
+    p.commit_transaction(20)
+    answer = parked.result()
+    took = parked.answered - ended
+    print(f"answered {took:.3f}s after the commit returned")
+    assert answer["error"] == 0, answer
+    assert (answer["high_watermark"], answer["last_stable_offset"]) == (3, 3), answer
+    assert answer["records_bytes"] > 0, answer
+    # A follower learns that the high watermark passed the marker from its
+    # next replica fetch, which the leader parks up to its fetch wait (500
+    # ms, as Kafka's replica.fetch.wait.max.ms: a high watermark change
+    # does not answer a parked follower fetch, in Kafka either).
+    bound = PROMPT_S + (0.5 if reader == "follower" else 0.0)
+    assert took < bound, f"the marker did not wake the parked fetch: {took:.2f}s"
