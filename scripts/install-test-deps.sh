@@ -163,7 +163,8 @@ EOF
 fi
 
 # ---------------------------------------------------------------- Java applications (tests/apps)
-# Small Maven projects the suite runs against Kafki (Kafka Streams apps;
+# Small Maven projects the suite runs against Kafki (Kafka Streams apps, the
+# Java client's transactions scenarios in tests/apps/txn-client;
 # tools/connect: the Connect and MirrorMaker 2 runtime scripts/migrate.sh uses);
 # each is rebuilt when its pom or sources change.
 if [ "$want_kafka" = 1 ]; then
