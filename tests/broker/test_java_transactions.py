@@ -50,13 +50,13 @@ def classpath() -> list[str]:
     return [str(APP / "target" / "classes"), str(APP / "target" / "lib" / "*")]
 
 
-def run_scenario(broker, scenario: str) -> dict:
+def run_scenario(broker, scenario: str, replication_factor: int = 1) -> dict:
     java = shutil.which("java")
     if java is None:
         pytest.skip("java not installed (scripts/install-test-deps.sh)")
     cp = subprocess.run(
         [java, "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", ":".join(classpath()),
-         "kafki.apps.TxnClient", broker.bootstrap, scenario],
+         "kafki.apps.TxnClient", broker.bootstrap, scenario, str(replication_factor)],
         capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
     lines = [line for line in cp.stdout.splitlines() if line.startswith("RESULT ")]
     assert cp.returncode == 0 and len(lines) == 1, (
@@ -68,7 +68,10 @@ def run_scenario(broker, scenario: str) -> dict:
 
 
 def test_commit_and_abort(broker):
-    got = run_scenario(broker, "commit-abort")
+    check_commit_and_abort(run_scenario(broker, "commit-abort"))
+
+
+def check_commit_and_abort(got: dict):
     committed = {str(p): [f"r{r}-{i}" for r in (0, 2) for i in range(9) if i % 3 == p]
                  for p in range(3)}
     everything = {str(p): [f"r{r}-{i}" for r in range(4) for i in range(9) if i % 3 == p]
@@ -81,7 +84,10 @@ def test_commit_and_abort(broker):
 
 
 def test_offsets_sent_to_a_transaction(broker):
-    got = run_scenario(broker, "send-offsets")
+    check_offsets_sent_to_a_transaction(run_scenario(broker, "send-offsets"))
+
+
+def check_offsets_sent_to_a_transaction(got: dict):
     assert (got["round1_read"], got["round2_read"]) == (10, 5)
     # Pending until the commit: Admin (require_stable false) sees no offset,
     # a consumer's committed() (require_stable: UNSTABLE_OFFSET_COMMIT,
@@ -95,7 +101,10 @@ def test_offsets_sent_to_a_transaction(broker):
 
 
 def test_a_second_producer_fences_the_first(broker):
-    got = run_scenario(broker, "fencing")
+    check_a_second_producer_fences_the_first(run_scenario(broker, "fencing"))
+
+
+def check_a_second_producer_fences_the_first(got: dict):
     # The zombie's send to a new partition (AddPartitionsToTxn) is fenced,
     # and so is its commit (EndTxn), with or without that send.
     assert got["send_send_error"] == FENCED, got
@@ -112,7 +121,10 @@ def test_a_second_producer_fences_the_first(broker):
 
 
 def test_read_committed_stops_at_the_last_stable_offset(broker):
-    got = run_scenario(broker, "lso")
+    check_read_committed_stops_at_the_last_stable_offset(run_scenario(broker, "lso"))
+
+
+def check_read_committed_stops_at_the_last_stable_offset(got: dict):
     # 3 committed records + marker = LSO 4; 5 open records = high watermark 9.
     assert got["open_committed_end"] == 4, got
     assert got["open_uncommitted_end"] == 9, got
@@ -126,3 +138,12 @@ def test_read_committed_stops_at_the_last_stable_offset(broker):
     assert got["closed_seen"] == [f"first-{i}" for i in range(3)] + [f"open-{i}" for i in range(5)]
     assert got["closed_position"] == 10, got
     assert got["closed_seen_ms"] < 5000, got
+
+
+# Scenario -> its check, for running them elsewhere (tests/cluster).
+CHECKS = {
+    "commit-abort": check_commit_and_abort,
+    "send-offsets": check_offsets_sent_to_a_transaction,
+    "fencing": check_a_second_producer_fences_the_first,
+    "lso": check_read_committed_stops_at_the_last_stable_offset,
+}

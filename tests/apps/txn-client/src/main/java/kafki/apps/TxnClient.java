@@ -33,10 +33,10 @@ import org.apache.kafka.common.serialization.StringSerializer;
  * Kafka transactions through the Java client (kafka-clients 4.1), one
  * scenario per run:
  *
- * <pre>java -cp target/classes:target/lib/* kafki.apps.TxnClient BOOTSTRAP SCENARIO</pre>
+ * <pre>java -cp target/classes:target/lib/* kafki.apps.TxnClient BOOTSTRAP SCENARIO [RF]</pre>
  *
  * Scenarios: commit-abort, send-offsets, fencing, lso. Each creates its own
- * topics, prints what it observed as one line {@code RESULT {json}} (the
+ * topics (replication factor RF, default 1), prints what it observed as one line {@code RESULT {json}} (the
  * test asserts on it) and exits 0; any unexpected exception exits 1 with a
  * stack trace. The scenario does not judge: it reports facts (record values
  * read, offsets, exception class names) for the test to check.
@@ -46,18 +46,22 @@ public final class TxnClient {
     private static final Duration TIMEOUT = Duration.ofSeconds(20);
 
     private final String bootstrap;
+    private final short replicationFactor;
     private final Map<String, Object> result = new LinkedHashMap<>();
 
-    private TxnClient(String bootstrap) {
+    private TxnClient(String bootstrap, short replicationFactor) {
         this.bootstrap = bootstrap;
+        this.replicationFactor = replicationFactor;
     }
 
     public static void main(String[] args) throws Exception {
-        if (args.length != 2) {
-            System.err.println("usage: TxnClient BOOTSTRAP commit-abort|send-offsets|fencing|lso");
+        if (args.length != 2 && args.length != 3) {
+            System.err.println("usage: TxnClient BOOTSTRAP commit-abort|send-offsets|fencing|lso"
+                    + " [REPLICATION_FACTOR]");
             System.exit(2);
         }
-        TxnClient client = new TxnClient(args[0]);
+        short replicationFactor = args.length == 3 ? Short.parseShort(args[2]) : 1;
+        TxnClient client = new TxnClient(args[0], replicationFactor);
         switch (args[1]) {
             case "commit-abort" -> client.commitAbort();
             case "send-offsets" -> client.sendOffsets();
@@ -307,7 +311,7 @@ public final class TxnClient {
         Properties props = new Properties();
         props.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         try (Admin admin = Admin.create(props)) {
-            admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1)))
+            admin.createTopics(List.of(new NewTopic(topic, partitions, replicationFactor)))
                     .all()
                     .get(20, TimeUnit.SECONDS);
             // Wait until every partition has a leader.
