@@ -41,7 +41,6 @@
 //! are glommio I/O, so it shares the shard with appends and fetches. It
 //! holds the flush lock only for the swap's renames and a few fsyncs.
 
-use std::collections::HashSet;
 use std::ops::Range;
 use std::rc::Rc;
 use std::time::Instant;
@@ -56,6 +55,7 @@ use crate::cleaner::{
     CleanedFiles, CleanedWriter, CleanerLimits, Fate, KeyMap, SwapStep, Verdict,
     CHECKPOINT_SWAP_FILE,
 };
+use crate::cleaner_txn::{CleanerInput, MarkerFate, TxnDataFate, TxnWalk};
 use crate::config::CompactionConfig;
 use crate::error::{LogError, LogResult};
 use crate::segment::{offset_index_name, time_index_name, Segment, SegmentFile};
@@ -232,20 +232,19 @@ impl PartitionLog {
     /// that finds its segments changed under it (retention, truncation)
     /// discards its output; the next pass starts over.
     pub async fn compact(&self, now_ms: i64, limits: &CleanerLimits) -> LogResult<CleanReport> {
-        self.compact_retaining(now_ms, limits, &HashSet::new())
+        self.compact_retaining(now_ms, limits, &CleanerInput::default())
             .await
     }
 
-    /// [`PartitionLog::compact`], never dropping the batches whose base
-    /// offsets are in `retain`: one whose records all go is kept as an empty
-    /// batch with its header fields. The broker passes each idempotent
-    /// producer's last batch, so that replaying the log after a restart
-    /// restores every producer's sequence (Kafka's cleaner keeps them too).
+    /// [`PartitionLog::compact`] with what the caller knows of the log: the
+    /// batches never to drop (one whose records all go is kept as an empty
+    /// batch with its header fields) and its transactions (see
+    /// [`CleanerInput`] and the module comment).
     pub async fn compact_retaining(
         &self,
         now_ms: i64,
         limits: &CleanerLimits,
-        retain: &HashSet<u64>,
+        input: &CleanerInput,
     ) -> LogResult<CleanReport> {
         let Some(config) = self.shared.config.compaction.clone() else {
             return Ok(CleanReport::default());
@@ -276,7 +275,9 @@ impl PartitionLog {
             segments_after: plan.segment_count,
             ..CleanReport::default()
         };
-        let (map, covered_until) = self.build_key_map(&plan, limits, &mut report).await?;
+        let (map, covered_until) = self
+            .build_key_map(&plan, limits, input, &mut report)
+            .await?;
         let first_dirty_after = covered_until.min(plan.uncleanable_base);
         if first_dirty_after <= plan.first_dirty {
             return Ok(report);
@@ -299,11 +300,13 @@ impl PartitionLog {
             delete_retention_ms: config.delete_retention.as_millis() as i64,
             now_ms,
             first_dirty_after,
-            retain,
+            input,
         };
+        // One walk of the transactions over every group, in offset order.
+        let mut walk = input.transactions.as_ref().map(TxnWalk::new);
         for range in &groups {
             let output = self
-                .clean_group(&pass, range.clone(), &mut files, &mut report)
+                .clean_group(&pass, range.clone(), walk.as_mut(), &mut files, &mut report)
                 .await?;
             outputs.push(output);
         }
@@ -327,6 +330,9 @@ impl PartitionLog {
                 bytes_written = report.bytes_written,
                 records_removed = report.records_removed,
                 tombstones_removed = report.tombstones_removed,
+                aborted_removed = report.aborted_removed,
+                markers_horizon_set = report.markers_horizon_set,
+                markers_removed = report.markers_removed,
                 map_keys = report.map_keys,
                 map_full = report.map_full,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -485,15 +491,31 @@ impl PartitionLog {
         &self,
         plan: &Plan,
         limits: &CleanerLimits,
+        input: &CleanerInput,
         report: &mut CleanReport,
     ) -> LogResult<(KeyMap, u64)> {
         let start = plan.first_dirty.max(plan.log_start);
-        let end = plan.durable_end;
+        // Below the last stable offset every transaction is decided, and
+        // a record there is final; one after it could still be aborted (or,
+        // plain, would hide a key from `read_committed` consumers that
+        // cannot read it yet).
+        let stable_end = input
+            .transactions
+            .as_ref()
+            .map_or(u64::MAX, |facts| facts.stable_end);
+        let end = plan.durable_end.min(stable_end);
         let mut map = KeyMap::new(limits.dedupe_buffer_bytes, end.saturating_sub(start));
         let mut reader = BatchReader::new(self, start, end, end);
         let mut covered_until = end;
+        let aborted = input.transactions.as_ref().map(TxnWalk::new);
         while let Some((header, batch)) = reader.next_batch().await? {
-            if header.is_control() || header.is_transactional() {
+            let unusable = header.is_transactional()
+                && aborted.as_ref().is_none_or(|walk| {
+                    walk.is_aborted(header.producer_id, header.base_offset as u64)
+                });
+            // Markers have no keys of the topic; an aborted record (or one
+            // whose outcome the caller did not say) must never supersede.
+            if header.is_control() || unusable {
                 continue;
             }
             let stopped = for_each_keyed_record(
@@ -525,18 +547,20 @@ impl PartitionLog {
         &self,
         pass: &Pass<'_>,
         range: Range<usize>,
+        mut walk: Option<&mut TxnWalk>,
         files: &mut CleanedFiles,
         report: &mut CleanReport,
     ) -> LogResult<GroupOutput> {
         let Pass {
             plan,
             map,
-            limits,
             delete_retention_ms,
             now_ms,
             first_dirty_after,
-            retain,
+            input,
+            ..
         } = *pass;
+        let retain = &input.retain;
         let first = &plan.segments[range.start];
         let group_end = plan.segment_end(range.end - 1);
         let fate = |offset: u64, key: Option<&[u8]>, tombstone: bool| -> Fate {
@@ -602,23 +626,8 @@ impl PartitionLog {
             let until = plan.segment_end(position);
             let mut reader = BatchReader::new(self, from, until, plan.durable_end);
             while let Some((header, batch)) = reader.next_batch().await? {
-                let verdict = if header.is_control() || header.is_transactional() {
-                    Verdict::Keep
-                } else {
-                    match filter_batch(&batch, limits.decompressed_batch_bytes_max, fate) {
-                        Ok((verdict, removed)) => {
-                            report.records_removed += removed.records;
-                            report.tombstones_removed += removed.tombstones;
-                            report.keyless_removed += removed.keyless;
-                            verdict
-                        }
-                        Err(error) => {
-                            tracing::debug!(dir = %self.shared.dir.display(), base_offset = header.base_offset, %error, "cleaner keeps an undecodable batch whole");
-                            report.batches_undecodable += 1;
-                            Verdict::Keep
-                        }
-                    }
-                };
+                let verdict =
+                    self.batch_verdict(pass, walk.as_deref_mut(), &header, &batch, &fate, report);
                 match verdict {
                     Verdict::Keep => match (&mut sink.untouched_until, &mut sink.writer) {
                         (Some(until), _) => *until = header.last_offset() as u64 + 1,
@@ -686,6 +695,86 @@ impl PartitionLog {
             group,
             new: Some(Box::new(segment)),
         })
+    }
+
+    /// What becomes of one batch of a group: the transaction rules (module
+    /// comment, step 3) first, then `fate` for each record.
+    fn batch_verdict(
+        &self,
+        pass: &Pass<'_>,
+        walk: Option<&mut TxnWalk>,
+        header: &BatchHeader,
+        batch: &[u8],
+        fate: &dyn Fn(u64, Option<&[u8]>, bool) -> Fate,
+        report: &mut CleanReport,
+    ) -> Verdict {
+        let base_offset = header.base_offset as u64;
+        // At or after the new checkpoint nothing goes, and a batch reaching
+        // it stays whole.
+        let beyond = header.last_offset() as u64 >= pass.first_dirty_after;
+        match walk {
+            None if header.is_control() || header.is_transactional() => return Verdict::Keep,
+            None => {}
+            Some(walk) if header.is_control() => {
+                if beyond || pass.input.retain.contains(&base_offset) {
+                    return Verdict::Keep;
+                }
+                let marker = walk.on_control(
+                    header,
+                    batch,
+                    pass.now_ms,
+                    pass.delete_retention_ms,
+                    &mut report.aborts_without_data,
+                );
+                return match marker {
+                    MarkerFate::Keep | MarkerFate::KeepForBroker => Verdict::Keep,
+                    MarkerFate::SetHorizon(rewritten) => {
+                        report.markers_horizon_set += 1;
+                        Verdict::Rewrite(rewritten)
+                    }
+                    MarkerFate::Remove => {
+                        report.markers_removed += 1;
+                        Verdict::Drop
+                    }
+                };
+            }
+            Some(walk) if header.is_transactional() => {
+                // Noted even beyond: its marker must see that data remains.
+                let data = walk.on_data(header);
+                if beyond {
+                    return Verdict::Keep;
+                }
+                if data == TxnDataFate::Aborted && header.records_count > 0 {
+                    let records = header.records_count.max(0) as u64;
+                    report.records_removed += records;
+                    report.aborted_removed += records;
+                    return Verdict::Drop;
+                }
+            }
+            Some(_) => {}
+        }
+        if header.records_count == 0 && !beyond {
+            // A batch a former pass kept empty for its producer: it goes
+            // once the producer has written since.
+            return if pass.input.retain.contains(&base_offset) {
+                Verdict::Keep
+            } else {
+                Verdict::Drop
+            };
+        }
+        match filter_batch(batch, pass.limits.decompressed_batch_bytes_max, fate) {
+            Ok((verdict, removed)) => {
+                report.records_removed += removed.records;
+                report.tombstones_removed += removed.tombstones;
+                report.keyless_removed += removed.keyless;
+                verdict
+            }
+            Err(error) => {
+                tracing::debug!(dir = %self.shared.dir.display(), base_offset = header.base_offset, %error, "cleaner keeps an undecodable batch whole");
+                report.batches_undecodable += 1;
+                Verdict::Keep
+            }
+        }
     }
 
     /// Creates the group's cleaned file and copies into it the batches that
@@ -921,7 +1010,7 @@ struct Pass<'a> {
     delete_retention_ms: i64,
     now_ms: i64,
     first_dirty_after: u64,
-    retain: &'a HashSet<u64>,
+    input: &'a CleanerInput,
 }
 
 /// What the swap needs to know about the pass.
