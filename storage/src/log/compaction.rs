@@ -627,7 +627,7 @@ impl PartitionLog {
             let mut reader = BatchReader::new(self, from, until, plan.durable_end);
             while let Some((header, batch)) = reader.next_batch().await? {
                 let verdict =
-                    self.batch_verdict(pass, walk.as_deref_mut(), &header, &batch, &fate, report);
+                    self.batch_verdict(pass, walk.as_deref_mut(), &header, &batch, fate, report);
                 match verdict {
                     Verdict::Keep => match (&mut sink.untouched_until, &mut sink.writer) {
                         (Some(until), _) => *until = header.last_offset() as u64 + 1,
@@ -705,7 +705,7 @@ impl PartitionLog {
         walk: Option<&mut TxnWalk>,
         header: &BatchHeader,
         batch: &[u8],
-        fate: &dyn Fn(u64, Option<&[u8]>, bool) -> Fate,
+        fate: impl Fn(u64, Option<&[u8]>, bool) -> Fate,
         report: &mut CleanReport,
     ) -> Verdict {
         let base_offset = header.base_offset as u64;
