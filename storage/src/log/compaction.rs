@@ -9,8 +9,10 @@
 //!    when the oldest dirty batch is older than `max.compaction.lag.ms`.
 //! 2. **Key map**: key → latest offset over the dirty part *including the
 //!    active segment* (its records count as newest), but only over durable
-//!    data: a record that a crash could still lose must not make an older,
-//!    durable one disappear. The map is bounded by
+//!    data below the last stable offset: a record that a crash could still
+//!    lose must not make an older, durable one disappear, nor one that may
+//!    still abort (or that `read_committed` consumers cannot read yet) a
+//!    committed one. Aborted records never enter it. The map is bounded by
 //!    [`CleanerLimits::dedupe_buffer_bytes`]; when it fills up the pass
 //!    cleans only the prefix its keys cover and the next pass goes on.
 //! 3. **Rewrite**: every cleanable segment below the new first dirty offset
@@ -21,10 +23,10 @@
 //!    stretch of the clean part was first cleaned at least
 //!    `delete.retention.ms` ago ([`CleanerCheckpoint::cleaned_at`]: a
 //!    tombstone is always kept by the cleaning that first compacts it).
-//!    Control batches and transactional batches pass through whole and
-//!    their keys are not used (transactions come later: an aborted record
-//!    must not supersede a committed one). A lone segment that would come
-//!    out unchanged is not rewritten at all.
+//!    The new first dirty offset is never past the last stable offset, so
+//!    every transactional batch rewritten is decided; the transaction rules
+//!    below decide its fate first. A lone segment that would come out
+//!    unchanged is not rewritten at all.
 //! 4. **Swap** (under the flush lock, no `.await` inside): check that
 //!    nothing changed the segments meanwhile (retention, truncation), then
 //!    the commit protocol of [`crate::cleaner`], then publish the new
@@ -35,7 +37,42 @@
 //! reach into cleaned segments. So the caller names the batches to keep
 //! ([`PartitionLog::compact_retaining`]: each producer's last batch); one
 //! whose records all go stays as an empty batch with its header fields, as
-//! Kafka's cleaner does. Every other batch with nothing left is dropped.
+//! Kafka's cleaner does. Every other batch with nothing left is dropped
+//! (an empty batch kept by a former pass too, once no longer retained).
+//!
+//! # Transactions (Kafka's `LogCleaner`, KIP-98 and KIP-534)
+//!
+//! Storage does not know which transactions aborted; the broker does. So
+//! the caller passes [`CleanerInput::transactions`]: the aborted
+//! transactions (producer id, first offset, marker offset) of its
+//! aborted-transaction index, the last stable offset, and the offset below
+//! which markers may go. That is simpler than having the cleaner learn the
+//! outcomes from the markers, which come after the data they decide (Kafka
+//! too reads its `.txnindex` ahead for that). Below the last stable offset
+//! every transaction has its marker, so a transactional batch there is
+//! aborted exactly when an aborted range of its producer covers it, and
+//! committed otherwise. Without them (`None`, storage-only callers) control
+//! and transactional batches pass through whole, their keys unused.
+//!
+//! - Committed records compact like any other; aborted ones all go (their
+//!   batch is kept empty when it is its producer's last).
+//! - Markers: one pass walks the log from its start in offset order
+//!   ([`TxnWalk`]) and notes which producers have a data batch since their
+//!   last marker. A marker whose transaction had a batch walked stays as it
+//!   is (even when this pass removes that batch: a consumer that read the
+//!   data must still find the marker). A marker of a transaction with no
+//!   data left gets the delete-horizon attribute and `now +
+//!   delete.retention.ms` as its base timestamp (KIP-534, rather than the
+//!   tombstones' [`CleanerCheckpoint::cleaned_at`], which dates from when
+//!   the marker's stretch was first cleaned, possibly long before its data
+//!   went); a pass after the horizon removes it, unless the caller still
+//!   needs it: its aborted entry is still listed (a `read_committed`
+//!   consumer told of an aborted transaction skips the producer's batches
+//!   until it reads the ABORT marker), or it lies at or beyond
+//!   `markers_removable_below` (the broker's producer-state snapshot does
+//!   not cover it: a replay after a restart needs it to close the
+//!   transaction). [`CleanReport::aborts_without_data`] tells the broker
+//!   which aborted entries no fetch needs any more.
 //!
 //! Between batches the pass yields to the executor; its reads and writes
 //! are glommio I/O, so it shares the shard with appends and fetches. It
