@@ -433,6 +433,8 @@ fn compaction_keeps_read_committed_reads_right_across_reopening() {
             .await
             .expect("commit");
         let expected = pairs(&[("k1", "c1"), ("k2", "p2"), ("k3", "o3"), ("k4", "n4")]);
+        // A snapshot on disk that still holds the aborted entry.
+        partition.snapshot_producers().await.expect("snapshot");
         // The empty batch goes, then the abort has no data left: its entry
         // goes, the marker stays (delete horizon, then the snapshot).
         compact_with_filler(&partition, &mut fillers, &limits).await;
