@@ -131,8 +131,17 @@ pub struct CleanReport {
     pub records_removed: u64,
     pub tombstones_removed: u64,
     pub keyless_removed: u64,
+    /// Records removed because their transaction aborted.
+    pub aborted_removed: u64,
     pub batches_rewritten: u64,
     pub batches_dropped: u64,
+    /// Transaction markers that got their delete horizon, and that went.
+    pub markers_horizon_set: u64,
+    pub markers_removed: u64,
+    /// Offsets of the ABORT markers whose transaction has no data left in
+    /// the log (horizon just set, waiting, or removed): the broker drops
+    /// their aborted entries, which no fetch needs any more.
+    pub aborts_without_data: Vec<u64>,
     /// Batches kept whole because they did not decode (or decompress within
     /// the limit).
     pub batches_undecodable: u64,

@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 pub mod cleaner;
+pub mod cleaner_txn;
 pub mod config;
 pub mod dma;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod space;
 pub use kafki_records::{batch, compression, records};
 
 pub use cleaner::{CleanReport, CleanerLimits};
+pub use cleaner_txn::{AbortedRange, CleanerInput, TxnFacts};
 pub use config::{CompactionConfig, LogConfig, SyncPolicy, TimestampType};
 pub use error::{BatchError, LogError, LogResult};
 pub use log::{

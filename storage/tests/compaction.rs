@@ -1319,9 +1319,12 @@ fn a_retained_batch_whose_records_all_go_stays_as_an_empty_batch() {
         )
         .await;
         log.flush().await.expect("flush");
-        let retain = std::collections::HashSet::from([kept]);
+        let input = kafki_storage::CleanerInput {
+            retain: std::collections::HashSet::from([kept]),
+            transactions: None,
+        };
         let report = log
-            .compact_retaining(NOW_MS, &CleanerLimits::default(), &retain)
+            .compact_retaining(NOW_MS, &CleanerLimits::default(), &input)
             .await
             .expect("compact");
         assert_eq!((report.batches_rewritten, report.batches_dropped), (1, 1));

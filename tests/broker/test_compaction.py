@@ -295,3 +295,144 @@ def test_consumer_offsets_stay_bounded_and_survive_restarts(broker_factory):
     broker.restart_after_kill()
     check()
     assert "offsets records not" not in broker.log_text(all_runs=True)
+
+
+def consume_isolated(confluent_kafka, bootstrap, topic, isolation):
+    """Every record of partition 0 from offset 0 with `isolation`, up to the
+    end (the last stable offset for read_committed): [(offset, key, value)]."""
+    consumer = confluent_kafka.Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "isolation.level": isolation, "enable.partition.eof": True,
+        "fetch.wait.max.ms": 100})
+    try:
+        consumer.assign([confluent_kafka.TopicPartition(topic, 0, 0)])
+        records, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                    return records
+                raise AssertionError(message.error())
+            records.append((message.offset(), message.key(), message.value()))
+        raise AssertionError(f"no end of partition within 30 s ({len(records)} records)")
+    finally:
+        consumer.close()
+
+
+@pytest.mark.timeout(240)
+def test_transactional_writes_to_a_compacted_topic_are_compacted(broker_factory):
+    """What Kafka Streams' exactly-once changelogs need: committed
+    transactional records compact like any other, aborted ones are removed
+    (and never hide a committed value), an open transaction stops the
+    cleaning at the last stable offset, and both isolation levels read the
+    right records before and after a restart."""
+    import confluent_kafka
+
+    broker = broker_factory(FAST_CLEANER)
+    topic = f"txn-compacted-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, config={
+        "cleanup.policy": "compact", "segment.bytes": str(SEGMENT_BYTES),
+        "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "0"})
+    directory = broker.partition_dir(topic, 0)
+    producer = confluent_kafka.Producer({
+        "bootstrap.servers": broker.bootstrap, "transactional.id": f"txn-{topic}",
+        "linger.ms": 5})
+    producer.init_transactions(30)
+    keys = [f"key-{index}".encode() for index in range(8)] + \
+           [f"late-{index}".encode() for index in range(8)]
+    latest_committed: dict[bytes, bytes] = {}
+    aborted_values = set()
+    for round_ in range(200):
+        # The late keys only at the end: the first keys' latest values then
+        # lie in sealed segments, which the cleaner rewrites.
+        round_keys = keys[:8] if round_ < 160 else keys[8:]
+        commit = round_ % 3 != 2
+        producer.begin_transaction()
+        written = {}
+        for key in round_keys:
+            kind = "committed" if commit else "aborted"
+            value = f"{kind}-{key.decode()}-{round_:04}-{os.urandom(40).hex()}".encode()
+            producer.produce(topic, key=key, value=value)
+            written[key] = value
+        if commit:
+            producer.commit_transaction(30)
+            latest_committed.update(written)
+        else:
+            producer.abort_transaction(30)
+            aborted_values.update(written.values())
+
+    wait_until(lambda: first_dirty(directory) == segment_bases(directory)[-1], 90, 0.2,
+               "the cleaner to reach the active segment")
+    clean_end = first_dirty(directory)
+    assert metric(broker, "kafki_cleaner_removed_records_total") > 600
+
+    def check(clean_end):
+        for isolation in ("read_committed", "read_uncommitted"):
+            records = consume_isolated(confluent_kafka, broker.bootstrap, topic, isolation)
+            # Only the transactional producer's keys (not the plain fillers).
+            records = [record for record in records if record[1] in latest_committed]
+            cleaned = [(offset, key, value) for offset, key, value in records if offset < clean_end]
+            assert not [value for _, _, value in cleaned if value in aborted_values], \
+                f"{isolation}: aborted records left in the cleaned part"
+            assert len(cleaned) <= len(keys), f"{isolation}: {len(cleaned)} records in the cleaned part"
+            seen = {}
+            for _, key, value in records:
+                seen[key] = value
+            assert seen == latest_committed, f"{isolation}: a key's latest value is wrong"
+            if isolation == "read_committed":
+                assert not [value for _, _, value in records if value in aborted_values]
+        print(f"transactional compacted topic: cleaned below {clean_end}, "
+              f"{len(records)} records left of {200 * 8}")
+
+    check(clean_end)
+
+    # An open transaction stops the cleaning at its first offset.
+    producer.begin_transaction()
+    opened = []
+    producer.produce(topic, key=b"key-0", value=b"open",
+                     on_delivery=lambda err, msg: opened.append((err, msg.offset())))
+    producer.flush(30)
+    assert opened and opened[0][0] is None, opened
+    open_offset = opened[0][1]
+    plain = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for index in range(400):
+        plain.produce(topic, key=f"filler-{index % 20}".encode(), value=os.urandom(100))
+    assert plain.flush(30) == 0
+    time.sleep(2)
+    assert first_dirty(directory) <= open_offset, "the cleaner passed an open transaction"
+    uncommitted = consume_isolated(confluent_kafka, broker.bootstrap, topic, "read_uncommitted")
+    assert (open_offset, b"key-0", b"open") in uncommitted
+    committed_view = consume_isolated(confluent_kafka, broker.bootstrap, topic, "read_committed")
+    assert all(offset < open_offset for offset, _, _ in committed_view)
+    # Aborted, it is cleaned away once the last stable offset moves on.
+    producer.abort_transaction(30)
+    aborted_values.add(b"open")
+    for index in range(400):
+        plain.produce(topic, key=f"filler-{index % 20}".encode(), value=os.urandom(100))
+    assert plain.flush(30) == 0
+    wait_until(lambda: first_dirty(directory) > open_offset
+               and first_dirty(directory) == segment_bases(directory)[-1], 90, 0.2,
+               "the cleaner to pass the aborted transaction")
+    fillers = {f"filler-{index}".encode() for index in range(20)}
+
+    def without_fillers(records):
+        return [record for record in records if record[1] not in fillers]
+
+    for isolation in ("read_committed", "read_uncommitted"):
+        records = consume_isolated(confluent_kafka, broker.bootstrap, topic, isolation)
+        assert b"open" not in {value for _, _, value in records}, isolation
+    check(first_dirty(directory))
+
+    # The cleaned log and the transaction state survive a restart and a kill -9.
+    before = without_fillers(consume_isolated(confluent_kafka, broker.bootstrap, topic,
+                                              "read_committed"))
+    broker.stop()
+    broker.start()
+    assert without_fillers(consume_isolated(confluent_kafka, broker.bootstrap, topic,
+                                            "read_committed")) == before
+    broker.restart_after_kill()
+    assert without_fillers(consume_isolated(confluent_kafka, broker.bootstrap, topic,
+                                            "read_committed")) == before

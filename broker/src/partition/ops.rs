@@ -2,10 +2,11 @@
 //! leader epoch, and the maintenance its shard runs on it: producer-state
 //! snapshots and expiry, compaction, retention, record deletion, closing.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
-use kafki_storage::{CleanReport, CleanerLimits, LogResult, ReadResult, TimestampHit, WriteState};
+use kafki_storage::{
+    CleanReport, CleanerInput, CleanerLimits, LogResult, ReadResult, TimestampHit, WriteState,
+};
 
 use super::{epoch, Partition};
 use crate::producer::snapshot;
@@ -249,10 +250,35 @@ impl Partition {
     }
 
     /// One compaction pass, keeping each idempotent producer's last batch
-    /// (see `compact_retaining`).
+    /// and applying Kafka's transaction rules with what the producer state
+    /// knows of the transactions (see `compact_retaining`). Afterwards the
+    /// aborted entries whose data the cleaner found gone are dropped; the
+    /// snapshot tick saves that, and only then may their markers go.
     pub async fn compact(&self, now_ms: i64, limits: &CleanerLimits) -> LogResult<CleanReport> {
-        let retain: HashSet<u64> = self.producers.states.borrow().last_batch_offsets();
-        self.log.compact_retaining(now_ms, limits, &retain).await
+        let input = {
+            let states = self.producers.states.borrow();
+            let mark = self.producers.snapshot.mark();
+            CleanerInput {
+                retain: states.last_batch_offsets(),
+                transactions: Some(states.cleaner_facts(
+                    self.high_watermark(),
+                    mark.offset,
+                    mark.changes,
+                )),
+            }
+        };
+        let report = self.log.compact_retaining(now_ms, limits, &input).await?;
+        if !report.aborts_without_data.is_empty() {
+            let dropped = self
+                .producers
+                .states
+                .borrow_mut()
+                .drop_aborted_without_data(&report.aborts_without_data);
+            if dropped > 0 {
+                tracing::debug!(topic = %self.topic, partition = self.index, dropped, "aborted entries without data dropped from the transaction index");
+            }
+        }
+        Ok(report)
     }
 
     /// Deletes segments beyond `retention.ms` / `retention.bytes`.

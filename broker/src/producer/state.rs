@@ -142,6 +142,11 @@ pub struct ProducerStates {
     /// saved in the same snapshot, counted by the same change counter).
     /// Its rules live in [`crate::producer::transactions`].
     pub(super) transactions: crate::txn::PartitionTxnIndex,
+    /// [`Self::changes`] right after the cleaner's report last made this
+    /// state drop aborted entries (0: never since it was loaded). Until a
+    /// snapshot at least that recent is on disk, a reopen would bring them
+    /// back, so their markers must stay in the log.
+    pub(super) aborts_dropped_at: u64,
 }
 
 impl ProducerStates {

@@ -73,6 +73,58 @@ impl ProducerStates {
         }
     }
 
+    /// The cleaner found no data left of the aborted transactions whose
+    /// markers are at `marker_offsets`: their entries go (see
+    /// [`PartitionTxnIndex::drop_aborted_at`]). Returns how many went.
+    pub fn drop_aborted_without_data(&mut self, marker_offsets: &[u64]) -> usize {
+        let markers: std::collections::HashSet<i64> = marker_offsets
+            .iter()
+            .filter_map(|offset| i64::try_from(*offset).ok())
+            .collect();
+        let dropped = self.transactions.drop_aborted_at(&markers);
+        if dropped > 0 {
+            self.note_change();
+            self.aborts_dropped_at = self.changes();
+        }
+        dropped
+    }
+
+    /// What a cleaning pass must know of the transactions (see
+    /// `kafki_storage::TxnFacts`): the aborted ones, the last stable offset
+    /// at `high_watermark`, and below which markers may go: those the
+    /// producer-state snapshot on disk covers (`snapshot_offset`, taken at
+    /// `snapshot_changes`), so that neither a replay after it misses a
+    /// marker that closes a transaction the file holds open, nor the file
+    /// brings back an aborted entry whose marker is gone (a consumer told
+    /// of it would skip that producer's later transactions, waiting for
+    /// the marker).
+    pub fn cleaner_facts(
+        &self,
+        high_watermark: u64,
+        snapshot_offset: Option<u64>,
+        snapshot_changes: u64,
+    ) -> kafki_storage::TxnFacts {
+        let aborted = self
+            .transactions
+            .aborted_overlapping(0, i64::MAX)
+            .iter()
+            .map(|entry| kafki_storage::AbortedRange {
+                producer_id: entry.producer_id,
+                first_offset: entry.first_offset.max(0) as u64,
+                marker_offset: entry.last_offset.max(0) as u64,
+            })
+            .collect();
+        let markers_removable_below = match snapshot_offset {
+            Some(offset) if snapshot_changes >= self.aborts_dropped_at => offset,
+            _ => 0,
+        };
+        kafki_storage::TxnFacts {
+            aborted,
+            stable_end: self.last_stable_offset(high_watermark),
+            markers_removable_below,
+        }
+    }
+
     /// How far a `read_committed` consumer may read: below the oldest open
     /// transaction, never beyond `high_watermark`.
     pub fn last_stable_offset(&self, high_watermark: u64) -> u64 {

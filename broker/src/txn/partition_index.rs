@@ -336,6 +336,19 @@ impl PartitionTxnIndex {
             .retain(|entry| entry.last_offset >= log_start_offset);
     }
 
+    /// The log cleaner removed every record of these aborted transactions
+    /// (named by their markers' offsets): their entries go, as Kafka's
+    /// cleaner leaves them out of the cleaned segment's `.txnindex`. A
+    /// fetch then no longer names them; their markers stay in the log for
+    /// `delete.retention.ms` more, for consumers told of them before.
+    /// Returns how many went.
+    pub fn drop_aborted_at(&mut self, marker_offsets: &std::collections::HashSet<i64>) -> usize {
+        let before = self.aborted.len();
+        self.aborted
+            .retain(|entry| !marker_offsets.contains(&entry.last_offset));
+        before - self.aborted.len()
+    }
+
     /// How many aborted entries it holds.
     pub fn aborted_len(&self) -> usize {
         self.aborted.len()

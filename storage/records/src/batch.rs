@@ -52,6 +52,10 @@ pub const ATTRIBUTE_LOG_APPEND_TIME: i16 = 1 << 3;
 pub const ATTRIBUTE_TRANSACTIONAL: i16 = 1 << 4;
 /// Attribute bit: the batch is a control batch (commit/abort marker).
 pub const ATTRIBUTE_CONTROL: i16 = 1 << 5;
+/// Attribute bit (KIP-534): the base timestamp is the batch's delete
+/// horizon, the time after which the log cleaner may remove it (set on
+/// transaction markers whose transaction has no data left).
+pub const ATTRIBUTE_DELETE_HORIZON: i16 = 1 << 6;
 
 /// The decoded fixed header of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +135,12 @@ impl BatchHeader {
 
     pub fn is_control(&self) -> bool {
         self.attributes & ATTRIBUTE_CONTROL != 0
+    }
+
+    /// The delete horizon (ms since the epoch) a cleaner set on this batch
+    /// (KIP-534), if any.
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        (self.attributes & ATTRIBUTE_DELETE_HORIZON != 0).then_some(self.base_timestamp)
     }
 
     /// Checks that do not need the CRC: magic, length bounds against the bytes

@@ -9,8 +9,10 @@
 //!    when the oldest dirty batch is older than `max.compaction.lag.ms`.
 //! 2. **Key map**: key → latest offset over the dirty part *including the
 //!    active segment* (its records count as newest), but only over durable
-//!    data: a record that a crash could still lose must not make an older,
-//!    durable one disappear. The map is bounded by
+//!    data below the last stable offset: a record that a crash could still
+//!    lose must not make an older, durable one disappear, nor one that may
+//!    still abort (or that `read_committed` consumers cannot read yet) a
+//!    committed one. Aborted records never enter it. The map is bounded by
 //!    [`CleanerLimits::dedupe_buffer_bytes`]; when it fills up the pass
 //!    cleans only the prefix its keys cover and the next pass goes on.
 //! 3. **Rewrite**: every cleanable segment below the new first dirty offset
@@ -21,10 +23,10 @@
 //!    stretch of the clean part was first cleaned at least
 //!    `delete.retention.ms` ago ([`CleanerCheckpoint::cleaned_at`]: a
 //!    tombstone is always kept by the cleaning that first compacts it).
-//!    Control batches and transactional batches pass through whole and
-//!    their keys are not used (transactions come later: an aborted record
-//!    must not supersede a committed one). A lone segment that would come
-//!    out unchanged is not rewritten at all.
+//!    The new first dirty offset is never past the last stable offset, so
+//!    every transactional batch rewritten is decided; the transaction rules
+//!    below decide its fate first. A lone segment that would come out
+//!    unchanged is not rewritten at all.
 //! 4. **Swap** (under the flush lock, no `.await` inside): check that
 //!    nothing changed the segments meanwhile (retention, truncation), then
 //!    the commit protocol of [`crate::cleaner`], then publish the new
@@ -35,13 +37,47 @@
 //! reach into cleaned segments. So the caller names the batches to keep
 //! ([`PartitionLog::compact_retaining`]: each producer's last batch); one
 //! whose records all go stays as an empty batch with its header fields, as
-//! Kafka's cleaner does. Every other batch with nothing left is dropped.
+//! Kafka's cleaner does. Every other batch with nothing left is dropped
+//! (an empty batch kept by a former pass too, once no longer retained).
+//!
+//! # Transactions (Kafka's `LogCleaner`, KIP-98 and KIP-534)
+//!
+//! Storage does not know which transactions aborted; the broker does. So
+//! the caller passes [`CleanerInput::transactions`]: the aborted
+//! transactions (producer id, first offset, marker offset) of its
+//! aborted-transaction index, the last stable offset, and the offset below
+//! which markers may go. That is simpler than having the cleaner learn the
+//! outcomes from the markers, which come after the data they decide (Kafka
+//! too reads its `.txnindex` ahead for that). Below the last stable offset
+//! every transaction has its marker, so a transactional batch there is
+//! aborted exactly when an aborted range of its producer covers it, and
+//! committed otherwise. Without them (`None`, storage-only callers) control
+//! and transactional batches pass through whole, their keys unused.
+//!
+//! - Committed records compact like any other; aborted ones all go (their
+//!   batch is kept empty when it is its producer's last).
+//! - Markers: one pass walks the log from its start in offset order
+//!   ([`TxnWalk`]) and notes which producers have a data batch since their
+//!   last marker. A marker whose transaction had a batch walked stays as it
+//!   is (even when this pass removes that batch: a consumer that read the
+//!   data must still find the marker). A marker of a transaction with no
+//!   data left gets the delete-horizon attribute and `now +
+//!   delete.retention.ms` as its base timestamp (KIP-534, rather than the
+//!   tombstones' [`CleanerCheckpoint::cleaned_at`], which dates from when
+//!   the marker's stretch was first cleaned, possibly long before its data
+//!   went); a pass after the horizon removes it, unless the caller still
+//!   needs it: its aborted entry is still listed (a `read_committed`
+//!   consumer told of an aborted transaction skips the producer's batches
+//!   until it reads the ABORT marker), or it lies at or beyond
+//!   `markers_removable_below` (the broker's producer-state snapshot does
+//!   not cover it: a replay after a restart needs it to close the
+//!   transaction). [`CleanReport::aborts_without_data`] tells the broker
+//!   which aborted entries no fetch needs any more.
 //!
 //! Between batches the pass yields to the executor; its reads and writes
 //! are glommio I/O, so it shares the shard with appends and fetches. It
 //! holds the flush lock only for the swap's renames and a few fsyncs.
 
-use std::collections::HashSet;
 use std::ops::Range;
 use std::rc::Rc;
 use std::time::Instant;
@@ -56,6 +92,7 @@ use crate::cleaner::{
     CleanedFiles, CleanedWriter, CleanerLimits, Fate, KeyMap, SwapStep, Verdict,
     CHECKPOINT_SWAP_FILE,
 };
+use crate::cleaner_txn::{CleanerInput, MarkerFate, TxnDataFate, TxnWalk};
 use crate::config::CompactionConfig;
 use crate::error::{LogError, LogResult};
 use crate::segment::{offset_index_name, time_index_name, Segment, SegmentFile};
@@ -232,20 +269,19 @@ impl PartitionLog {
     /// that finds its segments changed under it (retention, truncation)
     /// discards its output; the next pass starts over.
     pub async fn compact(&self, now_ms: i64, limits: &CleanerLimits) -> LogResult<CleanReport> {
-        self.compact_retaining(now_ms, limits, &HashSet::new())
+        self.compact_retaining(now_ms, limits, &CleanerInput::default())
             .await
     }
 
-    /// [`PartitionLog::compact`], never dropping the batches whose base
-    /// offsets are in `retain`: one whose records all go is kept as an empty
-    /// batch with its header fields. The broker passes each idempotent
-    /// producer's last batch, so that replaying the log after a restart
-    /// restores every producer's sequence (Kafka's cleaner keeps them too).
+    /// [`PartitionLog::compact`] with what the caller knows of the log: the
+    /// batches never to drop (one whose records all go is kept as an empty
+    /// batch with its header fields) and its transactions (see
+    /// [`CleanerInput`] and the module comment).
     pub async fn compact_retaining(
         &self,
         now_ms: i64,
         limits: &CleanerLimits,
-        retain: &HashSet<u64>,
+        input: &CleanerInput,
     ) -> LogResult<CleanReport> {
         let Some(config) = self.shared.config.compaction.clone() else {
             return Ok(CleanReport::default());
@@ -276,7 +312,9 @@ impl PartitionLog {
             segments_after: plan.segment_count,
             ..CleanReport::default()
         };
-        let (map, covered_until) = self.build_key_map(&plan, limits, &mut report).await?;
+        let (map, covered_until) = self
+            .build_key_map(&plan, limits, input, &mut report)
+            .await?;
         let first_dirty_after = covered_until.min(plan.uncleanable_base);
         if first_dirty_after <= plan.first_dirty {
             return Ok(report);
@@ -299,11 +337,13 @@ impl PartitionLog {
             delete_retention_ms: config.delete_retention.as_millis() as i64,
             now_ms,
             first_dirty_after,
-            retain,
+            input,
         };
+        // One walk of the transactions over every group, in offset order.
+        let mut walk = input.transactions.as_ref().map(TxnWalk::new);
         for range in &groups {
             let output = self
-                .clean_group(&pass, range.clone(), &mut files, &mut report)
+                .clean_group(&pass, range.clone(), walk.as_mut(), &mut files, &mut report)
                 .await?;
             outputs.push(output);
         }
@@ -327,6 +367,9 @@ impl PartitionLog {
                 bytes_written = report.bytes_written,
                 records_removed = report.records_removed,
                 tombstones_removed = report.tombstones_removed,
+                aborted_removed = report.aborted_removed,
+                markers_horizon_set = report.markers_horizon_set,
+                markers_removed = report.markers_removed,
                 map_keys = report.map_keys,
                 map_full = report.map_full,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -485,15 +528,31 @@ impl PartitionLog {
         &self,
         plan: &Plan,
         limits: &CleanerLimits,
+        input: &CleanerInput,
         report: &mut CleanReport,
     ) -> LogResult<(KeyMap, u64)> {
         let start = plan.first_dirty.max(plan.log_start);
-        let end = plan.durable_end;
+        // Below the last stable offset every transaction is decided, and
+        // a record there is final; one after it could still be aborted (or,
+        // plain, would hide a key from `read_committed` consumers that
+        // cannot read it yet).
+        let stable_end = input
+            .transactions
+            .as_ref()
+            .map_or(u64::MAX, |facts| facts.stable_end);
+        let end = plan.durable_end.min(stable_end);
         let mut map = KeyMap::new(limits.dedupe_buffer_bytes, end.saturating_sub(start));
         let mut reader = BatchReader::new(self, start, end, end);
         let mut covered_until = end;
+        let aborted = input.transactions.as_ref().map(TxnWalk::new);
         while let Some((header, batch)) = reader.next_batch().await? {
-            if header.is_control() || header.is_transactional() {
+            let unusable = header.is_transactional()
+                && aborted.as_ref().is_none_or(|walk| {
+                    walk.is_aborted(header.producer_id, header.base_offset as u64)
+                });
+            // Markers have no keys of the topic; an aborted record (or one
+            // whose outcome the caller did not say) must never supersede.
+            if header.is_control() || unusable {
                 continue;
             }
             let stopped = for_each_keyed_record(
@@ -525,18 +584,20 @@ impl PartitionLog {
         &self,
         pass: &Pass<'_>,
         range: Range<usize>,
+        mut walk: Option<&mut TxnWalk>,
         files: &mut CleanedFiles,
         report: &mut CleanReport,
     ) -> LogResult<GroupOutput> {
         let Pass {
             plan,
             map,
-            limits,
             delete_retention_ms,
             now_ms,
             first_dirty_after,
-            retain,
+            input,
+            ..
         } = *pass;
+        let retain = &input.retain;
         let first = &plan.segments[range.start];
         let group_end = plan.segment_end(range.end - 1);
         let fate = |offset: u64, key: Option<&[u8]>, tombstone: bool| -> Fate {
@@ -602,23 +663,8 @@ impl PartitionLog {
             let until = plan.segment_end(position);
             let mut reader = BatchReader::new(self, from, until, plan.durable_end);
             while let Some((header, batch)) = reader.next_batch().await? {
-                let verdict = if header.is_control() || header.is_transactional() {
-                    Verdict::Keep
-                } else {
-                    match filter_batch(&batch, limits.decompressed_batch_bytes_max, fate) {
-                        Ok((verdict, removed)) => {
-                            report.records_removed += removed.records;
-                            report.tombstones_removed += removed.tombstones;
-                            report.keyless_removed += removed.keyless;
-                            verdict
-                        }
-                        Err(error) => {
-                            tracing::debug!(dir = %self.shared.dir.display(), base_offset = header.base_offset, %error, "cleaner keeps an undecodable batch whole");
-                            report.batches_undecodable += 1;
-                            Verdict::Keep
-                        }
-                    }
-                };
+                let verdict =
+                    self.batch_verdict(pass, walk.as_deref_mut(), &header, &batch, fate, report);
                 match verdict {
                     Verdict::Keep => match (&mut sink.untouched_until, &mut sink.writer) {
                         (Some(until), _) => *until = header.last_offset() as u64 + 1,
@@ -686,6 +732,86 @@ impl PartitionLog {
             group,
             new: Some(Box::new(segment)),
         })
+    }
+
+    /// What becomes of one batch of a group: the transaction rules (module
+    /// comment, step 3) first, then `fate` for each record.
+    fn batch_verdict(
+        &self,
+        pass: &Pass<'_>,
+        walk: Option<&mut TxnWalk>,
+        header: &BatchHeader,
+        batch: &[u8],
+        fate: impl Fn(u64, Option<&[u8]>, bool) -> Fate,
+        report: &mut CleanReport,
+    ) -> Verdict {
+        let base_offset = header.base_offset as u64;
+        // At or after the new checkpoint nothing goes, and a batch reaching
+        // it stays whole.
+        let beyond = header.last_offset() as u64 >= pass.first_dirty_after;
+        match walk {
+            None if header.is_control() || header.is_transactional() => return Verdict::Keep,
+            None => {}
+            Some(walk) if header.is_control() => {
+                if beyond || pass.input.retain.contains(&base_offset) {
+                    return Verdict::Keep;
+                }
+                let marker = walk.on_control(
+                    header,
+                    batch,
+                    pass.now_ms,
+                    pass.delete_retention_ms,
+                    &mut report.aborts_without_data,
+                );
+                return match marker {
+                    MarkerFate::Keep | MarkerFate::KeepForBroker => Verdict::Keep,
+                    MarkerFate::SetHorizon(rewritten) => {
+                        report.markers_horizon_set += 1;
+                        Verdict::Rewrite(rewritten)
+                    }
+                    MarkerFate::Remove => {
+                        report.markers_removed += 1;
+                        Verdict::Drop
+                    }
+                };
+            }
+            Some(walk) if header.is_transactional() => {
+                // Noted even beyond: its marker must see that data remains.
+                let data = walk.on_data(header);
+                if beyond {
+                    return Verdict::Keep;
+                }
+                if data == TxnDataFate::Aborted && header.records_count > 0 {
+                    let records = header.records_count.max(0) as u64;
+                    report.records_removed += records;
+                    report.aborted_removed += records;
+                    return Verdict::Drop;
+                }
+            }
+            Some(_) => {}
+        }
+        if header.records_count == 0 && !beyond {
+            // A batch a former pass kept empty for its producer: it goes
+            // once the producer has written since.
+            return if pass.input.retain.contains(&base_offset) {
+                Verdict::Keep
+            } else {
+                Verdict::Drop
+            };
+        }
+        match filter_batch(batch, pass.limits.decompressed_batch_bytes_max, fate) {
+            Ok((verdict, removed)) => {
+                report.records_removed += removed.records;
+                report.tombstones_removed += removed.tombstones;
+                report.keyless_removed += removed.keyless;
+                verdict
+            }
+            Err(error) => {
+                tracing::debug!(dir = %self.shared.dir.display(), base_offset = header.base_offset, %error, "cleaner keeps an undecodable batch whole");
+                report.batches_undecodable += 1;
+                Verdict::Keep
+            }
+        }
     }
 
     /// Creates the group's cleaned file and copies into it the batches that
@@ -921,7 +1047,7 @@ struct Pass<'a> {
     delete_retention_ms: i64,
     now_ms: i64,
     first_dirty_after: u64,
-    retain: &'a HashSet<u64>,
+    input: &'a CleanerInput,
 }
 
 /// What the swap needs to know about the pass.
