@@ -1,6 +1,8 @@
 //! The idempotent producer's room: producer ids ([`ids`]), each
 //! partition's sequence state ([`state`]), its transactions
-//! ([`transactions`]) and its snapshot file beside the log ([`snapshot`]).
+//! ([`transactions`]) with the KIP-890 guards of transactions not open
+//! here yet ([`verification`]), and its snapshot file beside the log
+//! ([`snapshot`]).
 //! A partition holds its state; the controller shard holds the allocator;
 //! handlers only translate requests.
 
@@ -8,6 +10,7 @@ pub mod ids;
 pub mod snapshot;
 pub mod state;
 pub mod transactions;
+pub mod verification;
 
 pub use ids::ProducerIdAllocator;
 pub use snapshot::PartitionProducers;

@@ -142,6 +142,11 @@ pub struct ProducerStates {
     /// saved in the same snapshot, counted by the same change counter).
     /// Its rules live in [`crate::producer::transactions`].
     pub(super) transactions: crate::txn::PartitionTxnIndex,
+    /// KIP-890 guards of producers whose transaction's first batch here
+    /// waits for (or got) the coordinator's confirmation. In memory only:
+    /// lost with the state, a guard only costs a refused append and the
+    /// client's abort. Its rules live in [`crate::producer::verification`].
+    pub(super) verification: crate::producer::verification::VerificationGuards,
 }
 
 impl ProducerStates {
