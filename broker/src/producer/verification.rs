@@ -97,13 +97,16 @@ impl VerificationGuards {
         }
     }
 
-    /// The coordinator refused (or could not be asked): the guard goes, so
-    /// the next request asks again.
+    /// The coordinator refused (or could not be asked): an unconfirmed
+    /// guard goes, so the next request asks again. A guard another request
+    /// got confirmed stays: pipelined requests share it, and one that could
+    /// not reach the coordinator must not undo another's confirmation (the
+    /// transaction ending is what clears it, with its marker).
     pub fn refuse(&mut self, producer_id: i64, guard: VerificationGuard) {
         if self
             .by_producer
             .get(&producer_id)
-            .is_some_and(|entry| entry.guard == guard)
+            .is_some_and(|entry| entry.guard == guard && !entry.confirmed)
         {
             self.by_producer.remove(&producer_id);
         }
@@ -205,6 +208,20 @@ mod tests {
         assert_eq!(guards.len(), 1);
         guards.refuse(7, newer);
         assert!(guards.is_empty());
+    }
+
+    #[test]
+    fn a_failed_second_ask_keeps_the_first_confirmation() {
+        let mut guards = VerificationGuards::default();
+        let VerificationStep::Ask(shared) = guards.begin(7, 0) else {
+            panic!("asks");
+        };
+        // Two pipelined requests asked with the same guard: one got the
+        // confirmation, the other a retriable error.
+        assert_eq!(guards.begin(7, 0), VerificationStep::Ask(shared));
+        guards.confirm(7, shared);
+        guards.refuse(7, shared);
+        assert!(guards.admits(7, 0, shared));
     }
 
     #[test]
