@@ -261,3 +261,21 @@ fn without_verification_the_leader_takes_the_batch_unasked() {
         assert_eq!(log_end(&broker, 1).await, 1);
     });
 }
+
+#[test]
+fn pipelined_first_batches_are_verified_once_and_appended_in_order() {
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        create_topic(&broker).await;
+        let producer = init(&broker).await;
+        add_partition(&broker, producer, 0).await;
+        // Both arrive before either is appended (max.in.flight > 1): the
+        // second waits for the first's answer and appends after it.
+        let (first, second) = futures::join!(
+            produce(&broker, 0, transactional_batch(producer, 0)),
+            produce(&broker, 0, transactional_batch(producer, 1)),
+        );
+        assert_eq!((first.0, second.0), (0, 0), "{first:?} {second:?}");
+        assert_eq!(log_end(&broker, 0).await, 2);
+    });
+}

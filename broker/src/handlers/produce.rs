@@ -31,7 +31,7 @@ use kafki_storage::batch::{BatchHeader, LENGTH_FIELD_END};
 use super::str_bytes;
 use crate::metadata::ClusterMetadata;
 use crate::partition::{Acks, PartitionRef, TxnAdmission};
-use crate::producer::verification::VerificationStep;
+use crate::producer::verification::{VerificationStep, ASK_ABANDONED_MS};
 use crate::shard::Shard;
 use crate::txn::{verification, ProducerIdAndEpoch, TopicPartition};
 
@@ -338,16 +338,23 @@ async fn append_partition(
     }
 }
 
+/// Times a request waits for another's verification of the same producer
+/// before it answers a retriable error (each wait ends with an answer, a
+/// refusal or the guard gone, so this is only reached when other requests
+/// keep taking the question over).
+const VERIFICATION_WAITS_MAX: usize = 8;
+
 /// KIP-890: the admission of a partition's batches when verification is
 /// on. A batch that would open its producer's transaction here (Kafka looks
 /// at the first: a produce carries one batch per partition) needs the
 /// coordinator's confirmation, unless a request before it already got it at
-/// this epoch. The partition is let go while the coordinator is asked (a
-/// hand-over need not wait for it) and looked up again after. `Err` is the
-/// code and message to answer.
+/// this epoch; while one is asking, later requests wait for its answer so
+/// that they append after it, in order. The partition is let go while the
+/// coordinator is asked (a hand-over need not wait for it) and looked up
+/// again after. `Err` is the code and message to answer.
 async fn verify_first_batch(
     shard: &Rc<Shard>,
-    partition: PartitionRef,
+    mut partition: PartitionRef,
     write: &PartitionWrite,
     batches: &[Bytes],
     transactional_id: &str,
@@ -359,12 +366,35 @@ async fn verify_first_batch(
         // The append refuses it as corrupt; nothing to verify.
         return Ok((partition, TxnAdmission::Verified(None)));
     };
-    let guard = match partition.begin_txn_verification(&header) {
-        None => return Ok((partition, TxnAdmission::Verified(None))),
-        Some(VerificationStep::Confirmed(guard)) => {
-            return Ok((partition, TxnAdmission::Verified(Some(guard))))
+    let mut waits = 0;
+    let guard = loop {
+        match partition.begin_txn_verification(&header) {
+            None => return Ok((partition, TxnAdmission::Verified(None))),
+            Some(VerificationStep::Confirmed(guard)) => {
+                return Ok((partition, TxnAdmission::Verified(Some(guard))))
+            }
+            Some(VerificationStep::Ask(guard)) => break guard,
+            Some(VerificationStep::Wait(answered)) => {
+                waits += 1;
+                if waits > VERIFICATION_WAITS_MAX {
+                    return Err(verification::produce_error(
+                        ResponseError::ConcurrentTransactions.code(),
+                    ));
+                }
+                drop(partition);
+                // Woken by the answer, or by the guard going (a dropped
+                // sender); or the question was abandoned, which the next
+                // look finds out: either way, look again.
+                let abandoned = std::pin::pin!(glommio::timer::sleep(Duration::from_millis(
+                    ASK_ABANDONED_MS
+                )));
+                let _ = futures::future::select(answered, abandoned).await;
+                partition = shard
+                    .partition(&write.topic, write.partition)
+                    .await
+                    .map_err(|code| (code, None))?;
+            }
         }
-        Some(VerificationStep::Ask(guard)) => guard,
     };
     drop(partition);
     let producer = ProducerIdAndEpoch {

@@ -153,11 +153,11 @@ impl Partition {
         if !states.needs_verification(batch) {
             return None;
         }
-        Some(
-            states
-                .verification_mut()
-                .begin(batch.producer_id, batch.producer_epoch),
-        )
+        Some(states.verification_mut().begin(
+            batch.producer_id,
+            batch.producer_epoch,
+            crate::cluster::liveness::monotonic_ms(),
+        ))
     }
 
     /// The coordinator's verdict on `guard` (`confirmed`: the partition is

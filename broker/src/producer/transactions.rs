@@ -343,7 +343,7 @@ mod tests {
             states.check_verified(&first, None),
             Err(ResponseError::InvalidTxnState.code())
         );
-        let VerificationStep::Ask(guard) = states.verification_mut().begin(7, 1) else {
+        let VerificationStep::Ask(guard) = states.verification_mut().begin(7, 1, 0) else {
             panic!("the first batch asks");
         };
         assert_eq!(
@@ -364,7 +364,7 @@ mod tests {
         assert!(states.needs_verification(&transactional(7, 2, 0, 1)));
         // The marker ends it: the next transaction asks again, and a guard
         // confirmed before the marker no longer admits.
-        let VerificationStep::Ask(stale) = states.verification_mut().begin(7, 2) else {
+        let VerificationStep::Ask(stale) = states.verification_mut().begin(7, 2, 0) else {
             panic!("asks");
         };
         states.verification_mut().confirm(7, stale);
