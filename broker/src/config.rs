@@ -410,6 +410,15 @@ pub const SETTINGS: &[Setting] = &[
         Some("604800000"),
         SettingKind::Int,
     ),
+    // KIP-890: a partition leader asks the transaction coordinator
+    // whether a transaction includes the partition before it takes the
+    // transaction's first batch there (txn/verification.rs).
+    setting(
+        None,
+        "transaction.partition.verification.enable",
+        Some("true"),
+        SettingKind::Bool,
+    ),
     // Idempotent-producer state (handlers/producer.rs): forget a producer
     // whose last batch is older (Kafka's name and default, one day; here
     // also per topic), how often to look, and Kafki's cap on producers

@@ -39,6 +39,12 @@ pub struct BrokerSettings {
     pub transaction_max_timeout_ms: i32,
     /// `transactional.id.expiration.ms`: an id unused this long is forgotten.
     pub transactional_id_expiration_ms: i64,
+    /// `transaction.partition.verification.enable` (KIP-890, default true):
+    /// a partition leader takes a transaction's first batch only once the
+    /// coordinator confirms the partition is in the producer's ongoing
+    /// transaction, so a late write after an abort cannot open a
+    /// transaction that never ends.
+    pub transaction_partition_verification: bool,
     /// `group.initial.rebalance.delay.ms` (0 allowed).
     pub group_initial_rebalance_delay: Duration,
     /// `log.retention.check.interval.ms`.
@@ -106,6 +112,8 @@ impl BrokerSettings {
             transactional_id_expiration_ms: kafka
                 .positive("transactional.id.expiration.ms")
                 .unwrap_or(604_800_000),
+            transaction_partition_verification: kafka
+                .get_bool("transaction.partition.verification.enable"),
             group_initial_rebalance_delay: Duration::from_millis(
                 kafka
                     .get_i64("group.initial.rebalance.delay.ms")
@@ -148,6 +156,7 @@ mod tests {
         assert_eq!(defaults.offsets_topic_partitions, 50);
         assert_eq!(defaults.max_connections, 10_000);
         assert_eq!(defaults.reserve_bytes, 16 << 20);
+        assert!(defaults.transaction_partition_verification);
         assert!(defaults.queued_max_request_bytes >= defaults.socket_request_max_bytes as u64);
         let mut kafka = KafkaSettings::default();
         kafka.set("offsets.topic.num.partitions", "4").expect("set");
@@ -155,7 +164,11 @@ mod tests {
             .set("group.initial.rebalance.delay.ms", "0")
             .expect("set");
         kafka.set("max.connections", "7").expect("set");
+        kafka
+            .set("transaction.partition.verification.enable", "false")
+            .expect("set");
         let resolved = BrokerSettings::resolve(&kafka);
+        assert!(!resolved.transaction_partition_verification);
         assert_eq!(resolved.offsets_topic_partitions, 4);
         assert_eq!(resolved.group_initial_rebalance_delay, Duration::ZERO);
         assert_eq!(resolved.max_connections, 7);

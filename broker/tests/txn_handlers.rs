@@ -131,7 +131,11 @@ fn records_len(partition: &fetch_response::PartitionData) -> usize {
 #[test]
 fn read_committed_stops_at_the_open_transaction_until_its_marker() {
     run(|| async {
-        let broker = InProcessBroker::start(&[]).await;
+        // No coordinator runs this transaction (WriteTxnMarkers ends it):
+        // the leader must not ask one (KIP-890's verification is
+        // `txn_verification.rs`).
+        let broker =
+            InProcessBroker::start(&[("transaction.partition.verification.enable", "false")]).await;
         create_topic(&broker).await;
         // Transactional batches need a transactional id (Kafka's
         // authorization subject).

@@ -648,6 +648,8 @@ impl Quorum {
                 | FrameKind::ReplicaRepairAnswer
                 | FrameKind::TxnMarkers
                 | FrameKind::TxnMarkersAnswer
+                | FrameKind::TxnVerify
+                | FrameKind::TxnVerifyAnswer
         ) {
             if let Some(route) = &*self.replica_frames.borrow() {
                 route(frame);
@@ -682,7 +684,9 @@ impl Quorum {
             | FrameKind::ReplicaRepair
             | FrameKind::ReplicaRepairAnswer
             | FrameKind::TxnMarkers
-            | FrameKind::TxnMarkersAnswer => {}
+            | FrameKind::TxnMarkersAnswer
+            | FrameKind::TxnVerify
+            | FrameKind::TxnVerifyAnswer => {}
         }
     }
 

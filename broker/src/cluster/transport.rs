@@ -60,6 +60,11 @@ pub enum FrameKind {
     /// One error code per partition of a `TxnMarkers`
     /// ([`crate::txn::marker_frames::MarkersAnswer`]).
     TxnMarkersAnswer = 9,
+    /// A partition leader's KIP-890 question to the transaction
+    /// coordinator ([`crate::txn::verify_frames::VerifyRequest`]).
+    TxnVerify = 10,
+    /// The coordinator's answer ([`crate::txn::verify_frames::VerifyAnswer`]).
+    TxnVerifyAnswer = 11,
 }
 
 impl FrameKind {
@@ -74,6 +79,8 @@ impl FrameKind {
             7 => Some(Self::ReplicaRepairAnswer),
             8 => Some(Self::TxnMarkers),
             9 => Some(Self::TxnMarkersAnswer),
+            10 => Some(Self::TxnVerify),
+            11 => Some(Self::TxnVerifyAnswer),
             _ => None,
         }
     }

@@ -9,10 +9,12 @@
 //! transactional batches needs a `transactional_id` (else every partition
 //! gets `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, as Kafka without one); the
 //! partition applies the transaction rules
-//! ([`crate::producer::transactions`]). The leader does not ask the
-//! coordinator whether the partition is in the transaction (KIP-890's
-//! verification): a producer that skipped AddPartitionsToTxn is not caught
-//! here.
+//! ([`crate::producer::transactions`]). With
+//! `transaction.partition.verification.enable` (the default), a batch that
+//! would open its producer's transaction in a partition is taken only once
+//! the coordinator confirms the partition is in that transaction (KIP-890,
+//! [`crate::txn::verification`]): else `INVALID_TXN_STATE`, or
+//! `NOT_ENOUGH_REPLICAS` (retriable) when the coordinator cannot answer now.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -24,12 +26,14 @@ use kafki_net::kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafki_net::kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use kafki_storage::batch::LENGTH_FIELD_END;
+use kafki_storage::batch::{BatchHeader, LENGTH_FIELD_END};
 
 use super::str_bytes;
 use crate::metadata::ClusterMetadata;
-use crate::partition::Acks;
+use crate::partition::{Acks, PartitionRef, TxnAdmission};
+use crate::producer::verification::{VerificationStep, ASK_ABANDONED_MS};
 use crate::shard::Shard;
+use crate::txn::{verification, ProducerIdAndEpoch, TopicPartition};
 
 /// One partition's share of a produce request, sent to its owner.
 struct PartitionWrite {
@@ -135,12 +139,19 @@ pub async fn produce(
         }
         layout.push((topic.name, partitions));
     }
+    let transactional_id = request.transactional_id.as_ref().map(|id| id.to_string());
     let calls = by_shard.into_iter().map(|(owner, writes)| {
         let fallback: Vec<usize> = writes.iter().map(|write| write.slot).collect();
+        let transactional_id = transactional_id.clone();
         async move {
             match shard
                 .invoke_on(owner, move |owner| async move {
-                    append_on_owner(owner, writes, acks.unwrap_or(Acks::All), timeout).await
+                    let settings = RequestSettings {
+                        acks: acks.unwrap_or(Acks::All),
+                        timeout,
+                        transactional_id,
+                    };
+                    append_on_owner(owner, writes, settings).await
                 })
                 .await
             {
@@ -245,27 +256,34 @@ fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, i16> {
     Ok(batches)
 }
 
+/// What every partition of one request is appended with.
+struct RequestSettings {
+    acks: Acks,
+    timeout: Option<Duration>,
+    /// The request's `transactional_id` (the coordinator to ask, KIP-890).
+    transactional_id: Option<String>,
+}
+
 /// Runs on the owning shard: appends each partition's batches, then waits
 /// for the stage `acks` requires. All partitions wait together, so their
 /// syncs are shared.
 async fn append_on_owner(
     shard: Rc<Shard>,
     writes: Vec<PartitionWrite>,
-    acks: Acks,
-    timeout: Option<Duration>,
+    settings: RequestSettings,
 ) -> Vec<PartitionOutcome> {
+    let settings = &settings;
     let appends = writes.into_iter().map(|write| {
         let shard = shard.clone();
-        async move { append_partition(&shard, write, acks, timeout).await }
+        async move { append_partition(&shard, write, settings).await }
     });
     futures::future::join_all(appends).await
 }
 
 async fn append_partition(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     write: PartitionWrite,
-    acks: Acks,
-    timeout: Option<Duration>,
+    settings: &RequestSettings,
 ) -> PartitionOutcome {
     let slot = write.slot;
     // A cluster member whose write lease lapsed (paused, cut off from the
@@ -278,14 +296,31 @@ async fn append_partition(
         Ok(partition) => partition,
         Err(code) => return PartitionOutcome::failed(slot, code),
     };
-    let Some(records) = write.records else {
+    let Some(records) = write.records.clone() else {
         return PartitionOutcome::failed(slot, ResponseError::CorruptMessage.code());
     };
     let batches = match split_batches(&records) {
         Ok(batches) => batches,
         Err(code) => return PartitionOutcome::failed(slot, code),
     };
-    match partition.append(batches, acks, timeout).await {
+    let (partition, admission) = match settings.transactional_id.as_deref() {
+        Some(transactional_id) if shard.config.settings.transaction_partition_verification => {
+            match verify_first_batch(shard, partition, &write, &batches, transactional_id).await {
+                Ok(admitted) => admitted,
+                Err((code, error_message)) => {
+                    return PartitionOutcome {
+                        error_message,
+                        ..PartitionOutcome::failed(slot, code)
+                    }
+                }
+            }
+        }
+        _ => (partition, TxnAdmission::Unverified),
+    };
+    match partition
+        .append_admitted(batches, settings.acks, settings.timeout, admission)
+        .await
+    {
         Ok(appended) => PartitionOutcome {
             slot,
             error_code: 0,
@@ -301,6 +336,99 @@ async fn append_partition(
             ..PartitionOutcome::failed(slot, refused.error.code)
         },
     }
+}
+
+/// Times a request waits for another's verification of the same producer
+/// before it answers a retriable error (each wait ends with an answer, a
+/// refusal or the guard gone, so this is only reached when other requests
+/// keep taking the question over).
+const VERIFICATION_WAITS_MAX: usize = 8;
+
+/// KIP-890: the admission of a partition's batches when verification is
+/// on. A batch that would open its producer's transaction here (Kafka looks
+/// at the first: a produce carries one batch per partition) needs the
+/// coordinator's confirmation, unless a request before it already got it at
+/// this epoch; while one is asking, later requests wait for its answer so
+/// that they append after it, in order. The partition is let go while the
+/// coordinator is asked (a hand-over need not wait for it) and looked up
+/// again after. `Err` is the code and message to answer.
+async fn verify_first_batch(
+    shard: &Rc<Shard>,
+    mut partition: PartitionRef,
+    write: &PartitionWrite,
+    batches: &[Bytes],
+    transactional_id: &str,
+) -> Result<(PartitionRef, TxnAdmission), (i16, Option<String>)> {
+    let header = batches
+        .first()
+        .and_then(|batch| BatchHeader::parse(batch).ok());
+    let Some(header) = header else {
+        // The append refuses it as corrupt; nothing to verify.
+        return Ok((partition, TxnAdmission::Verified(None)));
+    };
+    let mut waits = 0;
+    let guard = loop {
+        match partition.begin_txn_verification(&header) {
+            None => return Ok((partition, TxnAdmission::Verified(None))),
+            Some(VerificationStep::Confirmed(guard)) => {
+                return Ok((partition, TxnAdmission::Verified(Some(guard))))
+            }
+            Some(VerificationStep::Ask(guard)) => break guard,
+            Some(VerificationStep::Wait(answered)) => {
+                waits += 1;
+                if waits > VERIFICATION_WAITS_MAX {
+                    return Err(verification::produce_error(
+                        ResponseError::ConcurrentTransactions.code(),
+                    ));
+                }
+                drop(partition);
+                // Woken by the answer, or by the guard going (a dropped
+                // sender); or the question was abandoned, which the next
+                // look finds out: either way, look again.
+                let abandoned = std::pin::pin!(glommio::timer::sleep(Duration::from_millis(
+                    ASK_ABANDONED_MS
+                )));
+                let _ = futures::future::select(answered, abandoned).await;
+                partition = shard
+                    .partition(&write.topic, write.partition)
+                    .await
+                    .map_err(|code| (code, None))?;
+            }
+        }
+    };
+    drop(partition);
+    let producer = ProducerIdAndEpoch {
+        producer_id: header.producer_id,
+        epoch: header.producer_epoch,
+    };
+    let asked = TopicPartition::new(write.topic.clone(), write.partition);
+    let verdicts =
+        verification::ask_coordinator(shard, transactional_id, producer, vec![asked.clone()]).await;
+    let code = match verdicts {
+        Ok(verdicts) => verdicts
+            .into_iter()
+            .find(|(partition, _)| *partition == asked)
+            .map_or(ResponseError::NetworkException.code(), |(_, code)| code),
+        Err(code) => code,
+    };
+    let partition = shard
+        .partition(&write.topic, write.partition)
+        .await
+        .map_err(|code| (code, None))?;
+    partition.finish_txn_verification(header.producer_id, guard, code == 0);
+    if code != 0 {
+        tracing::debug!(
+            topic = %write.topic,
+            partition = write.partition,
+            transactional_id,
+            producer_id = header.producer_id,
+            producer_epoch = header.producer_epoch,
+            code,
+            "transaction verification failed"
+        );
+        return Err(verification::produce_error(code));
+    }
+    Ok((partition, TxnAdmission::Verified(Some(guard))))
 }
 
 #[cfg(test)]

@@ -188,12 +188,12 @@ async fn add_partitions(
     let transactional_id = call.transactional_id.clone();
     let producer = call.producer;
     let answer = if call.verify_only {
-        on_txn_coordinator(shard, &call.transactional_id, move |request| {
+        on_txn_coordinator_when_settled(shard, &call.transactional_id, move |request| {
             Input::VerifyPartitions {
                 request,
-                transactional_id,
+                transactional_id: transactional_id.clone(),
                 producer,
-                partitions,
+                partitions: partitions.clone(),
             }
         })
         .await

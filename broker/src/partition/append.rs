@@ -24,6 +24,7 @@ use kafki_storage::LogError;
 
 use super::Partition;
 use crate::errors::KafkaError;
+use crate::producer::verification::{VerificationGuard, VerificationStep};
 use crate::producer::SequenceCheck;
 use crate::records::DECOMPRESSED_BATCH_BYTES_MAX;
 
@@ -53,6 +54,21 @@ impl Acks {
         }
     }
 }
+
+/// How a transactional batch that would open its producer's transaction
+/// here is admitted (KIP-890).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnAdmission {
+    /// As is: verification is off, or the append is not a client's.
+    Unverified,
+    /// Only with this guard, still current and confirmed in the partition's
+    /// producer state when the batch is appended (`None`: none was
+    /// obtained, so such a batch is refused with `INVALID_TXN_STATE`).
+    Verified(Option<VerificationGuard>),
+}
+
+/// Kafka's message for a transactional batch the coordinator did not confirm.
+pub const NOT_IN_TRANSACTION: &str = "Partition was not added to the transaction";
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +115,21 @@ impl Partition {
         acks: Acks,
         timeout: Option<Duration>,
     ) -> Result<Appended, AppendError> {
+        self.append_admitted(batches, acks, timeout, TxnAdmission::Unverified)
+            .await
+    }
+
+    /// [`Partition::append`] for a client's produce, whose transactional
+    /// batches are admitted as `admission` says.
+    pub async fn append_admitted(
+        &self,
+        batches: Vec<Bytes>,
+        acks: Acks,
+        timeout: Option<Duration>,
+        admission: TxnAdmission,
+    ) -> Result<Appended, AppendError> {
         self.validate(&batches)?;
-        let appending = std::pin::pin!(self.append_validated(batches, acks));
+        let appending = std::pin::pin!(self.append_validated(batches, acks, admission));
         let Some(timeout) = timeout else {
             return appending.await;
         };
@@ -111,6 +140,40 @@ impl Partition {
                 tracing::debug!(topic = %self.topic, partition = self.index, timeout_ms = timeout.as_millis() as u64, "produce timed out waiting for acks");
                 Err(AppendError::code(ResponseError::RequestTimedOut.code()))
             }
+        }
+    }
+
+    /// KIP-890: what a client's `batch` needs before it may be appended
+    /// with verification on: `None` when it would not open its producer's
+    /// transaction here (not transactional, or one is open at its epoch),
+    /// else the guard to append it with and whether the coordinator must
+    /// be asked first.
+    pub fn begin_txn_verification(&self, batch: &BatchHeader) -> Option<VerificationStep> {
+        let mut states = self.producers.states.borrow_mut();
+        if !states.needs_verification(batch) {
+            return None;
+        }
+        Some(states.verification_mut().begin(
+            batch.producer_id,
+            batch.producer_epoch,
+            crate::cluster::liveness::monotonic_ms(),
+        ))
+    }
+
+    /// The coordinator's verdict on `guard` (`confirmed`: the partition is
+    /// in the producer's ongoing transaction).
+    pub fn finish_txn_verification(
+        &self,
+        producer_id: i64,
+        guard: VerificationGuard,
+        confirmed: bool,
+    ) {
+        let mut states = self.producers.states.borrow_mut();
+        let guards = states.verification_mut();
+        if confirmed {
+            guards.confirm(producer_id, guard);
+        } else {
+            guards.refuse(producer_id, guard);
         }
     }
 
@@ -142,6 +205,7 @@ impl Partition {
         &self,
         batches: Vec<Bytes>,
         acks: Acks,
+        admission: TxnAdmission,
     ) -> Result<Appended, AppendError> {
         let mut first: Option<(u64, Option<i64>)> = None;
         let mut last_offset = 0;
@@ -207,6 +271,31 @@ impl Partition {
                     "refusing a batch by the transaction rules"
                 );
                 return Err(AppendError::code(code));
+            }
+            if let TxnAdmission::Verified(guard) = admission {
+                // Checked here, with no await before the append: a marker
+                // that ended the confirmed transaction meanwhile cleared
+                // the guard.
+                if let Err(code) = self
+                    .producers
+                    .states
+                    .borrow()
+                    .check_verified(&header, guard)
+                {
+                    debug_assert_eq!(code, ResponseError::InvalidTxnState.code());
+                    tracing::debug!(
+                        topic = %self.topic,
+                        partition = self.index,
+                        producer_id = header.producer_id,
+                        producer_epoch = header.producer_epoch,
+                        "refusing a transaction's first batch: the coordinator did not confirm the partition"
+                    );
+                    return Err(KafkaError::new(
+                        ResponseError::InvalidTxnState,
+                        NOT_IN_TRANSACTION,
+                    )
+                    .into());
+                }
             }
             if let Some(replicated) = &replicated {
                 // Leadership may have moved while this waited for room.

@@ -28,7 +28,7 @@ use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_storage::{LogResult, PartitionLog};
 
 use crate::producer::PartitionProducers;
-pub use append::{Acks, AppendError, Appended};
+pub use append::{Acks, AppendError, Appended, TxnAdmission};
 pub use replication::{CommitStage, Replication};
 
 /// A partition's offsets as clients see them.

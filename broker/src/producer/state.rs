@@ -147,6 +147,11 @@ pub struct ProducerStates {
     /// snapshot at least that recent is on disk, a reopen would bring them
     /// back, so their markers must stay in the log.
     pub(super) aborts_dropped_at: u64,
+    /// KIP-890 guards of producers whose transaction's first batch here
+    /// waits for (or got) the coordinator's confirmation. In memory only:
+    /// lost with the state, a guard only costs a refused append and the
+    /// client's abort. Its rules live in [`crate::producer::verification`].
+    pub(super) verification: crate::producer::verification::VerificationGuards,
 }
 
 impl ProducerStates {

@@ -4,13 +4,16 @@
 //! the control batches themselves (built for a marker, read back by a
 //! replay or a follower).
 //!
-//! Rules (Kafka's `ProducerAppendInfo`, transaction version 1: the leader
-//! does not ask the coordinator whether the transaction includes this
-//! partition, KIP-890's verification is not done here):
+//! Rules (Kafka's `ProducerAppendInfo`, transaction version 1):
 //! - clients never write control batches (`INVALID_RECORD`);
 //! - a transactional batch needs a producer id (`INVALID_RECORD`) and an
 //!   epoch no older than the partition saw (`INVALID_PRODUCER_EPOCH`); it
 //!   opens the producer's transaction at its first offset;
+//! - with verification on (KIP-890, `transaction.partition.verification.enable`),
+//!   a transactional batch of a producer with no transaction open here at
+//!   its epoch needs a current, confirmed guard
+//!   ([`crate::producer::verification`]), else `INVALID_TXN_STATE`; the
+//!   guard goes when the transaction opens or a marker ends it;
 //! - a non-transactional batch of a producer whose transaction is open here
 //!   is refused (`INVALID_TXN_STATE`);
 //! - a marker is refused when its coordinator epoch is older than the
@@ -30,6 +33,7 @@ use kafki_storage::records::{assemble_batch, batch_records, encode_record, recor
 use kafki_storage::records::{BatchFields, NewRecord};
 
 use crate::producer::state::ProducerStates;
+use crate::producer::verification::{VerificationGuard, VerificationGuards};
 use crate::txn::partition_index::{
     decode_control_key, IndexRefusal, CONTROL_ATTRIBUTE, TRANSACTIONAL_ATTRIBUTE,
 };
@@ -153,6 +157,48 @@ impl ProducerStates {
         Ok(())
     }
 
+    /// Whether `header` is a transactional batch that would open its
+    /// producer's transaction here (none open at its epoch): with
+    /// verification on, the coordinator must confirm it first.
+    pub fn needs_verification(&self, header: &BatchHeader) -> bool {
+        header.is_transactional()
+            && !header.is_control()
+            && header.producer_id >= 0
+            && !self
+                .transactions
+                .has_open_transaction_at(header.producer_id, header.producer_epoch)
+    }
+
+    /// The verification guards (the produce path begins, confirms and
+    /// refuses through them).
+    pub fn verification_mut(&mut self) -> &mut VerificationGuards {
+        &mut self.verification
+    }
+
+    /// With verification on: a batch that would open its producer's
+    /// transaction here is taken only with `guard` current and confirmed
+    /// (`INVALID_TXN_STATE` otherwise: the partition was not added to the
+    /// transaction, or the transaction it was confirmed for has ended).
+    pub fn check_verified(
+        &self,
+        header: &BatchHeader,
+        guard: Option<VerificationGuard>,
+    ) -> Result<(), i16> {
+        if !self.needs_verification(header) {
+            return Ok(());
+        }
+        match guard {
+            Some(guard)
+                if self
+                    .verification
+                    .admits(header.producer_id, header.producer_epoch, guard) =>
+            {
+                Ok(())
+            }
+            _ => Err(ResponseError::InvalidTxnState.code()),
+        }
+    }
+
     /// A data batch was appended at `base_offset`: a transactional one
     /// opens (or extends) its producer's transaction.
     pub fn record_transactional_data(&mut self, header: &BatchHeader, base_offset: u64) {
@@ -167,7 +213,11 @@ impl ProducerStates {
             first,
             last,
         ) {
-            Ok(()) => self.note_change(),
+            Ok(()) => {
+                // Open now: later batches need no guard.
+                self.verification.clear(header.producer_id);
+                self.note_change();
+            }
             Err(refusal) => {
                 tracing::debug!(partition = %self.label(), producer_id = header.producer_id, ?refusal, offset = first, "transactional batch not indexed")
             }
@@ -200,6 +250,8 @@ impl ProducerStates {
             .transactions
             .record_marker(producer_id, producer_epoch, marker, offset as i64)
             .map_err(refusal_code)?;
+        // The transaction any guard was confirmed for has ended.
+        self.verification.clear(producer_id);
         self.note_change();
         Ok(recorded)
     }
@@ -330,6 +382,52 @@ mod tests {
         assert_eq!(decode_marker(&batch), Ok(Some(ABORT)));
         let data = kafki_storage::batch::build_batch(1, &[b"x".as_slice()]);
         assert!(decode_marker(&data).is_err());
+    }
+
+    #[test]
+    fn only_a_transactions_first_batch_here_needs_the_coordinator() {
+        use crate::producer::verification::VerificationStep;
+        let mut states = ProducerStates::default();
+        let first = transactional(7, 1, 0, 2);
+        assert!(states.needs_verification(&first));
+        assert!(!states.needs_verification(&test_header(7, 1, 0, 1)));
+        assert_eq!(
+            states.check_verified(&first, None),
+            Err(ResponseError::InvalidTxnState.code())
+        );
+        let VerificationStep::Ask(guard) = states.verification_mut().begin(7, 1, 0) else {
+            panic!("the first batch asks");
+        };
+        assert_eq!(
+            states.check_verified(&first, Some(guard)),
+            Err(ResponseError::InvalidTxnState.code()),
+            "not confirmed yet"
+        );
+        states.verification_mut().confirm(7, guard);
+        assert_eq!(states.check_verified(&first, Some(guard)), Ok(()));
+        states.record(&first, 10, 0);
+        states.record_transactional_data(&first, 10);
+        // Open here now: the next batch needs no guard, and none is kept.
+        let second = transactional(7, 1, 2, 1);
+        assert!(!states.needs_verification(&second));
+        assert_eq!(states.check_verified(&second, None), Ok(()));
+        assert!(states.verification.is_empty());
+        // A newer epoch starts a transaction of its own.
+        assert!(states.needs_verification(&transactional(7, 2, 0, 1)));
+        // The marker ends it: the next transaction asks again, and a guard
+        // confirmed before the marker no longer admits.
+        let VerificationStep::Ask(stale) = states.verification_mut().begin(7, 2, 0) else {
+            panic!("asks");
+        };
+        states.verification_mut().confirm(7, stale);
+        let marker = build_marker_batch(7, 1, ABORT, 0);
+        let header = BatchHeader::parse(&marker).expect("header");
+        states.record_stored_batch(&header, &marker, 12, 0);
+        assert!(states.needs_verification(&transactional(7, 1, 3, 1)));
+        assert_eq!(
+            states.check_verified(&transactional(7, 2, 0, 1), Some(stale)),
+            Err(ResponseError::InvalidTxnState.code())
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //!   ([`crate::txn::markers`]): a `TxnMarkers` frame to that node, whose
 //!   shard 0 writes them where they are owned and answers with a
 //!   `TxnMarkersAnswer` routed back to the asking shard.
+//! - **Transaction verification** (KIP-890, [`crate::txn::verification`]):
+//!   a `TxnVerify` frame to the node coordinating the transaction, whose
+//!   shard 0 answers it with the AddPartitionsToTxn handler and sends a
+//!   `TxnVerifyAnswer` routed back to the asking shard.
 //! - **Repairs** of damaged batches ([`super::repair`]): the ticker starts
 //!   them; their requests and answers travel as their own frames, one
 //!   partition each (rare).
@@ -50,8 +54,14 @@ use crate::txn::marker_frames::{
     MarkerPartition, MarkersAnswer, MarkersRequest,
 };
 use crate::txn::markers::MarkerWrite;
+use crate::txn::verify_frames::{
+    decode_answer as decode_verify_answer, decode_request as decode_verify_request,
+    encode_answer as encode_verify_answer, encode_request as encode_verify_request, VerifyAnswer,
+    VerifyRequest, ADD_PARTITIONS_VERSION,
+};
 use crate::txn::TopicPartition;
 use kafki_net::kafka_protocol::error::ResponseError;
+use kafki_net::kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResponse};
 
 /// How much longer than a marker's own commit wait a forwarded write is
 /// waited for (the frames' round trip).
@@ -91,6 +101,8 @@ pub struct ReplicaLinks {
     asked_repairs: RefCell<HashMap<u64, oneshot::Sender<Option<Bytes>>>>,
     /// Marker writes forwarded to other nodes, by request id.
     asked_markers: RefCell<HashMap<u64, oneshot::Sender<MarkersAnswer>>>,
+    /// Transaction verifications asked of other nodes, by request id.
+    asked_verifications: RefCell<HashMap<u64, oneshot::Sender<AddPartitionsToTxnResponse>>>,
 }
 
 #[derive(Debug, Default)]
@@ -177,6 +189,7 @@ impl ReplicaLinks {
             repairs: RefCell::new(HashMap::new()),
             asked_repairs: RefCell::new(HashMap::new()),
             asked_markers: RefCell::new(HashMap::new()),
+            asked_verifications: RefCell::new(HashMap::new()),
         })
     }
 
@@ -288,6 +301,57 @@ impl ReplicaLinks {
                 .map(|partition| (partition, ResponseError::NotLeaderOrFollower.code())),
         );
         Some(answers)
+    }
+
+    /// Asks `node` (the transaction coordinator) the verify-only
+    /// AddPartitionsToTxn `request` and waits for its answer; `None` when
+    /// it cannot be sent or is not answered within
+    /// [`crate::txn::verification::REMOTE_ANSWER_WAIT`].
+    pub async fn ask_verification(
+        &self,
+        node: NodeId,
+        request: AddPartitionsToTxnRequest,
+    ) -> Option<AddPartitionsToTxnResponse> {
+        let shard = self.shard.upgrade()?;
+        let request_id = self.request_id.get().wrapping_add(1);
+        self.request_id.set(request_id);
+        let frame = match encode_verify_request(&VerifyRequest {
+            request_id,
+            asking_shard: shard.id as u32,
+            body: request,
+        }) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::warn!(node, %error, "cannot encode a transaction verification");
+                return None;
+            }
+        };
+        let (sender, receiver) = oneshot::channel();
+        self.asked_verifications
+            .borrow_mut()
+            .insert(request_id, sender);
+        if !self.transport.send(node, FrameKind::TxnVerify, &frame) {
+            self.asked_verifications.borrow_mut().remove(&request_id);
+            return None;
+        }
+        let answered =
+            glommio::timer::timeout(crate::txn::verification::REMOTE_ANSWER_WAIT, async {
+                Ok(receiver.await.ok())
+            })
+            .await;
+        self.asked_verifications.borrow_mut().remove(&request_id);
+        answered.ok().flatten()
+    }
+
+    /// Another node's answer to a transaction verification.
+    fn deliver_verification(&self, answer: VerifyAnswer) {
+        if let Some(sender) = self
+            .asked_verifications
+            .borrow_mut()
+            .remove(&answer.request_id)
+        {
+            let _ = sender.send(answer.body);
+        }
     }
 
     /// Another node's answer to a forwarded marker write.
@@ -636,7 +700,79 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
                 })
                 .await;
         }
+        FrameKind::TxnVerify => answer_verification(&shard, frame).await,
+        FrameKind::TxnVerifyAnswer => {
+            let answer = match decode_verify_answer(&frame.body) {
+                Ok(answer) => answer,
+                Err(error) => {
+                    tracing::warn!(from = frame.from, %error, "dropping an undecodable verification answer");
+                    return;
+                }
+            };
+            let asking = answer.asking_shard as usize;
+            if asking >= shard.count {
+                tracing::warn!(
+                    from = frame.from,
+                    asking,
+                    "dropping a verification answer for a shard this node does not have"
+                );
+                return;
+            }
+            let _ = shard
+                .invoke_on(asking, move |shard| async move {
+                    if let Some(links) = shard.replica_links() {
+                        links.deliver_verification(answer);
+                    }
+                })
+                .await;
+        }
         _ => {}
+    }
+}
+
+/// Shard 0, for another node's partition leader: answers its verify-only
+/// AddPartitionsToTxn as a Kafka coordinator would (the handler routes it
+/// to the coordinator's shard). Only verification travels this way: a
+/// request that would add partitions is answered INVALID_REQUEST.
+async fn answer_verification(shard: &Rc<Shard>, frame: Inbound) {
+    let request = match decode_verify_request(&frame.body) {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(from = frame.from, %error, "dropping an undecodable verification");
+            return;
+        }
+    };
+    let verify_only = request
+        .body
+        .transactions
+        .iter()
+        .all(|transaction| transaction.verify_only);
+    let body = if verify_only {
+        crate::handlers::txn::add_partitions_to_txn(shard, request.body, ADD_PARTITIONS_VERSION)
+            .await
+    } else {
+        tracing::warn!(
+            from = frame.from,
+            "refusing a node-link AddPartitionsToTxn that is not verify-only"
+        );
+        AddPartitionsToTxnResponse::default().with_error_code(ResponseError::InvalidRequest.code())
+    };
+    let answer = VerifyAnswer {
+        request_id: request.request_id,
+        asking_shard: request.asking_shard,
+        body,
+    };
+    match encode_verify_answer(&answer) {
+        Ok(bytes) => {
+            if let Some(links) = shard.replica_links() {
+                links
+                    .transport
+                    .send(frame.from, FrameKind::TxnVerifyAnswer, &bytes);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(from = frame.from, %error, "cannot encode a verification answer")
+        }
     }
 }
 

@@ -23,8 +23,9 @@
 //!   `__transaction_state` created on first use, loaded on leadership and
 //!   unloaded when it goes, appends with `acks=all`, markers retried, the
 //!   timer. The handlers are `crate::handlers::txn`.
-//! - [`markers`]: the seam to the partition side: writing one
-//!   transaction's markers (a stub until the partition side lands).
+//! - [`verification`]: KIP-890 part 1, the partition leader asking the
+//!   coordinator (here, or over the node links: [`verify_frames`]) before
+//!   a transaction's first batch lands in a partition.
 //!
 //! # The model
 //!
@@ -65,6 +66,8 @@ mod simulation;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod verification;
+pub mod verify_frames;
 
 pub use coordinator::{
     Effect, Input, InputError, MarkerRequest, ProducerIdAndEpoch, RequestId, Response,

@@ -176,6 +176,15 @@ impl PartitionTxnIndex {
             .is_some_and(|state| state.open.is_some())
     }
 
+    /// Whether `producer_id` has a transaction open here at `epoch` (Kafka's
+    /// `hasOngoingTransaction(producerId, producerEpoch)`): a batch of a newer
+    /// epoch starts a transaction the coordinator must confirm.
+    pub fn has_open_transaction_at(&self, producer_id: i64, epoch: i16) -> bool {
+        self.producers
+            .get(&producer_id)
+            .is_some_and(|state| state.open.is_some() && state.epoch == epoch)
+    }
+
     /// The epoch the partition last saw of `producer_id`.
     pub fn producer_epoch(&self, producer_id: i64) -> Option<i16> {
         self.producers.get(&producer_id).map(|state| state.epoch)

@@ -196,7 +196,7 @@ where
     .await
 }
 
-/// [`on_txn_coordinator`] for AddPartitionsToTxn and AddOffsetsToTxn:
+/// [`on_txn_coordinator`] for AddPartitionsToTxn (verifying too) and AddOffsetsToTxn:
 /// while the id's previous transaction is still completing (the answer
 /// would be CONCURRENT_TRANSACTIONS) the request waits for it, up to
 /// [`CONCURRENT_WAIT`], instead of sending the client into its backoff.
@@ -224,6 +224,7 @@ where
                     Ok(
                         Response::AddPartitions(Err(TxnError::ConcurrentTransactions))
                             | Response::AddOffsets(Err(TxnError::ConcurrentTransactions))
+                            | Response::VerifyPartitions(Err(TxnError::ConcurrentTransactions))
                     )
                 );
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -265,7 +266,9 @@ where
 /// transaction's first write to a partition: per partition, `None` when it
 /// is in `producer`'s Ongoing transaction. For a coordinator on this node;
 /// elsewhere the answer is NOT_COORDINATOR (the wire form is
-/// AddPartitionsToTxn v4+ with `verify_only`).
+/// AddPartitionsToTxn v4+ with `verify_only`, [`super::verification`]).
+/// While the id's previous step is still landing it waits for it, as
+/// AddPartitionsToTxn does, rather than failing the produce at once.
 pub async fn verify_partitions(
     shard: &Rc<Shard>,
     transactional_id: &str,
@@ -273,12 +276,12 @@ pub async fn verify_partitions(
     partitions: Vec<super::TopicPartition>,
 ) -> Result<Vec<(super::TopicPartition, Option<TxnError>)>, TxnError> {
     let id = transactional_id.to_string();
-    let answer = on_txn_coordinator(shard, transactional_id, move |request| {
+    let answer = on_txn_coordinator_when_settled(shard, transactional_id, move |request| {
         Input::VerifyPartitions {
             request,
-            transactional_id: id,
+            transactional_id: id.clone(),
             producer,
-            partitions,
+            partitions: partitions.clone(),
         }
     })
     .await?;
