@@ -16,8 +16,13 @@
 //!   is fenced from then on) and closes the open transaction, if any (a
 //!   marker without one is a harmless retry);
 //! - the last stable offset is the lowest first offset of the open
-//!   transactions, or the high watermark when none is open (never above
-//!   it);
+//!   transactions *and of the ended ones whose marker the high watermark
+//!   has not passed yet* (Kafka's unreplicated transactions: a consumer
+//!   sees a transaction's records only once its outcome is committed, so
+//!   the LSO never moves back when a leader that had not replicated the
+//!   marker fails over), or the high watermark when there is none (never
+//!   above it). The ended ones are kept in memory only: after a reopen the
+//!   rule holds again from the next marker on;
 //! - an ABORT that closes a transaction leaves an entry (producer id, first
 //!   offset, last offset = the marker's offset, the stable offset right
 //!   after it); a fetch of `[from, upper)` gets the entries with
@@ -161,6 +166,12 @@ pub struct PartitionTxnIndex {
     aborted: Vec<AbortedTxn>,
     /// Offsets written so far end here (each write must start at or after).
     end_offset: i64,
+    /// Ended transactions whose marker may still be above the high
+    /// watermark: first offset → marker offset. Not in snapshots.
+    ended_unreplicated: BTreeMap<i64, i64>,
+    /// The highest high watermark a reader asked with: entries whose
+    /// marker lies below it are dropped at the next write.
+    high_watermark_seen: std::cell::Cell<i64>,
 }
 
 impl PartitionTxnIndex {
@@ -295,6 +306,10 @@ impl PartitionTxnIndex {
             return Ok(None);
         };
         self.open_by_first_offset.remove(&first_offset);
+        let replicated_below = self.high_watermark_seen.get();
+        self.ended_unreplicated
+            .retain(|_, marker| *marker >= replicated_below);
+        self.ended_unreplicated.insert(first_offset, offset);
         if marker.control_type == ControlType::Commit {
             return Ok(None);
         }
@@ -319,10 +334,21 @@ impl PartitionTxnIndex {
         self.open_by_first_offset.keys().next().copied()
     }
 
-    /// How far a `read_committed` consumer may read.
+    /// How far a `read_committed` consumer may read: below the oldest open
+    /// transaction and the oldest ended one whose marker is not below
+    /// `high_watermark` yet.
     pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
-        self.first_unstable_offset()
-            .map_or(high_watermark, |first| first.min(high_watermark))
+        self.high_watermark_seen
+            .set(self.high_watermark_seen.get().max(high_watermark));
+        let unreplicated = self
+            .ended_unreplicated
+            .iter()
+            .find(|(_, marker)| **marker >= high_watermark)
+            .map(|(first, _)| *first);
+        [self.first_unstable_offset(), unreplicated]
+            .into_iter()
+            .flatten()
+            .fold(high_watermark, i64::min)
     }
 
     /// The aborted transactions a fetch of `[from, upper)` must return
@@ -509,6 +535,7 @@ mod tests {
         // Never above the high watermark.
         assert_eq!(index.last_stable_offset(3), 3);
         index.record_marker(7, 0, COMMIT, 10).expect("ok");
+        // The commit marker at 10 is below the high watermark (20).
         assert_eq!(index.last_stable_offset(20), 9);
         index.record_marker(8, 0, COMMIT, 11).expect("ok");
         assert_eq!(index.last_stable_offset(20), 20);
@@ -620,5 +647,22 @@ mod tests {
             index.record_marker(7, 0, COMMIT, 5),
             Err(IndexRefusal::OffsetNotAfterEnd { end: 6 })
         );
+    }
+
+    #[test]
+    fn an_ended_transaction_holds_the_lso_until_its_marker_is_below_the_high_watermark() {
+        let mut index = PartitionTxnIndex::new();
+        index.record_transactional_batch(7, 0, 4, 8).expect("ok");
+        index.record_marker(7, 0, COMMIT, 9).expect("ok");
+        // The marker (9) is not committed yet: its records are not stable.
+        assert_eq!(index.last_stable_offset(9), 4);
+        assert_eq!(index.last_stable_offset(10), 10);
+        // A later transaction's marker: the first one's entry is dropped
+        // (its marker is below the high watermark seen).
+        index.record_transactional_batch(7, 0, 10, 11).expect("ok");
+        index.record_marker(7, 0, ABORT, 12).expect("ok");
+        assert_eq!(index.ended_unreplicated.len(), 1);
+        assert_eq!(index.last_stable_offset(12), 10);
+        assert_eq!(index.last_stable_offset(13), 13);
     }
 }
