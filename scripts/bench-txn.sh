@@ -10,7 +10,8 @@
 #   scripts/bench-txn.sh                      # kafka then kafki, defaults below
 #   SYSTEMS=kafki RUNS=5 scripts/bench-txn.sh
 #
-# Env: SYSTEMS ("kafka kafki"), RUNS (3), DURATION (10), RECORD_BYTES (1024),
+# Env: SYSTEMS ("kafka kafki"), RUNS (3), DURATION (10), WARMUP (5, seconds of
+# the unmeasured first run: Kafka's JIT keeps speeding it up for a minute), RECORD_BYTES (1024),
 # RECORDS_PER_TXN (100), KAFKI_BIN (target/release/kafki). Kafka runs with its
 # defaults (peers.sh: one KRaft node, transaction log RF 1); Kafki with its own
 # (acks=all is answered after fsync; Kafka's after the page cache).
@@ -21,6 +22,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 SYSTEMS=${SYSTEMS:-"kafka kafki"}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-5}
 RECORD_BYTES=${RECORD_BYTES:-1024}
 RECORDS_PER_TXN=${RECORDS_PER_TXN:-100}
 KAFKI=${KAFKI_BIN:-$root/target/release/kafki}
@@ -32,6 +34,7 @@ ticks_per_second=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+sync
 for system in $SYSTEMS; do
   port=$(free_port)
   data=$(mktemp -d -p "$root/target" txn-bench.XXXXXX)
@@ -56,7 +59,7 @@ for system in $SYSTEMS; do
     taskset -c 1 java -Xmx512m -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$cp" \
       kafki.bench.TxnProduce "$bootstrap" "$1" "$RECORD_BYTES" "$RECORDS_PER_TXN" "$2" 2>&1 | tail -1
   }
-  run_once "warmup-$RANDOM" 5 >/dev/null
+  run_once "warmup-$RANDOM" "$WARMUP" >/dev/null
   rows=()
   for run in $(seq "$RUNS"); do
     topic="txn-$run-$RANDOM"
@@ -78,4 +81,8 @@ print(sys.argv[1] + " median " + "  ".join(f"{n}={statistics.median(c):g}" for n
 ' "$system"
   stop
   trap - EXIT
+  # Kafka's writes sit in the page cache: flushed now, not during the next
+  # system's fsyncs.
+  sync
+  sleep 2
 done

@@ -95,6 +95,11 @@ impl Partition {
                 crate::cluster::liveness::monotonic_ms(),
             );
         }
+        let high_watermark = self.high_watermark();
+        self.producers
+            .states
+            .borrow()
+            .note_high_watermark(high_watermark);
         let recorded = self.producers.states.borrow_mut().record_marker(
             producer_id,
             producer_epoch,

@@ -237,6 +237,14 @@ impl ProducerStates {
             .map_err(refusal_code)
     }
 
+    /// The partition's high watermark is at least `high_watermark` (the
+    /// leader tells before each marker it writes, so ended transactions
+    /// stop holding the LSO without a reader asking).
+    pub fn note_high_watermark(&self, high_watermark: u64) {
+        self.transactions
+            .note_high_watermark(i64::try_from(high_watermark).unwrap_or(i64::MAX));
+    }
+
     /// A marker was appended at `offset`: closes the producer's open
     /// transaction here, if any. Returns the aborted entry an ABORT leaves.
     pub fn record_marker(

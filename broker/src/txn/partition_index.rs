@@ -62,6 +62,9 @@ pub struct EndTxnMarker {
 pub const TRANSACTIONAL_ATTRIBUTE: i16 = 1 << 4;
 pub const CONTROL_ATTRIBUTE: i16 = 1 << 5;
 
+/// Ended transactions kept for the LSO rule at most (see the module docs).
+const ENDED_UNREPLICATED_MAX: usize = 1024;
+
 const CONTROL_KEY_VERSION: i16 = 0;
 const MARKER_VALUE_VERSION: i16 = 0;
 
@@ -310,6 +313,11 @@ impl PartitionTxnIndex {
         self.ended_unreplicated
             .retain(|_, marker| *marker >= replicated_below);
         self.ended_unreplicated.insert(first_offset, offset);
+        // A follower or a replay never learns the high watermark here: the
+        // oldest entries go first (their markers are the likeliest below it).
+        while self.ended_unreplicated.len() > ENDED_UNREPLICATED_MAX {
+            self.ended_unreplicated.pop_first();
+        }
         if marker.control_type == ControlType::Commit {
             return Ok(None);
         }
@@ -329,6 +337,14 @@ impl PartitionTxnIndex {
         Ok(Some(entry))
     }
 
+    /// The high watermark rose to at least `high_watermark`: ended
+    /// transactions whose marker lies below it stop holding the LSO (and are
+    /// forgotten at the next marker).
+    pub fn note_high_watermark(&self, high_watermark: i64) {
+        self.high_watermark_seen
+            .set(self.high_watermark_seen.get().max(high_watermark));
+    }
+
     /// The first offset of the oldest open transaction.
     pub fn first_unstable_offset(&self) -> Option<i64> {
         self.open_by_first_offset.keys().next().copied()
@@ -338,8 +354,7 @@ impl PartitionTxnIndex {
     /// transaction and the oldest ended one whose marker is not below
     /// `high_watermark` yet.
     pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
-        self.high_watermark_seen
-            .set(self.high_watermark_seen.get().max(high_watermark));
+        self.note_high_watermark(high_watermark);
         let unreplicated = self
             .ended_unreplicated
             .iter()
@@ -664,5 +679,28 @@ mod tests {
         assert_eq!(index.ended_unreplicated.len(), 1);
         assert_eq!(index.last_stable_offset(12), 10);
         assert_eq!(index.last_stable_offset(13), 13);
+    }
+
+    #[test]
+    fn ended_transactions_stay_bounded_without_readers() {
+        // A partition nobody reads (no LSO asked) and whose leader never
+        // tells the high watermark: the oldest entries go.
+        let mut index = PartitionTxnIndex::new();
+        for txn in 0..5_000i64 {
+            index
+                .record_transactional_batch(7, 0, 2 * txn, 2 * txn)
+                .expect("ok");
+            index.record_marker(7, 0, COMMIT, 2 * txn + 1).expect("ok");
+        }
+        assert_eq!(index.ended_unreplicated.len(), ENDED_UNREPLICATED_MAX);
+        // The leader tells the high watermark before each marker: only the
+        // transactions above it stay.
+        index.note_high_watermark(10_000);
+        index
+            .record_transactional_batch(7, 0, 10_000, 10_000)
+            .expect("ok");
+        index.record_marker(7, 0, COMMIT, 10_001).expect("ok");
+        assert_eq!(index.ended_unreplicated.len(), 1);
+        assert_eq!(index.last_stable_offset(10_001), 10_000);
     }
 }
