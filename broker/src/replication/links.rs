@@ -683,22 +683,11 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
                     return;
                 }
             };
-            let asking = answer.asking_shard as usize;
-            if asking >= shard.count {
-                tracing::warn!(
-                    from = frame.from,
-                    asking,
-                    "dropping a markers answer for a shard this node does not have"
-                );
-                return;
-            }
-            let _ = shard
-                .invoke_on(asking, move |shard| async move {
-                    if let Some(links) = shard.replica_links() {
-                        links.deliver_markers(answer);
-                    }
-                })
-                .await;
+            let asking = answer.asking_shard;
+            to_asking_shard(&shard, frame.from, asking, "markers", move |links| {
+                links.deliver_markers(answer)
+            })
+            .await;
         }
         FrameKind::TxnVerify => answer_verification(&shard, frame).await,
         FrameKind::TxnVerifyAnswer => {
@@ -709,22 +698,11 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
                     return;
                 }
             };
-            let asking = answer.asking_shard as usize;
-            if asking >= shard.count {
-                tracing::warn!(
-                    from = frame.from,
-                    asking,
-                    "dropping a verification answer for a shard this node does not have"
-                );
-                return;
-            }
-            let _ = shard
-                .invoke_on(asking, move |shard| async move {
-                    if let Some(links) = shard.replica_links() {
-                        links.deliver_verification(answer);
-                    }
-                })
-                .await;
+            let asking = answer.asking_shard;
+            to_asking_shard(&shard, frame.from, asking, "verification", move |links| {
+                links.deliver_verification(answer)
+            })
+            .await;
         }
         _ => {}
     }
@@ -734,6 +712,34 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
 /// AddPartitionsToTxn as a Kafka coordinator would (the handler routes it
 /// to the coordinator's shard). Only verification travels this way: a
 /// request that would add partitions is answered INVALID_REQUEST.
+/// Hands an answer that arrived on shard 0 to the shard that asked
+/// (`asking`, named by the answer itself: checked, a peer sent it).
+async fn to_asking_shard(
+    shard: &Rc<Shard>,
+    from: NodeId,
+    asking: u32,
+    what: &'static str,
+    deliver: impl FnOnce(&ReplicaLinks) + Send + 'static,
+) {
+    let asking = asking as usize;
+    if asking >= shard.count {
+        tracing::warn!(
+            from,
+            asking,
+            what,
+            "dropping an answer for a shard this node does not have"
+        );
+        return;
+    }
+    let _ = shard
+        .invoke_on(asking, move |shard| async move {
+            if let Some(links) = shard.replica_links() {
+                deliver(&links);
+            }
+        })
+        .await;
+}
+
 async fn answer_verification(shard: &Rc<Shard>, frame: Inbound) {
     let request = match decode_verify_request(&frame.body) {
         Ok(request) => request,
