@@ -889,6 +889,15 @@ impl BrokerConfig {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("kafki-data"));
+        // glommio opens directories with `openat(-1, path)`, which fails
+        // with EBADF for a relative path: every periodic producer-state
+        // snapshot of a broker started with the default `kafki-data` did.
+        let data_dir = std::path::absolute(&data_dir).with_context(|| {
+            format!(
+                "cannot make the data directory {} absolute",
+                data_dir.display()
+            )
+        })?;
         let cores = match args.cores.clone().or(file.cores) {
             Some(text) => parse_cores(&text)?,
             None => online_cores(),
@@ -991,6 +1000,19 @@ mod tests {
         assert_eq!(log.segment_bytes, 1 << 20);
         assert_eq!(log.retention_age, Some(Duration::from_millis(1000)));
         assert_eq!(log.sync_policy, SyncPolicy::EveryAppend);
+    }
+
+    #[test]
+    fn a_relative_data_directory_is_made_absolute() {
+        let config = BrokerConfig::from_args(&ServeArgs {
+            cores: Some("0".into()),
+            ..ServeArgs::default()
+        })
+        .expect("config");
+        assert!(config.data_dir.is_absolute(), "{:?}", config.data_dir);
+        assert!(config.data_dir.ends_with("kafki-data"));
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(config.data_dir, cwd.join("kafki-data"));
     }
 
     #[test]
