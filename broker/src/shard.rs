@@ -1331,3 +1331,19 @@ impl Shard {
         }
     }
 }
+
+/// Gives way once: every task already runnable on this shard runs before
+/// the caller goes on (to gather what they queue in this turn into one
+/// frame or one write).
+pub async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|context| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        context.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}

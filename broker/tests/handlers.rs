@@ -13,7 +13,6 @@ use bytes::Bytes;
 use common::{run, InProcessBroker};
 use kafki_broker::group::runtime::{offsets_partition_for, OFFSETS_TOPIC};
 use kafki_net::kafka_protocol::error::ResponseError;
-use kafki_net::kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafki_net::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafki_net::kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -27,20 +26,6 @@ use kafki_net::kafka_protocol::protocol::StrBytes;
 
 fn name(text: &str) -> TopicName {
     TopicName(StrBytes::from_string(text.to_string()))
-}
-
-async fn create_topic(broker: &InProcessBroker, topic: &str, partitions: i32) {
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(name(topic))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1)])
-        .with_timeout_ms(10_000);
-    let response: CreateTopicsResponse = broker
-        .call(RequestKind::CreateTopics(request), 5)
-        .await
-        .expect("answer");
-    assert_eq!(response.topics[0].error_code, 0, "{response:?}");
 }
 
 async fn produce(broker: &InProcessBroker, topic: &str, partition: i32, value: &[u8]) -> i64 {
@@ -106,7 +91,7 @@ const VALUE_BYTES: usize = 3000;
 fn fetch_max_bytes_bounds_the_response_across_partitions() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker, "budget", 20).await;
+        broker.create_topic("budget", 20).await;
         for partition in 0..20 {
             produce(&broker, "budget", partition, &[7u8; VALUE_BYTES]).await;
         }
@@ -139,7 +124,7 @@ fn fetch_max_bytes_bounds_the_response_across_partitions() {
 fn fetch_min_bytes_is_answered_as_soon_as_the_bytes_exist() {
     run(|| async {
         let broker = Rc::new(InProcessBroker::start(&[]).await);
-        create_topic(&broker, "waiting", 1).await;
+        broker.create_topic("waiting", 1).await;
         let producer = broker.clone();
         glommio::spawn_local(async move {
             glommio::timer::sleep(Duration::from_millis(300)).await;
@@ -190,7 +175,7 @@ async fn committed(broker: &InProcessBroker, group: &str, topic: &str) -> i64 {
 fn an_offset_commit_that_is_not_stored_is_refused_and_not_applied() {
     run(|| async {
         let broker = InProcessBroker::start(&[("offsets.topic.num.partitions", "4")]).await;
-        create_topic(&broker, "t", 1).await;
+        broker.create_topic("t", 1).await;
         let commit = |offset| commit_request("g", "t", offset);
         let response: OffsetCommitResponse = broker
             .call(RequestKind::OffsetCommit(commit(5)), 8)
@@ -317,7 +302,7 @@ async fn epoch_end(broker: &InProcessBroker, current: i32, wanted: i32) -> (i16,
 fn leader_epochs_are_real_and_requests_naming_another_are_refused() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker, "e", 1).await;
+        broker.create_topic("e", 1).await;
         assert_eq!(produce(&broker, "e", 0, b"before").await, 0);
         assert_eq!(metadata_epoch(&broker).await, 0);
         assert_eq!(fetch_at(&broker, 0, 0).await.0, 0);
@@ -373,7 +358,7 @@ fn leader_epochs_are_real_and_requests_naming_another_are_refused() {
 fn the_node_id_is_the_one_configured() {
     run(|| async {
         let broker = InProcessBroker::start(&[("node.id", "7")]).await;
-        create_topic(&broker, "n", 1).await;
+        broker.create_topic("n", 1).await;
         let request = MetadataRequest::default().with_topics(None);
         let response: MetadataResponse = broker
             .call(RequestKind::Metadata(request), 12)

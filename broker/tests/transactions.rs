@@ -17,26 +17,11 @@ use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_net::kafka_protocol::messages::add_partitions_to_txn_request::{
     AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
 };
-use kafki_net::kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafki_net::kafka_protocol::messages::*;
 use kafki_net::kafka_protocol::protocol::StrBytes;
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
-}
-
-async fn create_topic(broker: &InProcessBroker, topic: &str, partitions: i32) {
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(TopicName(text(topic)))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1)])
-        .with_timeout_ms(10_000);
-    let response: CreateTopicsResponse = broker
-        .call(RequestKind::CreateTopics(request), 5)
-        .await
-        .expect("answer");
-    assert_eq!(response.topics[0].error_code, 0, "{response:?}");
 }
 
 /// InitProducerId, retried while the coordinator loads or fetches ids.
@@ -146,7 +131,7 @@ async fn describe(broker: &InProcessBroker, id: &str) -> (i16, String, Vec<(Stri
 fn a_transaction_goes_from_init_to_prepare_commit_and_is_described() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker, "data", 2).await;
+        broker.create_topic("data", 2).await;
 
         let find = FindCoordinatorRequest::default()
             .with_key_type(1)
@@ -244,7 +229,7 @@ fn a_transaction_goes_from_init_to_prepare_commit_and_is_described() {
 fn a_new_producer_fences_the_old_one_and_old_clients_get_their_code() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker, "data", 1).await;
+        broker.create_topic("data", 1).await;
         let first = init(&broker, "app-2", 4).await;
         assert_eq!(first.error_code, 0);
         let second = init(&broker, "app-2", 4).await;
@@ -265,7 +250,7 @@ fn a_new_producer_fences_the_old_one_and_old_clients_get_their_code() {
 fn bad_input_gets_kafka_codes() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker, "data", 1).await;
+        broker.create_topic("data", 1).await;
         let empty = init(&broker, "", 4).await;
         assert_eq!(empty.error_code, ResponseError::InvalidRequest.code());
 
@@ -327,7 +312,7 @@ fn transactional_offsets_wait_for_the_commit_marker() {
     };
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker, "data", 1).await;
+        broker.create_topic("data", 1).await;
         let producer = init(&broker, "app-4", 4).await;
         let add = AddOffsetsToTxnRequest::default()
             .with_transactional_id(TransactionalId(text("app-4")))
@@ -403,7 +388,7 @@ fn transactional_offsets_wait_for_the_commit_marker() {
 fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker, "data", 1).await;
+        broker.create_topic("data", 1).await;
         let producer = init_with_timeout(&broker, "app-5", 4, 50).await;
         assert_eq!(producer.error_code, 0);
         let added = add_partitions(&broker, "app-5", &producer, "data", &[0], 3).await;
@@ -452,7 +437,7 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
 fn the_next_transaction_waits_for_the_previous_commit_to_complete() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker, "data", 2).await;
+        broker.create_topic("data", 2).await;
         let producer = init(&broker, "back-to-back", 4).await;
         assert_eq!(producer.error_code, 0, "{producer:?}");
         for round in 0..5 {

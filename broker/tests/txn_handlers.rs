@@ -10,7 +10,6 @@ mod common;
 use bytes::Bytes;
 use common::{run, InProcessBroker};
 use kafki_net::kafka_protocol::error::ResponseError;
-use kafki_net::kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafki_net::kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafki_net::kafka_protocol::messages::describe_producers_response::PartitionResponse;
 use kafki_net::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -32,20 +31,6 @@ const PRODUCER: i64 = 7;
 
 fn name(text: &str) -> TopicName {
     TopicName(StrBytes::from_string(text.to_string()))
-}
-
-async fn create_topic(broker: &InProcessBroker) {
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(name(TOPIC))
-            .with_num_partitions(1)
-            .with_replication_factor(1)])
-        .with_timeout_ms(10_000);
-    let response: CreateTopicsResponse = broker
-        .call(RequestKind::CreateTopics(request), 5)
-        .await
-        .expect("answer");
-    assert_eq!(response.topics[0].error_code, 0, "{response:?}");
 }
 
 /// A transactional batch of producer 7 (epoch 0) from `sequence`.
@@ -136,7 +121,7 @@ fn read_committed_stops_at_the_open_transaction_until_its_marker() {
         // `txn_verification.rs`).
         let broker =
             InProcessBroker::start(&[("transaction.partition.verification.enable", "false")]).await;
-        create_topic(&broker).await;
+        broker.create_topic(TOPIC, 1).await;
         // Transactional batches need a transactional id (Kafka's
         // authorization subject).
         assert_eq!(
@@ -244,7 +229,7 @@ fn describe_producers_lists_sequences_and_open_transactions_for_the_admin_abort(
         // the test above: no KIP-890 verification.
         let broker =
             InProcessBroker::start(&[("transaction.partition.verification.enable", "false")]).await;
-        create_topic(&broker).await;
+        broker.create_topic(TOPIC, 1).await;
         let idempotent = 3;
         let values: [&[u8]; 2] = [b"one", b"two"];
         assert_eq!(

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use common::{run, InProcessBroker};
 use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_net::kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
-use kafki_net::kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafki_net::kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsTopic,
 };
@@ -31,20 +30,6 @@ const ID: &str = "tx-verified";
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
-}
-
-async fn create_topic(broker: &InProcessBroker) {
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(TopicName(text(TOPIC)))
-            .with_num_partitions(2)
-            .with_replication_factor(1)])
-        .with_timeout_ms(10_000);
-    let response: CreateTopicsResponse = broker
-        .call(RequestKind::CreateTopics(request), 5)
-        .await
-        .expect("answer");
-    assert_eq!(response.topics[0].error_code, 0, "{response:?}");
 }
 
 /// InitProducerId for [`ID`], retried while the coordinator loads.
@@ -157,7 +142,7 @@ async fn log_end(broker: &InProcessBroker, partition: i32) -> i64 {
 fn only_partitions_added_to_the_transaction_take_its_batches() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker).await;
+        broker.create_topic(TOPIC, 2).await;
         let producer = init(&broker).await;
         add_partition(&broker, producer, 0).await;
 
@@ -224,7 +209,7 @@ fn only_partitions_added_to_the_transaction_take_its_batches() {
 fn a_producer_the_coordinator_does_not_know_is_refused() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker).await;
+        broker.create_topic(TOPIC, 2).await;
         let producer = init(&broker).await;
         add_partition(&broker, producer, 0).await;
         // Another producer id under the same transactional id.
@@ -250,7 +235,7 @@ fn without_verification_the_leader_takes_the_batch_unasked() {
     run(|| async {
         let broker =
             InProcessBroker::start(&[("transaction.partition.verification.enable", "false")]).await;
-        create_topic(&broker).await;
+        broker.create_topic(TOPIC, 2).await;
         let producer = init(&broker).await;
         assert_eq!(
             produce(&broker, 1, transactional_batch(producer, 0))
@@ -266,7 +251,7 @@ fn without_verification_the_leader_takes_the_batch_unasked() {
 fn pipelined_first_batches_are_verified_once_and_appended_in_order() {
     run(|| async {
         let broker = InProcessBroker::start(&[]).await;
-        create_topic(&broker).await;
+        broker.create_topic(TOPIC, 2).await;
         let producer = init(&broker).await;
         add_partition(&broker, producer, 0).await;
         // Both arrive before either is appended (max.in.flight > 1): the

@@ -113,21 +113,28 @@ def test_mirrormaker2_moves_topics_records_and_group_offsets(kafka, broker):
     admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS, replication_factor=1,
                                   config={"retention.ms": "604800001"})])[TOPIC].result(30)
     produce(kafka, 0, 3000)
-    # The group consumes part of it (some of every partition) and commits.
+    # The group consumes about half of every partition and commits exactly
+    # half. A deterministic position matters: MirrorMaker 2 keeps only
+    # exponentially spaced offset syncs (KAFKA-14666), so a position near the
+    # start of a long partition (say offset 1 of 1 000, as a first-come poll
+    # loop once left) is "too far in the past to translate" and never arrives.
+    halves = [end // 2 for end in end_offsets(kafka)]
+    assert all(h > 100 for h in halves), halves
     c = Consumer({"bootstrap.servers": kafka, "group.id": GROUP, "enable.auto.commit": False,
                   "auto.offset.reset": "earliest"})
     c.subscribe([TOPIC])
-    consumed, seen = 0, set()
+    positions = [0] * PARTITIONS
     deadline = time.monotonic() + 60
-    while (consumed < 1800 or len(seen) < PARTITIONS) and time.monotonic() < deadline:
+    while any(pos < h for pos, h in zip(positions, halves)) and time.monotonic() < deadline:
         m = c.poll(0.5)
         if m is not None and not m.error():
-            consumed += 1
-            seen.add(m.partition())
-    c.commit(asynchronous=False)
+            positions[m.partition()] = max(positions[m.partition()], m.offset() + 1)
+    assert all(pos >= h for pos, h in zip(positions, halves)), (positions, halves)
+    c.commit(offsets=[TopicPartition(TOPIC, p, h) for p, h in enumerate(halves)],
+             asynchronous=False)
     c.close()
     source_offsets = committed(kafka)
-    assert all(o > 0 for o in source_offsets), source_offsets
+    assert source_offsets == halves, (source_offsets, halves)
 
     log = open(broker.workdir / "migrate.log", "wb")
     migrate = subprocess.Popen(

@@ -409,7 +409,7 @@ impl ReplicaLinks {
         let links = self.clone();
         glommio::spawn_local(async move {
             // Everything queued in this turn of the shard goes in one frame.
-            yield_once().await;
+            crate::shard::yield_once().await;
             links.flush_scheduled.set(false);
             links.flush();
         })
@@ -455,20 +455,6 @@ impl ReplicaLinks {
             }
         }
     }
-}
-
-/// Lets the other tasks of this turn queue their frames first.
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|context| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        context.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 impl ReplicaOutlet for Rc<ReplicaLinks> {

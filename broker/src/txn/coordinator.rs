@@ -14,6 +14,14 @@
 //!   and every other request for it gets CONCURRENT_TRANSACTIONS. One
 //!   record per change; the coordinator knows each record's offset (the
 //!   partition's log end at load, plus one per append).
+//! - One exception, for throughput: while a CompleteCommit/CompleteAbort
+//!   (which nobody waits for) is in flight, the producer's next
+//!   AddPartitionsToTxn/AddOffsetsToTxn is *chained* behind it: checked
+//!   against the completed state and appended right after, so both
+//!   records reach the disk in one write. Its answer still waits for its
+//!   own record to be durable, which the ordered log makes imply the
+//!   Complete* one's; a failover in between loses both or the second
+//!   only, and the client retries either way.
 //! - InitProducerId: an unknown id gets a new producer id (from the pool
 //!   the driver fills, [`Input::ProducerIds`]) and epoch 0; a known one at
 //!   rest gets its epoch bumped (a new producer id once the epoch is
@@ -344,6 +352,34 @@ struct TxnEntry {
     /// What is durable (or, for an id never written, what it starts as).
     metadata: TxnMetadata,
     pending: Pending,
+    /// Appends of this id not durable yet (more than one only when a
+    /// transaction was chained behind a completion).
+    appends_in_flight: u32,
+    /// The in-flight Complete* state the next transaction may chain on
+    /// (`Some` only while that is the id's one append in flight).
+    completing: Option<TxnMetadata>,
+}
+
+impl TxnEntry {
+    fn new(log_partition: i32, metadata: TxnMetadata, pending: Pending) -> Self {
+        Self {
+            log_partition,
+            metadata,
+            pending,
+            appends_in_flight: 0,
+            completing: None,
+        }
+    }
+
+    /// The state a new transaction is checked against: the durable one, or
+    /// the completion in flight it may chain behind.
+    fn settled_or_completing(&self) -> Option<&TxnMetadata> {
+        match (&self.completing, self.pending) {
+            (Some(completing), _) => Some(completing),
+            (None, Pending::None) => Some(&self.metadata),
+            (None, _) => None,
+        }
+    }
 }
 
 /// An append whose record is not durable yet.
@@ -619,11 +655,7 @@ impl TxnCoordinator {
             let metadata = TxnMetadata::fresh(producer_id, timeout_ms, self.now_ms);
             self.entries.insert(
                 transactional_id.clone(),
-                TxnEntry {
-                    log_partition,
-                    metadata,
-                    pending: Pending::None,
-                },
+                TxnEntry::new(log_partition, metadata, Pending::None),
             );
         }
         let Some(entry) = self.entries.get(&transactional_id) else {
@@ -702,6 +734,31 @@ impl TxnCoordinator {
         Ok(entry)
     }
 
+    /// [`Self::check_producer`] for a request that may chain behind a
+    /// completion in flight; gives the state to build on.
+    fn check_producer_for_next(
+        &self,
+        transactional_id: &str,
+        producer: ProducerIdAndEpoch,
+    ) -> Result<&TxnMetadata, TxnError> {
+        self.check_ownership(transactional_id)?;
+        let entry = self
+            .entries
+            .get(transactional_id)
+            .ok_or(TxnError::InvalidProducerIdMapping)?;
+        // A completion keeps the producer id and epoch.
+        if entry.metadata.producer_id != producer.producer_id {
+            return Err(TxnError::InvalidProducerIdMapping);
+        }
+        if entry.metadata.producer_epoch != producer.epoch {
+            return Err(TxnError::ProducerFenced);
+        }
+        match entry.settled_or_completing() {
+            Some(current) if !current.state.is_preparing() => Ok(current),
+            _ => Err(TxnError::ConcurrentTransactions),
+        }
+    }
+
     fn add_partitions(
         &mut self,
         request: RequestId,
@@ -711,11 +768,10 @@ impl TxnCoordinator {
         offsets: bool,
         out: &mut Vec<Effect>,
     ) -> Option<Result<(), TxnError>> {
-        let entry = match self.check_producer(transactional_id, producer) {
-            Ok(entry) => entry,
+        let current = match self.check_producer_for_next(transactional_id, producer) {
+            Ok(current) => current,
             Err(error) => return Some(Err(error)),
         };
-        let current = &entry.metadata;
         if current.state == TxnState::Ongoing
             && partitions.iter().all(|p| current.partitions.contains(p))
         {
@@ -833,9 +889,9 @@ impl TxnCoordinator {
         let Some(partition) = self.partitions.get_mut(&entry.log_partition) else {
             return;
         };
-        debug_assert!(target
-            .as_ref()
-            .is_none_or(|t| t.state.may_follow(entry.metadata.state)));
+        debug_assert!(target.as_ref().is_none_or(|t| t
+            .state
+            .may_follow(entry.completing.as_ref().unwrap_or(&entry.metadata).state)));
         let record = match &target {
             Some(metadata) => {
                 records::encode(transactional_id, metadata, self.config.log_value_version)
@@ -845,6 +901,16 @@ impl TxnCoordinator {
         let offset = partition.next_offset;
         partition.next_offset += 1;
         entry.pending = Pending::Append;
+        entry.appends_in_flight += 1;
+        let is_completion = answer.is_none()
+            && !send_markers
+            && target.as_ref().is_some_and(|t| {
+                matches!(t.state, TxnState::CompleteCommit | TxnState::CompleteAbort)
+            });
+        entry.completing = match &target {
+            Some(target) if is_completion && entry.appends_in_flight == 1 => Some(target.clone()),
+            _ => None,
+        };
         partition.in_flight.push_back(InFlight {
             offset,
             transactional_id: transactional_id.to_string(),
@@ -891,11 +957,15 @@ impl TxnCoordinator {
                 continue;
             };
             entry.metadata = target;
-            entry.pending = if append.send_markers {
-                Pending::Markers
-            } else {
-                Pending::None
-            };
+            entry.appends_in_flight = entry.appends_in_flight.saturating_sub(1);
+            if entry.appends_in_flight == 0 {
+                entry.completing = None;
+                entry.pending = if append.send_markers {
+                    Pending::Markers
+                } else {
+                    Pending::None
+                };
+            }
             if let Some((request, response)) = append.answer {
                 answer(out, request, response);
             }
@@ -1064,11 +1134,7 @@ impl TxnCoordinator {
             };
             self.entries.insert(
                 transactional_id,
-                TxnEntry {
-                    log_partition,
-                    metadata,
-                    pending,
-                },
+                TxnEntry::new(log_partition, metadata, pending),
             );
         }
         Ok(stats)

@@ -440,6 +440,10 @@ async fn run_appender(shard: Rc<Shard>, mut queue: mpsc::UnboundedReceiver<Queue
             },
         };
         let (log_partition, generation) = (first.log_partition, first.generation);
+        // Let the tasks this append's own step woke run first: a request
+        // waiting for the transaction to complete chains its record behind
+        // the completion, and both go to disk in one write.
+        crate::shard::yield_once().await;
         let mut batch = vec![first];
         while batch.len() < APPEND_BATCH_RECORDS_MAX {
             match queue.try_recv() {

@@ -392,9 +392,16 @@ impl World {
                 },
             )?;
             if !self.rng.chance(self.params.stale_markers_pm) {
+                // Only this log's marker work goes (as the driver drops it:
+                // by the id's log partition); the node's other logs keep
+                // theirs, even at the same coordinator epoch.
                 let epoch = self.logs[partition as usize].coordinator_epoch;
-                self.marker_jobs
-                    .retain(|job| !(job.node == from && job.request.coordinator_epoch == epoch));
+                self.marker_jobs.retain(|job| {
+                    let log = log_partition_for(&job.request.transactional_id, LOG_PARTITIONS);
+                    !(job.node == from
+                        && log == partition
+                        && job.request.coordinator_epoch == epoch)
+                });
             }
         }
         self.load(to, partition)
@@ -1045,6 +1052,51 @@ impl World {
         Ok(())
     }
 
+    /// What keeps [`Self::settled`] false (for the failure report).
+    fn unsettled(&self) -> String {
+        let mut what = Vec::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            match &node.coordinator {
+                None => what.push(format!("node {index} down")),
+                Some(coordinator) => {
+                    for (id, metadata) in coordinator.transactions() {
+                        if metadata.state == TxnState::Ongoing || metadata.state.is_preparing() {
+                            what.push(format!("node {index}: {id} {metadata:?}"));
+                        }
+                    }
+                }
+            }
+        }
+        if !self.marker_jobs.is_empty() {
+            what.push(format!("{} marker jobs", self.marker_jobs.len()));
+        }
+        for (index, log) in self.logs.iter().enumerate() {
+            if log.durable != log.records.len() {
+                what.push(format!(
+                    "log {index}: {} of {} durable",
+                    log.durable,
+                    log.records.len()
+                ));
+            }
+        }
+        for (index, data) in self.data.iter().enumerate() {
+            if data.index.open_transactions() != 0 {
+                what.push(format!(
+                    "data {index}: {} open",
+                    data.index.open_transactions()
+                ));
+            }
+            if data.high_watermark != data.entries.len() as i64 {
+                what.push(format!(
+                    "data {index}: hw {} of {}",
+                    data.high_watermark,
+                    data.entries.len()
+                ));
+            }
+        }
+        what.join("; ")
+    }
+
     /// Heals everything and lets every timeout fire; true once nothing is
     /// open anywhere.
     fn settled(&self) -> bool {
@@ -1084,7 +1136,10 @@ impl World {
                 return self.check_final();
             }
         }
-        Err("did not settle: a transaction stays open".to_string())
+        Err(format!(
+            "did not settle: a transaction stays open ({})",
+            self.unsettled()
+        ))
     }
 }
 

@@ -580,6 +580,144 @@ fn end_txn_commit_is_answered_once_durable_then_markers_then_complete() {
     assert_eq!(harness.end(me, false).0, Err(TxnError::InvalidTxnState));
 }
 
+/// A committed transaction whose CompleteCommit is appended, not durable.
+fn completing() -> (Harness, ProducerIdAndEpoch) {
+    let (mut harness, me) = ongoing();
+    let (_, effects) = harness.end(me, true);
+    let markers = markers_of(&effects);
+    let effects = harness.input(Input::MarkersWritten {
+        transactional_id: TXN.into(),
+        producer: markers[0].producer,
+        coordinator_epoch: markers[0].coordinator_epoch,
+    });
+    assert_eq!(appends_of(&effects), 1, "the CompleteCommit record");
+    assert_eq!(harness.state(), TxnState::PrepareCommit);
+    (harness, me)
+}
+
+#[test]
+fn the_next_transaction_chains_behind_a_completion_in_flight() {
+    let (mut harness, me) = completing();
+    let complete_offset = harness.log.last().map(|(_, offset, _)| *offset);
+    let (request, effects) = harness.request(|request| Input::AddPartitions {
+        request,
+        transactional_id: TXN.into(),
+        producer: me,
+        partitions: vec![tp("t", 1)],
+    });
+    // Appended at once, right behind the completion, answered later.
+    assert_eq!(appends_of(&effects), 1);
+    assert_eq!(
+        harness.log.last().map(|(_, offset, _)| *offset),
+        complete_offset.map(|offset| offset + 1)
+    );
+    assert_eq!(answer_of(&effects, request), None);
+    // Anything else for the id still waits.
+    let (end, effects) = harness.request(|request| Input::EndTxn {
+        request,
+        transactional_id: TXN.into(),
+        producer: me,
+        commit: true,
+    });
+    assert_eq!(
+        answer_of(&effects, end),
+        Some(Response::EndTxn(Err(TxnError::ConcurrentTransactions)))
+    );
+    let effects = harness.durable();
+    assert_eq!(
+        answer_of(&effects, request),
+        Some(Response::AddPartitions(Ok(())))
+    );
+    assert_eq!(harness.state(), TxnState::Ongoing);
+    let metadata = harness.coordinator.metadata(TXN).expect("known");
+    assert_eq!(metadata.partitions.len(), 1, "only the new transaction's");
+    assert_eq!(harness.end(me, false).0, Ok(()));
+}
+
+#[test]
+fn the_completion_alone_durable_keeps_the_chained_transaction_in_flight() {
+    let (mut harness, me) = completing();
+    let complete_below = harness.log.last().map_or(0, |(_, offset, _)| offset + 1);
+    let (request, _) = harness.request(|request| Input::AddOffsets {
+        request,
+        transactional_id: TXN.into(),
+        producer: me,
+        offsets_partition: 3,
+    });
+    let effects = harness.input(Input::LogDurable {
+        log_partition: 0,
+        below_offset: complete_below,
+    });
+    assert_eq!(answer_of(&effects, request), None);
+    assert_eq!(harness.state(), TxnState::CompleteCommit);
+    // The chained record is still in flight: nothing chains behind it.
+    let (second, effects) = harness.request(|request| Input::AddPartitions {
+        request,
+        transactional_id: TXN.into(),
+        producer: me,
+        partitions: vec![tp("t", 2)],
+    });
+    assert_eq!(appends_of(&effects), 0);
+    assert_eq!(
+        answer_of(&effects, second),
+        Some(Response::AddPartitions(Err(
+            TxnError::ConcurrentTransactions
+        )))
+    );
+    let effects = harness.durable();
+    assert_eq!(
+        answer_of(&effects, request),
+        Some(Response::AddOffsets(Ok(())))
+    );
+    assert_eq!(harness.state(), TxnState::Ongoing);
+}
+
+#[test]
+fn a_chained_transaction_lost_with_its_partition_is_answered_not_coordinator() {
+    let (mut harness, me) = completing();
+    let (request, _) = harness.request(|request| Input::AddPartitions {
+        request,
+        transactional_id: TXN.into(),
+        producer: me,
+        partitions: vec![tp("t", 1)],
+    });
+    let effects = harness.input(Input::AppendFailed {
+        log_partition: 0,
+        not_leader: true,
+    });
+    assert_eq!(
+        answer_of(&effects, request),
+        Some(Response::AddPartitions(Err(TxnError::NotCoordinator)))
+    );
+}
+
+#[test]
+fn a_fenced_or_unknown_producer_does_not_chain() {
+    let (mut harness, me) = completing();
+    for (who, error) in [
+        (
+            producer(me.producer_id, me.epoch + 1),
+            TxnError::ProducerFenced,
+        ),
+        (
+            producer(me.producer_id + 1, me.epoch),
+            TxnError::InvalidProducerIdMapping,
+        ),
+    ] {
+        let (request, effects) = harness.request(|request| Input::AddPartitions {
+            request,
+            transactional_id: TXN.into(),
+            producer: who,
+            partitions: vec![tp("t", 1)],
+        });
+        assert_eq!(appends_of(&effects), 0);
+        assert_eq!(
+            answer_of(&effects, request),
+            Some(Response::AddPartitions(Err(error)))
+        );
+    }
+}
+
 #[test]
 fn end_txn_without_a_transaction_is_invalid_txn_state() {
     let mut harness = Harness::new();

@@ -88,6 +88,26 @@ impl InProcessBroker {
         }
     }
 
+    /// Creates `topic` with `partitions` partitions (replication factor 1)
+    /// and asserts it was created.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        use kafki_net::kafka_protocol::messages::create_topics_request::CreatableTopic;
+        use kafki_net::kafka_protocol::messages::{
+            CreateTopicsRequest, CreateTopicsResponse, TopicName,
+        };
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)])
+            .with_timeout_ms(10_000);
+        let response: CreateTopicsResponse = self
+            .call(RequestKind::CreateTopics(request), 5)
+            .await
+            .expect("answer");
+        assert_eq!(response.topics[0].error_code, 0, "{response:?}");
+    }
+
     /// Sends `body` as version `version` of its API and decodes the answer
     /// as `T` (the API's response type). `None` when the broker answers
     /// nothing (acks=0).
