@@ -94,6 +94,7 @@ struct Families {
     log_written_bytes: IntCounterVec,
     log_zero_filled_bytes: IntCounterVec,
     log_fsyncs: IntCounterVec,
+    log_fsync_micros: IntCounterVec,
     logs_unwritable: IntGaugeVec,
     data_dir_bytes: IntGaugeVec,
 }
@@ -255,6 +256,12 @@ impl Families {
                 "fdatasync calls of the partition logs (group commits and seals), by shard.",
                 &["shard"],
             ),
+            log_fsync_micros: counter_vec(
+                &registry,
+                "kafki_log_fsync_microseconds_total",
+                "Time spent waiting in those fdatasync calls, by shard (divided by kafki_log_fsyncs_total: the mean fsync latency).",
+                &["shard"],
+            ),
             logs_unwritable: gauge_vec(
                 &registry,
                 "kafki_logs_unwritable",
@@ -317,7 +324,7 @@ pub struct ShardMetrics {
     /// Passes, bytes read, bytes written, records removed.
     cleaner: [IntCounter; 4],
     /// Writes, written bytes, zero-filled bytes, fsyncs.
-    storage: [IntCounter; 4],
+    storage: [IntCounter; 5],
     /// Logs paused, logs failed.
     unwritable: [IntGauge; 2],
 }
@@ -371,6 +378,7 @@ impl ShardMetrics {
                 families.log_written_bytes.with_label_values(&[label]),
                 families.log_zero_filled_bytes.with_label_values(&[label]),
                 families.log_fsyncs.with_label_values(&[label]),
+                families.log_fsync_micros.with_label_values(&[label]),
             ],
             unwritable: [
                 families
@@ -486,6 +494,7 @@ impl ShardMetrics {
         self.storage[1].inc_by(delta.written_bytes);
         self.storage[2].inc_by(delta.zero_filled_bytes);
         self.storage[3].inc_by(delta.fsyncs);
+        self.storage[4].inc_by(delta.fsync_micros);
     }
 
     /// A connection was refused at accept, e.g. `"connection_limit"`.

@@ -253,6 +253,7 @@ impl Partition {
                 .zero_filled_bytes
                 .saturating_sub(before.zero_filled_bytes),
             fsyncs: now.fsyncs.saturating_sub(before.fsyncs),
+            fsync_micros: now.fsync_micros.saturating_sub(before.fsync_micros),
             segments: now.segments,
         }
     }

@@ -558,7 +558,9 @@ async fn seal_segment(shared: &Shared, base_offset: u64, file: &SegmentFile) -> 
     };
     space::finish_fill(fill, file).await;
     file.truncate(size).await?;
+    let sync_started = std::time::Instant::now();
     file.sync_data().await?;
+    let sync_micros = elapsed_micros(sync_started);
     // The small files a seal writes (indexes, epochs, recovery point) and
     // their syncs go to the executor's blocking threads: written on the
     // shard, each seal stalled every partition of the core for a few
@@ -574,6 +576,7 @@ async fn seal_segment(shared: &Shared, base_offset: u64, file: &SegmentFile) -> 
             segment.tail_block = Vec::new();
         }
         state.stats.fsyncs += 1;
+        state.stats.fsync_micros += sync_micros;
         // Earlier segments were sealed (and synced) before this one.
         if state.durable_offset < next_offset {
             state.durable_offset = next_offset;
@@ -632,11 +635,13 @@ pub(super) async fn sync_active(shared: &Shared) -> LogResult<()> {
     if let Some(epochs) = epochs {
         store_epochs(shared, epochs).await?;
     }
+    let sync_started = std::time::Instant::now();
     if let Some(file) = file {
         file.sync_data().await?;
     }
     let mut state = shared.state.borrow_mut();
     state.stats.fsyncs += 1;
+    state.stats.fsync_micros += elapsed_micros(sync_started);
     if covered > state.durable_offset {
         state.durable_offset = covered;
     }
@@ -660,4 +665,8 @@ pub(super) fn write_index_files(
             (time_index_name(base_offset), index.encode_times()),
         ],
     )
+}
+
+fn elapsed_micros(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

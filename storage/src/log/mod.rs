@@ -156,6 +156,8 @@ pub struct LogStats {
     /// Zeros written ahead of the data ([`space::Preallocation::Zeroed`]).
     pub zero_filled_bytes: u64,
     pub fsyncs: u64,
+    /// Time spent waiting in those fdatasync calls, in microseconds.
+    pub fsync_micros: u64,
     pub segments: u64,
 }
 
