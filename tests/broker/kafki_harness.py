@@ -339,6 +339,38 @@ def consume_partition(bootstrap: str, topic: str, partition: int, start_offset: 
     return records, errors
 
 
+def read_all(bootstrap: str, topic: str, partitions: int, isolation: str, expect: int,
+             settle: float = 1.0, timeout: float = 30.0,
+             config: dict | None = None) -> dict[int, list[str]]:
+    """Every value of `topic` per partition (decoded), read from offset 0 with
+    `isolation` ("read_committed" or "read_uncommitted"; assign, no group
+    commits), until `expect` records arrived and nothing more came for `settle`
+    s (so extra records would be seen), or `timeout` s passed. `config`: more
+    confluent-kafka settings."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time()}",
+                  "enable.auto.commit": False, "isolation.level": isolation,
+                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100, **(config or {})})
+    out: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        count = 0
+        while time.monotonic() < deadline:
+            m = c.poll(0.1)
+            if m is None or m.error():
+                if count >= expect and time.monotonic() - quiet_since > settle:
+                    break
+                continue
+            out[m.partition()].append(m.value().decode())
+            count += 1
+            quiet_since = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
 # --------------------------------------------------------------------------- raw wire helpers
 
 
