@@ -212,29 +212,39 @@ class Broker:
 
 # Log lines that mean Kafki itself is broken, whatever a test did to it: damaged
 # segments, a full disk, hostile bytes, killed or fenced nodes and cut links are
-# answered by other lines (WARN/ERROR included). Each regex is searched in every
-# line; the reason is why a match is Kafki's bug. check_logs() runs them at the
-# teardown of every broker and cluster fixture.
+# answered by other lines (WARN/ERROR ones too). regex -> why a match is Kafki's
+# bug. Each regex is searched in every line of every log a fixture's processes
+# wrote (check_logs, at the fixture's teardown).
 BUG_PATTERNS: dict[str, str] = {
-    r"panicked at|fatal runtime error|has overflowed its stack|memory allocation of \d+ bytes failed":
-        "the process crashed (a panic, a stack overflow, an aborting allocation)",
+    r"panicked at|fatal runtime error|has overflowed its stack"
+    r"|memory allocation of \d+ bytes failed":
+        "the process crashed: a panic (a broken assert! included), a stack overflow, an abort",
     r"Bad file descriptor|os error 9\)":
-        "EBADF: Kafki used a descriptor it does not hold (the relative data-dir snapshot bug)",
+        "EBADF: Kafki used a descriptor it does not hold (last session's snapshot bug)",
     r"producer-state snapshot (?:at shutdown )?failed":
-        "a snapshot write fails only on a full disk or descriptor table (tests that fill them opt out)",
+        "a snapshot write fails only on a full disk or descriptor table (a test that fills "
+        "one allows that case) or by a bug, as the EBADF of relative data dirs did",
     r"the transaction coordinator refused":
-        "an input, unload or tick the pure coordinator refuses is a driver bug (txn/coordinator.rs InputError)",
+        "an input, unload or tick the pure coordinator refuses: a driver bug "
+        "(txn/coordinator.rs InputError)",
     r"coordinator appends are not contiguous|the transaction appender is gone"
-    r"|transaction log moved under the coordinator|transaction records landed elsewhere than planned":
-        "the transaction coordinator's own bookkeeping of __transaction_state broke",
-    r"marker appended but not indexed": "partition/marker.rs: only the broker's own bug lands there",
-    r"coordinator produced an undecodable key": "the group coordinator wrote a key it cannot read",
-    r"controller answered a different request": "admin.rs: a controller bug, not a client's fault",
-    r"no handler for advertised API": "the decoder's API table and the handlers disagree",
+    r"|transaction log moved under the coordinator"
+    r"|transaction records landed elsewhere than planned":
+        "the transaction coordinator lost track of its own __transaction_state appends",
+    r"marker appended but not indexed":
+        "partition/marker.rs: checked just before, only the broker's own bug lands there",
+    r"coordinator produced an undecodable key":
+        "the group coordinator wrote a key it cannot read back",
+    r"controller answered a different request":
+        "admin.rs: a controller bug, not a client's fault",
+    r"no handler for advertised API":
+        "the decoder's API table and the handlers disagree",
     r"cannot encode|encoding a raft message|encoding metrics":
-        "Kafki built a response or node frame its own encoder refuses",
-    r"skipping an undecodable metadata command|a membership change did not apply":
-        "a committed metadata-quorum entry (CRC-checked) that does not apply",
+        "Kafki built a response, node frame or /metrics text its own encoder refuses",
+    r"skipping an undecodable metadata command|a membership change did not apply"
+    r"|leader's persisted index changed but the term":
+        "a committed (CRC-checked) metadata-quorum entry that does not apply, or raft-rs "
+        "seeing the raft log persisted out of order",
 }
 _BUG_LINE = re.compile("|".join(f"(?:{pattern})" for pattern in BUG_PATTERNS))
 ALLOW_LOG_MARKER = ("allow_log(*regexes): lines of the test's Kafki logs matching a regex are "
