@@ -8,15 +8,16 @@ import shutil
 
 import pytest
 
-from kafki_harness import Broker, new_workdir
+from kafki_harness import ALLOW_LOG_MARKER, Broker, check_logs, fail_on_bug_lines, new_workdir
 
 
 @pytest.fixture
 def broker_factory(request):
     """broker_factory(settings=None, extra_args=None, start=True, nofile=None) -> Broker.
 
-    Brokers are SIGKILLed at teardown if still running. A panic in any run's log
-    fails the test. Work dirs of passed tests are removed."""
+    Brokers are SIGKILLed at teardown if still running. A line of any run's log
+    that means a bug in Kafki (kafki_harness.BUG_PATTERNS, minus the test's
+    allow_log marks) fails the test. Work dirs of passed tests are removed."""
     made: list[Broker] = []
 
     def make(settings: dict[str, str] | None = None, extra_args: list[str] | None = None,
@@ -31,16 +32,13 @@ def broker_factory(request):
     for b in made:
         b.cleanup()
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    panics = [b for b in made if "panicked" in b.log_text(all_runs=True)]
+    found = check_logs(request, [path for b in made for path in b.logs])
     for b in made:
-        if failed or panics or os.environ.get("KAFKI_KEEP_DATA") == "1":
+        if failed or found or os.environ.get("KAFKI_KEEP_DATA") == "1":
             print(f"\nkept broker work dir {b.workdir} (logs: {[str(p) for p in b.logs]})")
         else:
             shutil.rmtree(b.workdir, ignore_errors=True)
-    if panics:
-        text = panics[0].log_text(all_runs=True)
-        i = text.index("panicked")
-        pytest.fail(f"the broker panicked:\n{text[max(0, i - 500):i + 2000]}", pytrace=False)
+    fail_on_bug_lines(found)
 
 
 @pytest.fixture
@@ -59,6 +57,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", ALLOW_LOG_MARKER)
     # kafka-python (used only for its CRC32C) warns about importlib.resources on import.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:kafka.*")
     config.addinivalue_line("filterwarnings", "ignore:.*is deprecated. Use files:DeprecationWarning")

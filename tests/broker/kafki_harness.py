@@ -1,11 +1,17 @@
 """Harness for the broker robustness suite (tests/broker): the Broker process wrapper,
-confluent-kafka helpers and raw Kafka wire helpers.
+the teardown log check, confluent-kafka helpers and raw Kafka wire helpers.
 
 Every test gets its own `kafki serve` on free loopback ports with a fresh data
 directory under target/broker-tests/ (a real disk: the broker uses O_DIRECT,
 which tmpfs ignores). `Broker` can stop the process cleanly (SIGTERM, checks
 the "kafki stopped cleanly" line), kill it with SIGKILL, and restart it on the
 same data directory and ports.
+
+At teardown every fixture that starts brokers (tests/broker/conftest.py,
+tests/cluster/conftest.py) scans their logs for lines that mean a bug in Kafki whatever the test did
+(BUG_PATTERNS: panics, failed producer-state snapshots, the transaction
+coordinator's broken bookkeeping, ...) and fails the test listing them; a test
+that provokes one on purpose allows it with `@pytest.mark.allow_log(regex)`.
 
 KAFKI_BIN picks the binary (default target/debug/kafki; build it first with
 `cargo build -p kafki`). KAFKI_KEEP_DATA=1 keeps data dirs and logs of passed
@@ -202,6 +208,81 @@ class Broker:
             self.proc.wait(timeout=10)
 
 
+# --------------------------------------------------------------------------- log check
+
+# Log lines that mean Kafki itself is broken, whatever a test did to it: damaged
+# segments, a full disk, hostile bytes, killed or fenced nodes and cut links are
+# answered by other lines (WARN/ERROR ones too). regex -> why a match is Kafki's
+# bug. Each regex is searched in every line of every log a fixture's processes
+# wrote (check_logs, at the fixture's teardown).
+BUG_PATTERNS: dict[str, str] = {
+    r"panicked at|fatal runtime error|has overflowed its stack"
+    r"|memory allocation of \d+ bytes failed":
+        "the process crashed: a panic (a broken assert! included), a stack overflow, an abort",
+    r"Bad file descriptor|os error 9\)":
+        "EBADF: Kafki used a descriptor it does not hold (last session's snapshot bug)",
+    r"producer-state snapshot (?:at shutdown )?failed":
+        "a snapshot write fails only on a full disk or descriptor table (a test that fills "
+        "one allows that case) or by a bug, as the EBADF of relative data dirs did",
+    r"the transaction coordinator refused":
+        "an input, unload or tick the pure coordinator refuses: a driver bug "
+        "(txn/coordinator.rs InputError)",
+    r"coordinator appends are not contiguous|the transaction appender is gone"
+    r"|transaction log moved under the coordinator"
+    r"|transaction records landed elsewhere than planned":
+        "the transaction coordinator lost track of its own __transaction_state appends",
+    r"marker appended but not indexed":
+        "partition/marker.rs: checked just before, only the broker's own bug lands there",
+    r"coordinator produced an undecodable key":
+        "the group coordinator wrote a key it cannot read back",
+    r"controller answered a different request":
+        "admin.rs: a controller bug, not a client's fault",
+    r"no handler for advertised API":
+        "the decoder's API table and the handlers disagree",
+    r"cannot encode|encoding a raft message|encoding metrics":
+        "Kafki built a response, node frame or /metrics text its own encoder refuses",
+    r"skipping an undecodable metadata command|a membership change did not apply"
+    r"|leader's persisted index changed but the term":
+        "a committed (CRC-checked) metadata-quorum entry that does not apply, or raft-rs "
+        "seeing the raft log persisted out of order",
+}
+_BUG_LINE = re.compile("|".join(f"(?:{pattern})" for pattern in BUG_PATTERNS))
+ALLOW_LOG_MARKER = ("allow_log(*regexes): lines of the test's Kafki logs matching a regex are "
+                    "not failures of the teardown log check (kafki_harness.BUG_PATTERNS)")
+
+
+def bug_lines(paths, allowed=()) -> list[str]:
+    """"path:line: text" for each line of the logs at `paths` that matches
+    BUG_PATTERNS and none of the `allowed` regexes."""
+    allowed = [re.compile(a) for a in allowed]
+    found = []
+    for path in paths:
+        lines = read_logs([path]).splitlines()
+        for number, line in enumerate(lines, 1):
+            if _BUG_LINE.search(line) and not any(a.search(line) for a in allowed):
+                if line.endswith(":") and number < len(lines):
+                    line += " " + lines[number]  # a panic's message is on the next line
+                found.append(f"{path}:{number}: {line[:600]}")
+    return found
+
+
+def check_logs(request, paths) -> list[str]:
+    """For a fixture's teardown: bug_lines() of the logs at `paths`, less those
+    the test's (or its module's) `allow_log` marks allow. The fixture cleans
+    up, keeps the work dirs if any, then calls fail_on_bug_lines()."""
+    allowed = [a for mark in request.node.iter_markers("allow_log") for a in mark.args]
+    return bug_lines(paths, allowed)
+
+
+def fail_on_bug_lines(found: list[str]):
+    """Fails the test (at teardown) listing `found`, if any."""
+    if found:
+        shown = "\n".join(found[:30]) + (f"\n... {len(found) - 30} more" if len(found) > 30 else "")
+        pytest.fail(f"{len(found)} log line(s) that mean a bug in Kafki (kafki_harness.BUG_PATTERNS; "
+                    f"a test that provokes one on purpose marks it allow_log):\n{shown}",
+                    pytrace=False)
+
+
 # --------------------------------------------------------------------------- confluent helpers
 
 
@@ -266,6 +347,38 @@ def consume_partition(bootstrap: str, topic: str, partition: int, start_offset: 
     finally:
         c.close()
     return records, errors
+
+
+def read_all(bootstrap: str, topic: str, partitions: int, isolation: str, expect: int,
+             settle: float = 1.0, timeout: float = 30.0,
+             config: dict | None = None) -> dict[int, list[str]]:
+    """Every value of `topic` per partition (decoded), read from offset 0 with
+    `isolation` ("read_committed" or "read_uncommitted"; assign, no group
+    commits), until `expect` records arrived and nothing more came for `settle`
+    s (so extra records would be seen), or `timeout` s passed. `config`: more
+    confluent-kafka settings."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time()}",
+                  "enable.auto.commit": False, "isolation.level": isolation,
+                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100, **(config or {})})
+    out: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        count = 0
+        while time.monotonic() < deadline:
+            m = c.poll(0.1)
+            if m is None or m.error():
+                if count >= expect and time.monotonic() - quiet_since > settle:
+                    break
+                continue
+            out[m.partition()].append(m.value().decode())
+            count += 1
+            quiet_since = time.monotonic()
+    finally:
+        c.close()
+    return out
 
 
 # --------------------------------------------------------------------------- raw wire helpers

@@ -22,10 +22,10 @@ import time
 
 import pytest
 
-from kafki_harness import (Broker, api_versions_v0, closed_within, compact_str, connect,
-                           consume_partition, create_topic, frame, header_v1, header_v2, kstr,
-                           new_workdir, parse_produce_v9_response, produce_v9, record_batch,
-                           recv_response, uvarint, wait_until)
+from kafki_harness import (Broker, api_versions_v0, check_logs, closed_within, compact_str,
+                           connect, consume_partition, create_topic, fail_on_bug_lines, frame,
+                           header_v1, header_v2, kstr, new_workdir, parse_produce_v9_response,
+                           produce_v9, record_batch, recv_response, uvarint, wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,14 +118,15 @@ def env(request):
     finally:
         b.cleanup()
     text = b.log_text(all_runs=True)
-    assert "panicked" not in text, text[text.index("panicked") - 300:][:2000]
+    found = check_logs(request, b.logs)
     refused = [l for l in text.splitlines() if "refus" in l or "closing" in l]
     print(f"\nhostile broker: {len(refused)} refusal lines in its log, e.g.\n  " + "\n  ".join(refused[:6]))
-    if os.environ.get("KAFKI_KEEP_DATA") == "1" or any(
+    if found or os.environ.get("KAFKI_KEEP_DATA") == "1" or any(
             r.failed for r in getattr(request.session, "_broker_reports", [])):
         print(f"hostile broker work dir kept: {b.workdir}")
     else:
         shutil.rmtree(b.workdir, ignore_errors=True)
+    fail_on_bug_lines(found)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from kafki_harness import create_topic, wait_until
+from kafki_harness import create_topic, read_all, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,34 +37,6 @@ def txn_producer(bootstrap: str, txn_id: str, **extra) -> Producer:
     config = {"bootstrap.servers": bootstrap, "transactional.id": txn_id,
               "transaction.timeout.ms": 30000, "linger.ms": 5, **extra}
     return Producer(config)
-
-
-def read_values(bootstrap: str, topic: str, partitions: int, isolation: str,
-                expect: int, settle: float = 1.0) -> dict[int, list[str]]:
-    """Every value of `topic` per partition, read from offset 0 with
-    `isolation`, until `expect` records arrived and nothing more came for
-    `settle` seconds (so extra records would be seen)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time()}",
-                  "enable.auto.commit": False, "isolation.level": isolation,
-                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100})
-    out: dict[int, list[str]] = {p: [] for p in range(partitions)}
-    try:
-        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-        deadline = time.monotonic() + 30
-        quiet_since = time.monotonic()
-        count = 0
-        while time.monotonic() < deadline:
-            m = c.poll(0.1)
-            if m is None or m.error():
-                if count >= expect and time.monotonic() - quiet_since > settle:
-                    break
-                continue
-            out[m.partition()].append(m.value().decode())
-            count += 1
-            quiet_since = time.monotonic()
-    finally:
-        c.close()
-    return out
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
@@ -112,8 +84,8 @@ def test_commit_and_abort_across_partitions(broker):
                 committed[i % 3].append(f"r{round_}-{i}")
         else:
             p.abort_transaction(20)
-    assert read_values(broker.bootstrap, topic, 3, "read_committed", 18) == committed
-    assert read_values(broker.bootstrap, topic, 3, "read_uncommitted", 36) == everything
+    assert read_all(broker.bootstrap, topic, 3, "read_committed", 18) == committed
+    assert read_all(broker.bootstrap, topic, 3, "read_uncommitted", 36) == everything
     # 4 transactions × (3 records + 1 marker) per partition; nothing open.
     for partition in range(3):
         assert high_and_stable(broker.bootstrap, topic, partition) == (16, 16)
@@ -160,7 +132,7 @@ def test_offsets_sent_to_a_transaction_commit_with_it(broker):
             "an aborted transaction's offsets became visible"
     finally:
         consumer.close()
-    out = read_values(broker.bootstrap, sink, 1, "read_committed", 10)[0]
+    out = read_all(broker.bootstrap, sink, 1, "read_committed", 10)[0]
     # The committed transaction's ten outputs, each once; none of the aborted one's.
     assert len(out) == 10 and len(set(out)) == 10 and all(v.startswith("IN-") for v in out), out
 
@@ -187,7 +159,7 @@ def test_a_second_producer_with_the_same_id_fences_the_first(broker):
     error = raised.value.args[0]
     assert error.fatal() or error.name() in ("PRODUCER_FENCED", "_FENCED",
                                              "INVALID_PRODUCER_EPOCH"), error
-    assert read_values(broker.bootstrap, topic, 1, "read_committed", 1)[0] == ["successor"]
+    assert read_all(broker.bootstrap, topic, 1, "read_committed", 1)[0] == ["successor"]
 
 
 def test_a_hung_transaction_is_aborted_after_its_timeout(broker):
@@ -210,7 +182,7 @@ def test_a_hung_transaction_is_aborted_after_its_timeout(broker):
     later.begin_transaction()
     later.produce(topic, value=b"after", partition=0)
     later.commit_transaction(20)
-    assert read_values(broker.bootstrap, topic, 1, "read_committed", 1)[0] == ["after"]
+    assert read_all(broker.bootstrap, topic, 1, "read_committed", 1)[0] == ["after"]
 
 
 def test_kill_9_with_a_transaction_open(broker):
@@ -234,7 +206,7 @@ def test_kill_9_with_a_transaction_open(broker):
     again.begin_transaction()
     again.produce(topic, value=b"after-restart", partition=0)
     again.commit_transaction(30)
-    got = read_values(broker.bootstrap, topic, 2, "read_committed", 7)
+    got = read_all(broker.bootstrap, topic, 2, "read_committed", 7)
     assert got == {0: ["kept-0", "kept-2", "kept-4", "after-restart"],
                    1: ["kept-1", "kept-3", "kept-5"]}, got
     # Once the abort is written nothing is open: stable = high on both.

@@ -497,9 +497,6 @@ class Cluster:
             node.ensure_down()
         self.stop_proxies()
 
-    def panicked(self) -> list[Node]:
-        return [node for node in self.nodes.values() if "panicked" in node.log_text(all_runs=True)]
-
     def cleanup(self, failed: bool = False) -> bool:
         """Kill what still runs, stop the proxies, remove the workdir unless the
         test failed or KAFKI_KEEP_DATA=1 (then print where it is). Returns kept."""

@@ -7,6 +7,7 @@ import resource
 import pytest
 
 from cluster_harness import DEFAULT_KAFKI_BIN, Cluster, new_workdir
+from kafki_harness import ALLOW_LOG_MARKER, check_logs, fail_on_bug_lines
 
 
 @pytest.fixture
@@ -15,8 +16,9 @@ def cluster_factory(request):
 
     kwargs go to Cluster (cluster_flags, node_settings, extra_args, cores).
     At teardown every node gets SIGTERM, then SIGKILL after 10 s, and every
-    proxy stops, whatever the test did. A panic in any node's log fails the
-    test. Work dirs of passed tests are removed (KAFKI_KEEP_DATA=1 keeps them);
+    proxy stops, whatever the test did. A line of any node's log that means a
+    bug in Kafki (kafki_harness.BUG_PATTERNS, minus the test's allow_log marks)
+    fails the test. Work dirs of passed tests are removed (KAFKI_KEEP_DATA=1 keeps them);
     those of failed tests are kept and their paths printed."""
     made: list[Cluster] = []
 
@@ -36,14 +38,10 @@ def cluster_factory(request):
         c.shutdown(grace=10)
     failed = any(getattr(request.node, f"rep_{when}", None) is not None
                  and getattr(request.node, f"rep_{when}").failed for when in ("setup", "call"))
-    panics = [node for c in made for node in c.panicked()]
+    found = check_logs(request, [path for c in made for node in c for path in node.logs])
     for c in made:
-        c.cleanup(failed=failed or bool(panics))
-    if panics:
-        text = panics[0].log_text(all_runs=True)
-        i = text.index("panicked")
-        pytest.fail(f"node {panics[0].id} panicked:\n{text[max(0, i - 500):i + 2000]}",
-                    pytrace=False)
+        c.cleanup(failed=failed or bool(found))
+    fail_on_bug_lines(found)
 
 
 @pytest.fixture
@@ -60,6 +58,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", ALLOW_LOG_MARKER)
     # kafka-python (used only for its CRC32C) warns about importlib.resources on import.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:kafka.*")
     if not config.pluginmanager.hasplugin("timeout"):

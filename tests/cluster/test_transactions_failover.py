@@ -28,10 +28,10 @@ import struct
 import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from cluster_harness import admin_client, create_topic, wait_for_partitions, wait_until
-from kafki_harness import connect, frame, header_v1, kstr, recv_response
+from kafki_harness import connect, frame, header_v1, kstr, read_all, recv_response
 from test_read_committed_long_poll import PROMPT_S, ParkedFetch
 from test_cluster import FAST
 
@@ -163,33 +163,6 @@ def fetch_from(node, partition: int) -> dict | None:
         sock.close()
 
 
-def read_committed(bootstrap: str, expect: int, settle: float = 1.5) -> dict[int, list[str]]:
-    """Every value of TOPIC per partition, read_committed from offset 0, until
-    `expect` records came and nothing more for `settle` s."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time()}",
-                  "enable.auto.commit": False, "isolation.level": "read_committed",
-                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
-                  "topic.metadata.refresh.interval.ms": 1000})
-    out: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
-    try:
-        c.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
-        deadline = time.monotonic() + 60
-        quiet_since = time.monotonic()
-        count = 0
-        while time.monotonic() < deadline:
-            m = c.poll(0.1)
-            if m is None or m.error():
-                if count >= expect and time.monotonic() - quiet_since > settle:
-                    break
-                continue
-            out[m.partition()].append(m.value().decode())
-            count += 1
-            quiet_since = time.monotonic()
-    finally:
-        c.close()
-    return out
-
-
 def produce_part(p: Producer, name: str, count: int):
     for partition in range(PARTITIONS):
         for i in range(count):
@@ -253,7 +226,9 @@ def test_a_data_leader_dies_mid_transaction(cluster_factory):
                             (("t1a", PER_PART), ("t1b", PER_PART), ("t1c", PER_PART),
                              ("t3", LAST)) for i in range(count)]
                 for partition in range(PARTITIONS)}
-    assert read_committed(live, 3 * (3 * PER_PART + LAST)) == expected
+    got = read_all(live, TOPIC, PARTITIONS, "read_committed", 3 * (3 * PER_PART + LAST), settle=1.5,
+                   timeout=60, config={"topic.metadata.refresh.interval.ms": 1000})
+    assert got == expected
 
     # The victim comes back, catches up and rejoins every ISR.
     victim.start()
