@@ -12,7 +12,8 @@
 #
 # Env: SYSTEMS ("kafka kafki"), RUNS (3), DURATION (10), WARMUP (5, seconds of
 # the unmeasured first run: Kafka's JIT keeps speeding it up for a minute), RECORD_BYTES (1024),
-# RECORDS_PER_TXN (100), KAFKI_BIN (target/release/kafki). Kafka runs with its
+# RECORDS_PER_TXN (100), KAFKI_BIN (target/release/kafki), KAFKI_SERVE_ARGS
+# (more `kafki serve` flags, e.g. "--set log.preallocate.zero.fill=true"). Kafka runs with its
 # defaults (peers.sh: one KRaft node, transaction log RF 1); Kafki with its own
 # (acks=all is answered after fsync; Kafka's after the page cache).
 # Needs scripts/install-test-deps.sh (Kafka jars, the Java benchmark) and a
@@ -40,8 +41,9 @@ for system in $SYSTEMS; do
   data=$(mktemp -d -p "$root/target" txn-bench.XXXXXX)
   case "$system" in
     kafki)
+      admin=$(free_port)
       taskset -c 0 "$KAFKI" serve --cores 0 --listen "127.0.0.1:$port" \
-        --admin-listen "127.0.0.1:$(free_port)" --data-dir "$data/data" >"$data/kafki.log" 2>&1 &
+        --admin-listen "127.0.0.1:$admin" --data-dir "$data/data" ${KAFKI_SERVE_ARGS:-} >"$data/kafki.log" 2>&1 &
       pid=$!
       stop() { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
       for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done ;;
@@ -64,12 +66,17 @@ for system in $SYSTEMS; do
   for run in $(seq "$RUNS"); do
     topic="txn-$run-$RANDOM"
     run_once "$topic" 2 >/dev/null   # creates the topic, off the clock
+    [ "$system" = kafki ] && curl -s "http://127.0.0.1:$admin/metrics" >"$data/metrics.before"
     before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     line=$(run_once "$topic" "$DURATION")
     after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     records=$(echo "$line" | sed -E 's/^records=([0-9]+).*/\1/')
     cpu_us=$(python3 -c "print(round(($after - $before) / $ticks_per_second * 1e6 / max($records, 1), 2))")
     echo "run $run ($system): $line broker_cpu_us_per_record=$cpu_us"
+    if [ "$system" = kafki ]; then # where the broker's time went
+      curl -s "http://127.0.0.1:$admin/metrics" >"$data/metrics.after"
+      python3 "$root/scripts/metrics-delta.py" "$data/metrics.before" "$data/metrics.after" "$records"
+    fi
     rows+=("$(echo "$line" | sed -E 's/.*records_per_s=([0-9.]+) txns=[0-9]+ commit_p50_ms=([0-9.]+) commit_p99_ms=([0-9.]+).*/\1 \2 \3/') $cpu_us")
   done
   printf '%s\n' "${rows[@]}" | python3 -c '

@@ -10,7 +10,8 @@
 # Needs scripts/install-test-deps.sh (Kafka jars) and, for kafki, a release
 # build (cargo build --release -p kafki). Kafka runs with its defaults unless
 # KAFKA_BROKER_ARGS is set (e.g. KAFKA_BROKER_ARGS="flush.messages=1").
-# KAFKI_SERVE_BIN=PATH serves Kafki from another build (a before/after figure).
+# KAFKI_SERVE_BIN=PATH serves Kafki from another build (a before/after figure);
+# KAFKI_SERVE_ARGS adds `kafki serve` flags (e.g. "--set log.preallocate.zero.fill=true").
 set -euo pipefail
 target=${1:?kafki or kafka}
 records=${2:-300000}
@@ -24,9 +25,9 @@ data=$(mktemp -d -p "$root/target" perf-data.XXXXXX)
 case "$target" in
   kafki)
     taskset -c 0 "${KAFKI_SERVE_BIN:-$root/target/release/kafki}" serve --cores 0 --listen "127.0.0.1:$port" \
-      --admin-listen "127.0.0.1:$((port + 1))" --data-dir "$data" >"$data.log" 2>&1 &
+      --admin-listen "127.0.0.1:$((port + 1))" --data-dir "$data" ${KAFKI_SERVE_ARGS:-} >"$data.log" 2>&1 &
     pid=$!
-    stop() { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$data" "$data.log"; }
+    stop() { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$data" "$data.log" "$data.before" "$data.after"; }
     sleep 1 ;;
   kafka)
     # shellcheck disable=SC2086
@@ -39,34 +40,10 @@ case "$target" in
 esac
 trap stop EXIT
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-# Kafki only: where a produce request's time goes, from /metrics (summed
-# over shards): produce requests, their mean time from arrival to response,
-# records per request, fsyncs and their mean latency.
-scrape() {
+# Kafki only: where a produce request's time goes (scripts/metrics-delta.py).
+scrape() { # file
   [ "$target" = kafki ] || return 0
-  curl -s "http://127.0.0.1:$((port + 1))/metrics" | python3 -c '
-import re, sys
-want = {"req": r"kafki_request_latency_seconds_count\{.*api=\"Produce\".*\}",
-        "req_s": r"kafki_request_latency_seconds_sum\{.*api=\"Produce\".*\}",
-        "fsyncs": r"kafki_log_fsyncs_total\{.*\}",
-        "fsync_us": r"kafki_log_fsync_microseconds_total\{.*\}"}
-sums = dict.fromkeys(want, 0.0)
-for line in sys.stdin:
-    for name, pattern in want.items():
-        if re.match(pattern + r" ", line):
-            sums[name] += float(line.split()[-1])
-print(" ".join(f"{sums[n]:.6f}" for n in want))'
-}
-breakdown() {
-  [ "$target" = kafki ] || return 0
-  python3 - "$1" "$2" "$records" <<'PY'
-import sys
-before, after, records = [list(map(float, a.split())) for a in sys.argv[1:3]] + [float(sys.argv[3])]
-req, req_s, fsyncs, fsync_us = (a - b for a, b in zip(after, before))
-print(f"  produce requests {req:.0f} ({records / max(req, 1):.1f} records each), "
-      f"mean {1000 * req_s / max(req, 1):.2f} ms from arrival to response; "
-      f"fsyncs {fsyncs:.0f} ({req / max(fsyncs, 1):.2f} requests each), mean {fsync_us / 1000 / max(fsyncs, 1):.2f} ms")
-PY
+  curl -s "http://127.0.0.1:$((port + 1))/metrics" >"$1"
 }
 ticks_per_second=$(getconf CLK_TCK)
 results=()
@@ -77,14 +54,17 @@ for run in $(seq "$runs"); do
     --num-records 20000 --record-size 1024 --throughput -1 \
     --producer-props "bootstrap.servers=127.0.0.1:$port" acks=all "$@" >/dev/null 2>&1
   before=$(cpu_ticks)
-  metrics_before=$(scrape)
+  scrape "$data.before"
   line=$(taskset -c 1 java -cp "$libs/*" org.apache.kafka.tools.ProducerPerformance --topic "$topic" \
     --num-records "$records" --record-size 1024 --throughput -1 \
     --producer-props "bootstrap.servers=127.0.0.1:$port" acks=all "$@" 2>/dev/null | tail -1)
   after=$(cpu_ticks)
   cpu_us=$(python3 -c "print(round(($after - $before) / $ticks_per_second * 1e6 / $records, 2))")
   echo "run $run ($target): $line broker_cpu_us_per_record=$cpu_us"
-  breakdown "$metrics_before" "$(scrape)"
+  if [ "$target" = kafki ]; then
+    scrape "$data.after"
+    python3 "$root/scripts/metrics-delta.py" "$data.before" "$data.after" "$records"
+  fi
   results+=("$(echo "$line" | sed -E 's/.* records sent, ([0-9.]+) records\/sec \(([0-9.]+) MB\/sec\), ([0-9.]+) ms avg latency.* ([0-9]+) ms 99th.*/\1 \2 \3 \4/') $cpu_us")
 done
 printf '%s\n' "${results[@]}" | python3 -c '
