@@ -711,35 +711,14 @@ impl TxnCoordinator {
         }
     }
 
-    /// The checks every request of a producer passes first.
+    /// The checks every request of a producer passes first; gives the
+    /// state to act on. `may_chain`: the request may be chained behind a
+    /// completion in flight (the state given is then that completion's).
     fn check_producer(
         &self,
         transactional_id: &str,
         producer: ProducerIdAndEpoch,
-    ) -> Result<&TxnEntry, TxnError> {
-        self.check_ownership(transactional_id)?;
-        let entry = self
-            .entries
-            .get(transactional_id)
-            .ok_or(TxnError::InvalidProducerIdMapping)?;
-        if entry.metadata.producer_id != producer.producer_id {
-            return Err(TxnError::InvalidProducerIdMapping);
-        }
-        if entry.metadata.producer_epoch != producer.epoch {
-            return Err(TxnError::ProducerFenced);
-        }
-        if entry.pending != Pending::None || entry.metadata.state.is_preparing() {
-            return Err(TxnError::ConcurrentTransactions);
-        }
-        Ok(entry)
-    }
-
-    /// [`Self::check_producer`] for a request that may chain behind a
-    /// completion in flight; gives the state to build on.
-    fn check_producer_for_next(
-        &self,
-        transactional_id: &str,
-        producer: ProducerIdAndEpoch,
+        may_chain: bool,
     ) -> Result<&TxnMetadata, TxnError> {
         self.check_ownership(transactional_id)?;
         let entry = self
@@ -753,7 +732,12 @@ impl TxnCoordinator {
         if entry.metadata.producer_epoch != producer.epoch {
             return Err(TxnError::ProducerFenced);
         }
-        match entry.settled_or_completing() {
+        let current = if may_chain {
+            entry.settled_or_completing()
+        } else {
+            (entry.pending == Pending::None).then_some(&entry.metadata)
+        };
+        match current {
             Some(current) if !current.state.is_preparing() => Ok(current),
             _ => Err(TxnError::ConcurrentTransactions),
         }
@@ -768,7 +752,7 @@ impl TxnCoordinator {
         offsets: bool,
         out: &mut Vec<Effect>,
     ) -> Option<Result<(), TxnError>> {
-        let current = match self.check_producer_for_next(transactional_id, producer) {
+        let current = match self.check_producer(transactional_id, producer, true) {
             Ok(current) => current,
             Err(error) => return Some(Err(error)),
         };
@@ -811,8 +795,7 @@ impl TxnCoordinator {
         producer: ProducerIdAndEpoch,
         partitions: Vec<TopicPartition>,
     ) -> Result<Vec<(TopicPartition, Option<TxnError>)>, TxnError> {
-        let entry = self.check_producer(transactional_id, producer)?;
-        let metadata = &entry.metadata;
+        let metadata = self.check_producer(transactional_id, producer, false)?;
         Ok(partitions
             .into_iter()
             .map(|partition| {

@@ -72,6 +72,20 @@ impl Harness {
         (request, self.input(make(request)))
     }
 
+    /// AddPartitionsToTxn for [`TXN`], not made durable.
+    fn add_request(
+        &mut self,
+        who: ProducerIdAndEpoch,
+        partitions: &[TopicPartition],
+    ) -> (RequestId, Vec<Effect>) {
+        self.request(|request| Input::AddPartitions {
+            request,
+            transactional_id: TXN.into(),
+            producer: who,
+            partitions: partitions.to_vec(),
+        })
+    }
+
     /// Makes every append so far durable.
     fn durable(&mut self) -> Vec<Effect> {
         let below = self.log.last().map_or(0, |(_, offset, _)| offset + 1);
@@ -105,12 +119,7 @@ impl Harness {
         who: ProducerIdAndEpoch,
         partitions: &[TopicPartition],
     ) -> Result<(), TxnError> {
-        let (request, mut effects) = self.request(|request| Input::AddPartitions {
-            request,
-            transactional_id: TXN.into(),
-            producer: who,
-            partitions: partitions.to_vec(),
-        });
+        let (request, mut effects) = self.add_request(who, partitions);
         effects.extend(self.durable());
         match answer_of(&effects, request) {
             Some(Response::AddPartitions(result)) => result,
@@ -232,12 +241,7 @@ fn a_new_id_gets_a_fresh_producer_id_at_epoch_0_once_durable() {
 fn a_state_change_is_invisible_until_durable() {
     let mut harness = Harness::new();
     let me = harness.init(None).expect("init");
-    let (_, effects) = harness.request(|request| Input::AddPartitions {
-        request,
-        transactional_id: TXN.into(),
-        producer: me,
-        partitions: vec![tp("t", 0)],
-    });
+    let (_, effects) = harness.add_request(me, &[tp("t", 0)]);
     assert_eq!(appends_of(&effects), 1);
     assert_eq!(harness.state(), TxnState::Empty);
     // Any request meanwhile waits.
@@ -467,12 +471,7 @@ fn add_partitions_checks_id_then_epoch() {
 #[test]
 fn partitions_already_in_the_transaction_are_answered_without_a_record() {
     let (mut harness, me) = ongoing();
-    let (request, effects) = harness.request(|request| Input::AddPartitions {
-        request,
-        transactional_id: TXN.into(),
-        producer: me,
-        partitions: vec![tp("t", 0)],
-    });
+    let (request, effects) = harness.add_request(me, &[tp("t", 0)]);
     assert_eq!(appends_of(&effects), 0);
     assert_eq!(
         answer_of(&effects, request),
@@ -599,12 +598,7 @@ fn completing() -> (Harness, ProducerIdAndEpoch) {
 fn the_next_transaction_chains_behind_a_completion_in_flight() {
     let (mut harness, me) = completing();
     let complete_offset = harness.log.last().map(|(_, offset, _)| *offset);
-    let (request, effects) = harness.request(|request| Input::AddPartitions {
-        request,
-        transactional_id: TXN.into(),
-        producer: me,
-        partitions: vec![tp("t", 1)],
-    });
+    let (request, effects) = harness.add_request(me, &[tp("t", 1)]);
     // Appended at once, right behind the completion, answered later.
     assert_eq!(appends_of(&effects), 1);
     assert_eq!(
@@ -651,12 +645,7 @@ fn the_completion_alone_durable_keeps_the_chained_transaction_in_flight() {
     assert_eq!(answer_of(&effects, request), None);
     assert_eq!(harness.state(), TxnState::CompleteCommit);
     // The chained record is still in flight: nothing chains behind it.
-    let (second, effects) = harness.request(|request| Input::AddPartitions {
-        request,
-        transactional_id: TXN.into(),
-        producer: me,
-        partitions: vec![tp("t", 2)],
-    });
+    let (second, effects) = harness.add_request(me, &[tp("t", 2)]);
     assert_eq!(appends_of(&effects), 0);
     assert_eq!(
         answer_of(&effects, second),
@@ -675,12 +664,7 @@ fn the_completion_alone_durable_keeps_the_chained_transaction_in_flight() {
 #[test]
 fn a_chained_transaction_lost_with_its_partition_is_answered_not_coordinator() {
     let (mut harness, me) = completing();
-    let (request, _) = harness.request(|request| Input::AddPartitions {
-        request,
-        transactional_id: TXN.into(),
-        producer: me,
-        partitions: vec![tp("t", 1)],
-    });
+    let (request, _) = harness.add_request(me, &[tp("t", 1)]);
     let effects = harness.input(Input::AppendFailed {
         log_partition: 0,
         not_leader: true,
@@ -704,12 +688,7 @@ fn a_fenced_or_unknown_producer_does_not_chain() {
             TxnError::InvalidProducerIdMapping,
         ),
     ] {
-        let (request, effects) = harness.request(|request| Input::AddPartitions {
-            request,
-            transactional_id: TXN.into(),
-            producer: who,
-            partitions: vec![tp("t", 1)],
-        });
+        let (request, effects) = harness.add_request(who, &[tp("t", 1)]);
         assert_eq!(appends_of(&effects), 0);
         assert_eq!(
             answer_of(&effects, request),
