@@ -228,14 +228,7 @@ impl Partition {
 
     /// The idempotent producers' state loaded again from the log as it is.
     async fn reload_producers(&self) {
-        let (label, limits) = {
-            let states = self.producers.states.borrow();
-            (states.label().to_string(), states.limits())
-        };
-        let loaded =
-            crate::producer::snapshot::load(&self.log, label, limits, crate::clock::now_ms()).await;
-        *self.producers.states.borrow_mut() = loaded.states;
-        self.producers.snapshot.reset(loaded.mark);
+        crate::producer::snapshot::reload(&self.log, &self.producers).await;
     }
 }
 

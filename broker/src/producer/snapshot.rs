@@ -635,11 +635,16 @@ pub struct SnapshotMark {
     pub at: Instant,
 }
 
-/// One partition's snapshot bookkeeping: the mark and a lock so that the
-/// tick and a close never write the same temp file at once.
+/// One partition's snapshot bookkeeping: the mark, and a lock held while a
+/// file is written or the state is loaded again, so that no write runs
+/// beside another or beside a reload (whose load removes unfinished temp
+/// files and whose truncated log a write's older state no longer matches).
 pub struct SnapshotSlot {
     mark: Cell<SnapshotMark>,
     lock: Semaphore,
+    /// Moves on at each reload: a write that took the state before it
+    /// drops its file instead of storing records the log no longer holds.
+    generation: Cell<u64>,
     /// After a failed write, the tick waits until then (one warning per
     /// [`SNAPSHOT_RETRY_AFTER`], not per second, on a full disk).
     retry_at: Cell<Option<Instant>>,
@@ -650,6 +655,7 @@ impl SnapshotSlot {
         Self {
             mark: Cell::new(mark),
             lock: Semaphore::new(1),
+            generation: Cell::new(0),
             retry_at: Cell::new(None),
         }
     }
@@ -660,9 +666,26 @@ impl SnapshotSlot {
 
     /// After the state was loaded again (a truncated log): the snapshot
     /// the new state came from.
-    pub fn reset(&self, mark: SnapshotMark) {
+    fn reset(&self, mark: SnapshotMark) {
         self.mark.set(mark);
+        self.generation.set(self.generation.get().wrapping_add(1));
     }
+}
+
+/// Loads the producers' state of `log` again, as the log now is (after a
+/// truncation), with no snapshot write running meanwhile: one that took
+/// the state before is dropped when it gets the lock.
+pub async fn reload(log: &PartitionLog, producers: &PartitionProducers) {
+    let Ok(_permit) = producers.snapshot.lock.acquire_permit(1).await else {
+        return; // the partition is closing
+    };
+    let (label, limits) = {
+        let states = producers.states.borrow();
+        (states.label().to_string(), states.limits())
+    };
+    let loaded = load(log, label, limits, now_ms()).await;
+    *producers.states.borrow_mut() = loaded.states;
+    producers.snapshot.reset(loaded.mark);
 }
 
 fn active_segment_base(log: &PartitionLog) -> u64 {
@@ -724,7 +747,7 @@ where
     if is_current(log, producers) {
         return Ok(None);
     }
-    write(log, producers, wait_committed).await.map(Some)
+    write(log, producers, wait_committed).await
 }
 
 /// A node stop's snapshot: like [`write_unless_current`], but neither
@@ -739,19 +762,17 @@ pub async fn write_at_stop(
     if is_current(log, producers) {
         return Ok(None);
     }
-    write_now(log, producers, |_| async { Ok(()) }, FileSync::Deferred)
-        .await
-        .map(Some)
+    write_now(log, producers, |_| async { Ok(()) }, FileSync::Deferred).await
 }
 
 /// Writes the snapshot: the state and offset taken together, then (once
 /// `wait_committed` says the partition committed that offset) the file.
-/// Returns the offset.
+/// Returns the offset, `None` when a reload overtook it (nothing written).
 pub async fn write<F, Committed>(
     log: &PartitionLog,
     producers: &PartitionProducers,
     wait_committed: F,
-) -> Result<u64, String>
+) -> Result<Option<u64>, String>
 where
     F: FnOnce(u64) -> Committed,
     Committed: Future<Output = LogResult<()>>,
@@ -769,17 +790,12 @@ async fn write_now<F, Committed>(
     producers: &PartitionProducers,
     wait_committed: F,
     sync: FileSync,
-) -> Result<u64, String>
+) -> Result<Option<u64>, String>
 where
     F: FnOnce(u64) -> Committed,
     Committed: Future<Output = LogResult<()>>,
 {
-    let _permit = producers
-        .snapshot
-        .lock
-        .acquire_permit(1)
-        .await
-        .map_err(|_| "the partition is closing".to_string())?;
+    let generation = producers.snapshot.generation.get();
     // No await from here to `encode`: the state is exactly that of `offset`.
     let offset = log.offsets().next_offset;
     let segment_base = active_segment_base(log);
@@ -792,6 +808,17 @@ where
     wait_committed(offset)
         .await
         .map_err(|error| format!("the log did not commit offset {offset}: {error}"))?;
+    // Not held while waiting for the commit: a reload (on the replication
+    // path the commit may need) must not wait for it.
+    let _permit = producers
+        .snapshot
+        .lock
+        .acquire_permit(1)
+        .await
+        .map_err(|_| "the partition is closing".to_string())?;
+    if producers.snapshot.generation.get() != generation {
+        return Ok(None); // reloaded meanwhile: this state may be stale
+    }
     write_file_with(log.dir(), bytes, sync)
         .await
         .map_err(|error| format!("cannot write {SNAPSHOT_FILE}: {error}"))?;
@@ -801,7 +828,7 @@ where
         segment_base,
         at: Instant::now(),
     });
-    Ok(offset)
+    Ok(Some(offset))
 }
 
 /// What a partition holds of the producer room: the live sequence state

@@ -272,6 +272,7 @@ async fn write_snapshot(partition: &Partition) -> Result<u64, String> {
         partition.log.wait_durable(end)
     })
     .await
+    .map(|written| written.expect("no reload runs beside it"))
 }
 
 async fn open(dir: &Path, fallback_bytes_max: u64, limits: ProducerLimits) -> Partition {
@@ -399,6 +400,53 @@ fn a_snapshot_carries_producers_across_segments_and_restarts() {
             out_of_order()
         );
         forgetful.log.close().await.expect("close");
+    });
+}
+
+/// A truncation reloads the state while a tick's write waits for its
+/// offset to commit: that write took the state before, so it must store
+/// nothing (and must not have its temp file removed under it by the
+/// reload's load: the ENOENT "snapshot failed" a CI log check caught).
+#[test]
+fn a_write_overtaken_by_a_reload_stores_nothing() {
+    run(|| async {
+        let dir = test_dir();
+        let partition = open(dir.path(), 0, ProducerLimits::default()).await;
+        assert_eq!(
+            produce(&partition, batch(7, 0, 0, 3, now())),
+            SequenceCheck::Accept
+        );
+        let first = write_snapshot(&partition).await.expect("first snapshot");
+        assert_eq!(
+            produce(&partition, batch(7, 0, 3, 2, now())),
+            SequenceCheck::Accept
+        );
+        let (commit, committed) = futures::channel::oneshot::channel::<()>();
+        let (written, ()) = futures::join!(
+            write(&partition.log, &partition.producers, |_| async move {
+                let _ = committed.await;
+                Ok(())
+            }),
+            async {
+                reload(&partition.log, &partition.producers).await;
+                let _ = commit.send(());
+            }
+        );
+        assert_eq!(written, Ok(None));
+        assert_eq!(partition.producers.snapshot.mark().offset, Some(first));
+        let temp_files = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(SNAPSHOT_TEMP_FILE)
+            })
+            .count();
+        assert_eq!(temp_files, 0);
+        // The next write stores the live state.
+        assert_eq!(write_snapshot(&partition).await, Ok(first + 2));
     });
 }
 
