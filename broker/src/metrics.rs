@@ -323,7 +323,7 @@ pub struct ShardMetrics {
     frames_refused: RefCell<Vec<(&'static str, IntCounter)>>,
     /// Passes, bytes read, bytes written, records removed.
     cleaner: [IntCounter; 4],
-    /// Writes, written bytes, zero-filled bytes, fsyncs.
+    /// Writes, written bytes, zero-filled bytes, fsyncs, fsync microseconds.
     storage: [IntCounter; 5],
     /// Logs paused, logs failed.
     unwritable: [IntGauge; 2],

@@ -819,6 +819,15 @@ where
     if producers.snapshot.generation.get() != generation {
         return Ok(None); // reloaded meanwhile: this state may be stale
     }
+    // A write that took its state later may have got the lock first (this
+    // one waited longer for its commit): the file keeps the newer state.
+    let written = producers.snapshot.mark.get();
+    if written
+        .offset
+        .is_some_and(|at| (at, written.changes) >= (offset, changes))
+    {
+        return Ok(None);
+    }
     write_file_with(log.dir(), bytes, sync)
         .await
         .map_err(|error| format!("cannot write {SNAPSHOT_FILE}: {error}"))?;

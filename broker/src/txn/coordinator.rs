@@ -885,13 +885,17 @@ impl TxnCoordinator {
         partition.next_offset += 1;
         entry.pending = Pending::Append;
         entry.appends_in_flight += 1;
-        let is_completion = answer.is_none()
-            && !send_markers
-            && target.as_ref().is_some_and(|t| {
-                matches!(t.state, TxnState::CompleteCommit | TxnState::CompleteAbort)
-            });
+        // Complete* records come only from the markers' report: nobody
+        // waits for them and they send nothing.
         entry.completing = match &target {
-            Some(target) if is_completion && entry.appends_in_flight == 1 => Some(target.clone()),
+            Some(target)
+                if matches!(
+                    target.state,
+                    TxnState::CompleteCommit | TxnState::CompleteAbort
+                ) && entry.appends_in_flight == 1 =>
+            {
+                Some(target.clone())
+            }
             _ => None,
         };
         partition.in_flight.push_back(InFlight {

@@ -558,7 +558,7 @@ async fn seal_segment(shared: &Shared, base_offset: u64, file: &SegmentFile) -> 
     };
     space::finish_fill(fill, file).await;
     file.truncate(size).await?;
-    let sync_started = std::time::Instant::now();
+    let sync_started = Instant::now();
     file.sync_data().await?;
     let sync_micros = elapsed_micros(sync_started);
     // The small files a seal writes (indexes, epochs, recovery point) and
@@ -635,7 +635,7 @@ pub(super) async fn sync_active(shared: &Shared) -> LogResult<()> {
     if let Some(epochs) = epochs {
         store_epochs(shared, epochs).await?;
     }
-    let sync_started = std::time::Instant::now();
+    let sync_started = Instant::now();
     if let Some(file) = file {
         file.sync_data().await?;
     }
@@ -667,6 +667,6 @@ pub(super) fn write_index_files(
     )
 }
 
-fn elapsed_micros(since: std::time::Instant) -> u64 {
+fn elapsed_micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

@@ -450,6 +450,40 @@ fn a_write_overtaken_by_a_reload_stores_nothing() {
     });
 }
 
+/// Two writes, the older state's commit wait outlasting the newer one's:
+/// the file keeps the newer state (as when the lock spanned the wait).
+#[test]
+fn an_older_state_never_replaces_a_newer_file() {
+    run(|| async {
+        let dir = test_dir();
+        let partition = open(dir.path(), 0, ProducerLimits::default()).await;
+        assert_eq!(
+            produce(&partition, batch(7, 0, 0, 3, now())),
+            SequenceCheck::Accept
+        );
+        let (commit, committed) = futures::channel::oneshot::channel::<()>();
+        let (older, newer) = futures::join!(
+            write(&partition.log, &partition.producers, |_| async move {
+                let _ = committed.await;
+                Ok(())
+            }),
+            async {
+                assert_eq!(
+                    produce(&partition, batch(7, 0, 3, 2, now())),
+                    SequenceCheck::Accept
+                );
+                let newer = write_snapshot(&partition).await;
+                let _ = commit.send(());
+                newer
+            }
+        );
+        assert_eq!(newer, Ok(5));
+        assert_eq!(older, Ok(None));
+        assert_eq!(partition.producers.snapshot.mark().offset, Some(5));
+        assert!(current(&partition));
+    });
+}
+
 #[test]
 fn the_fallback_reaches_back_within_its_bound() {
     run(|| async {
