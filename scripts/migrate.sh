@@ -26,10 +26,16 @@
 #
 # Needs Java 17 and the jars of tools/connect (built by
 # scripts/install-test-deps.sh, or here with Maven on first use).
+# Group offsets translate conservatively (KAFKA-14666): to one past the
+# newest offset sync MirrorMaker 2 kept below the group's position, so a
+# consumer may re-read records, never skip one. It keeps syncs exponentially
+# spaced, and of those it finds at its start only the newest: a group that
+# committed before this started and is behind the newest replicated record is
+# translated only once it commits again. Start this well before the cut-over.
 # Environment: KAFKI_MIGRATE_OFFSET_LAG (offset.lag.max, default 0: an offset
-# sync for every record, so group offsets translate exactly; raise it to write
-# fewer syncs on big migrations at the cost of consumers re-reading up to that
-# many records).
+# sync for every record, so a caught-up group translates exactly; raise it to
+# write fewer syncs on big migrations at the cost of consumers re-reading up to
+# that many more records).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,7 +49,7 @@ while [ $# -gt 0 ]; do
     --topics) topics="$2"; shift 2 ;;
     --groups) groups="$2"; shift 2 ;;
     --work-dir) work="$2"; shift 2 ;;
-    -h|--help) sed -n 2,32p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,38p "$0"; exit 0 ;;
     *) echo "migrate: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

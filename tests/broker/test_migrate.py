@@ -7,9 +7,10 @@ An Apache Kafka node (scripts/peers.sh, jars from
 scripts/install-test-deps.sh) holds topic `orders` (3 partitions, keyed
 records, a topic config) and group `billing`, which consumed and committed
 part of it. After the migration Kafki's `orders` has the same partitions,
-the same records at the same offsets and the config; `billing` has the same
-committed offsets on Kafki, so a consumer switched over resumes exactly
-where it stopped on Kafka.
+the same records at the same offsets and the config; `billing` has
+committed offsets on Kafki at or before its positions on Kafka (MirrorMaker
+2's conservative translation), so a consumer switched over re-reads some
+records and never skips one.
 
     .venv-compat/bin/pytest tests/broker/test_migrate.py -q -p no:cacheprovider
 """
@@ -108,33 +109,36 @@ def produce(bootstrap: str, start: int, count: int):
     assert p.flush(30) == 0
 
 
+def produce_one_per_partition(bootstrap: str):
+    p = Producer({"bootstrap.servers": bootstrap})
+    for partition in range(PARTITIONS):
+        p.produce(TOPIC, partition=partition, key=b"first", value=f"first-{partition}".encode())
+    assert p.flush(30) == 0
+
+
+def commit(bootstrap: str, offsets: list[int]):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": GROUP, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(TOPIC, p, o) for p, o in enumerate(offsets)],
+                 asynchronous=False)
+    finally:
+        c.close()
+
+
 def test_mirrormaker2_moves_topics_records_and_group_offsets(kafka, broker):
     admin = AdminClient({"bootstrap.servers": kafka})
     admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS, replication_factor=1,
                                   config={"retention.ms": "604800001"})])[TOPIC].result(30)
-    produce(kafka, 0, 3000)
-    # The group consumes about half of every partition and commits exactly
-    # half. A deterministic position matters: MirrorMaker 2 keeps only
-    # exponentially spaced offset syncs (KAFKA-14666), so a position near the
-    # start of a long partition (say offset 1 of 1 000, as a first-come poll
-    # loop once left) is "too far in the past to translate" and never arrives.
-    halves = [end // 2 for end in end_offsets(kafka)]
-    assert all(h > 100 for h in halves), halves
-    c = Consumer({"bootstrap.servers": kafka, "group.id": GROUP, "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest"})
-    c.subscribe([TOPIC])
-    positions = [0] * PARTITIONS
-    deadline = time.monotonic() + 60
-    while any(pos < h for pos, h in zip(positions, halves)) and time.monotonic() < deadline:
-        m = c.poll(0.5)
-        if m is not None and not m.error():
-            positions[m.partition()] = max(positions[m.partition()], m.offset() + 1)
-    assert all(pos >= h for pos, h in zip(positions, halves)), (positions, halves)
-    c.commit(offsets=[TopicPartition(TOPIC, p, h) for p, h in enumerate(halves)],
-             asynchronous=False)
-    c.close()
-    source_offsets = committed(kafka)
-    assert source_offsets == halves, (source_offsets, halves)
+    # Phase 1: one record per partition and the group at offset 0. MirrorMaker
+    # 2's offset-sync store keeps only the newest sync of what it finds at its
+    # start (OffsetSyncStore: "old offsets are invalid" until its first read to
+    # the end), so a group behind that sync is "too far in the past to
+    # translate" forever. Waiting until offset 0 arrives proves the store is
+    # running; every sync after that is kept (exponentially spaced,
+    # KAFKA-14666), the one for offset 0 included, so any later position
+    # translates.
+    produce_one_per_partition(kafka)
+    commit(kafka, [0] * PARTITIONS)
 
     log = open(broker.workdir / "migrate.log", "wb")
     migrate = subprocess.Popen(
@@ -145,6 +149,30 @@ def test_mirrormaker2_moves_topics_records_and_group_offsets(kafka, broker):
         def log_tail() -> str:
             return (broker.workdir / "migrate.log").read_text(errors="replace")[-4000:]
 
+        wait_until(lambda: committed(broker.bootstrap) == [0] * PARTITIONS, 180, 1.0,
+                   f"group {GROUP}'s first offsets [0, 0, 0] on Kafki")
+
+        # Phase 2: 3 000 keyed records; the group consumes about half of every
+        # partition and commits exactly half.
+        produce(kafka, 0, 3000)
+        halves = [end // 2 for end in end_offsets(kafka)]
+        assert all(h > 100 for h in halves), halves
+        c = Consumer({"bootstrap.servers": kafka, "group.id": GROUP, "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest"})
+        c.subscribe([TOPIC])
+        positions = [0] * PARTITIONS
+        deadline = time.monotonic() + 60
+        while any(pos < h for pos, h in zip(positions, halves)) and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                positions[m.partition()] = max(positions[m.partition()], m.offset() + 1)
+        assert all(pos >= h for pos, h in zip(positions, halves)), (positions, halves)
+        c.commit(offsets=[TopicPartition(TOPIC, p, h) for p, h in enumerate(halves)],
+                 asynchronous=False)
+        c.close()
+        source_offsets = committed(kafka)
+        assert source_offsets == halves, (source_offsets, halves)
+
         kafka_ends = end_offsets(kafka)
         wait_until(lambda: end_offsets(broker.bootstrap) == kafka_ends, 180, 1.0,
                    f"all of {TOPIC} in Kafki (Kafka's ends {kafka_ends})")
@@ -152,15 +180,16 @@ def test_mirrormaker2_moves_topics_records_and_group_offsets(kafka, broker):
             assert read_partition(broker.bootstrap, partition, kafka_ends[partition]) == \
                 read_partition(kafka, partition, kafka_ends[partition]), \
                 f"partition {partition} differs"
-        # MirrorMaker 2 translates offsets conservatively (KAFKA-14666): to
-        # the newest offset sync at or below the group's position, so a
-        # consumer switched over may re-read records but never skips one.
+        # MirrorMaker 2 translates offsets conservatively: to one past the
+        # newest kept offset sync below the group's position, so a consumer
+        # switched over may re-read records but never skips one. The sync for
+        # offset 0 is kept, so the new positions translate to at least 1.
         def arrived():
             offsets = committed(broker.bootstrap)
-            return all(0 <= got <= want for got, want in zip(offsets, source_offsets)) \
+            return all(1 <= got <= want for got, want in zip(offsets, source_offsets)) \
                 and offsets
         target_offsets = wait_until(arrived, 120, 1.0,
-                                    f"group {GROUP}'s offsets (at most {source_offsets}) on Kafki")
+                                    f"group {GROUP}'s offsets (1 up to {source_offsets}) on Kafki")
         print(f"\ngroup {GROUP}: Kafka {source_offsets}, Kafki {target_offsets}")
         # The topic config came along.
         resource = ConfigResource(ResourceType.TOPIC, TOPIC)
