@@ -231,6 +231,11 @@ def test_full_disk_refuses_writes_recovers_without_restart_and_loses_nothing(
     assert free_bytes(small_fs) < (4 << 20), f"{free_bytes(small_fs)} bytes still free"
     log = b.log_text()
     assert "log writes paused" in log, log[-3000:]
+    # What the broker left free (the few blocks a zero fill ahead of the data
+    # could not use, less than the write that paused needed) goes to another
+    # writer on the same disk: from here on it is full to the last block.
+    filler = small_fs / "filler"
+    take_every_block(filler)
 
     # While full: a partition with room left in its preallocated segment takes
     # writes (they are durable), one that needs new blocks refuses them rather
@@ -267,6 +272,7 @@ def test_full_disk_refuses_writes_recovers_without_restart_and_loses_nothing(
     from confluent_kafka.admin import AdminClient
     adm = AdminClient({"bootstrap.servers": b.bootstrap})
     adm.delete_topics(["fill"], operation_timeout=20)["fill"].result(timeout=30)
+    filler.unlink()
     # Everything the filling topic took comes back (less the reserve, made again).
     wait_until(lambda: free_bytes(small_fs) > free_before_fill - (4 << 20), 20, 0.2,
                f"space back after the delete (had {free_before_fill} free before the fill)")

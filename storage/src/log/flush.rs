@@ -357,9 +357,21 @@ async fn ensure_room(shared: &Shared, file: &Rc<SegmentFile>, plan: &WritePlan) 
             let from = align_up(allocated);
             let segment_end = align_up(config.segment_bytes).max(need);
             let target = (need + space::FILL_STEP_MIN_BYTES).min(segment_end);
-            PendingFill::start(file.clone(), from, target, config.write_chunk_bytes)
+            let filled = PendingFill::start(file.clone(), from, target, config.write_chunk_bytes)
                 .finish()
-                .await?;
+                .await;
+            let target = match filled {
+                Ok(_) => target,
+                // A nearly full disk may still hold what these writes need:
+                // use the last free blocks rather than pause early.
+                Err(error) if error.is_transient() && target > need => {
+                    PendingFill::start(file.clone(), from, need, config.write_chunk_bytes)
+                        .finish()
+                        .await?;
+                    need
+                }
+                Err(error) => return Err(error),
+            };
             shared.state.borrow_mut().stats.zero_filled_bytes += target - from;
             Ok(target)
         }
