@@ -7,7 +7,8 @@ read_committed consumer rely on.
   the control batches take offsets (a gap a read_committed reader skips);
 - consume-transform-produce with `send_offsets_to_transaction`: the group's
   committed offsets appear only when the transaction commits and never for
-  an aborted one;
+  an aborted one; a plain commit made while a transaction was open is not
+  undone by its commit (Kafka's rule), also after a restart;
 - zombie fencing: a second producer with the same `transactional.id` fences
   the first, whose next transactional call fails fatally;
 - a hung transaction (its producer stops without ending it) is aborted by
@@ -135,6 +136,42 @@ def test_offsets_sent_to_a_transaction_commit_with_it(broker):
     out = read_all(broker.bootstrap, sink, 1, "read_committed", 10)[0]
     # The committed transaction's ten outputs, each once; none of the aborted one's.
     assert len(out) == 10 and len(set(out)) == 10 and all(v.startswith("IN-") for v in out), out
+
+
+def test_a_plain_commit_made_during_a_transaction_outlives_its_offsets(broker):
+    """Kafka's rule: when a transaction commits, its offsets replace a
+    partition's committed offset only if that was stored before them; a
+    plain OffsetCommit made while the transaction was open stays."""
+    topic, group = "txn-plain", "txn-plain-group"
+    create_topic(broker.bootstrap, topic, partitions=1)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    p = txn_producer(broker.bootstrap, "plain-and-txn")
+    p.init_transactions(20)
+    try:
+        metadata = consumer.consumer_group_metadata()
+        p.begin_transaction()
+        p.send_offsets_to_transaction([TopicPartition(topic, 0, 10)], metadata, 20)
+        # (Not read back here: librdkafka asks for stable offsets, which
+        # Kafka and Kafki refuse while a transaction's offsets are pending.)
+        consumer.commit(offsets=[TopicPartition(topic, 0, 20)], asynchronous=False)
+        p.commit_transaction(20)
+        assert committed_offsets(broker.bootstrap, group, topic, 1) == [20], \
+            "the transaction's older offset replaced a later plain commit"
+        # A plain commit stored before a transaction's offsets is replaced.
+        p.begin_transaction()
+        p.send_offsets_to_transaction([TopicPartition(topic, 0, 25)], metadata, 20)
+        p.commit_transaction(20)
+        assert committed_offsets(broker.bootstrap, group, topic, 1) == [25]
+        # Both survive a restart as they were (the replay applies the rule too).
+        p.begin_transaction()
+        p.send_offsets_to_transaction([TopicPartition(topic, 0, 30)], metadata, 20)
+        consumer.commit(offsets=[TopicPartition(topic, 0, 40)], asynchronous=False)
+        p.commit_transaction(20)
+    finally:
+        consumer.close()
+    broker.restart_after_kill()
+    assert committed_offsets(broker.bootstrap, group, topic, 1) == [40]
 
 
 def test_a_second_producer_with_the_same_id_fences_the_first(broker):

@@ -747,6 +747,7 @@ impl GroupCoordinator {
                                 leader_epoch: partition.committed_leader_epoch,
                                 metadata: metadata.to_owned(),
                                 commit_timestamp_ms: now_ms as i64,
+                                stored_at: -1,
                             };
                             records_out.push(offset_record(
                                 group_id,
@@ -947,6 +948,7 @@ impl GroupCoordinator {
             leader_epoch: -1,
             metadata: String::new(),
             commit_timestamp_ms: -1,
+            stored_at: -1,
         };
         match wanted {
             Some(topics) => topics
@@ -1119,8 +1121,10 @@ impl GroupCoordinator {
     /// Replays `__consumer_offsets` (key, value-or-tombstone) in log order: rebuilds
     /// committed offsets and groups, which come back Empty with their generation and
     /// protocol type (members rejoin, as after a coordinator move without members).
+    /// `stored_at` is the offset of the batch that holds `records`.
     pub fn load<'a>(
         &mut self,
+        stored_at: i64,
         records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> LoadStats {
         let mut stats = LoadStats::default();
@@ -1135,7 +1139,7 @@ impl GroupCoordinator {
                     },
                     value,
                 )) => {
-                    self.load_offset(group, topic, partition, value);
+                    self.load_offset(group, topic, partition, value, stored_at);
                 }
                 Ok((RecordKey::Group { group }, value)) => self.load_group(group, value),
             }
@@ -1155,6 +1159,7 @@ impl GroupCoordinator {
         topic: String,
         partition: i32,
         value: Option<RecordValue>,
+        stored_at: i64,
     ) {
         match value {
             Some(RecordValue::Offset(OffsetValue {
@@ -1174,6 +1179,7 @@ impl GroupCoordinator {
                         leader_epoch,
                         metadata,
                         commit_timestamp_ms,
+                        stored_at,
                     },
                 );
             }
@@ -1237,7 +1243,9 @@ fn group_member_assignment(group: &Group, member_id: &str) -> Bytes {
         .unwrap_or_default()
 }
 
-fn offset_record(
+/// The `__consumer_offsets` record of a committed offset (plain or
+/// transactional: the batch around it tells them apart).
+pub(super) fn offset_record(
     group: &str,
     topic: &str,
     partition: i32,

@@ -126,8 +126,14 @@ async fn settle(shard: &Rc<Shard>) -> Result<(), i16> {
             let _ = waiter.send(completion.response);
         }
     }
+    let partitions = offsets_partitions(shard);
     let stored = persist(shard, records).await;
-    if stored.is_ok() {
+    if let Ok(stored_at) = &stored {
+        let mut commits = commits;
+        for commit in &mut commits {
+            let partition = offsets_partition_for(&commit.group, partitions);
+            commit.committed.stored_at = stored_at.get(&partition).copied().unwrap_or(-1);
+        }
         shard.groups.coordinator.borrow_mut().apply_commits(commits);
     } else if !commits.is_empty() {
         tracing::warn!(
@@ -135,11 +141,16 @@ async fn settle(shard: &Rc<Shard>) -> Result<(), i16> {
             "offset commits not stored; answered COORDINATOR_NOT_AVAILABLE and not applied"
         );
     }
+    let stored = stored.map(|_| ());
     if txn_records.is_empty() {
         return stored;
     }
     let txn_stored = persist_transactional(shard, txn_records).await;
-    if txn_stored.is_ok() {
+    if let Ok(stored_at) = &txn_stored {
+        let mut txn_commits = txn_commits;
+        for commit in &mut txn_commits {
+            commit.committed.stored_at = stored_at.get(&commit.group).copied().unwrap_or(-1);
+        }
         shard
             .groups
             .coordinator
@@ -151,7 +162,7 @@ async fn settle(shard: &Rc<Shard>) -> Result<(), i16> {
             "transactional offsets not stored; answered COORDINATOR_NOT_AVAILABLE"
         );
     }
-    stored.and(txn_stored)
+    stored.and(txn_stored.map(|_| ()))
 }
 
 /// Writes each TxnOffsetCommit's records as one transactional batch of its
@@ -164,9 +175,10 @@ async fn settle(shard: &Rc<Shard>) -> Result<(), i16> {
 async fn persist_transactional(
     shard: &Rc<Shard>,
     batches: Vec<super::TxnOffsetsRecords>,
-) -> Result<(), i16> {
+) -> Result<BTreeMap<String, i64>, i16> {
     let not_stored = ResponseError::CoordinatorNotAvailable.code();
     let mut outcome = Ok(());
+    let mut stored_at = BTreeMap::new();
     let partitions = offsets_partitions(shard);
     for batch in batches {
         let index = offsets_partition_for(&batch.group, partitions);
@@ -193,12 +205,17 @@ async fn persist_transactional(
         let appended = partition
             .append(vec![bytes], Acks::All, Some(OFFSETS_COMMIT_TIMEOUT))
             .await;
-        if let Err(refused) = appended {
-            tracing::error!(partition = index, error = %refused.error, "transactional offsets not stored");
-            outcome = Err(not_stored);
+        match appended {
+            Ok(appended) => {
+                stored_at.insert(batch.group, appended.base_offset as i64);
+            }
+            Err(refused) => {
+                tracing::error!(partition = index, error = %refused.error, "transactional offsets not stored");
+                outcome = Err(not_stored);
+            }
         }
     }
-    outcome
+    outcome.map(|()| stored_at)
 }
 
 /// `batch` (one the broker built) stamped as `producer`'s transactional
@@ -266,9 +283,13 @@ pub async fn complete_txn_offsets(
 /// waits for the commit stage. `Err` (COORDINATOR_NOT_AVAILABLE, which every
 /// client retries after finding the coordinator again) when any of them
 /// was not stored.
-async fn persist(shard: &Rc<Shard>, records: Vec<records::OffsetsRecord>) -> Result<(), i16> {
+async fn persist(
+    shard: &Rc<Shard>,
+    records: Vec<records::OffsetsRecord>,
+) -> Result<BTreeMap<i32, i64>, i16> {
+    let mut stored_at = BTreeMap::new();
     if records.is_empty() {
-        return Ok(());
+        return Ok(stored_at);
     }
     let not_stored = ResponseError::CoordinatorNotAvailable.code();
     let mut outcome = Ok(());
@@ -309,16 +330,21 @@ async fn persist(shard: &Rc<Shard>, records: Vec<records::OffsetsRecord>) -> Res
         let appended = partition
             .append(vec![batch], Acks::All, Some(OFFSETS_COMMIT_TIMEOUT))
             .await;
-        if let Err(refused) = appended {
-            tracing::error!(
-                partition = index,
-                error = %refused.error,
-                "offsets records not stored"
-            );
-            outcome = Err(not_stored);
+        match appended {
+            Ok(appended) => {
+                stored_at.insert(index, appended.base_offset as i64);
+            }
+            Err(refused) => {
+                tracing::error!(
+                    partition = index,
+                    error = %refused.error,
+                    "offsets records not stored"
+                );
+                outcome = Err(not_stored);
+            }
         }
     }
-    outcome
+    outcome.map(|()| stored_at)
 }
 
 /// The per-shard timer: expires sessions and rebalances.
@@ -463,9 +489,10 @@ fn replay_batches(shard: &Rc<Shard>, index: i32, bytes: &bytes::Bytes) {
             .iter()
             .filter_map(|(key, value)| key.as_ref().map(|key| (key.as_ref(), value.as_deref())));
         if header.is_transactional() {
-            malformed += coordinator.load_txn_offsets(header.producer_id, records);
+            malformed +=
+                coordinator.load_txn_offsets(header.producer_id, header.base_offset, records);
         } else {
-            malformed += coordinator.load(records).malformed;
+            malformed += coordinator.load(header.base_offset, records).malformed;
         }
     }
     if skipped > 0 || malformed > 0 {

@@ -102,6 +102,12 @@ pub struct CommittedOffset {
     pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
+    /// Offset in `__consumer_offsets` of the batch that stored it (-1
+    /// until stored). Of a transactional and a plain commit of the same
+    /// partition, the one stored later wins when the transaction commits
+    /// (Kafka's `completePendingTxnOffsetCommit`): a plain commit made
+    /// while the transaction was open is not undone by its marker.
+    pub stored_at: i64,
 }
 
 /// What the join timer does when it fires.

@@ -595,7 +595,7 @@ fn persistence_round_trip_restores_offsets_and_groups() {
     let _ = commit_stored(&mut c, 6, 8, &commit_request(&member, 1, None));
     let records = c.take_records();
     let mut restored = coordinator();
-    let stats = restored.load(records.iter().map(|r| (&r.key[..], r.value.as_deref())));
+    let stats = restored.load(0, records.iter().map(|r| (&r.key[..], r.value.as_deref())));
     assert_eq!(stats.malformed, 0);
     assert_eq!(stats.offsets, 1);
     assert_eq!(restored.group_state(GROUP), Some(GroupState::Empty));
@@ -643,7 +643,7 @@ fn delete_only_empty_groups_and_tombstones() {
     assert!(records.iter().all(|r| r.value.is_none()));
     // replaying everything ends with no group
     let mut restored = coordinator();
-    restored.load(records.iter().map(|r| (&r.key[..], r.value.as_deref())));
+    restored.load(0, records.iter().map(|r| (&r.key[..], r.value.as_deref())));
     assert_eq!(restored.group_count(), 0);
 }
 

@@ -95,8 +95,9 @@ impl GroupCoordinator {
                         leader_epoch: partition.committed_leader_epoch,
                         metadata: metadata.to_owned(),
                         commit_timestamp_ms: now_ms as i64,
+                        stored_at: -1,
                     };
-                    records_out.push(txn_offset_record(
+                    records_out.push(super::ops::offset_record(
                         group_id,
                         topic_name,
                         partition.partition_index,
@@ -243,11 +244,15 @@ impl GroupCoordinator {
                 .entry(group_id.clone())
                 .or_insert_with(|| Group::new(group_id.clone(), 0));
             for ((topic, partition), committed) in offsets {
-                group
-                    .offsets
-                    .entry(topic)
-                    .or_default()
-                    .insert(partition, committed);
+                let partitions = group.offsets.entry(topic).or_default();
+                // A plain commit stored after this transaction's offsets
+                // stays (Kafka's rule).
+                if partitions
+                    .get(&partition)
+                    .is_none_or(|current| current.stored_at < committed.stored_at)
+                {
+                    partitions.insert(partition, committed);
+                }
             }
         }
         self.pending_txn
@@ -265,11 +270,13 @@ impl GroupCoordinator {
         })
     }
 
-    /// Replay of one transactional batch of `producer_id`: its offsets are
-    /// pending until a marker of that producer follows in the log.
+    /// Replay of one transactional batch of `producer_id`, stored at
+    /// offset `stored_at`: its offsets are pending until a marker of that
+    /// producer follows in the log.
     pub fn load_txn_offsets<'a>(
         &mut self,
         producer_id: i64,
+        stored_at: i64,
         records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> usize {
         let mut malformed = 0;
@@ -302,6 +309,7 @@ impl GroupCoordinator {
                             leader_epoch,
                             metadata,
                             commit_timestamp_ms,
+                            stored_at,
                         },
                     });
                 }
@@ -317,27 +325,6 @@ impl GroupCoordinator {
     pub(super) fn unload_pending_txn(&mut self, unload: impl Fn(&str) -> bool) {
         self.pending_txn.retain(|group, _| !unload(group));
     }
-}
-
-fn txn_offset_record(
-    group: &str,
-    topic: &str,
-    partition: i32,
-    offset: &CommittedOffset,
-) -> OffsetsRecord {
-    records::encode(
-        &RecordKey::Offset {
-            group: group.to_owned(),
-            topic: topic.to_owned(),
-            partition,
-        },
-        Some(&RecordValue::Offset(OffsetValue {
-            offset: offset.offset,
-            leader_epoch: offset.leader_epoch,
-            metadata: offset.metadata.clone(),
-            commit_timestamp_ms: offset.commit_timestamp_ms,
-        })),
-    )
 }
 
 #[cfg(test)]
@@ -388,13 +375,73 @@ mod tests {
 
     /// Commits through the runtime's steps: records taken and "stored".
     fn commit(coordinator: &mut GroupCoordinator, group: &str, producer_id: i64, offset: i64) {
+        commit_stored_at(coordinator, group, producer_id, offset, 0);
+    }
+
+    /// [`commit`], its batch stored at `stored_at` in `__consumer_offsets`.
+    fn commit_stored_at(
+        coordinator: &mut GroupCoordinator,
+        group: &str,
+        producer_id: i64,
+        offset: i64,
+        stored_at: i64,
+    ) {
         let response = coordinator.txn_commit_offsets(1, &request(group, producer_id, offset));
         assert_eq!(response.topics[0].partitions[0].error_code, 0);
         let records = coordinator.take_txn_records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].producer.producer_id, producer_id);
-        let pending = coordinator.take_pending_txn_commits();
+        let mut pending = coordinator.take_pending_txn_commits();
+        for commit in &mut pending {
+            commit.committed.stored_at = stored_at;
+        }
         coordinator.apply_txn_commits(pending);
+    }
+
+    fn committed(offset: i64, stored_at: i64) -> CommittedOffset {
+        CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 1,
+            stored_at,
+        }
+    }
+
+    /// A plain OffsetCommit of t-0 stored at `stored_at`.
+    fn plain_commit(coordinator: &mut GroupCoordinator, group: &str, offset: i64, stored_at: i64) {
+        coordinator.apply_commits(vec![crate::group::PendingCommit {
+            group: group.to_owned(),
+            topic: "t".to_owned(),
+            partition: 0,
+            committed: committed(offset, stored_at),
+        }]);
+    }
+
+    #[test]
+    fn a_plain_commit_stored_after_the_transactional_one_wins_at_the_marker() {
+        let mut coordinator = GroupCoordinator::new(GroupConfig::default());
+        commit_stored_at(&mut coordinator, "g", 7, 42, 10);
+        plain_commit(&mut coordinator, "g", 50, 11);
+        assert_eq!(coordinator.complete_txn_offsets(7, true, |_| true), 1);
+        assert_eq!(fetch(&coordinator, "g", true), (50, 0));
+        // One stored before the transactional offsets is replaced by them.
+        plain_commit(&mut coordinator, "g", 60, 12);
+        commit_stored_at(&mut coordinator, "g", 8, 70, 13);
+        assert_eq!(fetch(&coordinator, "g", false), (60, 0));
+        assert_eq!(coordinator.complete_txn_offsets(8, true, |_| true), 1);
+        assert_eq!(fetch(&coordinator, "g", true), (70, 0));
+    }
+
+    #[test]
+    fn a_replay_keeps_the_plain_commit_stored_after_the_transactional_one() {
+        let mut coordinator = GroupCoordinator::new(GroupConfig::default());
+        let txn = super::super::ops::offset_record("g", "t", 0, &committed(42, -1));
+        let plain = super::super::ops::offset_record("g", "t", 0, &committed(50, -1));
+        coordinator.load_txn_offsets(7, 10, [(txn.key.as_ref(), txn.value.as_deref())]);
+        coordinator.load(11, [(plain.key.as_ref(), plain.value.as_deref())]);
+        coordinator.complete_txn_offsets(7, true, |_| true);
+        assert_eq!(fetch(&coordinator, "g", true), (50, 0));
     }
 
     #[test]
@@ -424,19 +471,9 @@ mod tests {
     #[test]
     fn a_replayed_transactional_batch_waits_for_its_marker() {
         let mut coordinator = GroupCoordinator::new(GroupConfig::default());
-        let record = txn_offset_record(
-            "g",
-            "t",
-            0,
-            &CommittedOffset {
-                offset: 5,
-                leader_epoch: -1,
-                metadata: String::new(),
-                commit_timestamp_ms: 1,
-            },
-        );
+        let record = super::super::ops::offset_record("g", "t", 0, &committed(5, -1));
         let malformed =
-            coordinator.load_txn_offsets(9, [(record.key.as_ref(), record.value.as_deref())]);
+            coordinator.load_txn_offsets(9, 40, [(record.key.as_ref(), record.value.as_deref())]);
         assert_eq!(malformed, 0);
         assert_eq!(fetch(&coordinator, "g", false), (-1, 0));
         coordinator.complete_txn_offsets(9, true, |_| true);
