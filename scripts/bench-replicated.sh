@@ -34,7 +34,8 @@
 # DURATION=3 WARMUP_S=10 WARMUP_RECORDS=30000, ~3 minutes), KEEP (0; 1: keep
 # the temp dir's logs and reports), OUT (a file the markdown table is appended
 # to), KAFKI_BIN (target/release/kafki), KAFKI_CACHE (~/.cache/kafki),
-# KAFKA_VERSION (4.1.2). A default run takes ~10 minutes on 2 vCPUs.
+# KAFKA_VERSION (4.1.2), KAFKI_SERVE_ARGS (more `kafki serve` flags, e.g.
+# "--set log.preallocate.zero.fill=false"). A default run takes ~10 minutes on 2 vCPUs.
 # Needs a release build (cargo build --release -p kafki) and the Kafka jars
 # (scripts/install-test-deps.sh). Everything lives in one temp dir (TMPDIR),
 # removed at the end; after a failure (or with KEEP=1) the logs and reports
@@ -240,7 +241,7 @@ start_kafki() {
       --cluster-listen "127.0.0.1:${ports[$((3 * i - 2))]}" \
       --admin-listen "127.0.0.1:${ports[$((3 * i - 1))]}" \
       --voters "$voters" --data-dir "$dir/data" --cores "$BROKER_CPUS" \
-      >>"$dir/server.log" 2>&1 </dev/null &
+      ${KAFKI_SERVE_ARGS:-} >>"$dir/server.log" 2>&1 </dev/null &
     kafki_pids+=("$!")
   done
   current=kafki

@@ -146,8 +146,8 @@ async fn run_on_executor(args: StorageBenchArgs) -> anyhow::Result<StorageBenchR
         write_depth: args.write_depth,
         hot_tail_bytes_max: 16 << 20,
         preallocate_bytes: 256 << 20,
-        // fio, the yardstick, writes each byte once; the broker's default
-        // zero fill writes it twice (zeros ahead, then data), which would
+        // fio, the yardstick, writes each byte once; a zero fill
+        // (`log.preallocate.zero.fill=true`) writes it twice, which would
         // halve this streaming figure rather than measure the write path.
         preallocation: kafki_storage::space::Preallocation::Reserve,
         retention_age: None,

@@ -149,7 +149,7 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         None,
         "log.preallocate.zero.fill",
-        Some("true"),
+        Some("false"),
         SettingKind::Bool,
     ),
     setting(

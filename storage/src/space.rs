@@ -44,15 +44,19 @@ const FILL_DEPTH: usize = 2;
 /// How segment files get room ahead of the writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocation {
-    /// Write zeros ahead of the data (see the module docs). The default:
-    /// on the virtio disk of 2026-12-06 it made `acks=all` produce with the
-    /// Java producer's defaults 1.22x faster (fsync 0.28 instead of 0.5 ms,
-    /// docs/BENCHMARKS.md), at the cost of writing every byte twice.
-    #[default]
+    /// Write zeros ahead of the data (see the module docs;
+    /// `log.preallocate.zero.fill=true`). Measured on 2026-12-07
+    /// (docs/BENCHMARKS.md): small `acks=all` requests get faster (fsync
+    /// half as long; one partition with the Java producer's defaults 1.06x,
+    /// transactions 1.2-1.45x), but under a steady replicated load the
+    /// end-to-end p99 at 50 MiB/s rose from 15-20 ms to 170-220 ms (fills of
+    /// up to 32 MiB queue ahead of the data writes; a 4 MiB cap still gave
+    /// 45-61 ms). So not the default.
     Zeroed,
     /// `fallocate` without writing: unwritten extents, which each write
     /// converts (metadata the next `fdatasync` must write). Each byte is
-    /// written once (`log.preallocate.zero.fill=false`).
+    /// written once. The default.
+    #[default]
     Reserve,
 }
 
