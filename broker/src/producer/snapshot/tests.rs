@@ -302,14 +302,20 @@ fn out_of_order() -> SequenceCheck {
     SequenceCheck::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
 }
 
-/// Producer 7 writes offsets 0..3, then many segments of plain batches
-/// follow: its last batch lies far behind the last segment.
-async fn log_with_an_old_producer(dir: &Path) -> Partition {
+/// A fresh log where producer 7 wrote offsets 0..3.
+async fn log_with_producer_seven(dir: &Path) -> Partition {
     let partition = open(dir, 0, ProducerLimits::default()).await;
     assert_eq!(
         produce(&partition, batch(7, 0, 0, 3, now())),
         SequenceCheck::Accept
     );
+    partition
+}
+
+/// Producer 7 writes offsets 0..3, then many segments of plain batches
+/// follow: its last batch lies far behind the last segment.
+async fn log_with_an_old_producer(dir: &Path) -> Partition {
+    let partition = log_with_producer_seven(dir).await;
     for _ in 0..4 {
         partition.log.roll();
         for _ in 0..3 {
@@ -411,11 +417,7 @@ fn a_snapshot_carries_producers_across_segments_and_restarts() {
 fn a_write_overtaken_by_a_reload_stores_nothing() {
     run(|| async {
         let dir = test_dir();
-        let partition = open(dir.path(), 0, ProducerLimits::default()).await;
-        assert_eq!(
-            produce(&partition, batch(7, 0, 0, 3, now())),
-            SequenceCheck::Accept
-        );
+        let partition = log_with_producer_seven(dir.path()).await;
         let first = write_snapshot(&partition).await.expect("first snapshot");
         assert_eq!(
             produce(&partition, batch(7, 0, 3, 2, now())),
@@ -456,11 +458,7 @@ fn a_write_overtaken_by_a_reload_stores_nothing() {
 fn an_older_state_never_replaces_a_newer_file() {
     run(|| async {
         let dir = test_dir();
-        let partition = open(dir.path(), 0, ProducerLimits::default()).await;
-        assert_eq!(
-            produce(&partition, batch(7, 0, 0, 3, now())),
-            SequenceCheck::Accept
-        );
+        let partition = log_with_producer_seven(dir.path()).await;
         let (commit, committed) = futures::channel::oneshot::channel::<()>();
         let (older, newer) = futures::join!(
             write(&partition.log, &partition.producers, |_| async move {
