@@ -330,50 +330,51 @@ async fn ensure_room(shared: &Shared, file: &Rc<SegmentFile>, plan: &WritePlan) 
     if need <= allocated {
         return Ok(allocated);
     }
-    match config.preallocation {
-        Preallocation::Reserve => {
-            let target = space::reserve_target(allocated, need, config.preallocate_bytes);
-            let reserved = file
-                .dma
-                .pre_allocate(target, false)
-                .await
-                .map_err(|error| LogError::io("preallocate", &file.path, glommio_io(error)));
-            match reserved {
-                Ok(()) => Ok(target),
-                // A nearly full disk may still hold what these writes need:
-                // use the last free blocks rather than pause early.
-                Err(error) if error.is_transient() && target > need => {
-                    file.dma.pre_allocate(need, false).await.map_err(|error| {
-                        LogError::io("preallocate", &file.path, glommio_io(error))
-                    })?;
-                    Ok(need)
-                }
-                Err(error) => Err(error),
-            }
-        }
+    let from = align_up(allocated);
+    let target = match config.preallocation {
+        Preallocation::Reserve => space::reserve_target(allocated, need, config.preallocate_bytes),
+        // Only what these writes need (and a little): the background fill
+        // goes further without holding them up.
         Preallocation::Zeroed => {
-            // Only what these writes need (and a little): the background
-            // fill goes further without holding them up.
-            let from = align_up(allocated);
             let segment_end = align_up(config.segment_bytes).max(need);
-            let target = (need + space::FILL_STEP_MIN_BYTES).min(segment_end);
-            let filled = PendingFill::start(file.clone(), from, target, config.write_chunk_bytes)
+            (need + space::FILL_STEP_MIN_BYTES).min(segment_end)
+        }
+    };
+    let ready = match prepare_room(config, file, from, target).await {
+        Ok(()) => target,
+        // A nearly full disk may still hold what these writes need: use the
+        // last free blocks rather than pause early.
+        Err(error) if error.is_transient() && target > need => {
+            prepare_room(config, file, from, need).await?;
+            need
+        }
+        Err(error) => return Err(error),
+    };
+    if config.preallocation == Preallocation::Zeroed {
+        shared.state.borrow_mut().stats.zero_filled_bytes += ready - from;
+    }
+    Ok(ready)
+}
+
+/// Makes `[from, end)` of the file ready for writes as the preallocation
+/// policy says: reserved (`fallocate` up to `end`) or written with zeros.
+async fn prepare_room(
+    config: &LogConfig,
+    file: &Rc<SegmentFile>,
+    from: u64,
+    end: u64,
+) -> LogResult<()> {
+    match config.preallocation {
+        Preallocation::Reserve => file
+            .dma
+            .pre_allocate(end, false)
+            .await
+            .map_err(|error| LogError::io("preallocate", &file.path, glommio_io(error))),
+        Preallocation::Zeroed => {
+            PendingFill::start(file.clone(), from, end, config.write_chunk_bytes)
                 .finish()
-                .await;
-            let target = match filled {
-                Ok(_) => target,
-                // A nearly full disk may still hold what these writes need:
-                // use the last free blocks rather than pause early.
-                Err(error) if error.is_transient() && target > need => {
-                    PendingFill::start(file.clone(), from, need, config.write_chunk_bytes)
-                        .finish()
-                        .await?;
-                    need
-                }
-                Err(error) => return Err(error),
-            };
-            shared.state.borrow_mut().stats.zero_filled_bytes += target - from;
-            Ok(target)
+                .await
+                .map(|_| ())
         }
     }
 }
