@@ -13,7 +13,7 @@
 # Env: SYSTEMS ("kafka kafki"), RUNS (3), DURATION (10), WARMUP (5, seconds of
 # the unmeasured first run: Kafka's JIT keeps speeding it up for a minute), RECORD_BYTES (1024),
 # RECORDS_PER_TXN (100), KAFKI_BIN (target/release/kafki), KAFKI_SERVE_ARGS
-# (more `kafki serve` flags, e.g. "--set log.preallocate.zero.fill=true"). Kafka runs with its
+# (more `kafki serve` flags, e.g. "--set log.preallocate.zero.fill=false"). Kafka runs with its
 # defaults (peers.sh: one KRaft node, transaction log RF 1); Kafki with its own
 # (acks=all is answered after fsync; Kafka's after the page cache).
 # Needs scripts/install-test-deps.sh (Kafka jars, the Java benchmark) and a

@@ -11,7 +11,7 @@
 # build (cargo build --release -p kafki). Kafka runs with its defaults unless
 # KAFKA_BROKER_ARGS is set (e.g. KAFKA_BROKER_ARGS="flush.messages=1").
 # KAFKI_SERVE_BIN=PATH serves Kafki from another build (a before/after figure);
-# KAFKI_SERVE_ARGS adds `kafki serve` flags (e.g. "--set log.preallocate.zero.fill=true").
+# KAFKI_SERVE_ARGS adds `kafki serve` flags (e.g. "--set log.preallocate.zero.fill=false").
 set -euo pipefail
 target=${1:?kafki or kafka}
 records=${2:-300000}

@@ -144,12 +144,14 @@ pub const SETTINGS: &[Setting] = &[
         SettingKind::String,
     ),
     // Kafki's own: how segment files get room ahead of appends (storage/src/space.rs).
-    // true: zeros are written ahead, so appends are overwrites whose fdatasync
-    // has no metadata to write; false: fallocate (each byte written once).
+    // Room is always reserved with fallocate; true: zeros are also written
+    // into it just ahead of the data in the background, so appends are
+    // overwrites whose fdatasync has no metadata to write (each byte is
+    // written twice); false: fallocate only (each byte written once).
     setting(
         None,
         "log.preallocate.zero.fill",
-        Some("false"),
+        Some("true"),
         SettingKind::Bool,
     ),
     setting(

@@ -120,7 +120,7 @@ impl Default for LogConfig {
             sync_policy: SyncPolicy::EveryAppend,
             timestamp_type: TimestampType::CreateTime,
             preallocate_bytes: 32 << 20,
-            preallocation: crate::space::Preallocation::Reserve,
+            preallocation: crate::space::Preallocation::Zeroed,
             write_buffer_bytes_max: 32 << 20,
             hot_tail_bytes_max: 16 << 20,
             write_chunk_bytes: 1 << 20,

@@ -204,10 +204,14 @@ pub struct Segment {
     /// Bytes of the last partially filled block, already written once and to
     /// be rewritten (with more data after it) by the next flush.
     pub tail_block: Vec<u8>,
-    /// File bytes ready for writes: zeroed (or reserved with `fallocate`,
-    /// see [`crate::space::Preallocation`]).
+    /// File bytes ready for writes (reserved with `fallocate`, see
+    /// [`crate::space`]).
     pub allocated_bytes: u64,
-    /// A zero fill extending `allocated_bytes`, running in the background.
+    /// Zeros are written ahead of the data up to here (0: not known).
+    pub zeroed_bytes: u64,
+    /// A zero fill of this segment failed: it is not filled again.
+    pub fill_failed: bool,
+    /// A zero fill ahead of the data, running in the background.
     pub pending_fill: Option<crate::space::PendingFill>,
     /// A prefix of the file whose batches passed their CRC check since open
     /// (scanned at recovery, written by us, or checked by a read). Reads
@@ -237,6 +241,8 @@ impl Segment {
             sealed: false,
             tail_block: Vec::new(),
             allocated_bytes: 0,
+            zeroed_bytes: 0,
+            fill_failed: false,
             pending_fill: None,
             verified_bytes: 0,
             damaged_at: None,

@@ -1,181 +1,212 @@
 //! Room in a segment file ahead of the writes: the "initialised space"
 //! policy.
 //!
-//! Appends land in space that already holds written (zeroed) blocks, so an
-//! `O_DIRECT` write is a plain overwrite: no block allocation, no unwritten
-//! extent to convert, no size change. On ext4 and XFS that has two effects
-//! measured here (docs/BENCHMARKS.md): io_uring can issue the write inline
-//! instead of punting it to a kernel worker thread, and the `fdatasync`
-//! after it has no metadata to write, only the device cache to flush (about
-//! half the latency with four partitions syncing at once).
+//! Every policy first *reserves* room with `fallocate` ahead of the data, in
+//! steps that double with the segment ([`reserve_target`]), so running out
+//! of disk shows up at a reservation, never in the middle of a write. What
+//! that leaves is unwritten extents: each `O_DIRECT` write into them
+//! converts extents (metadata the next `fdatasync` must write, and io_uring
+//! punts such a write to a kernel worker instead of issuing it inline).
 //!
-//! The zeros are written ahead of need by a background task per segment
-//! (at most one at a time), in steps that double with the segment's size
-//! from [`FILL_STEP_MIN_BYTES`] up to `preallocate_bytes`, so an idle
-//! partition costs little and a busy one rarely waits. The fill's own
-//! metadata (allocation, file size) becomes durable with the next
-//! `fdatasync` of the file, which every durable append needs anyway; data is
-//! only written into a region after its fill completed, so no write ever
-//! races a fill of the same blocks. The cost is writing every byte twice
-//! (zeros, then data), counted in `LogStats::zero_filled_bytes`.
+//! With [`Preallocation::Zeroed`] a background task per segment also writes
+//! zeros into the reserved room just ahead of the data, so appends land on
+//! written blocks: a plain overwrite, and an `fdatasync` with only the
+//! device cache to flush (about half the latency, docs/BENCHMARKS.md). The
+//! fill is an optimisation, never a precondition: it writes one chunk at a
+//! time, stays at most [`FILL_AHEAD_MAX_BYTES`] ahead of the data, and a
+//! write that needs room the fill has not reached yet *stops* it (waiting
+//! for at most the one chunk in flight, so no zero write can land on data)
+//! and goes into the reserved, unwritten room as with
+//! [`Preallocation::Reserve`]. A failed fill is logged and changes nothing
+//! else. The cost is writing the filled bytes twice, counted in
+//! `LogStats::zero_filled_bytes`.
 //!
-//! Whoever truncates or seals a segment file first awaits its fill
+//! Whoever truncates or seals a segment file first stops its fill
 //! ([`finish_fill`]), so a late zero write can never extend a file past the
 //! size it was cut to.
 
+use std::cell::Cell;
 use std::rc::Rc;
-
-use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::error::{glommio_io, LogError, LogResult};
 use crate::segment::{align_up, Segment, SegmentFile};
 
-/// Smallest zero fill: an idle partition's file starts at this (8 000
-/// partitions holding one record each write 512 MiB of zeros, not the 8 GiB
-/// a 1 MiB first step wrote).
-pub const FILL_STEP_MIN_BYTES: u64 = 64 << 10;
-/// Smallest `fallocate` reservation ([`Preallocation::Reserve`]): a
-/// partition that holds one record reserves this much, not a whole
-/// `preallocate_bytes` (5 000 such partitions reserved 160 GB at 32 MiB).
+/// Smallest `fallocate` reservation: a partition that holds one record
+/// reserves this much, not a whole `preallocate_bytes` (5 000 such
+/// partitions reserved 160 GB at 32 MiB).
 pub const RESERVE_STEP_MIN_BYTES: u64 = 64 << 10;
-/// Zero writes of one fill in flight at once.
-const FILL_DEPTH: usize = 2;
+/// How far ahead of the data the zero fill goes at most. A write that
+/// catches up with the fill waits for one chunk at most, but zeros compete
+/// with data for the device: the earlier policy, which filled up to 32 MiB
+/// ahead and made writes wait for whole fills, raised the replicated
+/// end-to-end p99 at 50 MiB/s from 15-20 ms to 170-220 ms.
+pub const FILL_AHEAD_MAX_BYTES: u64 = 4 << 20;
+/// One zero write of a fill (one in flight at a time): the longest a write
+/// waits for a fill it catches up with.
+pub const FILL_CHUNK_BYTES: u64 = 128 << 10;
 
 /// How segment files get room ahead of the writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocation {
-    /// Write zeros ahead of the data (see the module docs;
-    /// `log.preallocate.zero.fill=true`). Measured on 2026-12-07
-    /// (docs/BENCHMARKS.md): small `acks=all` requests get faster (fsync
-    /// half as long; one partition with the Java producer's defaults 1.06x,
-    /// transactions 1.2-1.45x), but under a steady replicated load the
-    /// end-to-end p99 at 50 MiB/s rose from 15-20 ms to 170-220 ms (fills of
-    /// up to 32 MiB queue ahead of the data writes; a 4 MiB cap still gave
-    /// 45-61 ms). So not the default.
-    Zeroed,
-    /// `fallocate` without writing: unwritten extents, which each write
-    /// converts (metadata the next `fdatasync` must write). Each byte is
-    /// written once. The default.
+    /// Reserve, and write zeros into the reserved room just ahead of the
+    /// data in the background (see the module docs;
+    /// `log.preallocate.zero.fill=true`, the default).
     #[default]
+    Zeroed,
+    /// `fallocate` only: unwritten extents, which each write converts
+    /// (metadata the next `fdatasync` must write). Each byte is written
+    /// once.
     Reserve,
 }
 
 /// A zero fill running in the background for one segment. Dropping it
-/// cancels the task (writes already submitted still complete).
+/// cancels the task (a write already submitted still completes: stop it
+/// with [`PendingFill::stop`] before writing where it might reach).
 pub struct PendingFill {
-    /// The file is initialised up to here once the fill succeeded.
+    /// Where the fill started.
+    pub from: u64,
+    /// Where it ends once complete.
     pub end: u64,
+    /// Zeros are written (completed) from `from` up to here.
+    filled: Rc<Cell<u64>>,
+    /// No chunk starts at or past this.
+    stop_at: Rc<Cell<u64>>,
     task: Option<glommio::Task<LogResult<()>>>,
-    outcome: Option<LogResult<()>>,
+    /// The fill ended with an error (logged once, here).
+    failed: bool,
 }
 
 impl PendingFill {
-    /// Starts writing zeros to `[from, to)` of `file`.
-    pub fn start(file: Rc<SegmentFile>, from: u64, to: u64, chunk_bytes: usize) -> Self {
-        let task = glommio::spawn_local(write_zeros(file, from, to, chunk_bytes));
+    /// Starts writing zeros to `[from, to)` of `file`, chunk by chunk.
+    pub fn start(file: Rc<SegmentFile>, from: u64, to: u64) -> Self {
+        let filled = Rc::new(Cell::new(from));
+        let stop_at = Rc::new(Cell::new(u64::MAX));
+        let task = glommio::spawn_local(write_zeros(
+            file,
+            from,
+            to,
+            filled.clone(),
+            stop_at.clone(),
+        ));
         Self {
+            from,
             end: to,
+            filled,
+            stop_at,
             task: Some(task),
-            outcome: None,
+            failed: false,
         }
     }
 
-    /// Whether the fill has completed (successfully or not), without waiting.
+    /// Zeros are written up to here; the one chunk that may be in flight
+    /// starts here, so a write that ends at or before it cannot meet a zero
+    /// write.
+    pub fn filled(&self) -> u64 {
+        self.filled.get()
+    }
+
+    /// Whether the fill has ended (completed, stopped or failed).
     pub fn is_finished(&mut self) -> bool {
-        if self.outcome.is_none() {
-            if let Some(task) = self.task.as_mut() {
-                if let Some(outcome) = futures::FutureExt::now_or_never(task) {
+        match self.task.as_mut() {
+            Some(task) => match futures::FutureExt::now_or_never(task) {
+                Some(outcome) => {
                     self.task = None;
-                    self.outcome = Some(outcome);
+                    self.failed = !note_outcome(outcome);
+                    true
                 }
-            }
+                None => false,
+            },
+            None => true,
         }
-        self.outcome.is_some()
     }
 
-    /// Waits for the fill; `Ok(end)` when the region is initialised.
-    pub async fn finish(mut self) -> LogResult<u64> {
-        let outcome = match (self.outcome.take(), self.task.take()) {
-            (Some(outcome), _) => outcome,
-            (None, Some(task)) => task.await,
-            (None, None) => Ok(()),
-        };
-        outcome.map(|()| self.end)
+    /// Whether the fill ended with an error.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Stops the fill after the chunk at its current position (the one in
+    /// flight, or the first if it has not started: so a fill started just
+    /// ahead of busy writes still gets ahead) and returns how far zeros are
+    /// written: `Err` when the fill failed.
+    pub async fn stop(mut self) -> Result<u64, u64> {
+        self.stop_at.set(self.filled.get() + 1);
+        if let Some(task) = self.task.take() {
+            self.failed = !note_outcome(task.await);
+        }
+        if self.failed {
+            Err(self.filled.get())
+        } else {
+            Ok(self.filled.get())
+        }
     }
 }
 
-/// Writes zeros to `[from, to)` (both block aligned) with a few writes in
-/// flight.
+/// Logs a failed fill; `true` when it succeeded.
+fn note_outcome(outcome: LogResult<()>) -> bool {
+    match outcome {
+        Ok(()) => true,
+        Err(error) => {
+            // The data goes into reserved (unwritten) room instead: slower
+            // to sync, nothing lost. The segment is not filled again.
+            tracing::warn!(%error, "zero fill ahead of the data failed; this segment is not filled further");
+            false
+        }
+    }
+}
+
+/// Writes zeros to `[from, to)` (block aligned), one chunk at a time,
+/// advancing `filled` after each and starting none at or past `stop_at`.
 async fn write_zeros(
     file: Rc<SegmentFile>,
     from: u64,
     to: u64,
-    chunk_bytes: usize,
+    filled: Rc<Cell<u64>>,
+    stop_at: Rc<Cell<u64>>,
 ) -> LogResult<()> {
     debug_assert_eq!(from % crate::segment::BLOCK_BYTES, 0);
     debug_assert_eq!(to % crate::segment::BLOCK_BYTES, 0);
-    let mut in_flight = FuturesUnordered::new();
     let mut position = from;
-    while position < to {
-        let len = (to - position).min(chunk_bytes as u64) as usize;
+    while position < to && position < stop_at.get() {
+        let len = (to - position).min(FILL_CHUNK_BYTES) as usize;
         let mut buffer = file.dma.alloc_dma_buffer(len);
         buffer.as_bytes_mut().fill(0);
-        let at = position;
-        let file = &file;
-        in_flight.push(async move { (file.dma.write_at(buffer, at).await, len) });
-        position += len as u64;
-        if in_flight.len() >= FILL_DEPTH {
-            check_written(file, in_flight.next().await)?;
+        let written = file
+            .dma
+            .write_at(buffer, position)
+            .await
+            .map_err(|error| LogError::io("zero fill", &file.path, glommio_io(error)))?;
+        if written != len {
+            return Err(LogError::io(
+                "zero fill",
+                &file.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {written} of {len}"),
+                ),
+            ));
         }
-    }
-    while let Some(done) = in_flight.next().await {
-        check_written(&file, Some(done))?;
-    }
-    Ok(())
-}
-
-fn check_written(
-    file: &SegmentFile,
-    done: Option<(glommio::Result<usize, ()>, usize)>,
-) -> LogResult<()> {
-    let Some((result, expected)) = done else {
-        return Ok(());
-    };
-    let written =
-        result.map_err(|error| LogError::io("zero fill", &file.path, glommio_io(error)))?;
-    if written != expected {
-        return Err(LogError::io(
-            "zero fill",
-            &file.path,
-            std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("short write: {written} of {expected}"),
-            ),
-        ));
+        position += len as u64;
+        filled.set(position);
     }
     Ok(())
 }
 
-/// The next background fill for a segment whose file is initialised up to
-/// `initialised` and holds data up to `written_end`, or `None` when there is
-/// room enough (at least half a step ahead) or the segment cannot grow.
-pub fn next_fill(
-    initialised: u64,
-    written_end: u64,
-    segment_bytes: u64,
-    preallocate_bytes: u64,
-) -> Option<(u64, u64)> {
-    let step = initialised.clamp(
-        FILL_STEP_MIN_BYTES,
-        preallocate_bytes.max(FILL_STEP_MIN_BYTES),
-    );
-    if initialised >= written_end + step / 2 {
+/// The next background fill of a segment whose data ends at `data_end`,
+/// reserved up to `reserved`, with zeros written up to `zeroed` (from an
+/// earlier fill): `None` when the fill is far enough ahead (half its reach)
+/// or there is no reserved room to fill. The reach doubles with the data
+/// (an idle partition's file gets a few blocks of zeros) up to
+/// [`FILL_AHEAD_MAX_BYTES`].
+pub fn next_fill(data_end: u64, reserved: u64, zeroed: u64) -> Option<(u64, u64)> {
+    let from = align_up(data_end).max(zeroed);
+    let reach = data_end.clamp(RESERVE_STEP_MIN_BYTES, FILL_AHEAD_MAX_BYTES);
+    if from >= data_end + reach / 2 {
         return None;
     }
-    // A segment rolls once its size passes segment.bytes: no need beyond it.
-    let limit = align_up(segment_bytes.max(written_end));
-    let end = (initialised + step).min(limit);
-    (end > initialised).then_some((initialised, end))
+    let to = (data_end + reach).min(reserved);
+    let to = to - to % crate::segment::BLOCK_BYTES;
+    (to > from).then_some((from, to))
 }
 
 /// How far to reserve (`fallocate`) a segment file that is reserved up to
@@ -186,7 +217,7 @@ pub fn next_fill(
 /// step after a few MiB and keeps the few-`fallocate`s-per-segment cost of
 /// a fixed step. Sealing trims what a segment did not use.
 ///
-/// Not capped at `segment_bytes` (as the zero fill is): with the
+/// Not capped at `segment_bytes`: with the
 /// reservation ending at the data of 16 KiB segments, the broker's
 /// compaction test kept a superseded record in 5 of 22 runs
 /// (`tests/broker/test_compaction.py`), uncapped in none of 8 (nor main in
@@ -196,14 +227,10 @@ pub fn reserve_target(allocated: u64, need: u64, preallocate_bytes: u64) -> u64 
     need + step
 }
 
-/// Waits for a segment's fill before its file is cut or sealed. Errors of
-/// the fill do not matter then (the region lies past the data) and are
-/// only logged.
-pub async fn finish_fill(fill: Option<PendingFill>, file: &SegmentFile) {
+/// Stops a segment's fill before its file is cut or sealed.
+pub async fn finish_fill(fill: Option<PendingFill>) {
     if let Some(fill) = fill {
-        if let Err(error) = fill.finish().await {
-            tracing::warn!(path = %file.path.display(), %error, "zero fill ahead of the data failed");
-        }
+        let _ = fill.stop().await;
     }
 }
 
@@ -232,35 +259,30 @@ mod tests {
     }
 
     #[test]
-    fn fills_grow_with_the_segment_and_stop_at_its_size() {
-        let mib = 1u64 << 20;
+    fn fills_stay_a_little_ahead_of_the_data_inside_the_reservation() {
         let kib = 1u64 << 10;
-        // A fresh segment: one minimal step.
-        assert_eq!(next_fill(0, 0, 1 << 30, 32 * mib), Some((0, 64 * kib)));
+        let mib = 1u64 << 20;
+        // A fresh segment with one small batch: a minimal reach.
+        assert_eq!(next_fill(100, 68 * kib, 0), Some((4 * kib, 64 * kib)));
+        // Never past the reservation.
+        assert_eq!(next_fill(100, 16 * kib, 0), Some((4 * kib, 16 * kib)));
+        assert_eq!(next_fill(16 * kib, 16 * kib, 0), None);
+        // Far enough ahead already: nothing to do.
+        assert_eq!(next_fill(mib, 32 * mib, 2 * mib), None);
+        // Running short: the reach doubles with the data...
         assert_eq!(
-            next_fill(64 * kib, 40 * kib, 1 << 30, 32 * mib),
-            Some((64 * kib, 128 * kib))
+            next_fill(mib, 32 * mib, mib + 4 * kib),
+            Some((mib + 4 * kib, 2 * mib))
         );
-        // Enough room ahead: nothing to do.
-        assert_eq!(next_fill(4 * mib, mib, 1 << 30, 32 * mib), None);
-        // Room running out: the step doubles with the initialised size...
+        // ...up to FILL_AHEAD_MAX_BYTES, from where the last fill ended.
         assert_eq!(
-            next_fill(4 * mib, 3 * mib, 1 << 30, 32 * mib),
-            Some((4 * mib, 8 * mib))
+            next_fill(100 * mib, 200 * mib, 101 * mib),
+            Some((101 * mib, 104 * mib))
         );
-        // ...up to preallocate_bytes.
+        // A fill never starts behind the data (the tail block is data's).
         assert_eq!(
-            next_fill(256 * mib, 250 * mib, 1 << 30, 32 * mib),
-            Some((256 * mib, 288 * mib))
-        );
-        // Never past segment.bytes (rounded to a block).
-        assert_eq!(
-            next_fill(mib, 600_000, 1_500_000, 32 * mib),
-            Some((mib, align_up(1_500_000)))
-        );
-        assert_eq!(
-            next_fill(align_up(1_500_000), 1_400_000, 1_500_000, 32 * mib),
-            None
+            next_fill(100 * mib + 1, 200 * mib, 0),
+            Some((100 * mib + 4 * kib, 104 * mib))
         );
     }
 }

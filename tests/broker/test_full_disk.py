@@ -231,10 +231,9 @@ def test_full_disk_refuses_writes_recovers_without_restart_and_loses_nothing(
     assert free_bytes(small_fs) < (4 << 20), f"{free_bytes(small_fs)} bytes still free"
     log = b.log_text()
     assert "log writes paused" in log, log[-3000:]
-    # What the broker left free (less than the write that paused needed;
-    # with log.preallocate.zero.fill, the few blocks a failed fill could not
-    # use) goes to another writer on the same disk: from here on it is full to
-    # the last block.
+    # What the broker left free (less than the reservation that paused
+    # needed) goes to another writer on the same disk: from here on it is
+    # full to the last block.
     filler = small_fs / "filler"
     take_every_block(filler)
 

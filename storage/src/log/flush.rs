@@ -282,13 +282,14 @@ async fn execute_write(shared: &Rc<Shared>, plan: WritePlan) -> LogResult<()> {
         let budget = config.hot_tail_bytes_max;
         state.evict_hot(budget);
         if !plan.seal_after {
-            let scheduled = schedule_fill(
+            let state = &mut *state;
+            schedule_fill(
                 config,
                 &file,
                 &mut state.segments[position],
                 plan.end_position,
+                &mut state.stats,
             );
-            state.stats.zero_filled_bytes += scheduled;
         }
     }
     if plan.seal_after {
@@ -298,13 +299,12 @@ async fn execute_write(shared: &Rc<Shared>, plan: WritePlan) -> LogResult<()> {
 }
 
 /// Makes the file ready for writes up to the plan's end and returns how far
-/// it is ready: reaps the segment's background zero fill (waiting for it
-/// only when the writes need its region), and when that is not enough fills
-/// (or, with [`Preallocation::Reserve`], reserves) the rest now.
+/// it is reserved: a background zero fill the writes would reach is stopped
+/// first (waiting for its chunk in flight), and room short of the writes is
+/// reserved now.
 async fn ensure_room(shared: &Shared, file: &Rc<SegmentFile>, plan: &WritePlan) -> LogResult<u64> {
     let config = &shared.config;
     let need = align_up(plan.end_position);
-    let mut allocated = plan.allocated_bytes;
     let pending = {
         let mut state = shared.state.borrow_mut();
         state
@@ -312,14 +312,10 @@ async fn ensure_room(shared: &Shared, file: &Rc<SegmentFile>, plan: &WritePlan) 
             .and_then(|position| state.segments[position].pending_fill.take())
     };
     if let Some(mut fill) = pending {
-        if need > allocated || fill.is_finished() {
-            match fill.finish().await {
-                Ok(end) => allocated = allocated.max(end),
-                // Filled again below if the writes need it.
-                Err(error) => {
-                    tracing::warn!(path = %file.path.display(), %error, "zero fill ahead of the data failed")
-                }
-            }
+        if need > fill.filled() || fill.is_finished() {
+            let from = fill.from;
+            let ended = fill.stop().await;
+            note_zeroed(shared, plan.segment_base, from, ended);
         } else {
             let mut state = shared.state.borrow_mut();
             if let Some(position) = state.segment_index(plan.segment_base) {
@@ -327,102 +323,86 @@ async fn ensure_room(shared: &Shared, file: &Rc<SegmentFile>, plan: &WritePlan) 
             }
         }
     }
+    let allocated = plan.allocated_bytes;
     if need <= allocated {
         return Ok(allocated);
     }
-    let from = align_up(allocated);
-    let target = match config.preallocation {
-        Preallocation::Reserve => space::reserve_target(allocated, need, config.preallocate_bytes),
-        // Only what these writes need (and a little): the background fill
-        // goes further without holding them up.
-        Preallocation::Zeroed => {
-            let segment_end = align_up(config.segment_bytes).max(need);
-            (need + space::FILL_STEP_MIN_BYTES).min(segment_end)
-        }
+    let target = space::reserve_target(allocated, need, config.preallocate_bytes);
+    let reserve = |end| async move {
+        file.dma
+            .pre_allocate(end, false)
+            .await
+            .map_err(|error| LogError::io("preallocate", &file.path, glommio_io(error)))
     };
-    let ready = match prepare_room(config, file, from, target).await {
-        Ok(()) => target,
+    match reserve(target).await {
+        Ok(()) => Ok(target),
         // A nearly full disk may still hold what these writes need: use the
         // last free blocks rather than pause early.
         Err(error) if error.is_transient() && target > need => {
-            prepare_room(config, file, from, need).await?;
-            need
+            reserve(need).await?;
+            Ok(need)
         }
-        Err(error) => return Err(error),
-    };
-    if config.preallocation == Preallocation::Zeroed {
-        shared.state.borrow_mut().stats.zero_filled_bytes += ready - from;
-    }
-    Ok(ready)
-}
-
-/// Makes `[from, end)` of the file ready for writes as the preallocation
-/// policy says: reserved (`fallocate` up to `end`) or written with zeros.
-async fn prepare_room(
-    config: &LogConfig,
-    file: &Rc<SegmentFile>,
-    from: u64,
-    end: u64,
-) -> LogResult<()> {
-    match config.preallocation {
-        Preallocation::Reserve => file
-            .dma
-            .pre_allocate(end, false)
-            .await
-            .map_err(|error| LogError::io("preallocate", &file.path, glommio_io(error))),
-        Preallocation::Zeroed => {
-            PendingFill::start(file.clone(), from, end, config.write_chunk_bytes)
-                .finish()
-                .await
-                .map(|_| ())
-        }
+        Err(error) => Err(error),
     }
 }
 
-/// Starts the next background zero fill of the segment if its ready space
-/// runs short (at most one per segment at a time). Returns the bytes the
-/// fill will write.
+/// A segment's fill from `from` ended with zeros written up to `ended`'s
+/// offset (`Err`: it failed).
+fn note_zeroed(shared: &Shared, segment_base: u64, from: u64, ended: Result<u64, u64>) {
+    let mut state = shared.state.borrow_mut();
+    let zeroed = ended.unwrap_or_else(|zeroed| zeroed);
+    state.stats.zero_filled_bytes += zeroed.saturating_sub(from);
+    if let Some(position) = state.segment_index(segment_base) {
+        let segment = &mut state.segments[position];
+        segment.zeroed_bytes = segment.zeroed_bytes.max(zeroed);
+        segment.fill_failed |= ended.is_err();
+    }
+}
+
+/// Starts the next background zero fill of the segment if the zeros ahead
+/// of `data_end` run short (at most one fill per segment at a time; one
+/// that ended is reaped first).
 fn schedule_fill(
     config: &LogConfig,
     file: &Rc<SegmentFile>,
     segment: &mut Segment,
-    end: u64,
-) -> u64 {
-    if config.preallocation != Preallocation::Zeroed || segment.pending_fill.is_some() {
-        return 0;
+    data_end: u64,
+    stats: &mut super::LogStats,
+) {
+    if config.preallocation != Preallocation::Zeroed || segment.fill_failed {
+        return;
     }
-    let ready = align_up(segment.allocated_bytes);
-    let Some((from, to)) =
-        space::next_fill(ready, end, config.segment_bytes, config.preallocate_bytes)
-    else {
-        return 0;
-    };
-    segment.pending_fill = Some(PendingFill::start(
-        file.clone(),
-        from,
-        to,
-        config.write_chunk_bytes,
-    ));
-    to - from
+    if let Some(fill) = segment.pending_fill.as_mut() {
+        if !fill.is_finished() {
+            return;
+        }
+        let zeroed = fill.filled();
+        stats.zero_filled_bytes += zeroed.saturating_sub(fill.from);
+        segment.zeroed_bytes = segment.zeroed_bytes.max(zeroed);
+        segment.fill_failed |= fill.failed();
+        segment.pending_fill = None;
+        if segment.fill_failed {
+            return;
+        }
+    }
+    if let Some((from, to)) = space::next_fill(data_end, segment.allocated_bytes, segment.zeroed_bytes) {
+        segment.pending_fill = Some(PendingFill::start(file.clone(), from, to));
+    }
 }
 
-/// Waits for the background fills of every segment (before a truncation).
+/// Stops the background fills of every segment (before a truncation).
 pub(super) async fn finish_all_fills(shared: &Shared) {
-    let fills: Vec<(PendingFill, Option<Rc<SegmentFile>>)> = {
-        let mut state = shared.state.borrow_mut();
-        state
-            .segments
-            .iter_mut()
-            .filter_map(|segment| {
-                let file = segment.file.clone();
-                space::take_fill(segment).map(|fill| (fill, file))
-            })
-            .collect()
-    };
-    for (fill, file) in fills {
-        if let Some(file) = file {
-            space::finish_fill(Some(fill), &file).await;
-        }
+    let fills: Vec<PendingFill> = shared
+        .state
+        .borrow_mut()
+        .segments
+        .iter_mut()
+        .filter_map(space::take_fill)
+        .collect();
+    for fill in fills {
+        let from = fill.from;
+        let zeroed = fill.stop().await.unwrap_or_else(|zeroed| zeroed);
+        shared.state.borrow_mut().stats.zero_filled_bytes += zeroed.saturating_sub(from);
     }
 }
 
@@ -569,7 +549,7 @@ async fn seal_segment(shared: &Shared, base_offset: u64, file: &SegmentFile) -> 
             space::take_fill(segment),
         )
     };
-    space::finish_fill(fill, file).await;
+    space::finish_fill(fill).await;
     file.truncate(size).await?;
     let sync_started = Instant::now();
     file.sync_data().await?;

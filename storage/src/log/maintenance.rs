@@ -356,6 +356,7 @@ async fn truncate_suffix(shared: &Shared, offset: u64) -> LogResult<()> {
         segment.file = Some(file.clone());
         segment.tail_block = read_tail_block(file, cut_position).await?;
         segment.allocated_bytes = cut_position;
+        segment.zeroed_bytes = segment.zeroed_bytes.min(cut_position);
         segment.verified_bytes = verified.min(cut_position);
     }
     let synced_dir = shared.dir.clone();

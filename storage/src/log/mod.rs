@@ -859,7 +859,7 @@ impl PartitionLog {
             )
         };
         if let Some(file) = &file {
-            space::finish_fill(fill, file).await;
+            space::finish_fill(fill).await;
             file.truncate(segment_bytes).await?;
             if durability == Durability::SyncedHere {
                 file.sync_data().await?;
