@@ -421,6 +421,16 @@ pub const SETTINGS: &[Setting] = &[
         Some("true"),
         SettingKind::Bool,
     ),
+    // Kafki's own: on a single node, a transaction's batches produced with
+    // acks=all are answered once written, and EndTxn(commit) makes every
+    // partition of the transaction durable before the commit is recorded
+    // (handlers/txn.rs). Ignored on a cluster member.
+    setting(
+        None,
+        "transaction.durable.at.commit",
+        Some("true"),
+        SettingKind::Bool,
+    ),
     // Idempotent-producer state (handlers/producer.rs): forget a producer
     // whose last batch is older (Kafka's name and default, one day; here
     // also per topic), how often to look, and Kafki's cap on producers

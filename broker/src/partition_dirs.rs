@@ -155,6 +155,36 @@ pub fn sweep_marked(data_dir: &Path) -> usize {
     })
 }
 
+/// The partitions whose folders hold segment files but no clean-shutdown
+/// marker: written to since their last clean close, so an unclean stop may
+/// have lost what was written and not yet synced. Read before any
+/// partition opens (the first write after an open removes the marker).
+pub fn unclean_partitions(data_dir: &Path) -> std::collections::BTreeSet<(String, i32)> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let (topic, index) = parse_folder_name(&name)?;
+            let path = entry.path();
+            if path
+                .join(kafki_storage::checkpoint::CLEAN_SHUTDOWN_FILE)
+                .exists()
+            {
+                return None;
+            }
+            let has_segments = std::fs::read_dir(&path).ok()?.flatten().any(|file| {
+                file.file_name()
+                    .to_str()
+                    .is_some_and(|file| file.ends_with(".log"))
+            });
+            has_segments.then(|| (topic.to_string(), index))
+        })
+        .collect()
+}
+
 /// Removes every folder of `data_dir` that `reason` names a reason for.
 fn sweep(data_dir: &Path, reason: impl Fn(&Path, &str) -> Option<String>) -> usize {
     let Ok(entries) = std::fs::read_dir(data_dir) else {

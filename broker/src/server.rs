@@ -72,6 +72,16 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         "starting kafki"
     );
     let shared = Arc::new(SharedState::default());
+    if config.cluster.is_none() && config.settings.transaction_durable_at_commit {
+        let lost = lost_writes(&config.data_dir);
+        if !lost.partitions.is_empty() {
+            tracing::info!(
+                partitions = lost.partitions.len(),
+                "unclean stop: partitions written since their last clean close; open transactions holding them are aborted as their coordinators load"
+            );
+        }
+        let _ = shared.lost_writes.set(lost);
+    }
     if descriptor_limit > 0 {
         shared.descriptors.set_limit(descriptor_limit);
         check_descriptor_limit(&config, &metadata, descriptor_limit, &shared);
@@ -121,6 +131,21 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
             tracing::info!("kafki stopped cleanly");
             Ok(())
         }
+    }
+}
+
+/// The partitions an unclean stop may have cut a transaction's data short
+/// in (`transaction.durable.at.commit`), for transactions begun before now.
+/// Internal topics are not among them: their writes (transactional offset
+/// commits included) are answered only once durable.
+fn lost_writes(data_dir: &std::path::Path) -> crate::txn::LostWrites {
+    crate::txn::LostWrites {
+        partitions: crate::partition_dirs::unclean_partitions(data_dir)
+            .into_iter()
+            .filter(|(topic, _)| !ClusterMetadata::is_internal_topic(topic))
+            .map(|(topic, partition)| crate::txn::TopicPartition { topic, partition })
+            .collect(),
+        began_before_ms: crate::clock::now_ms(),
     }
 }
 

@@ -45,6 +45,12 @@ pub struct BrokerSettings {
     /// transaction, so a late write after an abort cannot open a
     /// transaction that never ends.
     pub transaction_partition_verification: bool,
+    /// `transaction.durable.at.commit` (Kafki's own, default true; single
+    /// node only): a transaction's `acks=all` batches are answered once
+    /// written (a process crash loses none) and made durable, every
+    /// partition of the transaction, before its commit is recorded. An
+    /// unclean stop aborts the transactions it interrupted.
+    pub transaction_durable_at_commit: bool,
     /// `group.initial.rebalance.delay.ms` (0 allowed).
     pub group_initial_rebalance_delay: Duration,
     /// `log.retention.check.interval.ms`.
@@ -114,6 +120,7 @@ impl BrokerSettings {
                 .unwrap_or(604_800_000),
             transaction_partition_verification: kafka
                 .get_bool("transaction.partition.verification.enable"),
+            transaction_durable_at_commit: kafka.get_bool("transaction.durable.at.commit"),
             group_initial_rebalance_delay: Duration::from_millis(
                 kafka
                     .get_i64("group.initial.rebalance.delay.ms")
@@ -157,6 +164,7 @@ mod tests {
         assert_eq!(defaults.max_connections, 10_000);
         assert_eq!(defaults.reserve_bytes, 16 << 20);
         assert!(defaults.transaction_partition_verification);
+        assert!(defaults.transaction_durable_at_commit);
         assert!(defaults.queued_max_request_bytes >= defaults.socket_request_max_bytes as u64);
         let mut kafka = KafkaSettings::default();
         kafka.set("offsets.topic.num.partitions", "4").expect("set");

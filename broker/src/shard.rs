@@ -112,6 +112,9 @@ pub struct SharedState {
     pub descriptors: Arc<crate::descriptors::DescriptorBudget>,
     /// A cluster member's quorum state and write lease (set by shard 0).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::quorum::QuorumShared>>,
+    /// What the last stop may have lost of transactions whose data is made
+    /// durable at commit (set at start, single node only).
+    pub lost_writes: std::sync::OnceLock<crate::txn::LostWrites>,
 }
 
 /// A partition log that refuses writes, as `/health` lists it.

@@ -81,13 +81,8 @@ impl PendingFill {
     pub fn start(file: Rc<SegmentFile>, from: u64, to: u64) -> Self {
         let filled = Rc::new(Cell::new(from));
         let stop_at = Rc::new(Cell::new(u64::MAX));
-        let task = glommio::spawn_local(write_zeros(
-            file,
-            from,
-            to,
-            filled.clone(),
-            stop_at.clone(),
-        ));
+        let task =
+            glommio::spawn_local(write_zeros(file, from, to, filled.clone(), stop_at.clone()));
         Self {
             from,
             end: to,

@@ -17,7 +17,12 @@ read_committed consumer rely on.
 - kill -9 of the broker with a transaction open: after the restart the
   coordinator and the partitions recover their state from the logs, the
   open transaction is aborted (timeout or the next producer's
-  init_transactions), committed ones stay committed.
+  init_transactions), committed ones stay committed;
+- `transaction.durable.at.commit` (the default): a transaction's batches are
+  answered once written and made durable by its commit, so an unclean stop
+  aborts the transactions it interrupted: the producer that flushed before
+  the kill cannot commit after it (fenced), and none of its records is ever
+  read as committed.
 
     .venv-compat/bin/pytest tests/broker/test_transactions.py -q -p no:cacheprovider
 """
@@ -250,3 +255,35 @@ def test_kill_9_with_a_transaction_open(broker):
     for partition in range(2):
         high, stable = high_and_stable(broker.bootstrap, topic, partition)
         assert stable == high, (partition, high, stable)
+
+
+def test_an_unclean_stop_aborts_the_transaction_it_interrupted(broker):
+    topic = "txn-interrupted"
+    create_topic(broker.bootstrap, topic, partitions=2)
+    p = txn_producer(broker.bootstrap, "interrupted")
+    p.init_transactions(20)
+    p.begin_transaction()
+    for i in range(4):
+        p.produce(topic, value=f"kept-{i}".encode(), partition=i % 2)
+    p.commit_transaction(20)
+    p.begin_transaction()
+    for i in range(6):
+        p.produce(topic, value=f"acked-{i}".encode(), partition=i % 2)
+    p.flush(20)  # every batch acknowledged, written, maybe not yet synced
+
+    broker.restart_after_kill()
+    # The coordinator aborted the interrupted transaction at its load, with
+    # the epoch bumped: committing it now would commit data the stop may
+    # have lost, so the producer is fenced instead.
+    with pytest.raises(KafkaException) as raised:
+        p.commit_transaction(30)
+    error = raised.value.args[0]
+    assert error.fatal() or error.txn_requires_abort(), error
+    assert "log partition loaded" in broker.log_text()
+    assert "aborted_after_unclean_stop=1" in broker.log_text(), broker.log_text()[-3000:]
+    got = read_all(broker.bootstrap, topic, 2, "read_committed", 4)
+    assert got == {0: ["kept-0", "kept-2"], 1: ["kept-1", "kept-3"]}, got
+    for partition in range(2):
+        wait_until(lambda: (lambda hs: hs[0] == hs[1])(high_and_stable(broker.bootstrap, topic,
+                                                                        partition)),
+                   20, 0.5, f"the abort marker on partition {partition}")

@@ -317,8 +317,18 @@ async fn append_partition(
         }
         _ => (partition, TxnAdmission::Unverified),
     };
+    // A transaction's batches are made durable by its commit instead
+    // (`transaction.durable.at.commit`, handlers/txn.rs).
+    let acks = if settings.acks == Acks::All
+        && crate::txn::runtime::durable_at_commit(shard)
+        && all_transactional(&batches)
+    {
+        Acks::Leader
+    } else {
+        settings.acks
+    };
     match partition
-        .append_admitted(batches, settings.acks, settings.timeout, admission)
+        .append_admitted(batches, acks, settings.timeout, admission)
         .await
     {
         Ok(appended) => PartitionOutcome {
@@ -336,6 +346,14 @@ async fn append_partition(
             ..PartitionOutcome::failed(slot, refused.error.code)
         },
     }
+}
+
+/// Whether every batch is transactional (a producer's request holds one
+/// producer's batches; a mixed one is not trusted to be).
+fn all_transactional(batches: &[Bytes]) -> bool {
+    batches
+        .iter()
+        .all(|batch| BatchHeader::parse(batch).is_ok_and(|header| header.is_transactional()))
 }
 
 /// Times a request waits for another's verification of the same producer

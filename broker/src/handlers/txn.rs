@@ -311,6 +311,14 @@ pub async fn end_txn(shard: &Rc<Shard>, request: EndTxnRequest, version: i16) ->
         epoch: request.producer_epoch,
     };
     let commit = request.committed;
+    // The transaction's batches were answered once written: durable first.
+    if commit && crate::txn::runtime::durable_at_commit(shard) {
+        if let Err(error) =
+            crate::txn::runtime::make_txn_data_durable(shard, &transactional_id, producer).await
+        {
+            return EndTxnResponse::default().with_error_code(code_at(error, version, 2));
+        }
+    }
     let answer = on_txn_coordinator(shard, &transactional_id.clone(), move |request| {
         Input::EndTxn {
             request,

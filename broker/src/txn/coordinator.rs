@@ -251,6 +251,9 @@ pub enum Input {
         coordinator_epoch: i32,
         records: Vec<StoredRecord>,
         end_offset: i64,
+        /// Partitions that may have lost batches answered before they were
+        /// durable (`transaction.durable.at.commit`): an unclean stop.
+        lost_writes: Option<LostWrites>,
     },
     /// This node no longer leads `log_partition`.
     Unload { log_partition: i32 },
@@ -320,8 +323,23 @@ pub enum InputError {
 pub struct LoadStats {
     pub transactional_ids: usize,
     pub markers_resent: usize,
+    /// Ongoing transactions aborted because their data may be lost
+    /// ([`LostWrites`]).
+    pub aborted_lost: usize,
     /// Records that did not decode or hold a state never written (skipped).
     pub malformed: usize,
+}
+
+/// What an unclean stop of a single node may have lost: the batches of
+/// `partitions` answered once written but not yet durable
+/// (`transaction.durable.at.commit`). An Ongoing transaction that began
+/// before the node started (`began_before_ms`) and holds one of them is
+/// aborted at load with the epoch bumped, as a timed-out one: committing
+/// it could commit a transaction with records missing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LostWrites {
+    pub partitions: std::collections::BTreeSet<TopicPartition>,
+    pub began_before_ms: i64,
 }
 
 /// Kafka's `partitionFor`: `abs(transactionalId.hashCode) % partitions`,
@@ -582,9 +600,13 @@ impl TxnCoordinator {
                 coordinator_epoch,
                 records,
                 end_offset,
+                lost_writes,
             } => {
                 self.last_load =
                     self.load(log_partition, coordinator_epoch, records, end_offset, out)?;
+                if let Some(lost) = lost_writes {
+                    self.last_load.aborted_lost = self.abort_lost(log_partition, &lost, out);
+                }
             }
             Input::Unload { log_partition } => {
                 self.unload(log_partition, TxnError::NotCoordinator, out)
@@ -1125,6 +1147,33 @@ impl TxnCoordinator {
             );
         }
         Ok(stats)
+    }
+
+    /// Aborts (epoch bumped) the Ongoing transactions of `log_partition`
+    /// that [`LostWrites`] may have cut short; returns how many.
+    fn abort_lost(
+        &mut self,
+        log_partition: i32,
+        lost: &LostWrites,
+        out: &mut Vec<Effect>,
+    ) -> usize {
+        let now = self.now_ms;
+        let interrupted: Vec<(String, TxnMetadata)> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| {
+                entry.log_partition == log_partition
+                    && entry.pending == Pending::None
+                    && entry.metadata.state == TxnState::Ongoing
+                    && entry.metadata.start_timestamp_ms < lost.began_before_ms
+                    && !entry.metadata.partitions.is_disjoint(&lost.partitions)
+            })
+            .map(|(id, entry)| (id.clone(), fenced_abort(&entry.metadata, now)))
+            .collect();
+        for (transactional_id, target) in &interrupted {
+            self.append(transactional_id, Some(target.clone()), None, true, out);
+        }
+        interrupted.len()
     }
 
     /// Drops a partition's state, answering what waited with `error`.

@@ -70,7 +70,7 @@ pub mod verification;
 pub mod verify_frames;
 
 pub use coordinator::{
-    Effect, Input, InputError, MarkerRequest, ProducerIdAndEpoch, RequestId, Response,
+    Effect, Input, InputError, LostWrites, MarkerRequest, ProducerIdAndEpoch, RequestId, Response,
     StoredRecord, TxnConfig, TxnCoordinator, TxnError,
 };
 pub use partition_index::{AbortedTxn, ControlType, EndTxnMarker, PartitionTxnIndex};

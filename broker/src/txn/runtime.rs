@@ -177,6 +177,88 @@ pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<(), i16> {
     .await
 }
 
+/// Whether a transaction's data is made durable by its commit rather than
+/// by each produce (`transaction.durable.at.commit`, single node only: the
+/// coordinator and every partition stop together, so an unclean stop can be
+/// told to the coordinator at its next load, [`LostWrites`]).
+pub fn durable_at_commit(shard: &Shard) -> bool {
+    shard.config.cluster.is_none() && shard.config.settings.transaction_durable_at_commit
+}
+
+/// How long EndTxn(commit) waits for its transaction's data to become
+/// durable before it answers a retriable error.
+const DURABLE_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Before EndTxn(commit) with [`durable_at_commit`]: waits until every
+/// partition of `producer`'s Ongoing transaction is durable up to its log
+/// end (its batches were answered once written). Nothing to do when the
+/// transaction is not Ongoing under that producer: the coordinator answers
+/// the EndTxn itself (a retry, a fence). A partition gone meanwhile holds
+/// nothing to commit. A failed or slow log answers
+/// COORDINATOR_NOT_AVAILABLE: the client retries, and the commit is never
+/// recorded over data that is not durable.
+pub async fn make_txn_data_durable(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    producer: super::ProducerIdAndEpoch,
+) -> Result<(), TxnError> {
+    let id = transactional_id.to_string();
+    let partitions = inspect_txn_coordinator(shard, transactional_id, move |coordinator| {
+        coordinator
+            .metadata(&id)
+            .filter(|metadata| {
+                metadata.state == super::TxnState::Ongoing
+                    && metadata.producer_id == producer.producer_id
+                    && metadata.producer_epoch == producer.epoch
+            })
+            .map(|metadata| metadata.partitions.clone())
+    })
+    .await?;
+    let Some(partitions) = partitions else {
+        return Ok(());
+    };
+    let mut by_owner: BTreeMap<usize, Vec<super::TopicPartition>> = BTreeMap::new();
+    for partition in partitions {
+        by_owner
+            .entry(shard.owner_of(&partition.topic, partition.partition))
+            .or_default()
+            .push(partition);
+    }
+    let waits = by_owner.into_iter().map(|(owner, partitions)| async move {
+        shard
+            .invoke_on(owner, move |owner| async move {
+                for partition in partitions {
+                    let Ok(log) = owner.partition(&partition.topic, partition.partition).await
+                    else {
+                        continue;
+                    };
+                    let end = log.offsets().log_end_offset;
+                    let durable = std::pin::pin!(log.wait_committed(end));
+                    let expired = std::pin::pin!(glommio::timer::sleep(DURABLE_WAIT_MAX));
+                    match futures::future::select(durable, expired).await {
+                        futures::future::Either::Left((Ok(()), _)) => {}
+                        futures::future::Either::Left((Err(error), _)) => {
+                            tracing::warn!(topic = %partition.topic, partition = partition.partition, %error, "a transaction's data cannot be made durable; its commit is refused for now");
+                            return Err(TxnError::CoordinatorNotAvailable);
+                        }
+                        futures::future::Either::Right(_) => {
+                            tracing::warn!(topic = %partition.topic, partition = partition.partition, "a transaction's data did not become durable in time; its commit is refused for now");
+                            return Err(TxnError::CoordinatorNotAvailable);
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or(Err(TxnError::CoordinatorNotAvailable))
+    });
+    futures::future::join_all(waits)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, TxnError>>()
+        .map(|_| ())
+}
+
 /// Runs `make`'s input on the coordinator of `transactional_id` (this
 /// node must lead its partition, else NOT_COORDINATOR) and waits for the
 /// answer.
@@ -758,6 +840,7 @@ async fn load_partition(shard: &Rc<Shard>, log_partition: i32) -> bool {
             coordinator_epoch: leader_epoch,
             records,
             end_offset: end_offset as i64,
+            lost_writes: shard.shared.lost_writes.get().cloned(),
         },
     );
     let stats: LoadStats = shard
@@ -769,6 +852,7 @@ async fn load_partition(shard: &Rc<Shard>, log_partition: i32) -> bool {
         coordinator_epoch = leader_epoch,
         transactional_ids = stats.transactional_ids,
         markers_resent = stats.markers_resent,
+        aborted_after_unclean_stop = stats.aborted_lost,
         malformed = stats.malformed,
         "transaction log partition loaded"
     );

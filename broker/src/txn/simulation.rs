@@ -347,6 +347,7 @@ impl World {
             coordinator_epoch: log.coordinator_epoch,
             records,
             end_offset: log.records.len() as i64,
+            lost_writes: None,
         };
         let epoch = log.coordinator_epoch;
         self.note(format!(

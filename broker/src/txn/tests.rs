@@ -40,6 +40,7 @@ impl Harness {
             coordinator_epoch: 1,
             records: Vec::new(),
             end_offset: 0,
+            lost_writes: None,
         });
         harness.input(Input::ProducerIds {
             first: 100,
@@ -266,6 +267,7 @@ fn without_producer_ids_init_answers_load_in_progress_and_asks_for_a_block() {
         coordinator_epoch: 0,
         records: vec![],
         end_offset: 0,
+        lost_writes: None,
     };
     coordinator.handle(load, &mut out).expect("load");
     let init = Input::InitProducerId {
@@ -426,6 +428,7 @@ fn loaded_at_epoch(epoch: i16) -> Harness {
             value: record.value,
         }],
         end_offset: 1,
+        lost_writes: None,
     });
     harness.durable_below = 1;
     harness.log.push((0, 0, records::encode(TXN, &metadata, 1)));
@@ -800,6 +803,7 @@ fn a_load_sends_the_markers_of_every_prepared_transaction_again() {
         coordinator_epoch: 7,
         records,
         end_offset,
+        lost_writes: None,
     });
     let markers = markers_of(&effects);
     assert_eq!(markers.len(), 1);
@@ -822,6 +826,7 @@ fn a_load_skips_records_that_do_not_decode() {
             value: None,
         }],
         end_offset: 1,
+        lost_writes: None,
     });
     assert_eq!(harness.coordinator.last_load().malformed, 1);
     assert_eq!(harness.coordinator.last_load().transactional_ids, 0);
@@ -837,6 +842,7 @@ fn a_load_keeps_an_ongoing_transaction_which_times_out_later() {
         coordinator_epoch: 7,
         records,
         end_offset: harness.durable_below,
+        lost_writes: None,
     });
     assert!(markers_of(&effects).is_empty());
     assert_eq!(fresh.state(), TxnState::Ongoing);
@@ -844,6 +850,48 @@ fn a_load_keeps_an_ongoing_transaction_which_times_out_later() {
         fresh.verify(me, &[tp("t", 0)]),
         Response::VerifyPartitions(Ok(vec![(tp("t", 0), None)]))
     );
+}
+
+#[test]
+fn a_load_after_an_unclean_stop_aborts_the_transactions_whose_data_may_be_lost() {
+    let (harness, me) = ongoing();
+    let records = harness.stored();
+    let load = |lost: &[TopicPartition], began_before_ms: i64| {
+        let mut fresh = Harness::new();
+        let effects = fresh.input(Input::Load {
+            log_partition: 0,
+            coordinator_epoch: 7,
+            records: records.clone(),
+            end_offset: harness.durable_below,
+            lost_writes: Some(LostWrites {
+                partitions: lost.iter().cloned().collect(),
+                began_before_ms,
+            }),
+        });
+        (fresh, effects)
+    };
+    // The transaction holds t-0, written since its last clean close, and
+    // began before this start: aborted with the epoch bumped (the producer
+    // is fenced), once the abort is durable the markers go out.
+    let (mut fresh, effects) = load(&[tp("other", 3), tp("t", 0)], i64::MAX);
+    assert_eq!(fresh.coordinator.last_load().aborted_lost, 1);
+    assert!(markers_of(&effects).is_empty(), "not before it is durable");
+    let effects = fresh.durable();
+    let markers = markers_of(&effects);
+    assert_eq!(markers.len(), 1);
+    assert_eq!(markers[0].result, ControlType::Abort);
+    assert_eq!(markers[0].producer, producer(me.producer_id, me.epoch + 1));
+    assert_eq!(fresh.state(), TxnState::PrepareAbort);
+    assert_eq!(fresh.end(me, true).0, Err(TxnError::ProducerFenced));
+    // Its partitions were all cleanly closed: it continues.
+    let (mut fresh, _) = load(&[tp("t", 1)], i64::MAX);
+    assert_eq!(fresh.coordinator.last_load().aborted_lost, 0);
+    assert_eq!(fresh.state(), TxnState::Ongoing);
+    assert_eq!(fresh.end(me, true).0, Ok(()));
+    // Begun after the start (a reload later in the same run): continues.
+    let (fresh, _) = load(&[tp("t", 0)], 0);
+    assert_eq!(fresh.coordinator.last_load().aborted_lost, 0);
+    assert_eq!(fresh.state(), TxnState::Ongoing);
 }
 
 #[test]
@@ -855,6 +903,7 @@ fn a_load_at_an_older_epoch_is_refused() {
         coordinator_epoch: 0,
         records: vec![],
         end_offset: 0,
+        lost_writes: None,
     };
     assert!(harness.coordinator.handle(stale, &mut out).is_err());
 }

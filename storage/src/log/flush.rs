@@ -385,7 +385,9 @@ fn schedule_fill(
             return;
         }
     }
-    if let Some((from, to)) = space::next_fill(data_end, segment.allocated_bytes, segment.zeroed_bytes) {
+    if let Some((from, to)) =
+        space::next_fill(data_end, segment.allocated_bytes, segment.zeroed_bytes)
+    {
         segment.pending_fill = Some(PendingFill::start(file.clone(), from, to));
     }
 }
