@@ -166,23 +166,33 @@ async fn write_zeros(
         let len = (to - position).min(FILL_CHUNK_BYTES) as usize;
         let mut buffer = file.dma.alloc_dma_buffer(len);
         buffer.as_bytes_mut().fill(0);
-        let written = file
-            .dma
-            .write_at(buffer, position)
-            .await
-            .map_err(|error| LogError::io("zero fill", &file.path, glommio_io(error)))?;
-        if written != len {
-            return Err(LogError::io(
-                "zero fill",
-                &file.path,
-                std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    format!("short write: {written} of {len}"),
-                ),
-            ));
-        }
+        let written = file.dma.write_at(buffer, position).await;
+        check_whole_write("zero fill", &file, written, len)?;
         position += len as u64;
         filled.set(position);
+    }
+    Ok(())
+}
+
+/// A completed `O_DIRECT` write of `expected` bytes: an error, or a short
+/// write (which `O_DIRECT` reports for a full disk), is the `operation`'s
+/// failure on `file`.
+pub(crate) fn check_whole_write(
+    operation: &'static str,
+    file: &SegmentFile,
+    result: glommio::Result<usize, ()>,
+    expected: usize,
+) -> LogResult<()> {
+    let written = result.map_err(|error| LogError::io(operation, &file.path, glommio_io(error)))?;
+    if written != expected {
+        return Err(LogError::io(
+            operation,
+            &file.path,
+            std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {written} of {expected}"),
+            ),
+        ));
     }
     Ok(())
 }

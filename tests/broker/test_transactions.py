@@ -227,19 +227,28 @@ def test_a_hung_transaction_is_aborted_after_its_timeout(broker):
     assert read_all(broker.bootstrap, topic, 1, "read_committed", 1)[0] == ["after"]
 
 
-def test_kill_9_with_a_transaction_open(broker):
-    topic = "txn-crash"
-    create_topic(broker.bootstrap, topic, partitions=2)
-    p = txn_producer(broker.bootstrap, "crashing")
+def committed_then_open(bootstrap: str, topic: str, txn_id: str, committed: int,
+                        open_prefix: str) -> Producer:
+    """A 2-partition topic, one committed transaction of `committed` records
+    (`kept-i`), then one left open with 6 records (`<open_prefix>-i`), flushed:
+    every batch acknowledged."""
+    create_topic(bootstrap, topic, partitions=2)
+    p = txn_producer(bootstrap, txn_id)
     p.init_transactions(20)
     p.begin_transaction()
-    for i in range(6):
+    for i in range(committed):
         p.produce(topic, value=f"kept-{i}".encode(), partition=i % 2)
     p.commit_transaction(20)
     p.begin_transaction()
     for i in range(6):
-        p.produce(topic, value=f"lost-{i}".encode(), partition=i % 2)
+        p.produce(topic, value=f"{open_prefix}-{i}".encode(), partition=i % 2)
     p.flush(20)
+    return p
+
+
+def test_kill_9_with_a_transaction_open(broker):
+    topic = "txn-crash"
+    committed_then_open(broker.bootstrap, topic, "crashing", 6, "lost")
 
     broker.restart_after_kill()
     # The application restarts too: init_transactions aborts what was open.
@@ -259,17 +268,9 @@ def test_kill_9_with_a_transaction_open(broker):
 
 def test_an_unclean_stop_aborts_the_transaction_it_interrupted(broker):
     topic = "txn-interrupted"
-    create_topic(broker.bootstrap, topic, partitions=2)
-    p = txn_producer(broker.bootstrap, "interrupted")
-    p.init_transactions(20)
-    p.begin_transaction()
-    for i in range(4):
-        p.produce(topic, value=f"kept-{i}".encode(), partition=i % 2)
-    p.commit_transaction(20)
-    p.begin_transaction()
-    for i in range(6):
-        p.produce(topic, value=f"acked-{i}".encode(), partition=i % 2)
-    p.flush(20)  # every batch acknowledged, written, maybe not yet synced
+    # The open transaction's batches are answered once written, maybe not
+    # yet synced when the broker is killed.
+    p = committed_then_open(broker.bootstrap, topic, "interrupted", 4, "acked")
 
     broker.restart_after_kill()
     # The coordinator aborted the interrupted transaction at its load, with

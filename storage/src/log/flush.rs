@@ -459,17 +459,7 @@ fn finish_write(
     let Some((result, expected)) = done else {
         return Ok(());
     };
-    let written = result.map_err(|error| LogError::io("write", &file.path, glommio_io(error)))?;
-    if written != expected {
-        return Err(LogError::io(
-            "write",
-            &file.path,
-            std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("short write: {written} of {expected}"),
-            ),
-        ));
-    }
+    space::check_whole_write("write", file, result, expected)?;
     Ok(())
 }
 
