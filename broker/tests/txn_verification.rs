@@ -6,6 +6,13 @@
 //! after the transaction was aborted does not open a new, hanging
 //! transaction; with `transaction.partition.verification.enable=false` the
 //! leader takes the batch without asking.
+//!
+//! What was appended is read as ListOffsets' latest offset, the high
+//! watermark, so these tests run with `transaction.durable.at.commit=false`
+//! (every batch durable before its answer): with the default a
+//! transaction's batch is answered once written and the high watermark
+//! follows with the next sync. The last test checks the default: once the
+//! commit is answered, the transaction's data is durable.
 
 mod common;
 
@@ -26,6 +33,8 @@ use kafki_net::kafka_protocol::protocol::StrBytes;
 use kafki_storage::batch::{build_batch, compute_crc};
 
 const TOPIC: &str = "verified";
+/// Each batch durable before its answer (see the module docs).
+const DURABLE_PER_BATCH: (&str, &str) = ("transaction.durable.at.commit", "false");
 const ID: &str = "tx-verified";
 
 fn text(value: &str) -> StrBytes {
@@ -141,7 +150,7 @@ async fn log_end(broker: &InProcessBroker, partition: i32) -> i64 {
 #[test]
 fn only_partitions_added_to_the_transaction_take_its_batches() {
     run(|| async {
-        let broker = InProcessBroker::start(&[]).await;
+        let broker = InProcessBroker::start(&[DURABLE_PER_BATCH]).await;
         broker.create_topic(TOPIC, 2).await;
         let producer = init(&broker).await;
         add_partition(&broker, producer, 0).await;
@@ -208,7 +217,7 @@ fn only_partitions_added_to_the_transaction_take_its_batches() {
 #[test]
 fn a_producer_the_coordinator_does_not_know_is_refused() {
     run(|| async {
-        let broker = InProcessBroker::start(&[]).await;
+        let broker = InProcessBroker::start(&[DURABLE_PER_BATCH]).await;
         broker.create_topic(TOPIC, 2).await;
         let producer = init(&broker).await;
         add_partition(&broker, producer, 0).await;
@@ -233,8 +242,11 @@ fn a_producer_the_coordinator_does_not_know_is_refused() {
 #[test]
 fn without_verification_the_leader_takes_the_batch_unasked() {
     run(|| async {
-        let broker =
-            InProcessBroker::start(&[("transaction.partition.verification.enable", "false")]).await;
+        let broker = InProcessBroker::start(&[
+            ("transaction.partition.verification.enable", "false"),
+            DURABLE_PER_BATCH,
+        ])
+        .await;
         broker.create_topic(TOPIC, 2).await;
         let producer = init(&broker).await;
         assert_eq!(
@@ -250,7 +262,7 @@ fn without_verification_the_leader_takes_the_batch_unasked() {
 #[test]
 fn pipelined_first_batches_are_verified_once_and_appended_in_order() {
     run(|| async {
-        let broker = InProcessBroker::start(&[]).await;
+        let broker = InProcessBroker::start(&[DURABLE_PER_BATCH]).await;
         broker.create_topic(TOPIC, 2).await;
         let producer = init(&broker).await;
         add_partition(&broker, producer, 0).await;
@@ -262,5 +274,23 @@ fn pipelined_first_batches_are_verified_once_and_appended_in_order() {
         );
         assert_eq!((first.0, second.0), (0, 0), "{first:?} {second:?}");
         assert_eq!(log_end(&broker, 0).await, 2);
+    });
+}
+
+#[test]
+fn by_default_a_committed_transactions_data_is_durable_once_the_commit_is_answered() {
+    run(|| async {
+        let broker = InProcessBroker::start(&[]).await;
+        broker.create_topic(TOPIC, 2).await;
+        let producer = init(&broker).await;
+        add_partition(&broker, producer, 0).await;
+        for sequence in 0..3 {
+            let (code, _) = produce(&broker, 0, transactional_batch(producer, sequence)).await;
+            assert_eq!(code, 0);
+        }
+        end_txn(&broker, producer, true).await;
+        // EndTxn(commit) waited for the data to be durable: the high
+        // watermark covers all three batches now (the marker follows).
+        assert!(log_end(&broker, 0).await >= 3);
     });
 }
