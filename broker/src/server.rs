@@ -72,7 +72,7 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()
         "starting kafki"
     );
     let shared = Arc::new(SharedState::default());
-    if config.cluster.is_none() && config.settings.transaction_durable_at_commit {
+    if crate::txn::runtime::durable_at_commit(&config) {
         let lost = lost_writes(&config.data_dir);
         if !lost.partitions.is_empty() {
             tracing::info!(

@@ -64,16 +64,24 @@ pub enum Preallocation {
 /// with [`PendingFill::stop`] before writing where it might reach).
 pub struct PendingFill {
     /// Where the fill started.
-    pub from: u64,
-    /// Where it ends once complete.
-    pub end: u64,
+    from: u64,
     /// Zeros are written (completed) from `from` up to here.
     filled: Rc<Cell<u64>>,
     /// No chunk starts at or past this.
     stop_at: Rc<Cell<u64>>,
-    task: Option<glommio::Task<LogResult<()>>>,
-    /// The fill ended with an error (logged once, here).
-    failed: bool,
+    task: glommio::Task<LogResult<()>>,
+}
+
+/// How a fill ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillEnd {
+    /// Where it started.
+    pub from: u64,
+    /// Zeros are written up to here.
+    pub zeroed: u64,
+    /// It failed (logged once, when it ended): the segment is not filled
+    /// again.
+    pub failed: bool,
 }
 
 impl PendingFill {
@@ -85,11 +93,9 @@ impl PendingFill {
             glommio::spawn_local(write_zeros(file, from, to, filled.clone(), stop_at.clone()));
         Self {
             from,
-            end: to,
             filled,
             stop_at,
-            task: Some(task),
-            failed: false,
+            task,
         }
     }
 
@@ -100,39 +106,27 @@ impl PendingFill {
         self.filled.get()
     }
 
-    /// Whether the fill has ended (completed, stopped or failed).
-    pub fn is_finished(&mut self) -> bool {
-        match self.task.as_mut() {
-            Some(task) => match futures::FutureExt::now_or_never(task) {
-                Some(outcome) => {
-                    self.task = None;
-                    self.failed = !note_outcome(outcome);
-                    true
-                }
-                None => false,
-            },
-            None => true,
-        }
-    }
-
-    /// Whether the fill ended with an error.
-    pub fn failed(&self) -> bool {
-        self.failed
+    /// How the fill ended, if it has (completed or failed), without
+    /// waiting.
+    pub fn ended(&mut self) -> Option<FillEnd> {
+        let outcome = futures::FutureExt::now_or_never(&mut self.task)?;
+        Some(self.end_with(outcome))
     }
 
     /// Stops the fill after the chunk at its current position (the one in
     /// flight, or the first if it has not started: so a fill started just
-    /// ahead of busy writes still gets ahead) and returns how far zeros are
-    /// written: `Err` when the fill failed.
-    pub async fn stop(mut self) -> Result<u64, u64> {
+    /// ahead of busy writes still gets ahead) and returns how it ended.
+    pub async fn stop(mut self) -> FillEnd {
         self.stop_at.set(self.filled.get() + 1);
-        if let Some(task) = self.task.take() {
-            self.failed = !note_outcome(task.await);
-        }
-        if self.failed {
-            Err(self.filled.get())
-        } else {
-            Ok(self.filled.get())
+        let outcome = (&mut self.task).await;
+        self.end_with(outcome)
+    }
+
+    fn end_with(&self, outcome: LogResult<()>) -> FillEnd {
+        FillEnd {
+            from: self.from,
+            zeroed: self.filled.get(),
+            failed: !note_outcome(outcome),
         }
     }
 }
@@ -235,7 +229,7 @@ pub fn reserve_target(allocated: u64, need: u64, preallocate_bytes: u64) -> u64 
 /// Stops a segment's fill before its file is cut or sealed.
 pub async fn finish_fill(fill: Option<PendingFill>) {
     if let Some(fill) = fill {
-        let _ = fill.stop().await;
+        fill.stop().await;
     }
 }
 

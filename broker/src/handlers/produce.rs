@@ -320,7 +320,7 @@ async fn append_partition(
     // A transaction's batches are made durable by its commit instead
     // (`transaction.durable.at.commit`, handlers/txn.rs).
     let acks = if settings.acks == Acks::All
-        && crate::txn::runtime::durable_at_commit(shard)
+        && crate::txn::runtime::durable_at_commit(&shard.config)
         && all_transactional(&batches)
     {
         Acks::Leader

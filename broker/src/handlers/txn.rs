@@ -312,7 +312,7 @@ pub async fn end_txn(shard: &Rc<Shard>, request: EndTxnRequest, version: i16) ->
     };
     let commit = request.committed;
     // The transaction's batches were answered once written: durable first.
-    if commit && crate::txn::runtime::durable_at_commit(shard) {
+    if commit && crate::txn::runtime::durable_at_commit(&shard.config) {
         if let Err(error) =
             crate::txn::runtime::make_txn_data_durable(shard, &transactional_id, producer).await
         {

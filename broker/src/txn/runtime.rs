@@ -181,8 +181,8 @@ pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<(), i16> {
 /// by each produce (`transaction.durable.at.commit`, single node only: the
 /// coordinator and every partition stop together, so an unclean stop can be
 /// told to the coordinator at its next load, [`LostWrites`]).
-pub fn durable_at_commit(shard: &Shard) -> bool {
-    shard.config.cluster.is_none() && shard.config.settings.transaction_durable_at_commit
+pub fn durable_at_commit(config: &crate::config::BrokerConfig) -> bool {
+    config.cluster.is_none() && config.settings.transaction_durable_at_commit
 }
 
 /// How long EndTxn(commit) waits for its transaction's data to become

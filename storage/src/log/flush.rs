@@ -21,7 +21,7 @@ use crate::index::SegmentIndex;
 use crate::segment::{
     align_down, align_up, log_file_name, offset_index_name, time_index_name, Segment, SegmentFile,
 };
-use crate::space::{self, PendingFill, Preallocation};
+use crate::space::{self, FillEnd, PendingFill, Preallocation};
 
 impl Shared {
     /// Whether the policy (or a waiter) wants a sync now.
@@ -312,10 +312,10 @@ async fn ensure_room(shared: &Shared, file: &Rc<SegmentFile>, plan: &WritePlan) 
             .and_then(|position| state.segments[position].pending_fill.take())
     };
     if let Some(mut fill) = pending {
-        if need > fill.filled() || fill.is_finished() {
-            let from = fill.from;
-            let ended = fill.stop().await;
-            note_zeroed(shared, plan.segment_base, from, ended);
+        if let Some(end) = fill.ended() {
+            note_fill_end(shared, plan.segment_base, end);
+        } else if need > fill.filled() {
+            note_fill_end(shared, plan.segment_base, fill.stop().await);
         } else {
             let mut state = shared.state.borrow_mut();
             if let Some(position) = state.segment_index(plan.segment_base) {
@@ -346,17 +346,22 @@ async fn ensure_room(shared: &Shared, file: &Rc<SegmentFile>, plan: &WritePlan) 
     }
 }
 
-/// A segment's fill from `from` ended with zeros written up to `ended`'s
-/// offset (`Err`: it failed).
-fn note_zeroed(shared: &Shared, segment_base: u64, from: u64, ended: Result<u64, u64>) {
+/// Records how a fill of the segment at `segment_base` ended.
+fn note_fill_end(shared: &Shared, segment_base: u64, end: FillEnd) {
     let mut state = shared.state.borrow_mut();
-    let zeroed = ended.unwrap_or_else(|zeroed| zeroed);
-    state.stats.zero_filled_bytes += zeroed.saturating_sub(from);
-    if let Some(position) = state.segment_index(segment_base) {
-        let segment = &mut state.segments[position];
-        segment.zeroed_bytes = segment.zeroed_bytes.max(zeroed);
-        segment.fill_failed |= ended.is_err();
+    let state = &mut *state;
+    match state.segment_index(segment_base) {
+        Some(position) => record_fill_end(&mut state.segments[position], &mut state.stats, end),
+        None => state.stats.zero_filled_bytes += end.zeroed.saturating_sub(end.from),
     }
+}
+
+/// Counts a fill's zeros and remembers how far they go (and whether the
+/// segment may be filled again).
+fn record_fill_end(segment: &mut Segment, stats: &mut super::LogStats, end: FillEnd) {
+    stats.zero_filled_bytes += end.zeroed.saturating_sub(end.from);
+    segment.zeroed_bytes = segment.zeroed_bytes.max(end.zeroed);
+    segment.fill_failed |= end.failed;
 }
 
 /// Starts the next background zero fill of the segment if the zeros ahead
@@ -373,14 +378,11 @@ fn schedule_fill(
         return;
     }
     if let Some(fill) = segment.pending_fill.as_mut() {
-        if !fill.is_finished() {
+        let Some(end) = fill.ended() else {
             return;
-        }
-        let zeroed = fill.filled();
-        stats.zero_filled_bytes += zeroed.saturating_sub(fill.from);
-        segment.zeroed_bytes = segment.zeroed_bytes.max(zeroed);
-        segment.fill_failed |= fill.failed();
+        };
         segment.pending_fill = None;
+        record_fill_end(segment, stats, end);
         if segment.fill_failed {
             return;
         }
@@ -394,17 +396,16 @@ fn schedule_fill(
 
 /// Stops the background fills of every segment (before a truncation).
 pub(super) async fn finish_all_fills(shared: &Shared) {
-    let fills: Vec<PendingFill> = shared
+    let fills: Vec<(u64, PendingFill)> = shared
         .state
         .borrow_mut()
         .segments
         .iter_mut()
-        .filter_map(space::take_fill)
+        .filter_map(|segment| Some((segment.base_offset, space::take_fill(segment)?)))
         .collect();
-    for fill in fills {
-        let from = fill.from;
-        let zeroed = fill.stop().await.unwrap_or_else(|zeroed| zeroed);
-        shared.state.borrow_mut().stats.zero_filled_bytes += zeroed.saturating_sub(from);
+    for (segment_base, fill) in fills {
+        let end = fill.stop().await;
+        note_fill_end(shared, segment_base, end);
     }
 }
 
