@@ -76,6 +76,7 @@ struct Families {
     requests: IntCounterVec,
     latency: HistogramVec,
     fetch_bytes: IntCounterVec,
+    replica_answer_bytes: IntCounterVec,
     follower_fetch_partitions: IntCounterVec,
     preferred_replica_redirects: IntCounterVec,
     bytes_in: IntCounterVec,
@@ -146,6 +147,12 @@ impl Families {
                 &registry,
                 "kafki_fetch_bytes_total",
                 "Record bytes returned by Fetch, by shard and how they reached the socket (sendfile: spliced from the file; memory: from the hot tail; copy: read from the file into memory).",
+                &["shard", "path"],
+            ),
+            replica_answer_bytes: counter_vec(
+                &registry,
+                "kafki_replica_answer_bytes_total",
+                "Record bytes this node's leader replicas sent to follower nodes, by shard and how (sendfile: spliced from the segment file; memory: from the hot tail, or read into memory when a file could not be shared).",
                 &["shard", "path"],
             ),
             follower_fetch_partitions: counter_vec(
@@ -311,6 +318,7 @@ pub struct ShardMetrics {
     /// Indexed by API key; the last slot is `Unknown`.
     apis: Box<[OnceCell<ApiMetrics>]>,
     fetch_bytes: [IntCounter; 3],
+    replica_answer_bytes: [IntCounter; 3],
     follower_fetch_partitions: IntCounter,
     preferred_replica_redirects: IntCounter,
     bytes_in: IntCounter,
@@ -351,9 +359,15 @@ impl ShardMetrics {
                 .fetch_bytes
                 .with_label_values(&[label, path.label()])
         });
+        let replica_answer_bytes = FetchPath::ALL.map(|path| {
+            families
+                .replica_answer_bytes
+                .with_label_values(&[label, path.label()])
+        });
         Self {
             apis: (0..=API_SLOTS).map(|_| OnceCell::new()).collect(),
             fetch_bytes,
+            replica_answer_bytes,
             follower_fetch_partitions: families
                 .follower_fetch_partitions
                 .with_label_values(&[label]),
@@ -421,6 +435,11 @@ impl ShardMetrics {
     /// Adds Fetch record bytes served through `path`.
     pub fn add_fetch_bytes(&self, path: FetchPath, bytes: u64) {
         self.fetch_bytes[path.index()].inc_by(bytes);
+    }
+
+    /// Counts record bytes a leader replica sent to a follower node.
+    pub fn add_replica_answer_bytes(&self, path: FetchPath, bytes: u64) {
+        self.replica_answer_bytes[path.index()].inc_by(bytes);
     }
 
     /// Counts one partition of a consumer Fetch answer a follower replica
@@ -584,6 +603,7 @@ mod tests {
         metrics.add_fetch_bytes(FetchPath::Sendfile, 1000);
         metrics.add_fetch_bytes(FetchPath::Memory, 200);
         metrics.add_fetch_bytes(FetchPath::Copy, 30);
+        metrics.add_replica_answer_bytes(FetchPath::Sendfile, 4000);
         metrics.add_bytes_in(4096);
         metrics.add_bytes_out(8192);
         metrics.count_follower_fetch_partition();
@@ -612,6 +632,7 @@ mod tests {
             "kafki_requests_total",
             "kafki_request_latency_seconds",
             "kafki_fetch_bytes_total",
+            "kafki_replica_answer_bytes_total",
             "kafki_follower_fetch_partitions_total",
             "kafki_preferred_replica_redirects_total",
             "kafki_bytes_in_total",

@@ -42,6 +42,12 @@ pub enum WirePart {
     },
 }
 
+impl From<Bytes> for WirePart {
+    fn from(bytes: Bytes) -> Self {
+        WirePart::Bytes(bytes)
+    }
+}
+
 impl WirePart {
     pub fn len(&self) -> u64 {
         match self {

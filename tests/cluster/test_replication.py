@@ -19,6 +19,9 @@ Kafka's contract states it and real clients see it:
 - A follower that was down while the leader deleted the records it needs
   next (DeleteRecords, retention) starts its log again at the leader's log
   start, copies the rest and rejoins the ISR; its copy is byte-identical.
+- A follower catching up on records its leader no longer holds in memory
+  gets them spliced from the leader's segment files (the metric says so);
+  its copy is byte-identical.
 - Idempotent producers that enter through different nodes get distinct
   producer ids: none of their records is taken for another's retry.
 - Kafka's own `kafka-topics.sh --describe` shows ReplicationFactor 3 and
@@ -606,6 +609,84 @@ def test_a_follower_below_the_leaders_log_start_starts_again_there(cluster_facto
     assert copied[0].base <= low <= copied[0].last, \
         f"the follower's log starts with offsets {copied[0].base}..{copied[0].last}, not at {low}"
     assert "log started again at the leader's log start" in c[follower].log_text()
+
+
+def metric_total(node, name: str, **labels) -> int:
+    """A counter summed over the node's shards (GET /metrics), only the
+    series whose labels include `labels`."""
+    text = node.admin_get_text("/metrics", timeout=5)
+    assert text is not None, f"node {node.id}: /metrics: {node.last_admin_error}"
+    total = 0
+    for series, value in re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.MULTILINE):
+        if all(f'{key}="{want}"' in series for key, want in labels.items()):
+            total += int(float(value))
+    return total
+
+
+@pytest.mark.timeout(120)
+def test_a_follower_catching_up_from_segment_files_gets_them_spliced(cluster_factory):
+    """A follower is down while 24 MiB arrive: more than the leader keeps in
+    memory (16 MiB of hot tail per partition), so catching up reads the
+    older records from the leader's segment files. The leader sends those
+    file → socket with splice (`kafki_replica_answer_bytes_total{path=
+    "sendfile"}`), outside the frame CRC; the follower checks the batches
+    (their own CRC, their offsets and epochs against the answer's ranges)
+    and rejoins the ISR with a copy that is the leader's byte for byte."""
+    topic = "catch-up-spliced"
+    c = cluster_factory(3, settings=SETTINGS)
+    c.wait_for_controller(30)
+    c.wait_for_nodes_alive([1, 2, 3], 30)
+    create_replicated(c.bootstrap, topic, 1, min_insync=2,
+                      config={"segment.bytes": str(4 << 20)})
+    leader = wait_for_isr(c.bootstrap, topic, timeout=15, what=" after creation")[0].leader
+    follower = next(i for i in c.ids if i != leader)
+    c[follower].stop()
+    survivors = set(c.ids) - {follower}
+    bootstrap = live_bootstrap(c)
+    wait_for_isr(bootstrap, topic, survivors, timeout=20, what=f" after stopping {follower}")
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                         "enable.idempotence": True, "linger.ms": 5,
+                         "batch.size": 256 * 1024, "message.timeout.ms": 60000})
+    failures = []
+    value = b"s" * 2048
+    count = 12 * 1024
+    for i in range(count):
+        while True:
+            try:
+                producer.produce(topic, value=b"%06d" % i + value, partition=0,
+                                 on_delivery=lambda err, _m: err and failures.append(err))
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0 and not failures, f"produce: {failures[:3]}"
+    spliced_before = metric_total(c[leader], "kafki_replica_answer_bytes_total", path="sendfile")
+
+    c[follower].start()
+    wait_for_isr(live_bootstrap(c), topic, timeout=60,
+                 what=f" after restarting {follower} 24 MiB behind")
+    high = high_watermark(live_bootstrap(c), topic, 0)
+    assert high == count, f"high watermark {high}: {count} records were acknowledged"
+    spliced = metric_total(c[leader], "kafki_replica_answer_bytes_total", path="sendfile")
+    from_memory = metric_total(c[leader], "kafki_replica_answer_bytes_total", path="memory")
+    print(f"\nleader {leader} sent {spliced - spliced_before} bytes spliced from its files, "
+          f"{from_memory} from memory (all followers, whole test)")
+    assert spliced - spliced_before >= 4 << 20, (
+        f"the leader spliced {spliced - spliced_before} bytes to the catching-up follower; "
+        "at least the records beyond its hot tail (> 4 MiB) should have gone from its files")
+    leader_batches = [b.data for b in read_batches(c[leader].data_dir / f"{topic}-0")[0]
+                      if b.base < high]
+    deadline = time.monotonic() + 15
+    while True:
+        copied, notes = read_batches(c[follower].data_dir / f"{topic}-0")
+        if [b.data for b in copied if b.base < high] == leader_batches:
+            break
+        assert time.monotonic() < deadline, (
+            f"node {follower}'s {len(copied)} batches differ from the leader's "
+            f"{len(leader_batches)} up to {high} (notes: {notes[:3]})")
+        time.sleep(0.2)
+    refused = [line for line in c[follower].log_text().splitlines()
+               if "undecodable replica answer" in line]
+    assert not refused, f"node {follower} refused its leader's answers: {refused[:3]}"
 
 
 @pytest.mark.timeout(90)

@@ -644,6 +644,7 @@ impl Quorum {
             frame.kind,
             FrameKind::ReplicaFetch
                 | FrameKind::ReplicaFetchAnswer
+                | FrameKind::ReplicaFetchAnswerSpliced
                 | FrameKind::ReplicaRepair
                 | FrameKind::ReplicaRepairAnswer
                 | FrameKind::TxnMarkers
@@ -681,6 +682,7 @@ impl Quorum {
             FrameKind::Hello
             | FrameKind::ReplicaFetch
             | FrameKind::ReplicaFetchAnswer
+            | FrameKind::ReplicaFetchAnswerSpliced
             | FrameKind::ReplicaRepair
             | FrameKind::ReplicaRepairAnswer
             | FrameKind::TxnMarkers

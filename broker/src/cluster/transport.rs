@@ -4,7 +4,10 @@
 //! the accept loop that hands every frame received to the quorum's inbox.
 //!
 //! A frame: magic `KC`, version 1, kind, body length (u32, big-endian),
-//! CRC32C of the body, body. The first frame on a connection is `Hello`
+//! CRC32C of the body, body. One kind's CRC covers only the body's leading
+//! part, whose first 4 bytes say how long it is
+//! ([`FrameKind::ReplicaFetchAnswerSpliced`]: the record bytes after it are
+//! spliced from segment files and checked by their own batch CRCs). The first frame on a connection is `Hello`
 //! with the sender's node id; a frame with a bad magic, version, length or
 //! CRC closes that connection (logged), never the node.
 
@@ -20,6 +23,8 @@ use futures::StreamExt;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use serde::{Deserialize, Serialize};
+
+use crate::zerocopy::{Splicer, WirePart};
 
 const MAGIC: [u8; 2] = *b"KC";
 const VERSION: u8 = 1;
@@ -65,6 +70,10 @@ pub enum FrameKind {
     TxnVerify = 10,
     /// The coordinator's answer ([`crate::txn::verify_frames::VerifyAnswer`]).
     TxnVerifyAnswer = 11,
+    /// A `ReplicaFetchAnswer` whose record bytes follow everything else and
+    /// lie outside the frame CRC, so the leader can splice them from its
+    /// segment files ([`crate::replication::wire::encode_spliced_answer`]).
+    ReplicaFetchAnswerSpliced = 12,
 }
 
 impl FrameKind {
@@ -81,7 +90,17 @@ impl FrameKind {
             9 => Some(Self::TxnMarkersAnswer),
             10 => Some(Self::TxnVerify),
             11 => Some(Self::TxnVerifyAnswer),
+            12 => Some(Self::ReplicaFetchAnswerSpliced),
             _ => None,
+        }
+    }
+
+    /// How many leading bytes of `body` the frame CRC covers: all of it,
+    /// except for a spliced answer, which says (`None`: it cannot).
+    pub fn crc_covered(self, body: &[u8]) -> Option<usize> {
+        match self {
+            Self::ReplicaFetchAnswerSpliced => crate::replication::wire::spliced_crc_covered(body),
+            _ => Some(body.len()),
         }
     }
 }
@@ -153,29 +172,63 @@ const COPY_BELOW_BYTES: usize = 16 << 10;
 /// the header and the small parts copied together, large parts (record
 /// batches) passed through without a copy.
 pub fn frame_segments(kind: FrameKind, parts: Vec<Bytes>) -> Vec<Bytes> {
-    let length: usize = parts.iter().map(Bytes::len).sum();
     let crc = parts
         .iter()
         .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
+    join_small(kind, crc, parts.into_iter().map(WirePart::Bytes))
+        .into_iter()
+        .filter_map(|segment| match segment {
+            WirePart::Bytes(bytes) => Some(bytes),
+            WirePart::File { .. } => None,
+        })
+        .collect()
+}
+
+/// A spliced answer's frame: the CRC covers `covered` only; `records`
+/// (bytes and file regions) follow it as they are.
+pub fn spliced_frame_segments(
+    kind: FrameKind,
+    covered: Bytes,
+    records: Vec<WirePart>,
+) -> Vec<WirePart> {
+    let crc = crc32c::crc32c(&covered);
+    join_small(
+        kind,
+        crc,
+        std::iter::once(WirePart::Bytes(covered)).chain(records),
+    )
+}
+
+/// The frame header, then `parts`: bytes below [`COPY_BELOW_BYTES`] joined
+/// with their neighbours into one write, larger ones and file regions
+/// passed through.
+fn join_small(
+    kind: FrameKind,
+    crc: u32,
+    parts: impl Iterator<Item = WirePart> + Clone,
+) -> Vec<WirePart> {
+    let length: u64 = parts.clone().map(|part| part.len()).sum();
     let mut small = BytesMut::with_capacity(HEADER_BYTES + 256);
     small.put_slice(&MAGIC);
     small.put_u8(VERSION);
     small.put_u8(kind as u8);
+    // Encoders keep bodies within FRAME_BYTES_MAX (< u32::MAX).
     small.put_u32(length as u32);
     small.put_u32(crc);
     let mut segments = Vec::new();
     for part in parts {
-        if part.len() < COPY_BELOW_BYTES {
-            small.put_slice(&part);
-        } else {
-            if !small.is_empty() {
-                segments.push(small.split().freeze());
+        match part {
+            WirePart::Bytes(bytes) if bytes.len() < COPY_BELOW_BYTES => small.put_slice(&bytes),
+            large => {
+                if !small.is_empty() {
+                    segments.push(WirePart::Bytes(small.split().freeze()));
+                }
+                segments.push(large);
             }
-            segments.push(part);
         }
     }
     if !small.is_empty() {
-        segments.push(small.freeze());
+        segments.push(WirePart::Bytes(small.freeze()));
     }
     segments
 }
@@ -200,7 +253,8 @@ async fn read_frame(stream: &mut TcpStream) -> Result<(FrameKind, Vec<u8>), Fram
     let (kind, length, crc) = decode_header(&header)?;
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).await?;
-    if crc32c::crc32c(&body) != crc {
+    let covered = kind.crc_covered(&body).ok_or(FrameError::BadCrc)?;
+    if crc32c::crc32c(&body[..covered]) != crc {
         return Err(FrameError::BadCrc);
     }
     Ok((kind, body))
@@ -212,7 +266,7 @@ pub struct Transport {
     /// Where each peer listens (voters from the configuration, other nodes
     /// from their registration).
     addresses: RefCell<HashMap<i32, String>>,
-    queues: RefCell<HashMap<i32, LocalSender<Vec<Bytes>>>>,
+    queues: RefCell<HashMap<i32, LocalSender<Vec<WirePart>>>>,
 }
 
 impl Transport {
@@ -253,7 +307,28 @@ impl Transport {
         if to == self.me {
             return false;
         }
-        let frame = frame_segments(kind, parts);
+        let frame = frame_segments(kind, parts)
+            .into_iter()
+            .map(WirePart::Bytes)
+            .collect();
+        self.queue_frame(to, frame)
+    }
+
+    /// Queues a spliced answer ([`spliced_frame_segments`]) for `to`.
+    pub fn send_spliced(
+        self: &Rc<Self>,
+        to: i32,
+        kind: FrameKind,
+        covered: Bytes,
+        records: Vec<WirePart>,
+    ) -> bool {
+        if to == self.me {
+            return false;
+        }
+        self.queue_frame(to, spliced_frame_segments(kind, covered, records))
+    }
+
+    fn queue_frame(self: &Rc<Self>, to: i32, frame: Vec<WirePart>) -> bool {
         if let Some(queue) = self.queues.borrow().get(&to) {
             return queue.try_send(frame).is_ok();
         }
@@ -285,11 +360,12 @@ impl Transport {
         self: Rc<Self>,
         peer: i32,
         mut address: String,
-        receiver: local_channel::LocalReceiver<Vec<Bytes>>,
+        receiver: local_channel::LocalReceiver<Vec<WirePart>>,
     ) {
         let mut receiver = receiver.stream();
         let mut backoff = RECONNECT_MIN;
         let mut connection: Option<TcpStream> = None;
+        let mut splicer: Option<Splicer> = None;
         let mut warned = false;
         while let Some(frame) = receiver.next().await {
             if connection.is_none() {
@@ -320,20 +396,47 @@ impl Transport {
                 continue;
             };
             let written = glommio::timer::timeout(WRITE_TIMEOUT, async {
-                for segment in &frame {
-                    if let Err(error) = stream.write_all(segment).await {
-                        return Ok(Err(error));
-                    }
-                }
-                Ok(Ok(()))
+                Ok(write_segments(stream, &mut splicer, &frame).await)
             })
             .await;
             if !matches!(written, Ok(Ok(()))) {
                 tracing::debug!(peer, %address, "connection to node lost");
                 connection = None;
+                // A splice cut short may have left file bytes in the pipe:
+                // they must not open the next frame on the next connection.
+                splicer = None;
             }
         }
     }
+}
+
+/// Writes a frame's segments in order: bytes through the stream, file
+/// regions spliced from the file (after what the stream buffered).
+async fn write_segments(
+    stream: &mut TcpStream,
+    splicer: &mut Option<Splicer>,
+    frame: &[WirePart],
+) -> std::io::Result<()> {
+    for segment in frame {
+        match segment {
+            WirePart::Bytes(bytes) => stream.write_all(bytes).await?,
+            WirePart::File {
+                file,
+                position,
+                len,
+            } => {
+                stream.flush().await?;
+                if splicer.is_none() {
+                    *splicer = Some(Splicer::new()?);
+                }
+                if let Some(splicer) = splicer.as_ref() {
+                    let socket = std::os::fd::AsRawFd::as_raw_fd(&*stream);
+                    splicer.send_file(socket, file, *position, *len).await?;
+                }
+            }
+        }
+    }
+    stream.flush().await
 }
 
 async fn connect(address: &str, me: i32) -> anyhow::Result<TcpStream> {
@@ -481,6 +584,78 @@ mod tests {
                     assert_eq!(frame.body, expected);
                 }
                 assert!(!transport.send(2, FrameKind::Raft, b"unknown peer"));
+                accept.cancel().await;
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A spliced frame's file region goes file → socket and arrives as the
+    /// file's bytes, in order with the bytes around it; the CRC covers the
+    /// leading part only, so the receiver accepts it.
+    #[test]
+    fn a_spliced_frame_carries_a_file_region_across_a_real_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).expect("write file");
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let address = listener.local_addr().expect("addr").to_string();
+                let (inbox, received) = local_channel::new_bounded(16);
+                let accept = glommio::spawn_local(accept_loop(listener, inbox));
+                let transport = Transport::new(7, HashMap::from([(1, address.clone())]));
+                let file = std::sync::Arc::new(std::fs::File::open(&path).expect("open"));
+                let second_file = file.clone();
+                // 8 prefix bytes saying they are what the CRC covers, then a
+                // small part, a file region and a large in-memory part.
+                let mut covered = 8u32.to_le_bytes().to_vec();
+                covered.extend_from_slice(&[0; 4]);
+                let large = Bytes::from(vec![9u8; COPY_BELOW_BYTES + 5]);
+                let records = vec![
+                    WirePart::Bytes(Bytes::from_static(b"small")),
+                    WirePart::File {
+                        file,
+                        position: 1_000,
+                        len: 150_000,
+                    },
+                    WirePart::Bytes(large.clone()),
+                ];
+                assert!(transport.send_spliced(
+                    1,
+                    FrameKind::ReplicaFetchAnswerSpliced,
+                    Bytes::from(covered.clone()),
+                    records,
+                ));
+                // A second frame on the same connection (and pipe), from
+                // another place of the file.
+                assert!(transport.send_spliced(
+                    1,
+                    FrameKind::ReplicaFetchAnswerSpliced,
+                    Bytes::from(covered.clone()),
+                    vec![WirePart::File {
+                        file: second_file,
+                        position: 160_000,
+                        len: 30_000,
+                    }],
+                ));
+                let mut received = received.stream();
+                let frame = received.next().await.expect("frame");
+                assert_eq!(frame.kind, FrameKind::ReplicaFetchAnswerSpliced);
+                let mut expected = covered.clone();
+                expected.extend_from_slice(b"small");
+                expected.extend_from_slice(&content[1_000..151_000]);
+                expected.extend_from_slice(&large);
+                assert!(frame.body == expected, "the body is the parts in order");
+                let frame = received.next().await.expect("second frame");
+                let mut expected = covered;
+                expected.extend_from_slice(&content[160_000..190_000]);
+                assert!(
+                    frame.body == expected,
+                    "the second frame has its own region"
+                );
                 accept.cancel().await;
             })
             .expect("executor")

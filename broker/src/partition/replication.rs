@@ -13,11 +13,12 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafki_storage::batch::BatchHeader;
-use kafki_storage::{LogOffsets, LogResult, PartitionLog, SyncPolicy};
+use kafki_storage::{LogOffsets, LogResult, PartitionLog, ReadChunk, SyncPolicy};
 
 use super::Partition;
 use crate::replication::driver::Replicated;
 use crate::replication::LocalLog;
+use crate::zerocopy::WirePart;
 
 /// The stage of the local log that commits a record (what `acks=all`
 /// waits for and what consumers see up to).
@@ -120,19 +121,48 @@ impl Partition {
     }
 
     /// Whole batches from `from` below `to`, at most `max_bytes` (at least
-    /// one batch), copied out of the log; and the offset after them.
+    /// one batch), as pieces to send to a follower without copying: the hot
+    /// tail's buffers, and segment file regions to splice (advised into the
+    /// page cache now; read into memory instead when the file cannot be
+    /// shared, e.g. with the descriptor table full); and the offset after
+    /// them.
     pub async fn read_for_replica(
         &self,
         from: u64,
         to: u64,
         max_bytes: u64,
-    ) -> LogResult<(Vec<Bytes>, u64)> {
+    ) -> LogResult<(Vec<WirePart>, u64)> {
         let read = self.log.read(from, max_bytes, to).await?;
         let next_offset = read.next_offset;
         if read.chunks.is_empty() {
             return Ok((Vec::new(), from));
         }
-        Ok((vec![read.load().await?], next_offset))
+        let mut parts = Vec::with_capacity(read.chunks.len());
+        for chunk in read.chunks {
+            match chunk {
+                ReadChunk::Memory(bytes) => parts.push(WirePart::Bytes(bytes)),
+                ReadChunk::File {
+                    file,
+                    position,
+                    len,
+                } => match file.share() {
+                    Ok(handle) => {
+                        crate::zerocopy::prefetch(&handle, position, len);
+                        parts.push(WirePart::File {
+                            file: std::sync::Arc::new(handle),
+                            position,
+                            len,
+                        });
+                    }
+                    Err(error) => {
+                        tracing::debug!(path = %file.path.display(), %error, "segment file not shareable; region copied for a follower");
+                        let bytes = file.read_bytes(position, len as usize).await?;
+                        parts.push(WirePart::Bytes(bytes.into()));
+                    }
+                },
+            }
+        }
+        Ok((parts, next_offset))
     }
 
     /// Whether a read found a damaged batch here that is not repaired yet.

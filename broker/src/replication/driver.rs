@@ -22,6 +22,8 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
+
+use crate::zerocopy::WirePart;
 use futures::channel::oneshot;
 use kafki_net::kafka_protocol::error::ResponseError;
 use uuid::Uuid;
@@ -81,7 +83,7 @@ pub trait ReplicaOutlet {
     /// throttle.
     fn throttle_charge(&self, side: ThrottleSide, bytes: usize);
     fn queue_fetch(&self, to: NodeId, fetch: PartitionFetch);
-    fn queue_answer(&self, to: NodeId, answer: PartitionAnswer);
+    fn queue_answer(&self, to: NodeId, answer: PartitionAnswer<WirePart>);
     /// Proposes `proposal` to the metadata quorum; `on_refused` runs if the
     /// quorum refused it as stale.
     fn propose_isr(
@@ -654,7 +656,7 @@ pub async fn run_pump(
                                 if throttled {
                                     outlet.throttle_charge(
                                         ThrottleSide::Leader,
-                                        batches.iter().map(Bytes::len).sum(),
+                                        batches.iter().map(|part| part.len() as usize).sum(),
                                     );
                                 }
                                 batches
@@ -817,7 +819,7 @@ async fn wait_for_throttle(
 async fn read_ranges(
     partition: &Partition,
     ranges: &mut Vec<super::RecordRange>,
-) -> anyhow::Result<Vec<Bytes>> {
+) -> anyhow::Result<Vec<WirePart>> {
     let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
         return Ok(Vec::new());
     };

@@ -38,15 +38,17 @@ use super::driver::{ReplicaOutlet, ThrottleSide};
 use super::messages::{FetchBody, FetchRefusal, FetchResponse, IsrProposal};
 use super::wire::{
     decode_repair_answer, decode_repair_request, decode_replica_fetch, decode_replica_fetch_answer,
-    encode_repair_answer_header, encode_repair_request, encode_replica_fetch,
-    encode_replica_fetch_answer, PartitionAnswer, PartitionFetch, RepairAnswer, RepairRequest,
-    ReplicaFetch, ReplicaFetchAnswer, ReplicaPartition, WireLimits,
+    decode_spliced_answer, encode_repair_answer_header, encode_repair_request,
+    encode_replica_fetch, encode_replica_fetch_answer, encode_spliced_answer, PartitionAnswer,
+    PartitionFetch, RepairAnswer, RepairRequest, ReplicaFetch, ReplicaFetchAnswer,
+    ReplicaPartition, WireLimits,
 };
 use super::NodeId;
 use crate::cluster::liveness::monotonic_ms;
 use crate::cluster::transport::{FrameKind, Inbound, Transport};
 use crate::metadata::command::Verdict;
 use crate::metadata::{ClusterMetadata, MetadataRecord};
+use crate::metrics::FetchPath;
 use crate::shard::Shard;
 use crate::txn::marker_frames::{
     decode_answer as decode_markers_answer, decode_request as decode_markers_request,
@@ -60,6 +62,7 @@ use crate::txn::verify_frames::{
     VerifyRequest, ADD_PARTITIONS_VERSION,
 };
 use crate::txn::TopicPartition;
+use crate::zerocopy::WirePart;
 use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_net::kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResponse};
 
@@ -78,7 +81,7 @@ const PROPOSE_WAIT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Pending {
     fetches: Vec<PartitionFetch>,
-    answers: Vec<PartitionAnswer>,
+    answers: Vec<PartitionAnswer<WirePart>>,
 }
 
 /// One shard's replication traffic to other nodes.
@@ -402,6 +405,56 @@ impl ReplicaLinks {
         self.image.replace(image.clone());
     }
 
+    /// Sends an answer as one frame: spliced when some of its record bytes
+    /// are segment file regions (they go file → socket, outside the frame
+    /// CRC), else with every byte under the frame CRC.
+    fn send_answer(
+        &self,
+        peer: NodeId,
+        answer: &ReplicaFetchAnswer<WirePart>,
+        limits: &WireLimits,
+    ) {
+        if let Some(shard) = self.shard.upgrade() {
+            for chunk in answer.partitions.iter().flat_map(|p| &p.record_batches) {
+                let path = match chunk {
+                    WirePart::Bytes(_) => FetchPath::Memory,
+                    WirePart::File { .. } => FetchPath::Sendfile,
+                };
+                shard.metrics.add_replica_answer_bytes(path, chunk.len());
+            }
+        }
+        if answer.has_file_regions() {
+            match encode_spliced_answer(answer, limits) {
+                Ok(body) => {
+                    self.transport.send_spliced(
+                        peer,
+                        FrameKind::ReplicaFetchAnswerSpliced,
+                        body.covered,
+                        body.records,
+                    );
+                }
+                Err(error) => tracing::warn!(peer, %error, "cannot encode a replica answer"),
+            }
+            return;
+        }
+        match encode_replica_fetch_answer(answer, limits) {
+            Ok(body) => {
+                let parts = body
+                    .segments
+                    .into_iter()
+                    .filter_map(|segment| match segment {
+                        WirePart::Bytes(bytes) => Some(bytes),
+                        // Not in an answer without file regions.
+                        WirePart::File { .. } => None,
+                    })
+                    .collect();
+                self.transport
+                    .send_parts(peer, FrameKind::ReplicaFetchAnswer, parts);
+            }
+            Err(error) => tracing::warn!(peer, %error, "cannot encode a replica answer"),
+        }
+    }
+
     fn schedule_flush(self: &Rc<Self>) {
         if self.flush_scheduled.replace(true) {
             return;
@@ -442,16 +495,7 @@ impl ReplicaLinks {
                     request_id: 0,
                     partitions: answers,
                 };
-                match encode_replica_fetch_answer(&answer, &limits) {
-                    Ok(body) => {
-                        self.transport.send_parts(
-                            peer,
-                            FrameKind::ReplicaFetchAnswer,
-                            body.segments,
-                        );
-                    }
-                    Err(error) => tracing::warn!(peer, %error, "cannot encode a replica answer"),
-                }
+                self.send_answer(peer, &answer, &limits);
             }
         }
     }
@@ -508,7 +552,7 @@ impl ReplicaOutlet for Rc<ReplicaLinks> {
         self.schedule_flush();
     }
 
-    fn queue_answer(&self, to: NodeId, answer: PartitionAnswer) {
+    fn queue_answer(&self, to: NodeId, answer: PartitionAnswer<WirePart>) {
         self.pending
             .borrow_mut()
             .entry(to)
@@ -588,9 +632,14 @@ pub async fn route_inbound(shard: Rc<Shard>, frame: Inbound) {
                     .await;
             }
         }
-        FrameKind::ReplicaFetchAnswer => {
+        FrameKind::ReplicaFetchAnswer | FrameKind::ReplicaFetchAnswerSpliced => {
             let body = Bytes::from(frame.body);
-            let answer = match decode_replica_fetch_answer(&body, &limits) {
+            let decoded = if frame.kind == FrameKind::ReplicaFetchAnswerSpliced {
+                decode_spliced_answer(&body, &limits)
+            } else {
+                decode_replica_fetch_answer(&body, &limits)
+            };
+            let answer = match decoded {
                 Ok(answer) => answer,
                 Err(error) => {
                     tracing::warn!(from = frame.from, %error, "dropping an undecodable replica answer");

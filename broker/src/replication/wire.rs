@@ -105,7 +105,11 @@
 //! whose length field lies within the region, with v2 magic and a sane
 //! length (`BatchHeader::check_shape`). Their CRC32C is not checked here:
 //! that is the storage layer's job when it appends them (it validates every
-//! stored batch), and the frame's own CRC already covers transit.
+//! stored batch), and the frame's own CRC already covers transit — except
+//! in a spliced answer ([`encode_spliced_answer`]: the same layout with all
+//! record bytes moved after a CRC-covered part, so a leader can splice them
+//! from its segment files), where [`check_batches_fit_ranges`] checks what
+//! the batch CRC leaves out.
 //! Meaning is not checked either (offsets, epochs, whether ranges match the
 //! batches): the replication machine refuses an answer that does not fit
 //! its log (`InputError::MalformedAnswer`).
@@ -126,6 +130,7 @@ use crate::cluster::transport::FRAME_BYTES_MAX;
 
 use super::log::{NodeId, RecordRange};
 use super::messages::{FetchBody, FetchRefusal, FetchRequest, FetchResponse};
+use crate::zerocopy::WirePart;
 
 /// The version byte every body starts with.
 pub const WIRE_VERSION: u8 = 2;
@@ -225,16 +230,61 @@ pub struct PartitionFetch {
     pub request: FetchRequest,
 }
 
+/// A piece of an answer's record bytes as the encoder takes it: bytes in
+/// memory ([`Bytes`], also what decoding yields), or for the leader's
+/// sending side a [`WirePart`] that may be a segment file region the
+/// transport splices (see [`encode_spliced_answer`]).
+pub trait RecordChunk: Clone + From<Bytes> {
+    fn chunk_len(&self) -> usize;
+    /// The bytes, when they are in memory.
+    fn in_memory(&self) -> Option<&Bytes>;
+}
+
+impl RecordChunk for Bytes {
+    fn chunk_len(&self) -> usize {
+        self.len()
+    }
+
+    fn in_memory(&self) -> Option<&Bytes> {
+        Some(self)
+    }
+}
+
+impl RecordChunk for WirePart {
+    fn chunk_len(&self) -> usize {
+        // Within FRAME_BYTES_MAX when it is encoded (checked there).
+        usize::try_from(self.len()).unwrap_or(usize::MAX)
+    }
+
+    fn in_memory(&self) -> Option<&Bytes> {
+        match self {
+            WirePart::Bytes(bytes) => Some(bytes),
+            WirePart::File { .. } => None,
+        }
+    }
+}
+
 /// A leader node's answer to one [`ReplicaFetch`] (one frame).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicaFetchAnswer {
+pub struct ReplicaFetchAnswer<R = Bytes> {
     /// The fetch's `request_id`.
     pub request_id: u64,
-    pub partitions: Vec<PartitionAnswer>,
+    pub partitions: Vec<PartitionAnswer<R>>,
+}
+
+impl<R: RecordChunk> ReplicaFetchAnswer<R> {
+    /// Whether some record bytes are not in memory (file regions): such an
+    /// answer can only go as a spliced frame ([`encode_spliced_answer`]).
+    pub fn has_file_regions(&self) -> bool {
+        self.partitions
+            .iter()
+            .flat_map(|partition| &partition.record_batches)
+            .any(|chunk| chunk.in_memory().is_none())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionAnswer {
+pub struct PartitionAnswer<R = Bytes> {
     pub partition: ReplicaPartition,
     pub response: FetchResponse,
     /// For a `Records` answer: the leader's log start when it answered
@@ -247,13 +297,13 @@ pub struct PartitionAnswer {
     /// chunks as storage returned them, in order (a chunk may hold several
     /// batches). Decoded: one [`Bytes`] per batch, each a slice of the
     /// received body.
-    pub record_batches: Vec<Bytes>,
+    pub record_batches: Vec<R>,
 }
 
-impl PartitionAnswer {
+impl<R: RecordChunk> PartitionAnswer<R> {
     /// Record bytes carried for this partition.
     pub fn record_bytes(&self) -> usize {
-        self.record_batches.iter().map(Bytes::len).sum()
+        self.record_batches.iter().map(RecordChunk::chunk_len).sum()
     }
 }
 
@@ -261,20 +311,22 @@ impl PartitionAnswer {
 /// and, between them, the caller's record chunks untouched. Write them in
 /// order (a vectored write), or join them with [`EncodedBody::to_vec`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EncodedBody {
-    pub segments: Vec<Bytes>,
+pub struct EncodedBody<R = Bytes> {
+    pub segments: Vec<R>,
 }
 
-impl EncodedBody {
+impl<R: RecordChunk> EncodedBody<R> {
     /// The body's length in bytes (the frame header's length field).
     pub fn len(&self) -> usize {
-        self.segments.iter().map(Bytes::len).sum()
+        self.segments.iter().map(RecordChunk::chunk_len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.segments.iter().all(Bytes::is_empty)
+        self.segments.iter().all(|segment| segment.chunk_len() == 0)
     }
+}
 
+impl EncodedBody {
     /// The body's CRC32C (the frame header's CRC field), without joining.
     pub fn crc32c(&self) -> u32 {
         self.segments
@@ -346,6 +398,13 @@ pub enum DecodeError {
     BadBatch { at: usize, source: BatchError },
     #[error("record batch of {bytes} bytes at byte {at} is over the {max}-byte limit")]
     BatchTooLarge { at: usize, bytes: usize, max: usize },
+    #[error("record batch {base_offset}..={last_offset} of epoch {epoch} does not fit the answer's ranges (epoch@start..end: {ranges})")]
+    BatchOutsideRanges {
+        base_offset: i64,
+        last_offset: i64,
+        epoch: i32,
+        ranges: String,
+    },
     #[error("{count} bytes after the last partition")]
     TrailingBytes { count: usize },
 }
@@ -439,20 +498,113 @@ pub fn decode_replica_fetch(body: &[u8], limits: &WireLimits) -> Result<ReplicaF
 
 /// Encodes an answer body; the record chunks become segments of the result
 /// without being copied.
-pub fn encode_replica_fetch_answer(
-    answer: &ReplicaFetchAnswer,
+pub fn encode_replica_fetch_answer<R: RecordChunk>(
+    answer: &ReplicaFetchAnswer<R>,
     limits: &WireLimits,
-) -> Result<EncodedBody, EncodeError> {
-    let count = check_partition_count(answer.partitions.len(), limits)?;
-    let mut body_bytes = ANSWER_HEADER_BYTES;
+) -> Result<EncodedBody<R>, EncodeError> {
     let mut fixed = BytesMut::with_capacity(
         ANSWER_HEADER_BYTES + PARTITION_ANSWER_BYTES * answer.partitions.len(),
     );
+    let mut segments = Vec::new();
+    let body_bytes = encode_answer_into(answer, limits, &mut fixed, |fixed, chunk| {
+        if !fixed.is_empty() {
+            segments.push(R::from(fixed.split().freeze()));
+        }
+        segments.push(chunk.clone());
+    })?;
+    if !fixed.is_empty() {
+        segments.push(R::from(fixed.freeze()));
+    }
+    let encoded = EncodedBody { segments };
+    debug_assert_eq!(encoded.len(), body_bytes);
+    Ok(encoded)
+}
+
+/// Bytes before a spliced answer's metadata: how many bytes the frame CRC
+/// covers (u32 LE) and 4 reserved.
+pub const SPLICED_PREFIX_BYTES: usize = 8;
+
+/// A `ReplicaFetchAnswerSpliced` body: `covered` (what the frame's CRC32C
+/// covers), then the record chunks, which the transport may splice from
+/// segment files.
+#[derive(Debug, Clone)]
+pub struct SplicedBody<R> {
+    pub covered: Bytes,
+    pub records: Vec<R>,
+}
+
+/// Encodes an answer whose record bytes (some of them file regions) go
+/// after everything else, outside the frame's CRC, so the transport can
+/// splice them from the segment files without reading them:
+///
+/// | at | bytes | field |
+/// |---|---|---|
+/// | 0 | 4 | covered bytes, u32 LE: the frame CRC32C covers `[0, covered)` |
+/// | 4 | 4 | reserved (0) |
+/// | 8 | … | the answer exactly as [`encode_replica_fetch_answer`] lays it out, each partition's record bytes left out (its record-bytes field still counts them) |
+/// | covered | … | every partition's record bytes, in partition order |
+///
+/// What protects the record bytes instead: each batch's own CRC32C, which
+/// the follower's storage checks before it appends (`validate_stored_batch`),
+/// and, for the header fields that CRC leaves out (base offset, length,
+/// leader epoch, magic), the framing checks every answer gets plus
+/// [`check_batches_fit_ranges`] against the CRC-covered ranges.
+pub fn encode_spliced_answer<R: RecordChunk>(
+    answer: &ReplicaFetchAnswer<R>,
+    limits: &WireLimits,
+) -> Result<SplicedBody<R>, EncodeError> {
+    let mut fixed = BytesMut::with_capacity(
+        SPLICED_PREFIX_BYTES
+            + ANSWER_HEADER_BYTES
+            + PARTITION_ANSWER_BYTES * answer.partitions.len(),
+    );
+    fixed.put_bytes(0, SPLICED_PREFIX_BYTES);
+    let mut records = Vec::new();
+    let body_bytes = encode_answer_into(answer, limits, &mut fixed, |_, chunk| {
+        records.push(chunk.clone());
+    })?;
+    let total = body_bytes.saturating_add(SPLICED_PREFIX_BYTES);
+    if total > FRAME_BYTES_MAX {
+        return Err(EncodeError::TooLarge {
+            bytes: total,
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    // Within FRAME_BYTES_MAX, so within u32.
+    let covered = fixed.len() as u32;
+    fixed[0..4].copy_from_slice(&covered.to_le_bytes());
+    Ok(SplicedBody {
+        covered: fixed.freeze(),
+        records,
+    })
+}
+
+/// How many bytes of a `ReplicaFetchAnswerSpliced` body its frame CRC
+/// covers, or `None` when the body cannot say (too short, or a count past
+/// its end): the transport refuses such a frame.
+pub fn spliced_crc_covered(body: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = body.get(0..4)?.try_into().ok()?;
+    let covered = u32::from_le_bytes(prefix) as usize;
+    (SPLICED_PREFIX_BYTES..=body.len())
+        .contains(&covered)
+        .then_some(covered)
+}
+
+/// Writes the answer header and every partition's fixed part and ranges to
+/// `fixed`, handing each record chunk to `on_records` where its bytes
+/// belong; returns the body's length counting the record bytes.
+fn encode_answer_into<R: RecordChunk>(
+    answer: &ReplicaFetchAnswer<R>,
+    limits: &WireLimits,
+    fixed: &mut BytesMut,
+    mut on_records: impl FnMut(&mut BytesMut, &R),
+) -> Result<usize, EncodeError> {
+    let count = check_partition_count(answer.partitions.len(), limits)?;
+    let mut body_bytes = ANSWER_HEADER_BYTES;
     fixed.put_u8(WIRE_VERSION);
     fixed.put_bytes(0, 3);
     fixed.put_u32_le(count);
     fixed.put_u64_le(answer.request_id);
-    let mut segments = Vec::new();
     for partition_answer in &answer.partitions {
         let partition = partition_answer.partition;
         let record_bytes = partition_answer.record_bytes();
@@ -480,31 +632,23 @@ pub fn encode_replica_fetch_answer(
             });
         }
         // Within FRAME_BYTES_MAX, so within u32 (checked at compile time below).
-        put_partition_answer(&mut fixed, partition_answer, ranges, record_bytes as u32);
+        put_partition_answer(fixed, partition_answer, ranges, record_bytes as u32);
         for chunk in partition_answer
             .record_batches
             .iter()
-            .filter(|c| !c.is_empty())
+            .filter(|chunk| chunk.chunk_len() > 0)
         {
-            if !fixed.is_empty() {
-                segments.push(fixed.split().freeze());
-            }
-            segments.push(chunk.clone());
+            on_records(fixed, chunk);
         }
     }
-    if !fixed.is_empty() {
-        segments.push(fixed.freeze());
-    }
-    let encoded = EncodedBody { segments };
-    debug_assert_eq!(encoded.len(), body_bytes);
-    Ok(encoded)
+    Ok(body_bytes)
 }
 
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 
-fn put_partition_answer(
+fn put_partition_answer<R>(
     fixed: &mut BytesMut,
-    answer: &PartitionAnswer,
+    answer: &PartitionAnswer<R>,
     ranges: &[RecordRange],
     record_bytes: u32,
 ) {
@@ -545,6 +689,50 @@ pub fn decode_replica_fetch_answer(
     limits: &WireLimits,
 ) -> Result<ReplicaFetchAnswer, DecodeError> {
     let mut reader = Reader::new(body);
+    decode_answer_from(&mut reader, None, body, limits)
+}
+
+/// Decodes a `ReplicaFetchAnswerSpliced` body ([`encode_spliced_answer`]);
+/// the frame's CRC covered its first [`spliced_crc_covered`] bytes. Besides
+/// everything [`decode_replica_fetch_answer`] checks, every partition's
+/// batches must fit its ranges ([`check_batches_fit_ranges`]): that, with
+/// each batch's own CRC32C checked on append, stands in for the frame CRC
+/// over the record bytes.
+pub fn decode_spliced_answer(
+    body: &Bytes,
+    limits: &WireLimits,
+) -> Result<ReplicaFetchAnswer, DecodeError> {
+    let covered = spliced_crc_covered(body).ok_or(DecodeError::Truncated {
+        at: 0,
+        needed: SPLICED_PREFIX_BYTES,
+        remaining: body.len(),
+    })?;
+    let mut metadata = Reader::new(&body[..covered]);
+    metadata.take(4)?;
+    metadata.reserved::<4>()?;
+    let mut records = Reader {
+        body,
+        position: covered,
+    };
+    let answer = decode_answer_from(&mut metadata, Some(&mut records), body, limits)?;
+    records.finish()?;
+    for partition in &answer.partitions {
+        if let FetchBody::Records(ranges) = &partition.response.body {
+            check_batches_fit_ranges(ranges, &partition.record_batches)?;
+        }
+    }
+    Ok(answer)
+}
+
+/// The answer header and partitions from `reader`; each partition's record
+/// bytes from `records` when given (a spliced body keeps them after
+/// everything else), else from where they lie in `reader`.
+fn decode_answer_from<'body>(
+    reader: &mut Reader<'body>,
+    mut records: Option<&mut Reader<'body>>,
+    body: &Bytes,
+    limits: &WireLimits,
+) -> Result<ReplicaFetchAnswer, DecodeError> {
     reader.version()?;
     reader.reserved::<3>()?;
     let count = reader.partition_count(limits)?;
@@ -552,7 +740,12 @@ pub fn decode_replica_fetch_answer(
     reader.check_room(count as usize, PARTITION_ANSWER_BYTES)?;
     let mut partitions = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        partitions.push(decode_partition_answer(&mut reader, body, limits)?);
+        partitions.push(decode_partition_answer(
+            reader,
+            records.as_deref_mut(),
+            body,
+            limits,
+        )?);
     }
     reader.finish()?;
     Ok(ReplicaFetchAnswer {
@@ -561,8 +754,47 @@ pub fn decode_replica_fetch_answer(
     })
 }
 
-fn decode_partition_answer(
-    reader: &mut Reader<'_>,
+/// Checks what a batch's own CRC32C leaves out against the answer's
+/// ranges: batches in offset order without overlap, each one's last offset
+/// inside a range (the first batch may start before the first range: a
+/// read returns the whole batch holding the fetch offset) and its leader
+/// epoch that range's epoch, and nothing past the last range's end.
+pub fn check_batches_fit_ranges(
+    ranges: &[RecordRange],
+    batches: &[Bytes],
+) -> Result<(), DecodeError> {
+    let mut after: Option<i64> = None;
+    for batch in batches {
+        let header =
+            BatchHeader::parse(batch).map_err(|source| DecodeError::BadBatch { at: 0, source })?;
+        let last = header.last_offset();
+        let in_order = after.is_none_or(|previous| header.base_offset > previous);
+        let range = ranges
+            .iter()
+            .find(|range| range.start <= last && last < range.end);
+        let fits = in_order
+            && header.base_offset <= last
+            && range.is_some_and(|range| range.epoch == header.partition_leader_epoch);
+        if !fits {
+            return Err(DecodeError::BatchOutsideRanges {
+                base_offset: header.base_offset,
+                last_offset: last,
+                epoch: header.partition_leader_epoch,
+                ranges: ranges
+                    .iter()
+                    .map(|range| format!("{}@{}..{}", range.epoch, range.start, range.end))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            });
+        }
+        after = Some(last);
+    }
+    Ok(())
+}
+
+fn decode_partition_answer<'body>(
+    reader: &mut Reader<'body>,
+    records: Option<&mut Reader<'body>>,
     body: &Bytes,
     limits: &WireLimits,
 ) -> Result<PartitionAnswer, DecodeError> {
@@ -616,8 +848,12 @@ fn decode_partition_answer(
     let body_kind = match kind {
         KIND_RECORDS => {
             let ranges = decode_ranges(reader, range_count, range_count_at, limits)?;
-            let region_at = reader.position;
-            reader.take(record_bytes)?;
+            let records = match records {
+                Some(records) => records,
+                None => reader,
+            };
+            let region_at = records.position;
+            records.take(record_bytes)?;
             let region = body.slice(region_at..region_at + record_bytes);
             record_batches = split_batches(&region, region_at, limits)?;
             leader_log_start = diverging_end_offset.max(0);

@@ -841,3 +841,210 @@ proptest! {
         let _ = decode_repair_answer(&Bytes::from(bytes), &LIMITS);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Spliced answers (record bytes after the CRC-covered metadata)
+
+/// `batch` with its partition leader epoch set (outside the batch CRC).
+fn batch_of_epoch(base_offset: i64, epoch: i32, values: &[&[u8]]) -> Bytes {
+    let mut bytes = batch(base_offset, values).to_vec();
+    bytes[12..16].copy_from_slice(&epoch.to_be_bytes());
+    Bytes::from(bytes)
+}
+
+/// [`sample_answer`] with each batch stamped with its range's epoch, as a
+/// leader's log holds them.
+fn sample_spliced_answer() -> ReplicaFetchAnswer {
+    let (mut answer, _) = sample_answer();
+    answer.partitions[0].record_batches = vec![
+        batch_of_epoch(10, 3, &[b"a", b"bb"]),
+        batch_of_epoch(12, 3, &[b"ccc"]),
+        batch_of_epoch(13, 4, &[b"dddd", b"e", b"f"]),
+    ];
+    answer
+}
+
+/// A spliced body as the receiving transport holds it, with the CRC its
+/// frame header carries.
+fn spliced_body(answer: &ReplicaFetchAnswer) -> (Bytes, u32) {
+    let spliced = encode_spliced_answer(answer, &LIMITS).expect("encodes");
+    let crc = crc32c::crc32c(&spliced.covered);
+    let mut body = spliced.covered.to_vec();
+    for chunk in &spliced.records {
+        body.extend_from_slice(chunk);
+    }
+    (Bytes::from(body), crc)
+}
+
+#[test]
+fn a_spliced_answer_round_trips_with_its_records_after_the_covered_bytes() {
+    let answer = sample_spliced_answer();
+    let spliced = encode_spliced_answer(&answer, &LIMITS).expect("encodes");
+    let record_bytes: usize = answer.partitions.iter().map(|p| p.record_bytes()).sum();
+    assert_eq!(
+        spliced.covered.len(),
+        SPLICED_PREFIX_BYTES + ANSWER_HEADER_BYTES + 4 * PARTITION_ANSWER_BYTES + 2 * RANGE_BYTES,
+        "the covered part is the regular layout without the record bytes"
+    );
+    assert_eq!(
+        spliced.records, answer.partitions[0].record_batches,
+        "record chunks are passed through, not copied"
+    );
+    let (body, _) = spliced_body(&answer);
+    assert_eq!(body.len(), spliced.covered.len() + record_bytes);
+    assert_eq!(spliced_crc_covered(&body), Some(spliced.covered.len()));
+    let decoded = decode_spliced_answer(&body, &LIMITS).expect("decodes");
+    assert_same_answer(&answer, &decoded);
+    assert_eq!(
+        decoded.partitions[0].record_batches,
+        answer.partitions[0].record_batches
+    );
+}
+
+#[test]
+fn a_spliced_frame_crosses_the_frame_checks_and_its_covered_bytes_are_crc_checked() {
+    let answer = sample_spliced_answer();
+    let (body, crc) = spliced_body(&answer);
+    let covered = spliced_crc_covered(&body).expect("covered");
+    let kind = FrameKind::ReplicaFetchAnswerSpliced;
+    assert_eq!(kind.crc_covered(&body), Some(covered));
+    assert_eq!(
+        FrameKind::ReplicaFetchAnswer.crc_covered(&body),
+        Some(body.len())
+    );
+    // Any flip in the covered bytes changes their CRC (or what is covered).
+    for at in 0..covered {
+        let mut damaged = body.to_vec();
+        damaged[at] ^= 0x01;
+        let still_passes = kind
+            .crc_covered(&damaged)
+            .is_some_and(|covered| crc32c::crc32c(&damaged[..covered]) == crc);
+        assert!(
+            !still_passes,
+            "a flip at byte {at} of the covered part passed the frame CRC"
+        );
+    }
+    // A covered count past the body, or below the prefix, is refused.
+    for bad in [body.len() as u32 + 1, 3, u32::MAX] {
+        let mut damaged = body.to_vec();
+        damaged[0..4].copy_from_slice(&bad.to_le_bytes());
+        assert_eq!(spliced_crc_covered(&damaged), None, "covered {bad}");
+        assert!(decode_spliced_answer(&Bytes::from(damaged), &LIMITS).is_err());
+    }
+}
+
+/// What stands in for the frame CRC over a spliced answer's record bytes:
+/// the decoder's framing and range checks plus each batch's own CRC32C
+/// (storage checks it before appending). Every single-bit flip anywhere in
+/// the record bytes is caught by one of them.
+#[test]
+fn every_bit_flip_in_spliced_record_bytes_is_caught_by_the_range_checks_or_the_batch_crc() {
+    let answer = sample_spliced_answer();
+    let (body, _) = spliced_body(&answer);
+    let covered = spliced_crc_covered(&body).expect("covered");
+    for at in covered..body.len() {
+        for bit in 0..8 {
+            let mut damaged = body.to_vec();
+            damaged[at] ^= 1 << bit;
+            let caught = match decode_spliced_answer(&Bytes::from(damaged), &LIMITS) {
+                Err(_) => true,
+                Ok(decoded) => decoded
+                    .partitions
+                    .iter()
+                    .flat_map(|partition| &partition.record_batches)
+                    .any(|batch| kafki_storage::batch::validate_stored_batch(batch).is_err()),
+            };
+            assert!(
+                caught,
+                "bit {bit} of byte {at} (record byte {}) went unnoticed",
+                at - covered
+            );
+        }
+    }
+}
+
+#[test]
+fn batches_that_do_not_fit_their_ranges_are_refused() {
+    let ranges = [
+        RecordRange {
+            epoch: 3,
+            start: 10,
+            end: 13,
+        },
+        RecordRange {
+            epoch: 4,
+            start: 13,
+            end: 16,
+        },
+    ];
+    let fits = |batches: &[Bytes]| check_batches_fit_ranges(&ranges, batches).is_ok();
+    let a = batch_of_epoch(10, 3, &[b"a", b"b"]);
+    let b = batch_of_epoch(12, 3, &[b"c"]);
+    let c = batch_of_epoch(13, 4, &[b"d", b"e", b"f"]);
+    assert!(fits(&[a.clone(), b.clone(), c.clone()]));
+    assert!(
+        fits(&[batch_of_epoch(8, 3, &[b"x", b"y", b"z"]), b.clone()]),
+        "the first batch may start before the first range (it holds the fetch offset)"
+    );
+    assert!(
+        fits(&[a.clone(), c.clone()]),
+        "a gap a cleaner left is fine"
+    );
+    assert!(!fits(&[a.clone(), a.clone()]), "overlap");
+    assert!(!fits(&[b.clone(), a.clone()]), "out of order");
+    assert!(
+        !fits(&[batch_of_epoch(12, 4, &[b"c"])]),
+        "wrong epoch for its range"
+    );
+    assert!(
+        !fits(&[batch_of_epoch(15, 4, &[b"p", b"q"])]),
+        "past the last range"
+    );
+    assert!(
+        !fits(&[batch_of_epoch(5, 3, &[b"p"])]),
+        "before the first range"
+    );
+    assert!(check_batches_fit_ranges(&[], &[]).is_ok());
+}
+
+#[test]
+fn a_spliced_answer_with_trailing_or_missing_record_bytes_is_refused() {
+    let answer = sample_spliced_answer();
+    let (body, _) = spliced_body(&answer);
+    let mut longer = body.to_vec();
+    longer.push(0);
+    assert!(matches!(
+        decode_spliced_answer(&Bytes::from(longer), &LIMITS),
+        Err(DecodeError::TrailingBytes { count: 1 })
+    ));
+    assert!(decode_spliced_answer(&body.slice(..body.len() - 1), &LIMITS).is_err());
+}
+
+#[test]
+fn a_spliced_answer_with_two_answers_for_one_partition_keeps_each_ones_records() {
+    let range = |start, end| RecordRange {
+        epoch: 0,
+        start,
+        end,
+    };
+    let answer = ReplicaFetchAnswer {
+        request_id: 0,
+        partitions: vec![
+            PartitionAnswer {
+                partition: partition(0),
+                response: response(FetchBody::Records(vec![range(0, 3)])),
+                leader_log_start: 0,
+                record_batches: vec![batch_of_epoch(0, 0, &[b"a", b"b", b"c"])],
+            },
+            PartitionAnswer {
+                partition: partition(0),
+                response: response(FetchBody::Records(vec![range(3, 5)])),
+                leader_log_start: 0,
+                record_batches: vec![batch_of_epoch(3, 0, &[b"d", b"e"])],
+            },
+        ],
+    };
+    let (body, _) = spliced_body(&answer);
+    let decoded = decode_spliced_answer(&body, &LIMITS).expect("decodes");
+    assert_same_answer(&answer, &decoded);
+}
