@@ -152,7 +152,7 @@ impl Families {
             replica_answer_bytes: counter_vec(
                 &registry,
                 "kafki_replica_answer_bytes_total",
-                "Record bytes this node's leader replicas sent to follower nodes, by shard and how (sendfile: spliced from the segment file; memory: from the hot tail, or read into memory when a file could not be shared).",
+                "Record bytes this node's leader replicas read for follower nodes, by shard and how they reach the socket (sendfile: spliced from the segment file; memory: from the hot tail; copy: read from the file into memory).",
                 &["shard", "path"],
             ),
             follower_fetch_partitions: counter_vec(

@@ -26,9 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafki_storage::{LogResult, ReadChunk};
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::metrics::FetchPath;
 
 /// One piece of a response on the wire: bytes, or a file region to splice.
 /// `Send`, so owners on other shards can hand regions to the connection.
@@ -58,6 +61,39 @@ impl WirePart {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A storage read's piece as a piece to send, and how it will reach the
+/// socket: memory as it is; a file region as a shared descriptor to splice
+/// (advised into the page cache now, [`prefetch`]), or read into memory
+/// when the file cannot be shared (out of descriptors: one response over
+/// thousands of partitions holds one per region until it is sent).
+pub async fn wire_part(chunk: ReadChunk) -> LogResult<(WirePart, FetchPath)> {
+    match chunk {
+        ReadChunk::Memory(bytes) => Ok((WirePart::Bytes(bytes), FetchPath::Memory)),
+        ReadChunk::File {
+            file,
+            position,
+            len,
+        } => match file.share() {
+            Ok(handle) => {
+                prefetch(&handle, position, len);
+                let part = WirePart::File {
+                    file: Arc::new(handle),
+                    position,
+                    len,
+                };
+                Ok((part, FetchPath::Sendfile))
+            }
+            Err(error) => {
+                let bytes = file.read_bytes(position, len as usize).await.inspect_err(|read_error| {
+                    tracing::error!(path = %file.path.display(), %error, %read_error, "cannot share or read segment file");
+                })?;
+                tracing::debug!(path = %file.path.display(), %error, "segment file not shareable; region copied");
+                Ok((WirePart::Bytes(bytes.into()), FetchPath::Copy))
+            }
+        },
     }
 }
 

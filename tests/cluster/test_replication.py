@@ -216,6 +216,25 @@ def idempotent_producer(bootstrap: str, timeout_ms: int = 30000) -> Producer:
                      "message.timeout.ms": timeout_ms, "linger.ms": 5})
 
 
+def wait_for_identical_copy(c, topic: str, leader: int, follower: int, low: int, high: int,
+                            timeout: float) -> list:
+    """Waits until the follower's batches of partition 0 holding offsets
+    low..high-1 are the leader's, byte for byte; returns the follower's
+    batches. The leader's are read once (they do not change meanwhile)."""
+    leader_batches = [b.data for b in read_batches(c[leader].data_dir / f"{topic}-0")[0]
+                      if b.last >= low and b.base < high]
+    deadline = time.monotonic() + timeout
+    while True:
+        copied, notes = read_batches(c[follower].data_dir / f"{topic}-0")
+        if [b.data for b in copied if b.base < high] == leader_batches:
+            return copied
+        assert time.monotonic() < deadline, (
+            f"node {follower}'s {len(copied)} batches {[(b.base, b.last) for b in copied][:5]}... "
+            f"differ from the leader's {len(leader_batches)} from {low} to {high} "
+            f"(notes: {notes[:3]})")
+        time.sleep(0.2)
+
+
 def produce_some(producer: Producer, topic: str, acks: AckLog, values, partition: int = 0,
                  timeout: float = 40.0) -> None:
     """Send the values and flush; every one must be acknowledged."""
@@ -595,17 +614,7 @@ def test_a_follower_below_the_leaders_log_start_starts_again_there(cluster_facto
     assert high == 320, f"high watermark {high}: 320 records were acknowledged"
     # From the batch holding the log start (DeleteRecords may cut a batch:
     # the follower then starts at that batch's base, as Kafka's does).
-    leader_batches = [b.data for b in read_batches(c[leader].data_dir / f"{topic}-0")[0]
-                      if b.last >= low and b.base < high]
-    deadline = time.monotonic() + 10
-    while True:
-        copied, notes = read_batches(c[follower].data_dir / f"{topic}-0")
-        if [b.data for b in copied if b.base < high] == leader_batches:
-            break
-        assert time.monotonic() < deadline, (
-            f"node {follower}'s batches {[(b.base, b.last) for b in copied][:5]}... differ from "
-            f"the leader's from {low} to {high} (notes: {notes[:3]})")
-        time.sleep(0.2)
+    copied = wait_for_identical_copy(c, topic, leader, follower, low, high, timeout=10)
     assert copied[0].base <= low <= copied[0].last, \
         f"the follower's log starts with offsets {copied[0].base}..{copied[0].last}, not at {low}"
     assert "log started again at the leader's log start" in c[follower].log_text()
@@ -673,17 +682,7 @@ def test_a_follower_catching_up_from_segment_files_gets_them_spliced(cluster_fac
     assert spliced - spliced_before >= 4 << 20, (
         f"the leader spliced {spliced - spliced_before} bytes to the catching-up follower; "
         "at least the records beyond its hot tail (> 4 MiB) should have gone from its files")
-    leader_batches = [b.data for b in read_batches(c[leader].data_dir / f"{topic}-0")[0]
-                      if b.base < high]
-    deadline = time.monotonic() + 15
-    while True:
-        copied, notes = read_batches(c[follower].data_dir / f"{topic}-0")
-        if [b.data for b in copied if b.base < high] == leader_batches:
-            break
-        assert time.monotonic() < deadline, (
-            f"node {follower}'s {len(copied)} batches differ from the leader's "
-            f"{len(leader_batches)} up to {high} (notes: {notes[:3]})")
-        time.sleep(0.2)
+    wait_for_identical_copy(c, topic, leader, follower, 0, high, timeout=15)
     refused = [line for line in c[follower].log_text().splitlines()
                if "undecodable replica answer" in line]
     assert not refused, f"node {follower} refused its leader's answers: {refused[:3]}"

@@ -35,13 +35,11 @@ use std::time::{Duration, Instant};
 use kafki_net::kafka_protocol::error::ResponseError;
 use kafki_net::kafka_protocol::messages::FetchRequest;
 use kafki_net::{CorrelationId, FetchPartitionHead, FetchResponseHead, FetchTopicHead};
-use kafki_storage::ReadChunk;
 
 use super::Reply;
 use crate::errors::code_for_log_error;
 use crate::fetch_session::{FetchSessions, PartitionAnswer};
 use crate::metadata::NodeState;
-use crate::metrics::FetchPath;
 use crate::replication::selector::{self, NodeView, PartitionView};
 use crate::shard::{ServingRole, Shard};
 use crate::zerocopy::WirePart;
@@ -512,43 +510,15 @@ async fn read_partition(
             }
             let mut parts = Vec::with_capacity(result.chunks.len());
             for chunk in result.chunks {
-                match chunk {
-                    ReadChunk::Memory(bytes) => {
-                        shard
-                            .metrics
-                            .add_fetch_bytes(FetchPath::Memory, bytes.len() as u64);
-                        parts.push(WirePart::Bytes(bytes));
+                match crate::zerocopy::wire_part(chunk).await {
+                    Ok((part, path)) => {
+                        shard.metrics.add_fetch_bytes(path, part.len());
+                        parts.push(part);
                     }
-                    ReadChunk::File {
-                        file,
-                        position,
-                        len,
-                    } => match file.share() {
-                        Ok(handle) => {
-                            crate::zerocopy::prefetch(&handle, position, len);
-                            shard.metrics.add_fetch_bytes(FetchPath::Sendfile, len);
-                            parts.push(WirePart::File {
-                                file: std::sync::Arc::new(handle),
-                                position,
-                                len,
-                            });
-                        }
-                        // Out of descriptors (one response over thousands
-                        // of partitions holds one per region until it is
-                        // sent): copy the region instead of failing it.
-                        Err(error) => match file.read_bytes(position, len as usize).await {
-                            Ok(bytes) => {
-                                tracing::debug!(path = %file.path.display(), %error, "segment file not shareable; region copied");
-                                shard.metrics.add_fetch_bytes(FetchPath::Copy, len);
-                                parts.push(WirePart::Bytes(bytes.into()));
-                            }
-                            Err(read_error) => {
-                                tracing::error!(path = %file.path.display(), %error, %read_error, "cannot share or read segment file");
-                                outcome.error_code = ResponseError::KafkaStorageError.code();
-                                return outcome;
-                            }
-                        },
-                    },
+                    Err(_) => {
+                        outcome.error_code = ResponseError::KafkaStorageError.code();
+                        return outcome;
+                    }
                 }
             }
             outcome.records = Some(parts);

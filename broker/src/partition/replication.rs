@@ -13,9 +13,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafki_storage::batch::BatchHeader;
-use kafki_storage::{LogOffsets, LogResult, PartitionLog, ReadChunk, SyncPolicy};
+use kafki_storage::{LogOffsets, LogResult, PartitionLog, SyncPolicy};
 
 use super::Partition;
+use crate::metrics::FetchPath;
 use crate::replication::driver::Replicated;
 use crate::replication::LocalLog;
 use crate::zerocopy::WirePart;
@@ -121,17 +122,16 @@ impl Partition {
     }
 
     /// Whole batches from `from` below `to`, at most `max_bytes` (at least
-    /// one batch), as pieces to send to a follower without copying: the hot
-    /// tail's buffers, and segment file regions to splice (advised into the
-    /// page cache now; read into memory instead when the file cannot be
-    /// shared, e.g. with the descriptor table full); and the offset after
-    /// them.
+    /// one batch), as pieces to send to a follower without copying
+    /// ([`crate::zerocopy::wire_part`]: the hot tail's buffers, segment file
+    /// regions to splice), each with how it will reach the socket; and the
+    /// offset after them.
     pub async fn read_for_replica(
         &self,
         from: u64,
         to: u64,
         max_bytes: u64,
-    ) -> LogResult<(Vec<WirePart>, u64)> {
+    ) -> LogResult<(Vec<(WirePart, FetchPath)>, u64)> {
         let read = self.log.read(from, max_bytes, to).await?;
         let next_offset = read.next_offset;
         if read.chunks.is_empty() {
@@ -139,28 +139,7 @@ impl Partition {
         }
         let mut parts = Vec::with_capacity(read.chunks.len());
         for chunk in read.chunks {
-            match chunk {
-                ReadChunk::Memory(bytes) => parts.push(WirePart::Bytes(bytes)),
-                ReadChunk::File {
-                    file,
-                    position,
-                    len,
-                } => match file.share() {
-                    Ok(handle) => {
-                        crate::zerocopy::prefetch(&handle, position, len);
-                        parts.push(WirePart::File {
-                            file: std::sync::Arc::new(handle),
-                            position,
-                            len,
-                        });
-                    }
-                    Err(error) => {
-                        tracing::debug!(path = %file.path.display(), %error, "segment file not shareable; region copied for a follower");
-                        let bytes = file.read_bytes(position, len as usize).await?;
-                        parts.push(WirePart::Bytes(bytes.into()));
-                    }
-                },
-            }
+            parts.push(crate::zerocopy::wire_part(chunk).await?);
         }
         Ok((parts, next_offset))
     }

@@ -23,6 +23,7 @@ use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 
+use crate::metrics::FetchPath;
 use crate::zerocopy::WirePart;
 use futures::channel::oneshot;
 use kafki_net::kafka_protocol::error::ResponseError;
@@ -84,6 +85,8 @@ pub trait ReplicaOutlet {
     fn throttle_charge(&self, side: ThrottleSide, bytes: usize);
     fn queue_fetch(&self, to: NodeId, fetch: PartitionFetch);
     fn queue_answer(&self, to: NodeId, answer: PartitionAnswer<WirePart>);
+    /// Record bytes read for a follower, by how they will reach the socket.
+    fn count_answer_bytes(&self, path: FetchPath, bytes: u64);
     /// Proposes `proposal` to the metadata quorum; `on_refused` runs if the
     /// quorum refused it as stale.
     fn propose_isr(
@@ -651,7 +654,7 @@ pub async fn run_pump(
                 }
                 let batches = match &mut response.body {
                     FetchBody::Records(ranges) if !ranges.is_empty() => {
-                        match read_ranges(&partition, ranges).await {
+                        match read_ranges(&partition, ranges, &outlet).await {
                             Ok(batches) => {
                                 if throttled {
                                     outlet.throttle_charge(
@@ -819,14 +822,22 @@ async fn wait_for_throttle(
 async fn read_ranges(
     partition: &Partition,
     ranges: &mut Vec<super::RecordRange>,
+    outlet: &Rc<dyn ReplicaOutlet>,
 ) -> anyhow::Result<Vec<WirePart>> {
     let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
         return Ok(Vec::new());
     };
     let (from, to) = (first.start, last.end);
-    let (batches, next_offset) = partition
+    let (parts, next_offset) = partition
         .read_for_replica(from as u64, to as u64, ANSWER_BYTES_MAX)
         .await?;
+    let batches = parts
+        .into_iter()
+        .map(|(part, path)| {
+            outlet.count_answer_bytes(path, part.len());
+            part
+        })
+        .collect();
     let next_offset = next_offset as Offset;
     ranges.retain(|range| range.start < next_offset);
     if let Some(last) = ranges.last_mut() {

@@ -414,15 +414,6 @@ impl ReplicaLinks {
         answer: &ReplicaFetchAnswer<WirePart>,
         limits: &WireLimits,
     ) {
-        if let Some(shard) = self.shard.upgrade() {
-            for chunk in answer.partitions.iter().flat_map(|p| &p.record_batches) {
-                let path = match chunk {
-                    WirePart::Bytes(_) => FetchPath::Memory,
-                    WirePart::File { .. } => FetchPath::Sendfile,
-                };
-                shard.metrics.add_replica_answer_bytes(path, chunk.len());
-            }
-        }
         if answer.has_file_regions() {
             match encode_spliced_answer(answer, limits) {
                 Ok(body) => {
@@ -550,6 +541,12 @@ impl ReplicaOutlet for Rc<ReplicaLinks> {
             .fetches
             .push(fetch);
         self.schedule_flush();
+    }
+
+    fn count_answer_bytes(&self, path: FetchPath, bytes: u64) {
+        if let Some(shard) = self.shard.upgrade() {
+            shard.metrics.add_replica_answer_bytes(path, bytes);
+        }
     }
 
     fn queue_answer(&self, to: NodeId, answer: PartitionAnswer<WirePart>) {

@@ -49,6 +49,22 @@ fn batch(base_offset: i64, values: &[&[u8]]) -> Bytes {
     Bytes::from(bytes)
 }
 
+/// Offsets 10..13 in epoch 3, 13..16 in epoch 4.
+fn sample_ranges() -> Vec<RecordRange> {
+    vec![
+        RecordRange {
+            epoch: 3,
+            start: 10,
+            end: 13,
+        },
+        RecordRange {
+            epoch: 4,
+            start: 13,
+            end: 16,
+        },
+    ]
+}
+
 /// An answer of every kind, the first partition with two batches sent as
 /// one chunk and a third as another.
 fn sample_answer() -> (ReplicaFetchAnswer, Vec<Bytes>) {
@@ -64,18 +80,7 @@ fn sample_answer() -> (ReplicaFetchAnswer, Vec<Bytes>) {
         partitions: vec![
             PartitionAnswer {
                 partition: partition(0),
-                response: response(FetchBody::Records(vec![
-                    RecordRange {
-                        epoch: 3,
-                        start: 10,
-                        end: 13,
-                    },
-                    RecordRange {
-                        epoch: 4,
-                        start: 13,
-                        end: 16,
-                    },
-                ])),
+                response: response(FetchBody::Records(sample_ranges())),
                 leader_log_start: 7,
                 record_batches: vec![Bytes::from(first_chunk), batches[2].clone()],
             },
@@ -965,18 +970,7 @@ fn every_bit_flip_in_spliced_record_bytes_is_caught_by_the_range_checks_or_the_b
 
 #[test]
 fn batches_that_do_not_fit_their_ranges_are_refused() {
-    let ranges = [
-        RecordRange {
-            epoch: 3,
-            start: 10,
-            end: 13,
-        },
-        RecordRange {
-            epoch: 4,
-            start: 13,
-            end: 16,
-        },
-    ];
+    let ranges = sample_ranges();
     let fits = |batches: &[Bytes]| check_batches_fit_ranges(&ranges, batches).is_ok();
     let a = batch_of_epoch(10, 3, &[b"a", b"b"]);
     let b = batch_of_epoch(12, 3, &[b"c"]);
