@@ -76,7 +76,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             handlers::Reply::Parts(parts) => parts,
             handlers::Reply::Nothing | handlers::Reply::Close => Vec::new(),
         };
-        if let Err(error) = write_parts(&mut writer, socket, &mut splicer, &parts).await {
+        if let Err(error) =
+            crate::zerocopy::write_parts(&mut writer, socket, &mut splicer, &parts).await
+        {
             tracing::debug!(%peer, %error, "client went away while we wrote");
             break;
         }
@@ -90,36 +92,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     for _ in 0..outstanding.get() {
         shard.metrics.request_finished();
     }
-}
-
-/// Writes a response's parts in order: bytes through the socket writer,
-/// file regions spliced straight from the file. Buffered bytes are flushed
-/// before a splice so the order on the wire is kept.
-async fn write_parts(
-    writer: &mut futures::io::WriteHalf<TcpStream>,
-    socket: std::os::fd::RawFd,
-    splicer: &mut Option<Splicer>,
-    parts: &[WirePart],
-) -> std::io::Result<()> {
-    for part in parts {
-        match part {
-            WirePart::Bytes(bytes) => writer.write_all(bytes).await?,
-            WirePart::File {
-                file,
-                position,
-                len,
-            } => {
-                writer.flush().await?;
-                if splicer.is_none() {
-                    *splicer = Some(Splicer::new()?);
-                }
-                if let Some(splicer) = splicer.as_ref() {
-                    splicer.send_file(socket, file, *position, *len).await?;
-                }
-            }
-        }
-    }
-    writer.flush().await
 }
 
 async fn read_requests(

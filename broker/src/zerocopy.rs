@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::io::{AsyncWrite, AsyncWriteExt};
 use kafki_storage::{LogResult, ReadChunk};
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
@@ -208,6 +209,38 @@ impl Splicer {
         }
         Ok(())
     }
+}
+
+/// Writes parts in order to a socket: bytes through `writer` (any buffered
+/// writer of the socket `socket`), file regions spliced straight from the
+/// file after flushing what the writer holds, so the order on the wire is
+/// kept. `splicer` is created on the first file region; after an error the
+/// caller must not reuse it (see [`Splicer`]).
+pub async fn write_parts<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    socket: RawFd,
+    splicer: &mut Option<Splicer>,
+    parts: &[WirePart],
+) -> io::Result<()> {
+    for part in parts {
+        match part {
+            WirePart::Bytes(bytes) => writer.write_all(bytes).await?,
+            WirePart::File {
+                file,
+                position,
+                len,
+            } => {
+                writer.flush().await?;
+                if splicer.is_none() {
+                    *splicer = Some(Splicer::new()?);
+                }
+                if let Some(splicer) = splicer.as_ref() {
+                    splicer.send_file(socket, file, *position, *len).await?;
+                }
+            }
+        }
+    }
+    writer.flush().await
 }
 
 /// Runs `call` with `O_NONBLOCK` set on `socket`'s file, restoring its flags

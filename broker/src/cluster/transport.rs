@@ -396,7 +396,8 @@ impl Transport {
                 continue;
             };
             let written = glommio::timer::timeout(WRITE_TIMEOUT, async {
-                Ok(write_segments(stream, &mut splicer, &frame).await)
+                let socket = std::os::fd::AsRawFd::as_raw_fd(&*stream);
+                Ok(crate::zerocopy::write_parts(stream, socket, &mut splicer, &frame).await)
             })
             .await;
             if !matches!(written, Ok(Ok(()))) {
@@ -408,35 +409,6 @@ impl Transport {
             }
         }
     }
-}
-
-/// Writes a frame's segments in order: bytes through the stream, file
-/// regions spliced from the file (after what the stream buffered).
-async fn write_segments(
-    stream: &mut TcpStream,
-    splicer: &mut Option<Splicer>,
-    frame: &[WirePart],
-) -> std::io::Result<()> {
-    for segment in frame {
-        match segment {
-            WirePart::Bytes(bytes) => stream.write_all(bytes).await?,
-            WirePart::File {
-                file,
-                position,
-                len,
-            } => {
-                stream.flush().await?;
-                if splicer.is_none() {
-                    *splicer = Some(Splicer::new()?);
-                }
-                if let Some(splicer) = splicer.as_ref() {
-                    let socket = std::os::fd::AsRawFd::as_raw_fd(&*stream);
-                    splicer.send_file(socket, file, *position, *len).await?;
-                }
-            }
-        }
-    }
-    stream.flush().await
 }
 
 async fn connect(address: &str, me: i32) -> anyhow::Result<TcpStream> {

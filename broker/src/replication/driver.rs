@@ -22,9 +22,6 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
-
-use crate::metrics::FetchPath;
-use crate::zerocopy::WirePart;
 use futures::channel::oneshot;
 use kafki_net::kafka_protocol::error::ResponseError;
 use uuid::Uuid;
@@ -33,7 +30,9 @@ use super::machine::{Effect, Input, ProduceOutcome, ProduceRefusal};
 use super::messages::{FetchBody, FetchRequest, FetchResponse, IsrProposal, PartitionRecord};
 use super::wire::{PartitionAnswer, PartitionFetch, ReplicaPartition};
 use super::{Acks, LeaderEpoch, LocalLog, NodeId, Offset, PartitionReplica, ReplicationConfig};
+use crate::metrics::FetchPath;
 use crate::partition::Partition;
+use crate::zerocopy::WirePart;
 
 /// Record bytes one partition's answer carries at most (the first batch
 /// goes whole even when larger, as in Kafka).
