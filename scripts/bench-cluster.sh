@@ -5,7 +5,13 @@
 #     topic's partitions spread over the nodes), with the same broker CPU
 #     budget: every broker process is pinned to the CPUs in BROKER_CPUS and
 #     `kafki bench` to BENCH_CPUS. Reported per run: records/s and the broker
-#     CPU time (user+sys of every broker process, from /proc) per record.
+#     CPU time (user+sys of every broker process, from /proc) per record;
+#     then medians and records per broker CPU-second against one node's.
+#     The cluster runs twice: with the same topic as the one node
+#     (PARTITIONS_BENCH partitions, so each node gets a third of them and
+#     the client's requests to it a third of the records), and with the
+#     same load per node (3 x PARTITIONS_BENCH partitions: each node leads
+#     as many as the one node did).
 #  2. Metadata latency (all topics, every partition) with TOPICS x PARTITIONS
 #     partitions in the cluster, from a raw client on one connection:
 #     p50/p99/max over METADATA_REQUESTS requests, against a node that is
@@ -57,26 +63,31 @@ cpu_ticks() {
   echo "$total"
 }
 
-# bench_runs LABEL BOOTSTRAP PIDS...: RUNS produce runs, one line each.
+# bench_runs LABEL PARTITIONS BOOTSTRAP PIDS...: RUNS produce runs, one line
+# each (and one in $OUT/summary.tsv).
 bench_runs() {
-  local label="$1" bootstrap="$2" run before after json
-  shift 2
+  local label="$1" partitions="$2" bootstrap="$3" run before after json
+  shift 3
   for run in $(seq "$RUNS"); do
     json="$OUT/$label-$run.json"
     before=$(cpu_ticks "$@")
     taskset -c "$BENCH_CPUS" "$KAFKI" bench produce --bootstrap "$bootstrap" \
-      --topic "bench-$label" --partitions "$PARTITIONS_BENCH" --record-bytes "$RECORD_BYTES" \
+      --topic "bench-$label-$run" --partitions "$partitions" --record-bytes "$RECORD_BYTES" \
       --acks "$ACKS" --duration "$DURATION" --json "$json" >/dev/null 2>>"$OUT/bench.log"
     after=$(cpu_ticks "$@")
-    python3 - "$label" "$run" "$json" "$before" "$after" "$(getconf CLK_TCK)" <<'EOF'
+    # A run writes gigabytes: its topic goes before the next run's.
+    "$KAFKI" topics delete -b "$bootstrap" --topic "bench-$label-$run" >/dev/null 2>>"$OUT/bench.log" || true
+    python3 - "$label" "$run" "$json" "$before" "$after" "$(getconf CLK_TCK)" "$OUT/summary.tsv" <<'EOF'
 import json, sys
-label, run, path, before, after, hz = sys.argv[1:]
+label, run, path, before, after, hz, summary = sys.argv[1:]
 r = json.load(open(path))
 cpu_s = (int(after) - int(before)) / int(hz)
 ns = cpu_s * 1e9 / r["records"] if r["records"] else float("nan")
-print(f"{label:8} run {run}: {r['records_per_s']:>11,.0f} records/s  {r['mib_per_s']:7.1f} MiB/s  "
+print(f"{label:13} run {run}: {r['records_per_s']:>11,.0f} records/s  {r['mib_per_s']:7.1f} MiB/s  "
       f"p99 {r['latency_us']['p99'] / 1000:7.1f} ms  errors {r['errors']}  "
       f"broker CPU {cpu_s:5.1f} s = {ns:6.0f} ns/record")
+with open(summary, "a") as out:
+    out.write(f"{label}\t{r['records_per_s']}\t{ns}\n")
 EOF
   done
 }
@@ -91,7 +102,7 @@ taskset -c "$BROKER_CPUS" "$KAFKI" serve --cores 0 --listen 127.0.0.1:19700 \
   --admin-listen 127.0.0.1:19701 --data-dir "$OUT/single" >"$OUT/single.log" 2>&1 &
 single_pid=$!
 until (exec 3<>/dev/tcp/127.0.0.1/19700) 2>/dev/null; do sleep 0.1; done
-bench_runs single 127.0.0.1:19700 "$single_pid"
+bench_runs single "$PARTITIONS_BENCH" 127.0.0.1:19700 "$single_pid"
 kill -TERM "$single_pid"
 wait "$single_pid" 2>/dev/null || true
 single_pid=
@@ -104,8 +115,28 @@ until "$KAFKI" cluster --admin 127.0.0.1:19644 --json 2>/dev/null \
   | python3 -c 'import json,sys; v=json.load(sys.stdin); sys.exit(0 if v.get("controller_id") and sum(n["state"]=="alive" for n in v["nodes"])==3 else 1)'; do
   sleep 0.2
 done
-bench_runs cluster3 127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092 "${pids[@]}"
-"$KAFKI" topics describe -b 127.0.0.1:19092 --topic bench-cluster3 2>/dev/null | head -12 || true
+cluster_bootstrap=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
+bench_runs cluster3 "$PARTITIONS_BENCH" "$cluster_bootstrap" "${pids[@]}"
+bench_runs cluster3-x3 "$((3 * PARTITIONS_BENCH))" "$cluster_bootstrap" "${pids[@]}"
+
+python3 - "$OUT/summary.tsv" "$PARTITIONS_BENCH" <<'EOF'
+import statistics, sys
+path, partitions = sys.argv[1], int(sys.argv[2])
+runs = {}
+for line in open(path):
+    label, rate, ns = line.split("\t")
+    runs.setdefault(label, []).append((float(rate), float(ns)))
+median = {label: (statistics.median(r for r, _ in v), statistics.median(n for _, n in v))
+          for label, v in runs.items()}
+what = {"single": f"one node, {partitions} partitions",
+        "cluster3": f"three nodes, {partitions} partitions ({partitions // 3} per node)",
+        "cluster3-x3": f"three nodes, {3 * partitions} partitions ({partitions} per node)"}
+single_ns = median["single"][1]
+print("medians:")
+for label, (rate, ns) in median.items():
+    print(f"  {what.get(label, label):45} {rate:>11,.0f} records/s  {ns:5.0f} ns/record  "
+          f"per broker CPU-second {single_ns / ns:4.2f}x one node's")
+EOF
 
 # 2. Metadata latency with TOPICS x PARTITIONS partitions in the cluster.
 t0=$(date +%s.%N)

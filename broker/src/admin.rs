@@ -773,7 +773,7 @@ mod tests {
     fn serves_metrics_health_layout_and_errors() {
         let fixture = start();
         let addr = fixture.handle.local_addr();
-        metrics::ShardMetrics::new(9201).add_bytes_out(1);
+        metrics::ShardMetrics::new(9201).answers_written(1);
 
         let (status, head, body) = get(addr, "/metrics");
         assert_eq!(status, 200);

@@ -81,6 +81,7 @@ struct Families {
     preferred_replica_redirects: IntCounterVec,
     bytes_in: IntCounterVec,
     bytes_out: IntCounterVec,
+    answer_writes: IntCounterVec,
     partitions: IntGaugeVec,
     connections: IntGaugeVec,
     inflight: IntGaugeVec,
@@ -177,6 +178,12 @@ impl Families {
                 &registry,
                 "kafki_bytes_out_total",
                 "Bytes written to Kafka client connections, by shard.",
+                &["shard"],
+            ),
+            answer_writes: counter_vec(
+                &registry,
+                "kafki_answer_writes_total",
+                "Writes of answers to Kafka client connections, by shard; answers already there when one is written join it, so pipelining clients get several per write.",
                 &["shard"],
             ),
             partitions: gauge_vec(
@@ -323,6 +330,7 @@ pub struct ShardMetrics {
     preferred_replica_redirects: IntCounter,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
+    answer_writes: IntCounter,
     partitions: IntGauge,
     connections: IntGauge,
     inflight: IntGauge,
@@ -376,6 +384,7 @@ impl ShardMetrics {
                 .with_label_values(&[label]),
             bytes_in: families.bytes_in.with_label_values(&[label]),
             bytes_out: families.bytes_out.with_label_values(&[label]),
+            answer_writes: families.answer_writes.with_label_values(&[label]),
             partitions: families.partitions.with_label_values(&[label]),
             connections: families.connections.with_label_values(&[label]),
             inflight: families.inflight.with_label_values(&[label]),
@@ -459,8 +468,9 @@ impl ShardMetrics {
         self.bytes_in.inc_by(bytes);
     }
 
-    /// Adds bytes written to client sockets.
-    pub fn add_bytes_out(&self, bytes: u64) {
+    /// Counts one write of answers (`bytes` in all) to a client socket.
+    pub fn answers_written(&self, bytes: u64) {
+        self.answer_writes.inc();
         self.bytes_out.inc_by(bytes);
     }
 
@@ -605,7 +615,7 @@ mod tests {
         metrics.add_fetch_bytes(FetchPath::Copy, 30);
         metrics.add_replica_answer_bytes(FetchPath::Sendfile, 4000);
         metrics.add_bytes_in(4096);
-        metrics.add_bytes_out(8192);
+        metrics.answers_written(8192);
         metrics.count_follower_fetch_partition();
         metrics.count_follower_fetch_partition();
         metrics.count_preferred_replica_redirect();
@@ -637,6 +647,7 @@ mod tests {
             "kafki_preferred_replica_redirects_total",
             "kafki_bytes_in_total",
             "kafki_bytes_out_total",
+            "kafki_answer_writes_total",
             "kafki_partitions",
             "kafki_connections",
             "kafki_inflight_requests",
@@ -710,6 +721,7 @@ mod tests {
             1.0,
         );
         check(&format!(r#"kafki_bytes_out_total{{{s}}}"#), 8192.0);
+        check(&format!(r#"kafki_answer_writes_total{{{s}}}"#), 1.0);
         check(&format!(r#"kafki_partitions{{{s}}}"#), 12.0);
         check(&format!(r#"kafki_connections{{{s}}}"#), 1.0);
         check(&format!(r#"kafki_inflight_requests{{{s}}}"#), 1.0);

@@ -25,7 +25,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::io::{AsyncWrite, AsyncWriteExt};
 use kafki_storage::{LogResult, ReadChunk};
 use nix::errno::Errno;
@@ -63,6 +63,39 @@ impl WirePart {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `parts` in order with runs of byte parts below `below` bytes each joined
+/// into buffers of at most about `joined_max` bytes (one `send` instead of
+/// one per part); larger byte parts and file regions pass through as they
+/// are.
+pub fn join_small(
+    parts: impl IntoIterator<Item = WirePart>,
+    below: usize,
+    joined_max: usize,
+) -> Vec<WirePart> {
+    let mut joined = Vec::new();
+    let mut small = BytesMut::new();
+    for part in parts {
+        match part {
+            WirePart::Bytes(bytes) if bytes.len() < below => {
+                if !small.is_empty() && small.len() + bytes.len() > joined_max {
+                    joined.push(WirePart::Bytes(small.split().freeze()));
+                }
+                small.extend_from_slice(&bytes);
+            }
+            large => {
+                if !small.is_empty() {
+                    joined.push(WirePart::Bytes(small.split().freeze()));
+                }
+                joined.push(large);
+            }
+        }
+    }
+    if !small.is_empty() {
+        joined.push(WirePart::Bytes(small.freeze()));
+    }
+    joined
 }
 
 /// A storage read's piece as a piece to send, and how it will reach the
@@ -275,4 +308,80 @@ async fn wait_writable(socket: BorrowedFd<'_>, wait: Duration) {
         return;
     }
     glommio::timer::sleep(wait).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(fill: u8, len: usize) -> WirePart {
+        WirePart::Bytes(Bytes::from(vec![fill; len]))
+    }
+
+    /// Each part as (kind, length, first byte for bytes).
+    fn shape(parts: &[WirePart]) -> Vec<(&'static str, u64, u8)> {
+        parts
+            .iter()
+            .map(|part| match part {
+                WirePart::Bytes(bytes) => ("bytes", bytes.len() as u64, bytes[0]),
+                WirePart::File { len, .. } => ("file", *len, 0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_parts_are_joined_in_order_around_large_ones_and_files() -> io::Result<()> {
+        let file = Arc::new(File::open(std::env::current_exe()?)?);
+        let parts = vec![
+            bytes(1, 10),
+            bytes(2, 20),
+            bytes(3, 100),
+            WirePart::File {
+                file,
+                position: 0,
+                len: 7,
+            },
+            bytes(4, 30),
+            bytes(5, 40),
+        ];
+        let joined = join_small(parts, 50, usize::MAX);
+        assert_eq!(
+            shape(&joined),
+            vec![
+                ("bytes", 30, 1),
+                ("bytes", 100, 3),
+                ("file", 7, 0),
+                ("bytes", 70, 4)
+            ]
+        );
+        let WirePart::Bytes(first) = &joined[0] else {
+            panic!("first part is not bytes");
+        };
+        assert_eq!(&first[..], [[1u8; 10].as_slice(), &[2u8; 20]].concat());
+        Ok(())
+    }
+
+    #[test]
+    fn a_joined_buffer_stays_near_its_cap() {
+        let parts = (0..10).map(|index| bytes(index, 40)).collect::<Vec<_>>();
+        let joined = join_small(parts, 50, 100);
+        // 40 + 40 fits under 100, a third would not.
+        assert_eq!(
+            shape(&joined),
+            vec![
+                ("bytes", 80, 0),
+                ("bytes", 80, 2),
+                ("bytes", 80, 4),
+                ("bytes", 80, 6),
+                ("bytes", 80, 8)
+            ]
+        );
+        let total: u64 = joined.iter().map(WirePart::len).sum();
+        assert_eq!(total, 400);
+    }
+
+    #[test]
+    fn nothing_in_nothing_out() {
+        assert!(join_small(Vec::new(), 50, 100).is_empty());
+    }
 }

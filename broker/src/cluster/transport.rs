@@ -24,7 +24,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use serde::{Deserialize, Serialize};
 
-use crate::zerocopy::{Splicer, WirePart};
+use crate::zerocopy::{self, Splicer, WirePart};
 
 const MAGIC: [u8; 2] = *b"KC";
 const VERSION: u8 = 1;
@@ -208,29 +208,19 @@ fn join_small(
     parts: impl Iterator<Item = WirePart> + Clone,
 ) -> Vec<WirePart> {
     let length: u64 = parts.clone().map(|part| part.len()).sum();
-    let mut small = BytesMut::with_capacity(HEADER_BYTES + 256);
-    small.put_slice(&MAGIC);
-    small.put_u8(VERSION);
-    small.put_u8(kind as u8);
+    let mut header = BytesMut::with_capacity(HEADER_BYTES);
+    header.put_slice(&MAGIC);
+    header.put_u8(VERSION);
+    header.put_u8(kind as u8);
     // Encoders keep bodies within FRAME_BYTES_MAX (< u32::MAX).
-    small.put_u32(length as u32);
-    small.put_u32(crc);
-    let mut segments = Vec::new();
-    for part in parts {
-        match part {
-            WirePart::Bytes(bytes) if bytes.len() < COPY_BELOW_BYTES => small.put_slice(&bytes),
-            large => {
-                if !small.is_empty() {
-                    segments.push(WirePart::Bytes(small.split().freeze()));
-                }
-                segments.push(large);
-            }
-        }
-    }
-    if !small.is_empty() {
-        segments.push(WirePart::Bytes(small.freeze()));
-    }
-    segments
+    header.put_u32(length as u32);
+    header.put_u32(crc);
+    let header = WirePart::Bytes(header.freeze());
+    zerocopy::join_small(
+        std::iter::once(header).chain(parts),
+        COPY_BELOW_BYTES,
+        usize::MAX,
+    )
 }
 
 /// Checks a frame header; the body's length and expected CRC.
@@ -397,7 +387,7 @@ impl Transport {
             };
             let written = glommio::timer::timeout(WRITE_TIMEOUT, async {
                 let socket = std::os::fd::AsRawFd::as_raw_fd(&*stream);
-                Ok(crate::zerocopy::write_parts(stream, socket, &mut splicer, &frame).await)
+                Ok(zerocopy::write_parts(stream, socket, &mut splicer, &frame).await)
             })
             .await;
             if !matches!(written, Ok(Ok(()))) {
