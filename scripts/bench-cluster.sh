@@ -21,7 +21,9 @@
 #   RUNS=5 DURATION=15 scripts/bench-cluster.sh
 #
 # Env: RUNS (3), DURATION seconds per produce run (10), PARTITIONS_BENCH (6),
-# RECORD_BYTES (100), ACKS (1), BROKER_CPUS (0), BENCH_CPUS (1),
+# RECORD_BYTES (100), ACKS (1), BROKER_CPUS (0), BENCH_CPUS (1), NODE_CPUS
+# (unset; e.g. "1 2 3": a core per node instead of BROKER_CPUS for all,
+# the one node on the first; "per broker CPU-second" still compares CPU time),
 # TOPICS (100) x PARTITIONS (100) for the Metadata figure, METADATA_REQUESTS
 # (200), KAFKI_BIN (target/release/kafki), OUT (target/bench-cluster).
 # Needs a release build: cargo build --release -p kafki.
@@ -93,12 +95,23 @@ EOF
 }
 
 echo "== $("$KAFKI" --version 2>/dev/null || true), $(git -C "$ROOT" rev-parse --short HEAD), $(date -u '+%F %T') UTC"
-echo "== brokers on CPUs $BROKER_CPUS, bench on CPUs $BENCH_CPUS; $RUNS runs of ${DURATION}s;" \
+# The shard runs on the CPU its --cores names (glommio pins it), so the
+# broker's --cores must be one the process is allowed on.
+if [ -n "${NODE_CPUS:-}" ]; then
+  read -r -a node_cpus <<<"$NODE_CPUS"
+  single_cpus="${node_cpus[0]}"
+  placement="one node on CPU $single_cpus, node i on the i-th of: $NODE_CPUS"
+else
+  single_cpus="$BROKER_CPUS"
+  placement="every broker on CPUs $BROKER_CPUS"
+fi
+first_cpu="${single_cpus%%[,-]*}"
+echo "== $placement, bench on CPUs $BENCH_CPUS; $RUNS runs of ${DURATION}s;" \
   "$PARTITIONS_BENCH partitions, ${RECORD_BYTES} B records, acks=$ACKS"
 
 # 1a. One node.
 mkdir -p "$OUT/single"
-taskset -c "$BROKER_CPUS" "$KAFKI" serve --cores 0 --listen 127.0.0.1:19700 \
+taskset -c "$single_cpus" "$KAFKI" serve --cores "$first_cpu" --listen 127.0.0.1:19700 \
   --admin-listen 127.0.0.1:19701 --data-dir "$OUT/single" >"$OUT/single.log" 2>&1 &
 single_pid=$!
 until (exec 3<>/dev/tcp/127.0.0.1/19700) 2>/dev/null; do sleep 0.1; done
@@ -107,8 +120,13 @@ kill -TERM "$single_pid"
 wait "$single_pid" 2>/dev/null || true
 single_pid=
 
-# 1b. Three nodes, every process on the same CPUs.
-taskset -c "$BROKER_CPUS" "$ROOT/scripts/cluster.sh" start 3 --dir "$OUT/cluster" -- --cores 0 >/dev/null
+# 1b. Three nodes: all on BROKER_CPUS, or one per NODE_CPUS entry.
+if [ -n "${NODE_CPUS:-}" ]; then
+  NODE_CPUS="$NODE_CPUS" "$ROOT/scripts/cluster.sh" start 3 --dir "$OUT/cluster" >/dev/null
+else
+  taskset -c "$BROKER_CPUS" "$ROOT/scripts/cluster.sh" start 3 --dir "$OUT/cluster" \
+    -- --cores "$first_cpu" >/dev/null
+fi
 pids=()
 for i in 1 2 3; do pids+=("$(cat "$OUT/cluster/n$i.pid")"); done
 until "$KAFKI" cluster --admin 127.0.0.1:19644 --json 2>/dev/null \

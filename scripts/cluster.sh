@@ -13,7 +13,10 @@
 # admin 127.0.0.1:(i*10000+9644); data D/n<i>, log D/n<i>.log (appended across
 # starts), pid D/n<i>.pid; D defaults to target/cluster. `start` records N and
 # the extra args in D/cluster.conf for restart. Binary: $KAFKI_BIN, else
-# target/release/kafki if present, else target/debug/kafki.
+# target/release/kafki if present, else target/debug/kafki. Node i runs on
+# CPU (i-1) modulo the CPUs (`--cores`), or on the i-th CPU of $NODE_CPUS
+# (e.g. NODE_CPUS="1 2 3": the process pinned there too), unless the extra
+# args say `--cores`.
 #
 # Example:
 #   cargo build -p kafki && scripts/cluster.sh start 3 && scripts/cluster.sh status
@@ -101,10 +104,20 @@ start_node() { # start_node I N
     --voters "$(voters "$n")"
     --data-dir "$DIR/n$i"
     --set group.initial.rebalance.delay.ms=0)
-  # One CPU per node, (i-1) modulo the CPUs, unless the extra args choose.
+  # One CPU per node, (i-1) modulo the CPUs or the i-th of NODE_CPUS,
+  # unless the extra args choose.
   case " ${EXTRA[*]-} " in
     *" --cores "*|*" --cores="*) ;;
-    *) cmd+=(--cores "$(( (i - 1) % $(nproc) ))") ;;
+    *)
+      local cpus cpu
+      read -r -a cpus <<<"${NODE_CPUS:-}"
+      if [ "${#cpus[@]}" -gt 0 ]; then
+        cpu="${cpus[$(( (i - 1) % ${#cpus[@]} ))]}"
+        cmd=(taskset -c "$cpu" "${cmd[@]}" --cores "$cpu")
+      else
+        cmd+=(--cores "$(( (i - 1) % $(nproc) ))")
+      fi
+      ;;
   esac
   cmd+=(${EXTRA[@]+"${EXTRA[@]}"})
   say "node $i: ${cmd[*]}"
