@@ -227,27 +227,29 @@ pub async fn make_txn_data_durable(
     let waits = by_owner.into_iter().map(|(owner, partitions)| async move {
         shard
             .invoke_on(owner, move |owner| async move {
-                for partition in partitions {
+                let owner = &owner;
+                // The partitions sync concurrently; wait for all at once,
+                // under one deadline.
+                let waits = partitions.into_iter().map(|partition| async move {
                     let Ok(log) = owner.partition(&partition.topic, partition.partition).await
                     else {
-                        continue;
+                        return Ok(());
                     };
                     let end = log.offsets().log_end_offset;
-                    let durable = std::pin::pin!(log.wait_committed(end));
-                    let expired = std::pin::pin!(glommio::timer::sleep(DURABLE_WAIT_MAX));
-                    match futures::future::select(durable, expired).await {
-                        futures::future::Either::Left((Ok(()), _)) => {}
-                        futures::future::Either::Left((Err(error), _)) => {
-                            tracing::warn!(topic = %partition.topic, partition = partition.partition, %error, "a transaction's data cannot be made durable; its commit is refused for now");
-                            return Err(TxnError::CoordinatorNotAvailable);
-                        }
-                        futures::future::Either::Right(_) => {
-                            tracing::warn!(topic = %partition.topic, partition = partition.partition, "a transaction's data did not become durable in time; its commit is refused for now");
-                            return Err(TxnError::CoordinatorNotAvailable);
-                        }
+                    log.wait_committed(end).await.map_err(|error| {
+                        tracing::warn!(topic = %partition.topic, partition = partition.partition, %error, "a transaction's data cannot be made durable; its commit is refused for now");
+                        TxnError::CoordinatorNotAvailable
+                    })
+                });
+                let durable = std::pin::pin!(futures::future::try_join_all(waits));
+                let expired = std::pin::pin!(glommio::timer::sleep(DURABLE_WAIT_MAX));
+                match futures::future::select(durable, expired).await {
+                    futures::future::Either::Left((outcome, _)) => outcome.map(|_| ()),
+                    futures::future::Either::Right(_) => {
+                        tracing::warn!(wait_ms = DURABLE_WAIT_MAX.as_millis() as u64, "a transaction's data did not become durable in time; its commit is refused for now");
+                        Err(TxnError::CoordinatorNotAvailable)
                     }
                 }
-                Ok(())
             })
             .await
             .unwrap_or(Err(TxnError::CoordinatorNotAvailable))
