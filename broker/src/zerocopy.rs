@@ -248,13 +248,17 @@ impl Splicer {
 /// writer of the socket `socket`), file regions spliced straight from the
 /// file after flushing what the writer holds, so the order on the wire is
 /// kept. `splicer` is created on the first file region; after an error the
-/// caller must not reuse it (see [`Splicer`]).
+/// caller must not reuse it (see [`Splicer`]). When no pipe can be made
+/// (the descriptor table is full: a fetch over thousands of cold partitions
+/// holds a descriptor per region until it is sent), this write's file
+/// regions are read into memory and written instead.
 pub async fn write_parts<W: AsyncWrite + Unpin>(
     writer: &mut W,
     socket: RawFd,
     splicer: &mut Option<Splicer>,
     parts: &[WirePart],
 ) -> io::Result<()> {
+    let mut no_pipe = false;
     for part in parts {
         match part {
             WirePart::Bytes(bytes) => writer.write_all(bytes).await?,
@@ -263,17 +267,67 @@ pub async fn write_parts<W: AsyncWrite + Unpin>(
                 position,
                 len,
             } => {
-                writer.flush().await?;
-                if splicer.is_none() {
-                    *splicer = Some(Splicer::new()?);
+                if splicer.is_none() && !no_pipe {
+                    match Splicer::new() {
+                        Ok(created) => *splicer = Some(created),
+                        Err(error) => {
+                            no_pipe = true;
+                            note_no_pipe(&error);
+                        }
+                    }
                 }
-                if let Some(splicer) = splicer.as_ref() {
-                    splicer.send_file(socket, file, *position, *len).await?;
+                match splicer.as_ref() {
+                    Some(splicer) => {
+                        writer.flush().await?;
+                        splicer.send_file(socket, file, *position, *len).await?;
+                    }
+                    None => {
+                        writer
+                            .write_all(&read_region(file, *position, *len)?)
+                            .await?
+                    }
                 }
             }
         }
     }
     writer.flush().await
+}
+
+/// Warnings about splices replaced by copies, at most one per this long.
+const NO_PIPE_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs that a write copies its file regions for want of a pipe: a warning
+/// now and then (it repeats for as long as descriptors are short), else at
+/// debug level.
+fn note_no_pipe(error: &io::Error) {
+    static LAST_WARNING: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let now = std::time::Instant::now();
+    let warn = match LAST_WARNING.lock() {
+        Ok(mut last) => {
+            let due = last.is_none_or(|at| now.duration_since(at) >= NO_PIPE_WARNING_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        }
+        Err(_) => false,
+    };
+    if warn {
+        tracing::warn!(%error, "cannot make a pipe to splice file regions (descriptors short?); copying them through memory (warned at most once a minute)");
+    } else {
+        tracing::debug!(%error, "no pipe to splice; file regions copied");
+    }
+}
+
+/// A file region read into memory (a synchronous read, as splice's own file
+/// side is: the region was advised into the page cache when planned).
+fn read_region(file: &File, position: u64, len: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file region too large"))?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, position)?;
+    Ok(bytes)
 }
 
 /// Runs `call` with `O_NONBLOCK` set on `socket`'s file, restoring its flags
@@ -378,6 +432,22 @@ mod tests {
         );
         let total: u64 = joined.iter().map(WirePart::len).sum();
         assert_eq!(total, 400);
+    }
+
+    #[test]
+    fn a_region_read_for_want_of_a_pipe_is_exactly_the_region() -> io::Result<()> {
+        let path = std::env::temp_dir().join(format!("kafki-read-region-{}", std::process::id()));
+        std::fs::write(&path, (0..=255u8).collect::<Vec<_>>())?;
+        let file = File::open(&path)?;
+        let region = read_region(&file, 10, 5);
+        let past_the_end = read_region(&file, 250, 10);
+        std::fs::remove_file(&path)?;
+        assert_eq!(region?, vec![10, 11, 12, 13, 14]);
+        assert!(
+            past_the_end.is_err(),
+            "a region past the end must fail, not come short"
+        );
+        Ok(())
     }
 
     #[test]
