@@ -7,9 +7,10 @@
 //! the handlers in arrival order and writes their responses, which keeps
 //! Kafka's ordering guarantee; answers of later requests that are already
 //! there when it writes one go in the same write (a pipelining producer's
-//! acknowledgements, finished together by one disk write, cost one `send`). When the budget or the queue of in-flight
-//! requests (`queued.max.requests`) is full, the reader stops reading: the
-//! client is pushed back by TCP, nothing grows without bound.
+//! acknowledgements, finished together by one disk write, cost one
+//! `send`). When the budget or the queue of in-flight requests
+//! (`queued.max.requests`) is full, the reader stops reading: the client is
+//! pushed back by TCP, nothing grows without bound.
 //!
 //! A malformed, truncated or unsupported request closes this connection
 //! (after the responses already queued), with one log line; other
@@ -99,15 +100,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         let mut close_after = false;
         let mut answer_bytes: u64 = parts.iter().map(WirePart::len).sum();
         while answer_bytes < JOIN_ANSWERS_BELOW_BYTES {
-            let Poll::Ready(Some(mut next)) = futures::poll!(std::pin::pin!(queued.recv())) else {
+            let Poll::Ready(Some(next)) = futures::poll!(std::pin::pin!(queued.recv())) else {
                 break;
             };
-            let reply = match &mut next {
-                Pending::Ready(bytes) => handlers::Reply::Send(bytes.clone()),
-                Pending::Handler(task, _permit) => match futures::poll!(task) {
+            let reply = match next {
+                Pending::Ready(bytes) => handlers::Reply::Send(bytes),
+                Pending::Handler(mut task, permit) => match futures::poll!(&mut task) {
                     Poll::Ready(reply) => reply,
                     Poll::Pending => {
-                        carried = Some(next);
+                        carried = Some(Pending::Handler(task, permit));
                         break;
                     }
                 },
